@@ -1,0 +1,1 @@
+"""Baking: recipe -> plan (lineage, cache keys) -> build root -> layer -> store + catalog."""

@@ -1,0 +1,1 @@
+"""Where a base image's root comes from: Debian (mmdebstrap), an import, or nothing."""

@@ -1,0 +1,120 @@
+"""The host's apt sources, as mirror arguments for mmdebstrap.
+
+mmdebstrap falls back to its own default mirror when given none; kiln instead uses the
+host's sources (one-line .list files and deb822 .sources files), with the host's codename
+swapped for the suite a recipe asks for. A mirror setting replaces them with one URL.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.errors import BadInput
+
+ETC_APT = Path("/etc/apt")
+
+
+@dataclass(frozen=True)
+class Source:
+    uri: str
+    suite: str
+    components: tuple[str, ...]
+    signed_by: str | None = None
+
+    def line(self) -> str:
+        options = f"[signed-by={self.signed_by}] " if self.signed_by else ""
+        return f"deb {options}{self.uri} {self.suite} {' '.join(self.components)}"
+
+
+def _one_line(text: str) -> list[Source]:
+    out = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line.startswith("deb "):
+            continue
+        options: dict[str, str] = {}
+        match = re.match(r"deb\s+\[([^\]]*)\]\s+(.*)", line)
+        rest = line[4:].strip()
+        if match:
+            for item in match.group(1).split():
+                key, _, value = item.partition("=")
+                options[key] = value
+            rest = match.group(2)
+        fields = rest.split()
+        if len(fields) >= 2:
+            out.append(Source(fields[0], fields[1], tuple(fields[2:]), options.get("signed-by")))
+    return out
+
+
+def _deb822(text: str) -> list[Source]:
+    out = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        fields: dict[str, str] = {}
+        key = ""
+        for line in paragraph.splitlines():
+            if line.startswith("#") or not line.strip():
+                continue
+            if line[0].isspace() and key:
+                fields[key] += " " + line.strip()
+                continue
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            fields[key] = value.strip()
+        if "deb" not in fields.get("types", "").split():
+            continue
+        if fields.get("enabled", "yes").lower() == "no":
+            continue
+        for uri in fields.get("uris", "").split():
+            for suite in fields.get("suites", "").split():
+                out.append(Source(uri, suite, tuple(fields.get("components", "main").split()),
+                                  fields.get("signed-by") or None))
+    return out
+
+
+def host_sources(etc_apt: Path = ETC_APT) -> list[Source]:
+    sources: list[Source] = []
+    main = etc_apt / "sources.list"
+    if main.is_file():
+        sources += _one_line(main.read_text())
+    folder = etc_apt / "sources.list.d"
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.suffix == ".list":
+                sources += _one_line(path.read_text())
+            elif path.suffix == ".sources":
+                sources += _deb822(path.read_text())
+    return sources
+
+
+def host_codename(os_release: Path = Path("/etc/os-release")) -> str | None:
+    try:
+        for line in os_release.read_text().splitlines():
+            if line.startswith("VERSION_CODENAME="):
+                return line.split("=", 1)[1].strip().strip('"') or None
+    except FileNotFoundError:
+        return None
+    return None
+
+
+def mirror_lines(suite: str, mirror: str | None, components: tuple[str, ...] = ("main",),
+                 etc_apt: Path = ETC_APT, codename: str | None = None) -> list[str]:
+    """The mirror arguments for a bootstrap of ``suite``."""
+    if mirror:
+        return [f"deb {mirror} {suite} {' '.join(components)}"]
+    sources = host_sources(etc_apt)
+    debian = [s for s in sources if "debian" in s.uri or s.signed_by and "debian" in s.signed_by]
+    if not debian:
+        raise BadInput(
+            f"no Debian apt sources on this host (looked in {etc_apt})",
+            hint="set mirror = \"http://...\" in the recipe's bootstrap, or KILN_MIRROR",
+        )
+    codename = codename or host_codename()
+    lines = []
+    for source in debian:
+        wanted = source.suite
+        if codename and source.suite.startswith(codename):
+            wanted = suite + source.suite[len(codename):]
+        lines.append(Source(source.uri, wanted, source.components, source.signed_by).line())
+    return list(dict.fromkeys(lines))

@@ -1,0 +1,221 @@
+"""One bake, as a straight pipeline over a BuildContext.
+
+    prepare_root -> install_packages -> run_steps -> enable_services -> record_packages
+    -> close_root -> capture_layer -> commit
+
+Each stage decides for itself whether it applies. The build folder, the overlay mount and
+the half-made layer all hang off one ExitStack, so a failure leaves nothing behind in the
+store or catalog (or keeps the root on purpose with --on-error=keep).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from kiln import proc
+from kiln.bake import image, packages, services, steps
+from kiln.bake.bases import debian, imported
+from kiln.bake.context import BuildContext
+from kiln.bake.root import Overlay, remove_tree
+from kiln.catalog.models import Image, Package
+from kiln.errors import KilnError, StepFailed
+from kiln.sandbox import MOUNT_POINT_FILES
+from kiln.store import layer as layers
+from kiln.store.layout import MEDIA_CONFIG, MEDIA_MANIFEST, Descriptor
+
+
+@dataclass
+class BakeResult:
+    name: str
+    version: int
+    digest: str
+    cache_key: str
+    cached: bool
+    seconds: float
+    recipe: str
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def to_json(self) -> dict[str, object]:
+        return {"ref": self.ref, "name": self.name, "version": self.version,
+                "digest": self.digest, "cached": self.cached,
+                "seconds": round(self.seconds, 3), "cache_key": self.cache_key,
+                "recipe": self.recipe, "stages": {k: round(v, 3) for k, v in self.stages.items()}}
+
+
+def prepare_root(context: BuildContext, stack: ExitStack) -> None:
+    origin = context.recipe.recipe.image.origin
+    if context.parent is not None:
+        overlay = Overlay(
+            lowers=list(reversed(context.parent.layer_dirs)),
+            upper=context.build_dir / "upper", work=context.build_dir / "work",
+            target=context.root,
+        )
+        stack.enter_context(overlay)
+        context.layer_source = overlay.upper
+        context.overlay = overlay
+    elif origin == "bootstrap":
+        spec = context.recipe.recipe.image.bootstrap
+        assert spec is not None
+        debian.bootstrap(spec, context.recipe.recipe.packages.apt, context.root,
+                         context.options.mirror)
+    elif origin == "import":
+        source = context.recipe.resolve(context.recipe.recipe.image.import_ or "")
+        imported.import_root(source, context.root, context.home.tmp)
+    else:
+        context.root.mkdir(mode=0o755)
+    context.created_mount_points = [
+        rel for rel in MOUNT_POINT_FILES if not os.path.lexists(context.root / rel)
+    ]
+
+
+def install_packages(context: BuildContext, stack: ExitStack) -> None:
+    if context.recipe.recipe.image.origin == "bootstrap":
+        return  # mmdebstrap installed them with the base
+    packages.install(context, context.recipe.recipe.packages.apt)
+
+
+def run_steps(context: BuildContext, stack: ExitStack) -> None:
+    for index, step in enumerate(context.recipe.recipe.steps):
+        kind = steps.REGISTRY[type(step)][0]
+        where = context.recipe.where("steps", index)
+        context.log(f"steps[{index}] {kind}")
+        try:
+            steps.apply(context, step, index)
+        except proc.CommandError as exc:
+            raise StepFailed(
+                f"{where}: steps[{index}] ({kind}) failed with exit code {exc.returncode}\n"
+                f"  command: {' '.join(exc.argv[exc.argv.index('--') + 1:]) if '--' in exc.argv else ' '.join(exc.argv)}\n"
+                f"--- last lines of output ---\n{proc.tail(exc.output)}",
+                hint="re-run with --on-error=keep to keep the build root and look inside",
+            ) from None
+        except KilnError as exc:
+            raise StepFailed(f"{where}: steps[{index}] ({kind}): {exc.message}",
+                             hint=exc.hint) from None
+        except OSError as exc:
+            raise StepFailed(f"{where}: steps[{index}] ({kind}): {exc}") from None
+
+
+def enable_services(context: BuildContext, stack: ExitStack) -> None:
+    services.apply(context)
+
+
+def record_packages(context: BuildContext, stack: ExitStack) -> None:
+    if packages.has_dpkg(context.root):
+        context.packages = packages.installed(context.root)
+    elif context.parent is not None:
+        context.packages = sorted(set(context.packages) | set(context.parent_packages))
+
+
+def close_root(context: BuildContext, stack: ExitStack) -> None:
+    """Remove files nspawn made only to mount on, then unmount the overlay."""
+    for rel in context.created_mount_points:
+        path = context.root / rel
+        if path.is_file() and not path.is_symlink() and path.stat().st_size == 0:
+            path.unlink()
+    if context.overlay is not None:
+        context.overlay.unmount()
+
+
+STAGES = [prepare_root, install_packages, run_steps, enable_services, record_packages, close_root]
+
+
+def bake(context: BuildContext) -> BakeResult:
+    started = time.monotonic()
+    stages: dict[str, float] = {}
+    context.build_dir.mkdir(parents=True)
+    with ExitStack() as stack:
+        keep = stack.enter_context(_cleanup(context))
+        for stage in STAGES:
+            begin = time.monotonic()
+            context.log(stage.__name__.replace("_", " "))
+            stage(context, stack)
+            stages[stage.__name__] = time.monotonic() - begin
+        begin = time.monotonic()
+        context.log("capture layer")
+        lowers = context.parent.layer_dirs if context.parent else ()
+        captured = layers.capture(context.layout, context.home.tmp, context.layer_source, lowers)
+        stages["capture_layer"] = time.monotonic() - begin
+        begin = time.monotonic()
+        result = commit(context, captured.descriptor, time.monotonic() - started)
+        stages["commit"] = time.monotonic() - begin
+        keep.success = True
+    result.stages = stages
+    result.seconds = time.monotonic() - started
+    return result
+
+
+class _cleanup:  # noqa: N801 - used as a context manager factory
+    """Remove the build folder at the end; on failure keep it if asked to."""
+
+    def __init__(self, context: BuildContext) -> None:
+        self.context = context
+        self.success = False
+
+    def __enter__(self) -> _cleanup:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        context = self.context
+        if not self.success and context.options.keep_on_error:
+            root = context.root
+            context.log(
+                f"kept the build root: {root}\n"
+                f"  enter it:  systemd-nspawn --register=no -D {root}\n"
+                f"  clean up:  umount {root} 2>/dev/null; rm -rf {context.build_dir}"
+            )
+            return
+        if context.overlay is not None:
+            context.overlay.unmount()
+        remove_tree(context.build_dir)
+
+
+def _move_layer(context: BuildContext, diff_id: str) -> None:
+    """Keep the unpacked layer (overlay form) under layers/<hex> for later stacking."""
+    target = context.home.layers / diff_id.split(":", 1)[1]
+    if target.exists():
+        return
+    os.replace(context.layer_source, target)
+
+
+def commit(context: BuildContext, layer: Descriptor, seconds: float) -> BakeResult:
+    """Write config and manifest, keep the layer, then record and tag in one transaction."""
+    created = datetime.now(UTC).replace(microsecond=0)
+    config_desc = context.layout.put_json(image.config(context, layer, created), MEDIA_CONFIG)
+    manifest_desc = context.layout.put_json(image.manifest(context, config_desc, layer),
+                                            MEDIA_MANIFEST)
+    _move_layer(context, layer.digest)
+    recipe = context.recipe
+    tagged: str | None = None
+    try:
+        with context.catalog.session() as session:
+            version = context.catalog.next_version(session, recipe.name)
+            row = Image(
+                name=recipe.name, version=version, digest=manifest_desc.digest,
+                config_digest=config_desc.digest,
+                parent_id=context.parent.catalog_id if context.parent else None,
+                cache_key=context.cache_key, recipe_path=str(recipe.path),
+                recipe_digest=recipe.digest, origin=recipe.recipe.image.origin,
+                created=created, status="ok", size=layer.size, seconds=seconds,
+                packages=[Package(name=n, version=v, architecture=a)
+                          for n, v, a in context.packages],
+            )
+            session.add(row)
+            session.flush()
+            ref = f"{recipe.name}:{version}"
+            context.layout.tag(ref, manifest_desc)
+            tagged = ref
+    except BaseException:
+        if tagged:  # the catalog did not take it: the store must not name it either
+            context.layout.untag(tagged)
+        raise
+    return BakeResult(name=recipe.name, version=version, digest=manifest_desc.digest,
+                      cache_key=context.cache_key, cached=False, seconds=0.0,
+                      recipe=str(recipe.path))

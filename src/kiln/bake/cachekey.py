@@ -1,0 +1,94 @@
+"""The cache key: sha256 over canonical JSON of every input of a bake.
+
+Inputs: the parent's manifest digest, the normalised recipe (formatting and comments do
+not count), the content of every copied file and playbook folder, the imported file, the
+lock file if there is one, and the versions of kiln's pipeline and step kinds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from kiln.bake import packages, services
+from kiln.bake.bases import debian, imported
+from kiln.bake.steps import versions as step_versions
+from kiln.recipe import RecipeFile
+from kiln.recipe.models import AnsibleStep, CopyStep
+from kiln.store.layout import canonical_json
+
+PIPELINE_VERSION = 1
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tree_digest(path: Path) -> str:
+    """Digest of a file or folder: names, types, modes, link targets and contents."""
+    entries: list[list[Any]] = []
+
+    def entry(full: Path, rel: str) -> None:
+        st = full.lstat()
+        mode = stat.S_IMODE(st.st_mode)
+        if stat.S_ISLNK(st.st_mode):
+            entries.append([rel, "link", os.readlink(full)])
+        elif stat.S_ISDIR(st.st_mode):
+            entries.append([rel, "dir", mode])
+        else:
+            entries.append([rel, "file", mode, file_digest(full)])
+
+    if path.is_dir() and not path.is_symlink():
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames.sort()
+            for name in sorted(dirnames + filenames):
+                full = Path(dirpath) / name
+                entry(full, str(full.relative_to(path)))
+    else:
+        entry(path, path.name)
+    return hashlib.sha256(canonical_json(entries)).hexdigest()
+
+
+def lock_path(recipe: RecipeFile) -> Path:
+    return recipe.path.with_name(recipe.path.name + ".lock")
+
+
+def inputs(recipe: RecipeFile) -> dict[str, str]:
+    """Digest of every file a recipe reads, by key path."""
+    out: dict[str, str] = {}
+    for index, step in enumerate(recipe.recipe.steps):
+        if isinstance(step, CopyStep):
+            out[f"steps[{index}].copy"] = tree_digest(recipe.resolve(step.source))
+        elif isinstance(step, AnsibleStep):
+            # A playbook reads templates, files and roles beside it: the whole folder counts.
+            out[f"steps[{index}].ansible"] = tree_digest(recipe.resolve(step.ansible).parent)
+            out[f"steps[{index}].playbook"] = file_digest(recipe.resolve(step.ansible))
+    if recipe.recipe.image.import_ is not None:
+        out["image.import"] = file_digest(recipe.resolve(recipe.recipe.image.import_))
+    return out
+
+
+def compute(recipe: RecipeFile, parent_digest: str | None) -> str:
+    lock = lock_path(recipe)
+    document = {
+        "kiln": {
+            "pipeline": PIPELINE_VERSION,
+            "steps": step_versions(),
+            "packages": packages.VERSION,
+            "services": services.VERSION,
+            "debian": debian.VERSION,
+            "import": imported.VERSION,
+        },
+        "parent": parent_digest,
+        "recipe": recipe.recipe.model_dump(mode="json", by_alias=True),
+        "inputs": inputs(recipe),
+        "lock": file_digest(lock) if lock.is_file() else None,
+    }
+    return hashlib.sha256(canonical_json(document)).hexdigest()

@@ -1,0 +1,81 @@
+"""OCI config and manifest for a new image: the parent's, plus one layer and one history entry."""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+from datetime import UTC, datetime
+from typing import Any
+
+from kiln import __version__
+from kiln.bake.context import BuildContext
+from kiln.store.layout import MEDIA_CONFIG, MEDIA_MANIFEST, Descriptor
+
+LABEL = "org.kiln."
+
+ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
+        "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def labels(context: BuildContext, created: datetime) -> dict[str, str]:
+    recipe = context.recipe
+    out = {
+        f"{LABEL}name": recipe.name,
+        f"{LABEL}recipe.digest": f"sha256:{recipe.digest}",
+        f"{LABEL}recipe.path": recipe.path.name,
+        f"{LABEL}parent.digest": context.parent.manifest.digest if context.parent else "",
+        f"{LABEL}cache-key": context.cache_key,
+        f"{LABEL}version": __version__,
+        f"{LABEL}builder.host": socket.gethostname(),
+        "org.opencontainers.image.created": _iso(created),
+        "org.opencontainers.image.title": recipe.name,
+    }
+    if recipe.recipe.image.description:
+        out["org.opencontainers.image.description"] = recipe.recipe.image.description
+    runtime = recipe.recipe.runtime
+    if runtime != type(runtime)():
+        out[f"{LABEL}runtime"] = json.dumps(runtime.model_dump(mode="json"), sort_keys=True)
+    return out
+
+
+def config(context: BuildContext, layer: Descriptor, created: datetime) -> dict[str, Any]:
+    parent: dict[str, Any] = dict(context.parent.config) if context.parent else {}
+    inherited = dict((parent.get("config") or {}).get("Labels") or {})
+    image_config = dict(parent.get("config") or {})
+    image_config.setdefault("Env", ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
+                                    "/sbin:/bin"])
+    image_config["Labels"] = {**inherited, **labels(context, created)}
+    history = list(parent.get("history") or [])
+    history.append({
+        "created": _iso(created),
+        "created_by": f"kiln {__version__} bake {context.recipe.path.name}",
+        "comment": context.recipe.recipe.image.description or context.recipe.name,
+    })
+    diff_ids = context.parent.diff_ids if context.parent else []
+    return {
+        "created": _iso(created),
+        "architecture": parent.get("architecture") or ARCH.get(platform.machine(), "amd64"),
+        "os": "linux",
+        "config": image_config,
+        "rootfs": {"type": "layers", "diff_ids": [*diff_ids, layer.digest]},
+        "history": history,
+    }
+
+
+def manifest(context: BuildContext, config_desc: Descriptor, layer: Descriptor) -> dict[str, Any]:
+    layers: list[dict[str, Any]] = []
+    if context.parent:
+        parent_manifest = context.layout.read_json(context.parent.manifest.digest)
+        layers = list(parent_manifest["layers"])
+    layers.append(layer.to_json())
+    return {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": config_desc.to_json(),
+        "layers": layers,
+    }

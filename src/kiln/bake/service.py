@@ -1,0 +1,96 @@
+"""`kiln bake`: plan, then for each recipe either reuse the cached image or build it."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from kiln.bake import build, cachekey
+from kiln.bake.context import BuildContext, Options, StoredImage
+from kiln.bake.plan import parent_recipe, plan
+from kiln.catalog import Catalog, Image
+from kiln.home import Home
+from kiln.recipe import RecipeFile
+from kiln.store import layer as layers
+from kiln.store.layout import Descriptor, Layout
+
+
+def open_store(home: Home) -> tuple[Layout, Catalog]:
+    home.ensure()
+    layout = Layout(home.oci)
+    layout.init()
+    return layout, Catalog(home.catalog_url)
+
+
+def layer_dir(home: Home, diff_id: str) -> Path:
+    return home.layers / diff_id.split(":", 1)[1]
+
+
+def load_image(home: Home, layout: Layout, image: Image) -> StoredImage:
+    """A catalog image as a parent: its config, and its layers unpacked once in the store."""
+    manifest = Descriptor.from_json(
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": image.digest,
+         "size": len(layout.read_bytes(image.digest))})
+    manifest_json = layout.read_json(image.digest)
+    config = layout.read_json(manifest_json["config"]["digest"])
+    dirs = []
+    for blob, diff_id in zip(manifest_json["layers"], config["rootfs"]["diff_ids"], strict=True):
+        target = layer_dir(home, diff_id)
+        if not target.is_dir():
+            tmp = home.tmp / f"unpack-{secrets.token_hex(6)}"
+            layers.unpack(layout, blob["digest"], tmp)
+            os.replace(tmp, target)
+        dirs.append(target)
+    return StoredImage(ref=image.ref, catalog_id=image.id, manifest=manifest, config=config,
+                       layer_dirs=tuple(dirs))
+
+
+def bake_one(home: Home, layout: Layout, catalog: Catalog, recipe: RecipeFile,
+             parent_ref: str | None, options: Options,
+             log: Callable[[str], None]) -> build.BakeResult:
+    started = time.monotonic()
+    parent: StoredImage | None = None
+    parent_packages: list[tuple[str, str, str]] = []
+    with catalog.session() as session:
+        ref = parent_ref or recipe.recipe.image.parent
+        if ref is not None:
+            row = catalog.resolve(session, ref)
+            parent = load_image(home, layout, row)
+            parent_packages = [(p.name, p.version, p.architecture) for p in row.packages]
+        key = cachekey.compute(recipe, parent.manifest.digest if parent else None)
+        hit = None if options.no_cache else catalog.by_cache_key(session, key)
+        if hit is not None and layout.has_blob(hit.digest):
+            return build.BakeResult(name=hit.name, version=hit.version, digest=hit.digest,
+                                    cache_key=key, cached=True,
+                                    seconds=time.monotonic() - started, recipe=str(recipe.path))
+    context = BuildContext(
+        home=home, layout=layout, catalog=catalog, recipe=recipe, options=options,
+        cache_key=key, parent=parent,
+        build_dir=home.builds / f"{recipe.name}-{secrets.token_hex(4)}",
+        log=lambda message: log(f"{recipe.name}: {message}"),
+    )
+    context.parent_packages = parent_packages
+    return build.bake(context)
+
+
+def bake_path(target: Path, options: Options, log: Callable[[str], None],
+              home: Home | None = None) -> tuple[list[build.BakeResult], list[RecipeFile]]:
+    """Bake a recipe (with its recipe-path ancestors) or a folder of recipes."""
+    ordered, named = plan(target)
+    home = home or Home.from_env()
+    layout, catalog = open_store(home)
+    try:
+        results: list[build.BakeResult] = []
+        baked: dict[Path, str] = {}
+        names: dict[str, str] = {}
+        for recipe in ordered:
+            result = bake_one(home, layout, catalog, recipe,
+                              parent_recipe(recipe, baked, names), options, log)
+            baked[recipe.path] = names[recipe.name] = result.ref
+            results.append(result)
+        return results, named
+    finally:
+        catalog.close()

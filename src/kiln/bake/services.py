@@ -1,0 +1,21 @@
+"""[services]: enable and disable systemd units in the root (no running systemd needed)."""
+
+from __future__ import annotations
+
+from kiln.bake.context import BuildContext
+from kiln.errors import BadInput
+
+VERSION = 1
+
+
+def apply(context: BuildContext) -> None:
+    services = context.recipe.recipe.services
+    if not (services.enable or services.disable):
+        return
+    if not (context.root / "usr/bin/systemctl").exists():
+        raise BadInput("[services] needs systemd in the image",
+                       hint="add systemd to [packages] apt, or to the parent image")
+    if services.enable:
+        context.sandbox.run(["systemctl", "enable", *services.enable])
+    if services.disable:
+        context.sandbox.run(["systemctl", "disable", *services.disable])

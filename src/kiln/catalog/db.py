@@ -1,0 +1,90 @@
+"""Open the catalog and answer the questions the rest of kiln asks of it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from kiln.catalog.models import Base, Image
+from kiln.errors import BadInput, NotFound
+
+REF_RE = re.compile(
+    r"^(?P<name>[a-z0-9][a-z0-9._-]*)(?::(?P<version>[0-9]+|latest)|@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+class Catalog:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = create_engine(url)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed when the block ends, rolled back on any error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # queries
+    @staticmethod
+    def by_cache_key(session: Session, key: str) -> Image | None:
+        return session.scalars(
+            select(Image).where(Image.cache_key == key, Image.status == "ok")
+            .order_by(Image.version.desc())
+        ).first()
+
+    @staticmethod
+    def next_version(session: Session, name: str) -> int:
+        current = session.scalar(select(func.max(Image.version)).where(Image.name == name))
+        return (current or 0) + 1
+
+    @staticmethod
+    def resolve(session: Session, ref: str) -> Image:
+        match = REF_RE.match(ref)
+        if not match:
+            raise BadInput(f"'{ref}' is not an image ref",
+                           hint="use name, name:version, name:latest or name@sha256:<hex>")
+        name, version, digest = match.group("name", "version", "digest")
+        query = select(Image).where(Image.name == name, Image.status == "ok")
+        if digest:
+            query = query.where(Image.digest == digest)
+        elif version and version != "latest":
+            query = query.where(Image.version == int(version))
+        image = session.scalars(query.order_by(Image.version.desc())).first()
+        if image is None:
+            known = session.scalar(select(func.count()).where(Image.name == name))
+            hint = (f"'kiln images' lists the versions of {name}" if known
+                    else f"bake a recipe with [image] name = \"{name}\" first")
+            raise NotFound(f"no image {ref} in the catalog", hint=hint)
+        return image
+
+    @staticmethod
+    def all_images(session: Session) -> Sequence[Image]:
+        return session.scalars(select(Image).order_by(Image.name, Image.version)).all()
+
+    @staticmethod
+    def ancestors(image: Image) -> list[Image]:
+        chain = []
+        current = image.parent
+        while current is not None:
+            chain.append(current)
+            current = current.parent
+        return chain

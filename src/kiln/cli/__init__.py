@@ -1,0 +1,1 @@
+"""The command line: thin command groups that parse, call one service function, render."""

@@ -1,0 +1,192 @@
+"""Build commands: bake, images, inspect, lineage, diff, export, fsck."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
+
+from kiln import images as images_service
+
+from kiln.bake.context import Options
+from kiln.bake.service import bake_path, open_store
+from kiln.cli.output import console, err, human_size, print_json
+from kiln.errors import BadInput
+from kiln.home import Home
+
+json_flag = click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--no-cache", is_flag=True, help="rebuild even when the cache key exists")
+@click.option("--on-error", type=click.Choice(["abort", "keep"]), default="abort",
+              show_default=True, help="keep the build root of a failed bake to look inside")
+@click.option("--mirror", envvar="KILN_MIRROR", metavar="URL",
+              help="Debian mirror instead of the host's apt sources [env: KILN_MIRROR]")
+@json_flag
+def bake(path: Path, no_cache: bool, on_error: str, mirror: str | None, as_json: bool) -> None:
+    """Bake a recipe (and any stale recipe-path ancestors) or a folder of recipes."""
+    options = Options(no_cache=no_cache, keep_on_error=on_error == "keep", mirror=mirror)
+    with err.status("baking", spinner="dots") as status:
+        def log(message: str) -> None:
+            status.update(escape(message))
+            if "\n" in message:
+                err.print(escape(message), highlight=False)
+
+        results, _named = bake_path(path, options, log)
+    if as_json:
+        data = [r.to_json() for r in results]
+        print_json(data if path.is_dir() else data[-1])
+        return
+    for result in results:
+        state = "[green]cached[/]" if result.cached else "[bold]baked[/]"
+        console.print(f"{state} {result.ref}  {result.digest[:19]}  {result.seconds:.2f}s",
+                      highlight=False)
+
+
+@click.command()
+@json_flag
+def images(as_json: bool) -> None:
+    """List every image version in the catalog."""
+    home = Home.from_env()
+    _layout, catalog = open_store(home)
+    with catalog.session() as session:
+        rows = [
+            {"ref": i.ref, "name": i.name, "version": i.version, "digest": i.digest,
+             "parent": i.parent.ref if i.parent else None, "origin": i.origin,
+             "created": i.created.isoformat(), "size": i.size, "status": i.status,
+             "packages": len(i.packages)}
+            for i in catalog.all_images(session)
+        ]
+    catalog.close()
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("REF", "DIGEST", "PARENT", "LAYER", "PACKAGES", "CREATED", box=None)
+    for row in rows:
+        table.add_row(str(row["ref"]), str(row["digest"])[7:19], str(row["parent"] or "-"),
+                      human_size(int(str(row["size"]))), str(row["packages"]),
+                      str(row["created"])[:19])
+    console.print(table)
+
+
+@click.command()
+@click.argument("ref")
+@json_flag
+def inspect(ref: str, as_json: bool) -> None:
+    """Show an image: labels, layers with sizes, parent chain and packages."""
+    data = images_service.inspect(ref)
+    if as_json:
+        print_json(data)
+        return
+    console.print(f"[bold]{data['ref']}[/]  {data['digest']}", highlight=False)
+    rows = [("origin", data["origin"]), ("created", data["created"]),
+            ("recipe", data["recipe"]["path"]), ("cache key", data["cache_key"]),
+            ("size", human_size(data["size"])),
+            ("parents", " <- ".join(p["ref"] for p in data["parents"]) or "-")]
+    for key, value in rows:
+        console.print(f"  {key:<10} {escape(str(value))}", highlight=False)
+    console.print("[bold]labels[/]")
+    for key, value in sorted(data["labels"].items()):
+        console.print(f"  {key} = {escape(value)}", highlight=False)
+    console.print("[bold]layers[/]")
+    for layer in data["layers"]:
+        console.print(f"  {layer['digest'][7:19]}  {human_size(layer['size']):>10}  "
+                      f"{escape(layer['comment'])}", highlight=False)
+    console.print(f"[bold]packages[/] ({len(data['packages'])})")
+    for package in data["packages"]:
+        console.print(f"  {package['name']} {package['version']}", highlight=False)
+
+
+@click.command()
+@click.argument("ref")
+@json_flag
+def lineage(ref: str, as_json: bool) -> None:
+    """Show an image's ancestors and descendants as a tree."""
+    data = images_service.lineage(ref)
+    if as_json:
+        print_json(data)
+        return
+    chain = list(reversed(data["ancestors"]))
+    top = Tree(chain[0]["ref"] if chain else f"[bold]{data['ref']}[/]")
+    node = top
+    for ancestor in chain[1:]:
+        node = node.add(ancestor["ref"])
+    if chain:
+        node = node.add(f"[bold]{data['ref']}[/]")
+
+    def grow(branch: Tree, children: list[dict[str, object]]) -> None:
+        for child in children:
+            sub = branch.add(str(child["ref"]))
+            grow(sub, child["children"])  # type: ignore[arg-type]
+
+    grow(node, data["descendants"])
+    console.print(top)
+
+
+@click.command()
+@click.argument("old")
+@click.argument("new")
+@json_flag
+def diff(old: str, new: str, as_json: bool) -> None:
+    """Files added/modified/deleted and packages added/removed/changed from OLD to NEW."""
+    data = images_service.diff(old, new)
+    if as_json:
+        print_json(data)
+        return
+    files, packages = data["files"], data["packages"]
+    for sign, key in (("+", "added"), ("~", "modified"), ("-", "deleted")):
+        for path in files[key]:
+            console.print(f"{sign} {escape(path)}", highlight=False)
+    for package in packages["added"]:
+        console.print(f"+ package {package['name']} {package['version']}", highlight=False)
+    for package in packages["removed"]:
+        console.print(f"- package {package['name']} {package['version']}", highlight=False)
+    for package in packages["changed"]:
+        console.print(f"~ package {package['name']} {package['old']} -> {package['new']}",
+                      highlight=False)
+    err.print(f"{len(files['added'])} added, {len(files['modified'])} modified, "
+              f"{len(files['deleted'])} deleted files; {len(packages['added'])} added, "
+              f"{len(packages['removed'])} removed, {len(packages['changed'])} changed packages")
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--format", "kind", type=click.Choice(["oci-archive", "rootfs-tar"]),
+              required=True, help="an OCI archive (skopeo's oci-archive:) or a root tarball")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def export(ref: str, kind: str, output: Path) -> None:
+    """Write an image to a file, atomically."""
+    if not output.absolute().parent.is_dir():
+        raise BadInput(f"the folder of {output} does not exist")
+    with err.status(f"exporting {ref}"):
+        resolved = images_service.export_image(ref, kind, output)
+    console.print(f"exported {resolved} to {output} ({human_size(output.stat().st_size)})",
+                  highlight=False)
+
+
+@click.command()
+@json_flag
+def fsck(as_json: bool) -> None:
+    """Verify every blob digest and every reference in the store and catalog."""
+    report = images_service.check()
+    if as_json:
+        print_json(report.to_json())
+    else:
+        for fault in report.faults:
+            console.print(f"[red]fault[/] {escape(fault)}", highlight=False)
+        for note in report.notes:
+            console.print(f"note  {escape(note)}", highlight=False)
+        state = "[green]ok[/]" if report.ok else f"[red]{len(report.faults)} faults[/]"
+        console.print(f"{state}: {report.blobs} blobs, {report.images} images checked")
+    if not report.ok:
+        raise SystemExit(1)
+
+
+def register(group: click.Group) -> None:
+    for command in (bake, images, inspect, lineage, diff, export, fsck):
+        group.add_command(command)

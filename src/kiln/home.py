@@ -1,0 +1,47 @@
+"""KILN_HOME: where the embedded store and catalog live, and the paths inside it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOME = Path("/var/lib/kiln")
+
+
+@dataclass(frozen=True)
+class Home:
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> Home:
+        return cls(Path(os.environ.get("KILN_HOME", str(DEFAULT_HOME))).absolute())
+
+    @property
+    def oci(self) -> Path:
+        return self.root / "oci"
+
+    @property
+    def layers(self) -> Path:
+        return self.root / "layers"
+
+    @property
+    def debs(self) -> Path:
+        return self.root / "cache" / "debs"
+
+    @property
+    def tmp(self) -> Path:
+        """Scratch space on the store's file system, so finished work moves in by rename."""
+        return self.root / "tmp"
+
+    @property
+    def builds(self) -> Path:
+        return self.root / "builds"
+
+    @property
+    def catalog_url(self) -> str:
+        return os.environ.get("KILN_CATALOG_URL") or f"sqlite:///{self.root / 'catalog.db'}"
+
+    def ensure(self) -> None:
+        for path in (self.root, self.layers, self.debs, self.tmp, self.builds):
+            path.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,133 @@
+"""Read-side services over store and catalog: inspect, lineage, diff, export, fsck.
+
+Each function opens what it needs, returns plain data (what ``--json`` prints), and leaves
+rendering to the CLI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from kiln.bake.service import load_image, open_store
+from kiln.catalog import Catalog, Image
+from kiln.home import Home
+from kiln.store import export, fsck, tree
+from kiln.store.layout import Descriptor, Layout
+
+
+@dataclass
+class Store:
+    home: Home
+    layout: Layout
+    catalog: Catalog
+    session: Session
+
+
+@contextmanager
+def opened(home: Home | None = None) -> Iterator[Store]:
+    home = home or Home.from_env()
+    layout, catalog = open_store(home)
+    try:
+        with catalog.session() as session:
+            yield Store(home, layout, catalog, session)
+    finally:
+        catalog.close()
+
+
+def _summary(image: Image) -> dict[str, Any]:
+    return {"ref": image.ref, "digest": image.digest, "created": image.created.isoformat()}
+
+
+def inspect(ref: str, home: Home | None = None) -> dict[str, Any]:
+    with opened(home) as store:
+        image = store.catalog.resolve(store.session, ref)
+        manifest = store.layout.read_json(image.digest)
+        config = store.layout.read_json(manifest["config"]["digest"])
+        history = [h for h in config.get("history", []) if not h.get("empty_layer")]
+        layers = []
+        for number, layer in enumerate(manifest["layers"]):
+            step = history[number] if number < len(history) else {}
+            layers.append({"digest": layer["digest"], "size": layer["size"],
+                           "media_type": layer["mediaType"],
+                           "diff_id": config["rootfs"]["diff_ids"][number],
+                           "created_by": step.get("created_by", ""),
+                           "comment": step.get("comment", "")})
+        return {
+            "ref": image.ref, "name": image.name, "version": image.version,
+            "digest": image.digest, "config_digest": image.config_digest,
+            "status": image.status, "origin": image.origin, "created": image.created.isoformat(),
+            "cache_key": image.cache_key, "recipe": {"path": image.recipe_path,
+                                                     "digest": image.recipe_digest},
+            "bake_seconds": round(image.seconds, 3),
+            "labels": (config.get("config") or {}).get("Labels") or {},
+            "architecture": config.get("architecture"), "os": config.get("os"),
+            "env": (config.get("config") or {}).get("Env") or [],
+            "layers": layers,
+            "size": sum(layer["size"] for layer in layers),
+            "parents": [_summary(parent) for parent in store.catalog.ancestors(image)],
+            "packages": [{"name": p.name, "version": p.version, "architecture": p.architecture}
+                         for p in image.packages],
+        }
+
+
+def _descendants(image: Image) -> list[dict[str, Any]]:
+    return [{**_summary(child), "children": _descendants(child)}
+            for child in sorted(image.children, key=lambda c: (c.name, c.version))]
+
+
+def lineage(ref: str, home: Home | None = None) -> dict[str, Any]:
+    with opened(home) as store:
+        image = store.catalog.resolve(store.session, ref)
+        return {**_summary(image),
+                "ancestors": [_summary(a) for a in store.catalog.ancestors(image)],
+                "descendants": _descendants(image)}
+
+
+def diff(old_ref: str, new_ref: str, home: Home | None = None) -> dict[str, Any]:
+    with opened(home) as store:
+        old = store.catalog.resolve(store.session, old_ref)
+        new = store.catalog.resolve(store.session, new_ref)
+        old_dirs = load_image(store.home, store.layout, old).layer_dirs
+        new_dirs = load_image(store.home, store.layout, new).layer_dirs
+        files = tree.diff(old_dirs, new_dirs)
+        old_pkgs = {p.name: p.version for p in old.packages}
+        new_pkgs = {p.name: p.version for p in new.packages}
+        return {
+            "old": old.ref, "new": new.ref,
+            "files": {"added": files.added, "modified": files.modified,
+                      "deleted": files.deleted},
+            "packages": {
+                "added": [{"name": n, "version": new_pkgs[n]}
+                          for n in sorted(new_pkgs.keys() - old_pkgs.keys())],
+                "removed": [{"name": n, "version": old_pkgs[n]}
+                            for n in sorted(old_pkgs.keys() - new_pkgs.keys())],
+                "changed": [{"name": n, "old": old_pkgs[n], "new": new_pkgs[n]}
+                            for n in sorted(old_pkgs.keys() & new_pkgs.keys())
+                            if old_pkgs[n] != new_pkgs[n]],
+            },
+        }
+
+
+def export_image(ref: str, kind: str, output: Path, home: Home | None = None) -> str:
+    with opened(home) as store:
+        image = store.catalog.resolve(store.session, ref)
+        if kind == "oci-archive":
+            size = len(store.layout.read_bytes(image.digest))
+            manifest = Descriptor("application/vnd.oci.image.manifest.v1+json", image.digest,
+                                  size)
+            export.oci_archive(store.layout, manifest, image.ref, output, store.home.tmp)
+        else:
+            dirs = load_image(store.home, store.layout, image).layer_dirs
+            export.rootfs_tar(dirs, output, store.home.tmp)
+        return image.ref
+
+
+def check(home: Home | None = None) -> fsck.Report:
+    with opened(home) as store:
+        return fsck.check(store.home, store.layout, store.catalog)

@@ -1,0 +1,95 @@
+"""The one subprocess wrapper: argv lists only, small explicit environment, stdin closed.
+
+A failure raises :class:`CommandError` with the argv, exit code and the tail of the
+output, and the command as a person could paste it into a shell.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from kiln.errors import KilnError
+
+TAIL_LINES = 25
+
+# What a child process sees unless the caller adds more: enough to find tools and speak UTF-8.
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "HOME": "/root",
+}
+
+
+def tail(text: str, lines: int = TAIL_LINES) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+class CommandError(KilnError):
+    def __init__(self, argv: Sequence[str], returncode: int, output: str) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.output = output
+        cmd = shlex.join(self.argv)
+        message = f"command failed with exit code {returncode}: {cmd}"
+        if output.strip():
+            message += "\n--- last lines of output ---\n" + tail(output)
+        super().__init__(message, hint="run the command above by hand to see all of its output")
+
+
+def environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(BASE_ENV)
+    for key in ("TMPDIR", "TERM", "http_proxy", "https_proxy", "no_proxy"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    input: bytes | None = None,
+    capture: bool = True,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run argv; capture stdout and stderr (merged) unless ``capture`` is False.
+
+    With ``capture=False`` the child's output goes to our stderr, for long commands a person
+    wants to watch; the error then carries no tail.
+    """
+    result = subprocess.run(
+        list(argv),
+        cwd=cwd,
+        env=environment(env),
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE if capture else 2,
+        stderr=subprocess.STDOUT if capture else None,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        output = result.stdout.decode(errors="replace") if result.stdout else ""
+        raise CommandError(argv, result.returncode, output)
+    return result
+
+
+def output(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> str:
+    """Run argv and return its stdout as text (stderr is kept apart and shown on failure)."""
+    result = subprocess.run(
+        list(argv),
+        env=environment(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise CommandError(argv, result.returncode, result.stderr.decode(errors="replace"))
+    return result.stdout.decode()

@@ -1,0 +1,136 @@
+"""`kiln fsck`: check every blob's digest and every reference, store and catalog.
+
+Faults make the check fail (exit 1): a blob whose content does not match its name, a
+reference to a missing blob, a size that disagrees with its descriptor, an index entry the
+catalog does not know or the reverse. Notes are harmless: an unreferenced blob, a layer
+not unpacked yet (it is unpacked again on first use), leftovers of an interrupted bake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kiln.catalog import Catalog
+from kiln.home import Home
+from kiln.store.layout import MEDIA_MANIFEST, Layout
+
+
+@dataclass
+class Report:
+    faults: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    blobs: int = 0
+    images: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.faults
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "faults": self.faults, "notes": self.notes,
+                "blobs": self.blobs, "images": self.images}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check(home: Home, layout: Layout, catalog: Catalog) -> Report:
+    report = Report()
+    _check_layout_files(layout, report)
+    good: set[str] = set()
+    for path in sorted(layout.blobs.iterdir()) if layout.blobs.is_dir() else []:
+        report.blobs += 1
+        actual = _sha256(path)
+        if actual != path.name:
+            report.faults.append(f"blob {path.name} is corrupt: its content hashes to {actual}")
+        else:
+            good.add(f"sha256:{path.name}")
+    referenced: set[str] = set()
+    refs = layout.refs()
+    for ref, manifest in sorted(refs.items()):
+        report.images += 1
+        referenced |= _check_image(home, layout, ref, manifest.digest, manifest.size, good,
+                                   report)
+    for digest in sorted(good - referenced):
+        report.notes.append(f"blob {digest} is not referenced by any image ('kiln gc' later)")
+    with catalog.session() as session:
+        for image in catalog.all_images(session):
+            if image.status != "ok":
+                continue
+            entry = refs.get(image.ref)
+            if entry is None:
+                report.faults.append(f"catalog image {image.ref} has no entry in index.json")
+            elif entry.digest != image.digest:
+                report.faults.append(f"catalog says {image.ref} is {image.digest}, "
+                                     f"index.json says {entry.digest}")
+        known = {image.ref for image in catalog.all_images(session)}
+    for ref in sorted(refs.keys() - known):
+        report.faults.append(f"index.json names {ref}, which the catalog does not know")
+    for leftover in sorted(home.builds.iterdir()) if home.builds.is_dir() else []:
+        report.notes.append(f"leftover build folder {leftover} (a kept or interrupted bake)")
+    return report
+
+
+def _check_layout_files(layout: Layout, report: Report) -> None:
+    try:
+        marker = json.loads((layout.root / "oci-layout").read_bytes())
+        if marker.get("imageLayoutVersion") != "1.0.0":
+            report.faults.append("oci-layout does not say imageLayoutVersion 1.0.0")
+    except (OSError, ValueError) as exc:
+        report.faults.append(f"oci-layout is missing or unreadable: {exc}")
+    try:
+        json.loads((layout.root / "index.json").read_bytes())
+    except (OSError, ValueError) as exc:
+        report.faults.append(f"index.json is missing or unreadable: {exc}")
+
+
+def _check_blob(digest: str, size: int | None, what: str, layout: Layout, good: set[str],
+                report: Report) -> bool:
+    path = layout.blob_path(digest)
+    if not path.is_file():
+        report.faults.append(f"{what}: blob {digest} is missing")
+        return False
+    if size is not None and path.stat().st_size != size:
+        report.faults.append(f"{what}: blob {digest} is {path.stat().st_size} bytes, "
+                             f"its descriptor says {size}")
+        return False
+    return digest in good
+
+
+def _check_image(home: Home, layout: Layout, ref: str, digest: str, size: int,
+                 good: set[str], report: Report) -> set[str]:
+    used = {digest}
+    if not _check_blob(digest, size, f"{ref} manifest", layout, good, report):
+        return used
+    manifest = layout.read_json(digest)
+    if manifest.get("mediaType") != MEDIA_MANIFEST:
+        report.faults.append(f"{ref}: manifest has media type {manifest.get('mediaType')!r}")
+    config_desc = manifest.get("config", {})
+    used.add(config_desc.get("digest", ""))
+    layers = manifest.get("layers", [])
+    used |= {layer["digest"] for layer in layers}
+    if not _check_blob(config_desc["digest"], config_desc.get("size"), f"{ref} config",
+                       layout, good, report):
+        return used
+    config = layout.read_json(config_desc["digest"])
+    diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+    if len(diff_ids) != len(layers):
+        report.faults.append(f"{ref}: {len(layers)} layers but {len(diff_ids)} diff_ids")
+    for number, (layer, diff_id) in enumerate(zip(layers, diff_ids, strict=False)):
+        what = f"{ref} layer {number}"
+        _check_blob(layer["digest"], layer.get("size"), what, layout, good, report)
+        if layer["mediaType"].endswith(".tar") and layer["digest"] != diff_id:
+            report.faults.append(f"{what}: uncompressed layer {layer['digest']} "
+                                 f"but diff_id {diff_id}")
+        if not (home.layers / diff_id.split(":", 1)[1]).is_dir():
+            report.notes.append(f"{what} is not unpacked under layers/ (done on next use)")
+    return used

@@ -1,0 +1,202 @@
+"""One OCI image layout (image-spec v1.1): blobs by sha256, index.json naming manifests.
+
+Blobs are written before anything refers to them; index.json is replaced atomically under
+a lock, so readers always see a complete index. Refs are ``name:version`` strings kept in
+the ``org.opencontainers.image.ref.name`` annotation, which is how skopeo's
+``oci:DIR:name:version`` and umoci find an image.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from kiln.errors import NotFound, StoreError
+from kiln.store.atomic import fsync_dir, write_atomic
+
+MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
+MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
+REF_ANNOTATION = "org.opencontainers.image.ref.name"
+CHUNK = 1 << 20
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str  # "sha256:<hex>"
+    size: int
+    annotations: tuple[tuple[str, str], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest,
+                               "size": self.size}
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Descriptor:
+        return cls(data["mediaType"], data["digest"], int(data["size"]),
+                   tuple(sorted((data.get("annotations") or {}).items())))
+
+    @property
+    def hex(self) -> str:
+        return self.digest.split(":", 1)[1]
+
+
+class BlobWriter:
+    """Write a blob in chunks while hashing it; ``commit`` moves it in under its digest."""
+
+    def __init__(self, layout: Layout, tmp_dir: Path) -> None:
+        self._layout = layout
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="blob-")
+        self._path = Path(name)
+        self._file: BinaryIO = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        self._hash.update(chunk)
+        self._file.write(chunk)
+        self.size += len(chunk)
+
+    def commit(self, media_type: str) -> Descriptor:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        digest = "sha256:" + self._hash.hexdigest()
+        target = self._layout.blob_path(digest)
+        if target.exists():
+            self._path.unlink()
+        else:
+            os.chmod(self._path, 0o644)
+            os.replace(self._path, target)
+            fsync_dir(target.parent)
+        return Descriptor(media_type, digest, self.size)
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self._path.unlink(missing_ok=True)
+
+
+class Layout:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = root / "blobs" / "sha256"
+
+    def init(self) -> None:
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        if not (self.root / "oci-layout").exists():
+            write_atomic(self.root / "oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
+        if not (self.root / "index.json").exists():
+            write_atomic(self.root / "index.json", canonical_json(self._empty_index()))
+
+    @staticmethod
+    def _empty_index() -> dict[str, Any]:
+        return {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": []}
+
+    def blob_path(self, digest: str) -> Path:
+        algo, _, hexdigest = digest.partition(":")
+        if algo != "sha256" or len(hexdigest) != 64:
+            raise StoreError(f"unsupported digest {digest!r}")
+        return self.blobs / hexdigest
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def put_bytes(self, data: bytes, media_type: str) -> Descriptor:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        target = self.blob_path(digest)
+        if not target.exists():
+            write_atomic(target, data)
+        return Descriptor(media_type, digest, len(data))
+
+    def put_json(self, value: Any, media_type: str) -> Descriptor:
+        return self.put_bytes(canonical_json(value), media_type)
+
+    def read_bytes(self, digest: str) -> bytes:
+        try:
+            return self.blob_path(digest).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"blob {digest} is missing from {self.blobs}",
+                             hint="run 'kiln fsck' to check the store") from None
+
+    def read_json(self, digest: str) -> Any:
+        return json.loads(self.read_bytes(digest))
+
+    def writer(self, tmp_dir: Path) -> BlobWriter:
+        return BlobWriter(self, tmp_dir)
+
+    def copy_blob_to(self, digest: str, dest: BinaryIO) -> None:
+        with self.blob_path(digest).open("rb") as src:
+            shutil.copyfileobj(src, dest, CHUNK)
+
+    # index.json
+    def read_index(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.root / "index.json").read_bytes())
+        except FileNotFoundError:
+            return self._empty_index()
+        return data
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".index.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def tag(self, ref: str, manifest: Descriptor) -> None:
+        """Point ``ref`` (name:version) at a manifest that is already in the blob store."""
+        if not self.has_blob(manifest.digest):
+            raise StoreError(f"refusing to tag {ref}: manifest {manifest.digest} is not stored")
+        with self._locked():
+            index = self.read_index()
+            manifests = [m for m in index["manifests"]
+                         if (m.get("annotations") or {}).get(REF_ANNOTATION) != ref]
+            entry = manifest.to_json()
+            entry["annotations"] = {REF_ANNOTATION: ref}
+            manifests.append(entry)
+            index["manifests"] = manifests
+            write_atomic(self.root / "index.json", canonical_json(index))
+
+    def untag(self, ref: str) -> None:
+        with self._locked():
+            index = self.read_index()
+            index["manifests"] = [m for m in index["manifests"]
+                                  if (m.get("annotations") or {}).get(REF_ANNOTATION) != ref]
+            write_atomic(self.root / "index.json", canonical_json(index))
+
+    def refs(self) -> dict[str, Descriptor]:
+        out = {}
+        for entry in self.read_index()["manifests"]:
+            ref = (entry.get("annotations") or {}).get(REF_ANNOTATION)
+            if ref:
+                out[ref] = Descriptor.from_json(entry)
+        return out
+
+    def resolve(self, ref: str) -> Descriptor:
+        try:
+            return self.refs()[ref]
+        except KeyError:
+            raise NotFound(f"no image {ref} in {self.root}") from None
