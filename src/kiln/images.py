@@ -53,40 +53,57 @@ def inspect(ref: str, home: Home | None = None) -> dict[str, Any]:
         layers = []
         for number, layer in enumerate(manifest["layers"]):
             step = history[number] if number < len(history) else {}
-            layers.append({"digest": layer["digest"], "size": layer["size"],
-                           "media_type": layer["mediaType"],
-                           "diff_id": config["rootfs"]["diff_ids"][number],
-                           "created_by": step.get("created_by", ""),
-                           "comment": step.get("comment", "")})
+            layers.append(
+                {
+                    "digest": layer["digest"],
+                    "size": layer["size"],
+                    "media_type": layer["mediaType"],
+                    "diff_id": config["rootfs"]["diff_ids"][number],
+                    "created_by": step.get("created_by", ""),
+                    "comment": step.get("comment", ""),
+                }
+            )
         return {
-            "ref": image.ref, "name": image.name, "version": image.version,
-            "digest": image.digest, "config_digest": image.config_digest,
-            "status": image.status, "origin": image.origin, "created": image.created.isoformat(),
-            "cache_key": image.cache_key, "recipe": {"path": image.recipe_path,
-                                                     "digest": image.recipe_digest},
+            "ref": image.ref,
+            "name": image.name,
+            "version": image.version,
+            "digest": image.digest,
+            "config_digest": image.config_digest,
+            "status": image.status,
+            "origin": image.origin,
+            "created": image.created.isoformat(),
+            "cache_key": image.cache_key,
+            "recipe": {"path": image.recipe_path, "digest": image.recipe_digest},
             "bake_seconds": round(image.seconds, 3),
             "labels": (config.get("config") or {}).get("Labels") or {},
-            "architecture": config.get("architecture"), "os": config.get("os"),
+            "architecture": config.get("architecture"),
+            "os": config.get("os"),
             "env": (config.get("config") or {}).get("Env") or [],
             "layers": layers,
             "size": sum(layer["size"] for layer in layers),
             "parents": [_summary(parent) for parent in store.catalog.ancestors(image)],
-            "packages": [{"name": p.name, "version": p.version, "architecture": p.architecture}
-                         for p in image.packages],
+            "packages": [
+                {"name": p.name, "version": p.version, "architecture": p.architecture}
+                for p in image.packages
+            ],
         }
 
 
 def _descendants(image: Image) -> list[dict[str, Any]]:
-    return [{**_summary(child), "children": _descendants(child)}
-            for child in sorted(image.children, key=lambda c: (c.name, c.version))]
+    return [
+        {**_summary(child), "children": _descendants(child)}
+        for child in sorted(image.children, key=lambda c: (c.name, c.version))
+    ]
 
 
 def lineage(ref: str, home: Home | None = None) -> dict[str, Any]:
     with opened(home) as store:
         image = store.catalog.resolve(store.session, ref)
-        return {**_summary(image),
-                "ancestors": [_summary(a) for a in store.catalog.ancestors(image)],
-                "descendants": _descendants(image)}
+        return {
+            **_summary(image),
+            "ancestors": [_summary(a) for a in store.catalog.ancestors(image)],
+            "descendants": _descendants(image),
+        }
 
 
 def diff(old_ref: str, new_ref: str, home: Home | None = None) -> dict[str, Any]:
@@ -99,17 +116,23 @@ def diff(old_ref: str, new_ref: str, home: Home | None = None) -> dict[str, Any]
         old_pkgs = {p.name: p.version for p in old.packages}
         new_pkgs = {p.name: p.version for p in new.packages}
         return {
-            "old": old.ref, "new": new.ref,
-            "files": {"added": files.added, "modified": files.modified,
-                      "deleted": files.deleted},
+            "old": old.ref,
+            "new": new.ref,
+            "files": {"added": files.added, "modified": files.modified, "deleted": files.deleted},
             "packages": {
-                "added": [{"name": n, "version": new_pkgs[n]}
-                          for n in sorted(new_pkgs.keys() - old_pkgs.keys())],
-                "removed": [{"name": n, "version": old_pkgs[n]}
-                            for n in sorted(old_pkgs.keys() - new_pkgs.keys())],
-                "changed": [{"name": n, "old": old_pkgs[n], "new": new_pkgs[n]}
-                            for n in sorted(old_pkgs.keys() & new_pkgs.keys())
-                            if old_pkgs[n] != new_pkgs[n]],
+                "added": [
+                    {"name": n, "version": new_pkgs[n]}
+                    for n in sorted(new_pkgs.keys() - old_pkgs.keys())
+                ],
+                "removed": [
+                    {"name": n, "version": old_pkgs[n]}
+                    for n in sorted(old_pkgs.keys() - new_pkgs.keys())
+                ],
+                "changed": [
+                    {"name": n, "old": old_pkgs[n], "new": new_pkgs[n]}
+                    for n in sorted(old_pkgs.keys() & new_pkgs.keys())
+                    if old_pkgs[n] != new_pkgs[n]
+                ],
             },
         }
 
@@ -119,8 +142,7 @@ def export_image(ref: str, kind: str, output: Path, home: Home | None = None) ->
         image = store.catalog.resolve(store.session, ref)
         if kind == "oci-archive":
             size = len(store.layout.read_bytes(image.digest))
-            manifest = Descriptor("application/vnd.oci.image.manifest.v1+json", image.digest,
-                                  size)
+            manifest = Descriptor("application/vnd.oci.image.manifest.v1+json", image.digest, size)
             export.oci_archive(store.layout, manifest, image.ref, output, store.home.tmp)
         else:
             dirs = load_image(store.home, store.layout, image).layer_dirs

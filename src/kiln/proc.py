@@ -86,8 +86,7 @@ def output(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> str:
         list(argv),
         env=environment(env),
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         check=False,
     )
     if result.returncode != 0:

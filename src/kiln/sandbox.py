@@ -47,9 +47,17 @@ class Sandbox:
 
     def argv(self, command: Sequence[str], *, env: Mapping[str, str] | None = None) -> list[str]:
         out = [
-            "systemd-nspawn", "--quiet", "--keep-unit", "--register=no", "--as-pid2",
-            f"--directory={self.root}", f"--hostname={BUILD_HOSTNAME}",
-            "--timezone=off", "--link-journal=no", "--pipe", "--chdir=/",
+            "systemd-nspawn",
+            "--quiet",
+            "--keep-unit",
+            "--register=no",
+            "--as-pid2",
+            f"--directory={self.root}",
+            f"--hostname={BUILD_HOSTNAME}",
+            "--timezone=off",
+            "--link-journal=no",
+            "--pipe",
+            "--chdir=/",
             "--resolv-conf=bind-host" if self.network else "--private-network",
         ]
         out += [bind.option() for bind in self.binds]
@@ -57,7 +65,8 @@ class Sandbox:
         out += [f"--setenv={key}={value}" for key, value in sorted(merged.items())]
         return [*out, "--", *command]
 
-    def run(self, command: Sequence[str], *, env: Mapping[str, str] | None = None,
-            capture: bool = True) -> str:
+    def run(
+        self, command: Sequence[str], *, env: Mapping[str, str] | None = None, capture: bool = True
+    ) -> str:
         result = proc.run(self.argv(command, env=env), capture=capture)
         return result.stdout.decode(errors="replace") if result.stdout else ""

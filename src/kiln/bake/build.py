@@ -11,6 +11,7 @@ store or catalog (or keeps the root on purpose with --on-error=keep).
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -44,10 +45,17 @@ class BakeResult:
         return f"{self.name}:{self.version}"
 
     def to_json(self) -> dict[str, object]:
-        return {"ref": self.ref, "name": self.name, "version": self.version,
-                "digest": self.digest, "cached": self.cached,
-                "seconds": round(self.seconds, 3), "cache_key": self.cache_key,
-                "recipe": self.recipe, "stages": {k: round(v, 3) for k, v in self.stages.items()}}
+        return {
+            "ref": self.ref,
+            "name": self.name,
+            "version": self.version,
+            "digest": self.digest,
+            "cached": self.cached,
+            "seconds": round(self.seconds, 3),
+            "cache_key": self.cache_key,
+            "recipe": self.recipe,
+            "stages": {k: round(v, 3) for k, v in self.stages.items()},
+        }
 
 
 def prepare_root(context: BuildContext, stack: ExitStack) -> None:
@@ -55,7 +63,8 @@ def prepare_root(context: BuildContext, stack: ExitStack) -> None:
     if context.parent is not None:
         overlay = Overlay(
             lowers=list(reversed(context.parent.layer_dirs)),
-            upper=context.build_dir / "upper", work=context.build_dir / "work",
+            upper=context.build_dir / "upper",
+            work=context.build_dir / "work",
             target=context.root,
         )
         stack.enter_context(overlay)
@@ -64,8 +73,9 @@ def prepare_root(context: BuildContext, stack: ExitStack) -> None:
     elif origin == "bootstrap":
         spec = context.recipe.recipe.image.bootstrap
         assert spec is not None
-        debian.bootstrap(spec, context.recipe.recipe.packages.apt, context.root,
-                         context.options.mirror)
+        debian.bootstrap(
+            spec, context.recipe.recipe.packages.apt, context.root, context.options.mirror
+        )
     elif origin == "import":
         source = context.recipe.resolve(context.recipe.recipe.image.import_ or "")
         imported.import_root(source, context.root, context.home.tmp)
@@ -90,15 +100,17 @@ def run_steps(context: BuildContext, stack: ExitStack) -> None:
         try:
             steps.apply(context, step, index)
         except proc.CommandError as exc:
+            inner = exc.argv[exc.argv.index("--") + 1 :] if "--" in exc.argv else exc.argv
             raise StepFailed(
                 f"{where}: steps[{index}] ({kind}) failed with exit code {exc.returncode}\n"
-                f"  command: {' '.join(exc.argv[exc.argv.index('--') + 1:]) if '--' in exc.argv else ' '.join(exc.argv)}\n"
+                f"  command: {shlex.join(inner)}\n"
                 f"--- last lines of output ---\n{proc.tail(exc.output)}",
                 hint="re-run with --on-error=keep to keep the build root and look inside",
             ) from None
         except KilnError as exc:
-            raise StepFailed(f"{where}: steps[{index}] ({kind}): {exc.message}",
-                             hint=exc.hint) from None
+            raise StepFailed(
+                f"{where}: steps[{index}] ({kind}): {exc.message}", hint=exc.hint
+            ) from None
         except OSError as exc:
             raise StepFailed(f"{where}: steps[{index}] ({kind}): {exc}") from None
 
@@ -152,7 +164,7 @@ def bake(context: BuildContext) -> BakeResult:
     return result
 
 
-class _cleanup:  # noqa: N801 - used as a context manager factory
+class _cleanup:
     """Remove the build folder at the end; on failure keep it if asked to."""
 
     def __init__(self, context: BuildContext) -> None:
@@ -189,8 +201,9 @@ def commit(context: BuildContext, layer: Descriptor, seconds: float) -> BakeResu
     """Write config and manifest, keep the layer, then record and tag in one transaction."""
     created = datetime.now(UTC).replace(microsecond=0)
     config_desc = context.layout.put_json(image.config(context, layer, created), MEDIA_CONFIG)
-    manifest_desc = context.layout.put_json(image.manifest(context, config_desc, layer),
-                                            MEDIA_MANIFEST)
+    manifest_desc = context.layout.put_json(
+        image.manifest(context, config_desc, layer), MEDIA_MANIFEST
+    )
     _move_layer(context, layer.digest)
     recipe = context.recipe
     tagged: str | None = None
@@ -198,14 +211,22 @@ def commit(context: BuildContext, layer: Descriptor, seconds: float) -> BakeResu
         with context.catalog.session() as session:
             version = context.catalog.next_version(session, recipe.name)
             row = Image(
-                name=recipe.name, version=version, digest=manifest_desc.digest,
+                name=recipe.name,
+                version=version,
+                digest=manifest_desc.digest,
                 config_digest=config_desc.digest,
                 parent_id=context.parent.catalog_id if context.parent else None,
-                cache_key=context.cache_key, recipe_path=str(recipe.path),
-                recipe_digest=recipe.digest, origin=recipe.recipe.image.origin,
-                created=created, status="ok", size=layer.size, seconds=seconds,
-                packages=[Package(name=n, version=v, architecture=a)
-                          for n, v, a in context.packages],
+                cache_key=context.cache_key,
+                recipe_path=str(recipe.path),
+                recipe_digest=recipe.digest,
+                origin=recipe.recipe.image.origin,
+                created=created,
+                status="ok",
+                size=layer.size,
+                seconds=seconds,
+                packages=[
+                    Package(name=n, version=v, architecture=a) for n, v, a in context.packages
+                ],
             )
             session.add(row)
             session.flush()
@@ -216,6 +237,12 @@ def commit(context: BuildContext, layer: Descriptor, seconds: float) -> BakeResu
         if tagged:  # the catalog did not take it: the store must not name it either
             context.layout.untag(tagged)
         raise
-    return BakeResult(name=recipe.name, version=version, digest=manifest_desc.digest,
-                      cache_key=context.cache_key, cached=False, seconds=0.0,
-                      recipe=str(recipe.path))
+    return BakeResult(
+        name=recipe.name,
+        version=version,
+        digest=manifest_desc.digest,
+        cache_key=context.cache_key,
+        cached=False,
+        seconds=0.0,
+        recipe=str(recipe.path),
+    )

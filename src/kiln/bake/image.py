@@ -10,12 +10,19 @@ from typing import Any
 
 from kiln import __version__
 from kiln.bake.context import BuildContext
-from kiln.store.layout import MEDIA_CONFIG, MEDIA_MANIFEST, Descriptor
+from kiln.store.layout import MEDIA_MANIFEST, Descriptor
 
 LABEL = "org.kiln."
 
-ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
-        "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
+ARCH = {
+    "x86_64": "amd64",
+    "aarch64": "arm64",
+    "armv7l": "arm",
+    "i686": "386",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
 
 
 def _iso(moment: datetime) -> str:
@@ -47,15 +54,18 @@ def config(context: BuildContext, layer: Descriptor, created: datetime) -> dict[
     parent: dict[str, Any] = dict(context.parent.config) if context.parent else {}
     inherited = dict((parent.get("config") or {}).get("Labels") or {})
     image_config = dict(parent.get("config") or {})
-    image_config.setdefault("Env", ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
-                                    "/sbin:/bin"])
+    image_config.setdefault(
+        "Env", ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+    )
     image_config["Labels"] = {**inherited, **labels(context, created)}
     history = list(parent.get("history") or [])
-    history.append({
-        "created": _iso(created),
-        "created_by": f"kiln {__version__} bake {context.recipe.path.name}",
-        "comment": context.recipe.recipe.image.description or context.recipe.name,
-    })
+    history.append(
+        {
+            "created": _iso(created),
+            "created_by": f"kiln {__version__} bake {context.recipe.path.name}",
+            "comment": context.recipe.recipe.image.description or context.recipe.name,
+        }
+    )
     diff_ids = context.parent.diff_ids if context.parent else []
     return {
         "created": _iso(created),

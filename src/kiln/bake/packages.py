@@ -77,8 +77,13 @@ def candidate(package: str) -> Candidate:
         key, sep, value = line.partition(": ")
         if sep and not line.startswith(" "):
             fields.setdefault(key, value.strip())
-    return Candidate(fields["Package"], fields["Version"], fields["Architecture"],
-                     fields["SHA256"], fields["Filename"])
+    return Candidate(
+        fields["Package"],
+        fields["Version"],
+        fields["Architecture"],
+        fields["SHA256"],
+        fields["Filename"],
+    )
 
 
 def fetch(wanted: Candidate, cache: Path, tmp: Path) -> Path:
@@ -112,9 +117,14 @@ def installed(root: Path) -> list[tuple[str, str, str]]:
     """(name, version, architecture) of every package dpkg knows in ``root``."""
     if not has_dpkg(root):
         return []
-    text = proc.output(["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "--show",
-                        "--showformat=${db:Status-Status}\t${Package}\t${Version}\t"
-                        "${Architecture}\n"])
+    text = proc.output(
+        [
+            "dpkg-query",
+            f"--admindir={root / 'var/lib/dpkg'}",
+            "--show",
+            "--showformat=${db:Status-Status}\t${Package}\t${Version}\t${Architecture}\n",
+        ]
+    )
     out = []
     for line in text.splitlines():
         status, name, version, arch = line.split("\t")

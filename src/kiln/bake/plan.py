@@ -50,8 +50,9 @@ def plan(target: Path) -> tuple[list[RecipeFile], list[RecipeFile]]:
             return
         if mark == "visiting":
             cycle = " -> ".join([*trail, recipe.path.name])
-            raise BadInput(f"recipes form a cycle: {cycle}",
-                           hint="an image cannot be its own ancestor")
+            raise BadInput(
+                f"recipes form a cycle: {cycle}", hint="an image cannot be its own ancestor"
+            )
         state[recipe.path] = "visiting"
         parent = parent_of(recipe)
         if parent is not None:

@@ -61,8 +61,10 @@ def lookup_ids(root: Path, owner: str) -> tuple[int, int]:
     user, _, group = owner.partition(":")
     uid = int(user) if user.isdigit() else _ids(root / "etc/passwd", user)
     if uid is None:
-        raise BadInput(f"user '{user}' does not exist in the image's /etc/passwd",
-                       hint="create it in an earlier step, or use a numeric id")
+        raise BadInput(
+            f"user '{user}' does not exist in the image's /etc/passwd",
+            hint="create it in an earlier step, or use a numeric id",
+        )
     group = group or user
     gid = int(group) if group.isdigit() else _ids(root / "etc/group", group)
     if gid is None:

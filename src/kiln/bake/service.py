@@ -32,8 +32,12 @@ def layer_dir(home: Home, diff_id: str) -> Path:
 def load_image(home: Home, layout: Layout, image: Image) -> StoredImage:
     """A catalog image as a parent: its config, and its layers unpacked once in the store."""
     manifest = Descriptor.from_json(
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": image.digest,
-         "size": len(layout.read_bytes(image.digest))})
+        {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": image.digest,
+            "size": len(layout.read_bytes(image.digest)),
+        }
+    )
     manifest_json = layout.read_json(image.digest)
     config = layout.read_json(manifest_json["config"]["digest"])
     dirs = []
@@ -44,13 +48,20 @@ def load_image(home: Home, layout: Layout, image: Image) -> StoredImage:
             layers.unpack(layout, blob["digest"], tmp)
             os.replace(tmp, target)
         dirs.append(target)
-    return StoredImage(ref=image.ref, catalog_id=image.id, manifest=manifest, config=config,
-                       layer_dirs=tuple(dirs))
+    return StoredImage(
+        ref=image.ref, catalog_id=image.id, manifest=manifest, config=config, layer_dirs=tuple(dirs)
+    )
 
 
-def bake_one(home: Home, layout: Layout, catalog: Catalog, recipe: RecipeFile,
-             parent_ref: str | None, options: Options,
-             log: Callable[[str], None]) -> build.BakeResult:
+def bake_one(
+    home: Home,
+    layout: Layout,
+    catalog: Catalog,
+    recipe: RecipeFile,
+    parent_ref: str | None,
+    options: Options,
+    log: Callable[[str], None],
+) -> build.BakeResult:
     started = time.monotonic()
     parent: StoredImage | None = None
     parent_packages: list[tuple[str, str, str]] = []
@@ -63,12 +74,23 @@ def bake_one(home: Home, layout: Layout, catalog: Catalog, recipe: RecipeFile,
         key = cachekey.compute(recipe, parent.manifest.digest if parent else None)
         hit = None if options.no_cache else catalog.by_cache_key(session, key)
         if hit is not None and layout.has_blob(hit.digest):
-            return build.BakeResult(name=hit.name, version=hit.version, digest=hit.digest,
-                                    cache_key=key, cached=True,
-                                    seconds=time.monotonic() - started, recipe=str(recipe.path))
+            return build.BakeResult(
+                name=hit.name,
+                version=hit.version,
+                digest=hit.digest,
+                cache_key=key,
+                cached=True,
+                seconds=time.monotonic() - started,
+                recipe=str(recipe.path),
+            )
     context = BuildContext(
-        home=home, layout=layout, catalog=catalog, recipe=recipe, options=options,
-        cache_key=key, parent=parent,
+        home=home,
+        layout=layout,
+        catalog=catalog,
+        recipe=recipe,
+        options=options,
+        cache_key=key,
+        parent=parent,
         build_dir=home.builds / f"{recipe.name}-{secrets.token_hex(4)}",
         log=lambda message: log(f"{recipe.name}: {message}"),
     )
@@ -76,8 +98,9 @@ def bake_one(home: Home, layout: Layout, catalog: Catalog, recipe: RecipeFile,
     return build.bake(context)
 
 
-def bake_path(target: Path, options: Options, log: Callable[[str], None],
-              home: Home | None = None) -> tuple[list[build.BakeResult], list[RecipeFile]]:
+def bake_path(
+    target: Path, options: Options, log: Callable[[str], None], home: Home | None = None
+) -> tuple[list[build.BakeResult], list[RecipeFile]]:
     """Bake a recipe (with its recipe-path ancestors) or a folder of recipes."""
     ordered, named = plan(target)
     home = home or Home.from_env()
@@ -87,8 +110,9 @@ def bake_path(target: Path, options: Options, log: Callable[[str], None],
         baked: dict[Path, str] = {}
         names: dict[str, str] = {}
         for recipe in ordered:
-            result = bake_one(home, layout, catalog, recipe,
-                              parent_recipe(recipe, baked, names), options, log)
+            result = bake_one(
+                home, layout, catalog, recipe, parent_recipe(recipe, baked, names), options, log
+            )
             baked[recipe.path] = names[recipe.name] = result.ref
             results.append(result)
         return results, named

@@ -13,8 +13,10 @@ def apply(context: BuildContext) -> None:
     if not (services.enable or services.disable):
         return
     if not (context.root / "usr/bin/systemctl").exists():
-        raise BadInput("[services] needs systemd in the image",
-                       hint="add systemd to [packages] apt, or to the parent image")
+        raise BadInput(
+            "[services] needs systemd in the image",
+            hint="add systemd to [packages] apt, or to the parent image",
+        )
     if services.enable:
         context.sandbox.run(["systemctl", "enable", *services.enable])
     if services.disable:

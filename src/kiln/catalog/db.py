@@ -47,7 +47,8 @@ class Catalog:
     @staticmethod
     def by_cache_key(session: Session, key: str) -> Image | None:
         return session.scalars(
-            select(Image).where(Image.cache_key == key, Image.status == "ok")
+            select(Image)
+            .where(Image.cache_key == key, Image.status == "ok")
             .order_by(Image.version.desc())
         ).first()
 
@@ -60,8 +61,10 @@ class Catalog:
     def resolve(session: Session, ref: str) -> Image:
         match = REF_RE.match(ref)
         if not match:
-            raise BadInput(f"'{ref}' is not an image ref",
-                           hint="use name, name:version, name:latest or name@sha256:<hex>")
+            raise BadInput(
+                f"'{ref}' is not an image ref",
+                hint="use name, name:version, name:latest or name@sha256:<hex>",
+            )
         name, version, digest = match.group("name", "version", "digest")
         query = select(Image).where(Image.name == name, Image.status == "ok")
         if digest:
@@ -71,8 +74,11 @@ class Catalog:
         image = session.scalars(query.order_by(Image.version.desc())).first()
         if image is None:
             known = session.scalar(select(func.count()).where(Image.name == name))
-            hint = (f"'kiln images' lists the versions of {name}" if known
-                    else f"bake a recipe with [image] name = \"{name}\" first")
+            hint = (
+                f"'kiln images' lists the versions of {name}"
+                if known
+                else f'bake a recipe with [image] name = "{name}" first'
+            )
             raise NotFound(f"no image {ref} in the catalog", hint=hint)
         return image
 

@@ -10,7 +10,6 @@ from rich.table import Table
 from rich.tree import Tree
 
 from kiln import images as images_service
-
 from kiln.bake.context import Options
 from kiln.bake.service import bake_path, open_store
 from kiln.cli.output import console, err, human_size, print_json
@@ -23,15 +22,25 @@ json_flag = click.option("--json", "as_json", is_flag=True, help="print machine-
 @click.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--no-cache", is_flag=True, help="rebuild even when the cache key exists")
-@click.option("--on-error", type=click.Choice(["abort", "keep"]), default="abort",
-              show_default=True, help="keep the build root of a failed bake to look inside")
-@click.option("--mirror", envvar="KILN_MIRROR", metavar="URL",
-              help="Debian mirror instead of the host's apt sources [env: KILN_MIRROR]")
+@click.option(
+    "--on-error",
+    type=click.Choice(["abort", "keep"]),
+    default="abort",
+    show_default=True,
+    help="keep the build root of a failed bake to look inside",
+)
+@click.option(
+    "--mirror",
+    envvar="KILN_MIRROR",
+    metavar="URL",
+    help="Debian mirror instead of the host's apt sources [env: KILN_MIRROR]",
+)
 @json_flag
 def bake(path: Path, no_cache: bool, on_error: str, mirror: str | None, as_json: bool) -> None:
     """Bake a recipe (and any stale recipe-path ancestors) or a folder of recipes."""
     options = Options(no_cache=no_cache, keep_on_error=on_error == "keep", mirror=mirror)
     with err.status("baking", spinner="dots") as status:
+
         def log(message: str) -> None:
             status.update(escape(message))
             if "\n" in message:
@@ -44,8 +53,9 @@ def bake(path: Path, no_cache: bool, on_error: str, mirror: str | None, as_json:
         return
     for result in results:
         state = "[green]cached[/]" if result.cached else "[bold]baked[/]"
-        console.print(f"{state} {result.ref}  {result.digest[:19]}  {result.seconds:.2f}s",
-                      highlight=False)
+        console.print(
+            f"{state} {result.ref}  {result.digest[:19]}  {result.seconds:.2f}s", highlight=False
+        )
 
 
 @click.command()
@@ -56,10 +66,18 @@ def images(as_json: bool) -> None:
     _layout, catalog = open_store(home)
     with catalog.session() as session:
         rows = [
-            {"ref": i.ref, "name": i.name, "version": i.version, "digest": i.digest,
-             "parent": i.parent.ref if i.parent else None, "origin": i.origin,
-             "created": i.created.isoformat(), "size": i.size, "status": i.status,
-             "packages": len(i.packages)}
+            {
+                "ref": i.ref,
+                "name": i.name,
+                "version": i.version,
+                "digest": i.digest,
+                "parent": i.parent.ref if i.parent else None,
+                "origin": i.origin,
+                "created": i.created.isoformat(),
+                "size": i.size,
+                "status": i.status,
+                "packages": len(i.packages),
+            }
             for i in catalog.all_images(session)
         ]
     catalog.close()
@@ -68,9 +86,14 @@ def images(as_json: bool) -> None:
         return
     table = Table("REF", "DIGEST", "PARENT", "LAYER", "PACKAGES", "CREATED", box=None)
     for row in rows:
-        table.add_row(str(row["ref"]), str(row["digest"])[7:19], str(row["parent"] or "-"),
-                      human_size(int(str(row["size"]))), str(row["packages"]),
-                      str(row["created"])[:19])
+        table.add_row(
+            str(row["ref"]),
+            str(row["digest"])[7:19],
+            str(row["parent"] or "-"),
+            human_size(int(str(row["size"]))),
+            str(row["packages"]),
+            str(row["created"])[:19],
+        )
     console.print(table)
 
 
@@ -84,10 +107,14 @@ def inspect(ref: str, as_json: bool) -> None:
         print_json(data)
         return
     console.print(f"[bold]{data['ref']}[/]  {data['digest']}", highlight=False)
-    rows = [("origin", data["origin"]), ("created", data["created"]),
-            ("recipe", data["recipe"]["path"]), ("cache key", data["cache_key"]),
-            ("size", human_size(data["size"])),
-            ("parents", " <- ".join(p["ref"] for p in data["parents"]) or "-")]
+    rows = [
+        ("origin", data["origin"]),
+        ("created", data["created"]),
+        ("recipe", data["recipe"]["path"]),
+        ("cache key", data["cache_key"]),
+        ("size", human_size(data["size"])),
+        ("parents", " <- ".join(p["ref"] for p in data["parents"]) or "-"),
+    ]
     for key, value in rows:
         console.print(f"  {key:<10} {escape(str(value))}", highlight=False)
     console.print("[bold]labels[/]")
@@ -95,8 +122,11 @@ def inspect(ref: str, as_json: bool) -> None:
         console.print(f"  {key} = {escape(value)}", highlight=False)
     console.print("[bold]layers[/]")
     for layer in data["layers"]:
-        console.print(f"  {layer['digest'][7:19]}  {human_size(layer['size']):>10}  "
-                      f"{escape(layer['comment'])}", highlight=False)
+        console.print(
+            f"  {layer['digest'][7:19]}  {human_size(layer['size']):>10}  "
+            f"{escape(layer['comment'])}",
+            highlight=False,
+        )
     console.print(f"[bold]packages[/] ({len(data['packages'])})")
     for package in data["packages"]:
         console.print(f"  {package['name']} {package['version']}", highlight=False)
@@ -147,17 +177,25 @@ def diff(old: str, new: str, as_json: bool) -> None:
     for package in packages["removed"]:
         console.print(f"- package {package['name']} {package['version']}", highlight=False)
     for package in packages["changed"]:
-        console.print(f"~ package {package['name']} {package['old']} -> {package['new']}",
-                      highlight=False)
-    err.print(f"{len(files['added'])} added, {len(files['modified'])} modified, "
-              f"{len(files['deleted'])} deleted files; {len(packages['added'])} added, "
-              f"{len(packages['removed'])} removed, {len(packages['changed'])} changed packages")
+        console.print(
+            f"~ package {package['name']} {package['old']} -> {package['new']}", highlight=False
+        )
+    err.print(
+        f"{len(files['added'])} added, {len(files['modified'])} modified, "
+        f"{len(files['deleted'])} deleted files; {len(packages['added'])} added, "
+        f"{len(packages['removed'])} removed, {len(packages['changed'])} changed packages"
+    )
 
 
 @click.command()
 @click.argument("ref")
-@click.option("--format", "kind", type=click.Choice(["oci-archive", "rootfs-tar"]),
-              required=True, help="an OCI archive (skopeo's oci-archive:) or a root tarball")
+@click.option(
+    "--format",
+    "kind",
+    type=click.Choice(["oci-archive", "rootfs-tar"]),
+    required=True,
+    help="an OCI archive (skopeo's oci-archive:) or a root tarball",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def export(ref: str, kind: str, output: Path) -> None:
     """Write an image to a file, atomically."""
@@ -165,8 +203,9 @@ def export(ref: str, kind: str, output: Path) -> None:
         raise BadInput(f"the folder of {output} does not exist")
     with err.status(f"exporting {ref}"):
         resolved = images_service.export_image(ref, kind, output)
-    console.print(f"exported {resolved} to {output} ({human_size(output.stat().st_size)})",
-                  highlight=False)
+    console.print(
+        f"exported {resolved} to {output} ({human_size(output.stat().st_size)})", highlight=False
+    )
 
 
 @click.command()

@@ -76,7 +76,7 @@ def _pydantic_problems(file: str, index: LineIndex, error: ValidationError) -> l
         if item["type"] == "extra_forbidden":
             message = "unknown key (check its spelling against docs/recipes.md)"
         elif message.startswith("Value error, "):
-            message = message[len("Value error, "):]
+            message = message[len("Value error, ") :]
         problems.append(Problem(file, index.line_of(loc), format_path(loc), message))
     return problems
 
@@ -100,8 +100,11 @@ def _raw_problems(file: str, folder: Path, index: LineIndex, raw: dict[str, Any]
             return
         target = (folder / relative).resolve()
         if not inside(target, folder):
-            problem(path, f"'{relative}' is outside the recipe's folder {folder}; "
-                          "keep inputs beside the recipe")
+            problem(
+                path,
+                f"'{relative}' is outside the recipe's folder {folder}; "
+                "keep inputs beside the recipe",
+            )
         elif not target.exists():
             problem(path, f"'{relative}' does not exist (looked for {target})")
 
@@ -122,22 +125,28 @@ def _raw_problems(file: str, folder: Path, index: LineIndex, raw: dict[str, Any]
         return problems
     given = [k for k in ("parent", "bootstrap", "import") if k in image]
     if len(given) > 1:
-        problem(("image", given[1]),
-                f"{' and '.join(given)} are mutually exclusive: an image has one parent, one "
-                "bootstrap, one import, or none of them (scratch)")
+        problem(
+            ("image", given[1]),
+            f"{' and '.join(given)} are mutually exclusive: an image has one parent, one "
+            "bootstrap, one import, or none of them (scratch)",
+        )
     parent = image.get("parent")
     if isinstance(parent, str):
         if is_recipe_path(parent):
             if not (folder / parent).resolve().is_file():
                 problem(("image", "parent"), f"parent recipe '{parent}' does not exist")
         elif not re.fullmatch(REF_RE, parent):
-            problem(("image", "parent"),
-                    f"'{parent}' is neither a recipe path (*.toml) nor an image ref "
-                    "(name, name:version or name@sha256:...)")
+            problem(
+                ("image", "parent"),
+                f"'{parent}' is neither a recipe path (*.toml) nor an image ref "
+                "(name, name:version or name@sha256:...)",
+            )
     imported = image.get("import")
     if isinstance(imported, str) and not (folder / imported).resolve().is_file():
-        problem(("image", "import"),
-                f"'{imported}' does not exist (looked for {(folder / imported).resolve()})")
+        problem(
+            ("image", "import"),
+            f"'{imported}' does not exist (looked for {(folder / imported).resolve()})",
+        )
     return problems
 
 
@@ -171,8 +180,9 @@ def load_recipe(path: Path) -> RecipeFile:
     if problems:
         problems.sort(key=lambda p: p.line or 0)
         raise RecipeError(problems, hint="see docs/recipes.md for every key")
-    return RecipeFile(path=path, recipe=recipe, digest=hashlib.sha256(data).hexdigest(),
-                      lines=index)
+    return RecipeFile(
+        path=path, recipe=recipe, digest=hashlib.sha256(data).hexdigest(), lines=index
+    )
 
 
 def recipe_paths(target: Path) -> list[Path]:

@@ -51,7 +51,7 @@ class LineIndex:
             if assign:
                 path = (*table, *_split_key(assign.group(1)))
                 self.lines.setdefault(path, number)
-                rest = line[assign.end():]
+                rest = line[assign.end() :]
                 for quote in ('"""', "'''"):
                     if rest.count(quote) % 2 == 1:
                         in_multiline = quote

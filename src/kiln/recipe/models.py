@@ -23,6 +23,7 @@ from pydantic import (
 NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 # Debian package names, optionally pinned: nginx-light, libc6:amd64, nginx-light=1.22.1-9
 APT_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?$")
+OWNER_RE = r"^[a-z0-9_][a-z0-9_-]*(:[a-z0-9_][a-z0-9_-]*)?$"
 UNIT_RE = re.compile(r"^[A-Za-z0-9@._:-]+$")
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
 SUITES = ("bookworm", "trixie", "sid", "bullseye", "testing", "stable", "unstable")
@@ -36,8 +37,17 @@ class Bootstrap(Model):
     """A Debian base made by mmdebstrap."""
 
     debian: str = Field(description="Debian suite or codename, e.g. bookworm")
-    variant: Literal["extract", "custom", "essential", "apt", "required", "minbase",
-                     "buildd", "important", "standard"] = "minbase"
+    variant: Literal[
+        "extract",
+        "custom",
+        "essential",
+        "apt",
+        "required",
+        "minbase",
+        "buildd",
+        "important",
+        "standard",
+    ] = "minbase"
     mirror: str | None = Field(
         default=None, description="mirror URL; by default the host's apt sources are used"
     )
@@ -109,7 +119,7 @@ class CopyStep(Model):
     source: str = Field(alias="copy", min_length=1)
     to: str
     mode: str | None = Field(default=None, pattern=r"^0?[0-7]{3,4}$")
-    owner: str | None = Field(default=None, pattern=r"^[a-z0-9_][a-z0-9_-]*(:[a-z0-9_][a-z0-9_-]*)?$")
+    owner: str | None = Field(default=None, pattern=OWNER_RE)
 
     @field_validator("to")
     @classmethod
@@ -136,13 +146,15 @@ class AnsibleStep(Model):
 
 def _step_kind(value: Any) -> str | None:
     if isinstance(value, dict):
-        kinds = [k for k in ("run", "copy", "ansible") if k in value]
-        return kinds[0] if len(kinds) == 1 else None
-    return {RunStep: "run", CopyStep: "copy", AnsibleStep: "ansible"}.get(type(value))
+        present = [k for k in ("run", "copy", "ansible") if k in value]
+        return present[0] if len(present) == 1 else None
+    by_type: dict[type, str] = {RunStep: "run", CopyStep: "copy", AnsibleStep: "ansible"}
+    return by_type.get(type(value))
 
 
 Step = Annotated[
-    Annotated[RunStep, Tag("run")] | Annotated[CopyStep, Tag("copy")]
+    Annotated[RunStep, Tag("run")]
+    | Annotated[CopyStep, Tag("copy")]
     | Annotated[AnsibleStep, Tag("ansible")],
     Discriminator(
         _step_kind,

@@ -30,8 +30,9 @@ def _atomic_output(output: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def oci_archive(layout: Layout, manifest: Descriptor, ref: str, output: Path,
-                scratch: Path) -> None:
+def oci_archive(
+    layout: Layout, manifest: Descriptor, ref: str, output: Path, scratch: Path
+) -> None:
     """A tar of an OCI layout holding just this image (skopeo's oci-archive: transport)."""
     data = layout.read_json(manifest.digest)
     digests = [manifest.digest, data["config"]["digest"], *(x["digest"] for x in data["layers"])]
@@ -44,15 +45,31 @@ def oci_archive(layout: Layout, manifest: Descriptor, ref: str, output: Path,
         write_atomic(staging / "oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
         entry = manifest.to_json()
         entry["annotations"] = {REF_ANNOTATION: ref}
-        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                 "manifests": [entry]}
+        index = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [entry],
+        }
         write_atomic(staging / "index.json", canonical_json(index))
         with _atomic_output(output) as tmp:
-            proc.run(["tar", "--create", f"--file={tmp}", f"--directory={staging}",
-                      "--sort=name", "--numeric-owner", "--owner=0", "--group=0",
-                      "--hard-dereference", "--format=posix",
-                      "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
-                      "oci-layout", "index.json", "blobs"])
+            proc.run(
+                [
+                    "tar",
+                    "--create",
+                    f"--file={tmp}",
+                    f"--directory={staging}",
+                    "--sort=name",
+                    "--numeric-owner",
+                    "--owner=0",
+                    "--group=0",
+                    "--hard-dereference",
+                    "--format=posix",
+                    "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
+                    "oci-layout",
+                    "index.json",
+                    "blobs",
+                ]
+            )
 
 
 def rootfs_tar(layer_dirs: Sequence[Path], output: Path, scratch: Path) -> None:
@@ -64,8 +81,9 @@ def rootfs_tar(layer_dirs: Sequence[Path], output: Path, scratch: Path) -> None:
         with tempfile.TemporaryDirectory(dir=scratch, prefix="export-") as folder:
             target = Path(folder)
             lower = ":".join(str(p) for p in reversed(layer_dirs))
-            proc.run(["mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={lower}",
-                      str(target)])
+            proc.run(
+                ["mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={lower}", str(target)]
+            )
             try:
                 _tar_root(target, tmp)
             finally:
@@ -73,7 +91,18 @@ def rootfs_tar(layer_dirs: Sequence[Path], output: Path, scratch: Path) -> None:
 
 
 def _tar_root(root: Path, output: Path) -> None:
-    proc.run(["tar", "--create", f"--file={output}", f"--directory={root}", "--sort=name",
-              "--numeric-owner", "--format=posix", "--xattrs",
-              "--xattrs-include=security.capability",
-              "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime", "."])
+    proc.run(
+        [
+            "tar",
+            "--create",
+            f"--file={output}",
+            f"--directory={root}",
+            "--sort=name",
+            "--numeric-owner",
+            "--format=posix",
+            "--xattrs",
+            "--xattrs-include=security.capability",
+            "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
+            ".",
+        ]
+    )

@@ -31,8 +31,13 @@ class Report:
         return not self.faults
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "faults": self.faults, "notes": self.notes,
-                "blobs": self.blobs, "images": self.images}
+        return {
+            "ok": self.ok,
+            "faults": self.faults,
+            "notes": self.notes,
+            "blobs": self.blobs,
+            "images": self.images,
+        }
 
 
 def _sha256(path: Path) -> str:
@@ -58,8 +63,7 @@ def check(home: Home, layout: Layout, catalog: Catalog) -> Report:
     refs = layout.refs()
     for ref, manifest in sorted(refs.items()):
         report.images += 1
-        referenced |= _check_image(home, layout, ref, manifest.digest, manifest.size, good,
-                                   report)
+        referenced |= _check_image(home, layout, ref, manifest.digest, manifest.size, good, report)
     for digest in sorted(good - referenced):
         report.notes.append(f"blob {digest} is not referenced by any image ('kiln gc' later)")
     with catalog.session() as session:
@@ -70,8 +74,9 @@ def check(home: Home, layout: Layout, catalog: Catalog) -> Report:
             if entry is None:
                 report.faults.append(f"catalog image {image.ref} has no entry in index.json")
             elif entry.digest != image.digest:
-                report.faults.append(f"catalog says {image.ref} is {image.digest}, "
-                                     f"index.json says {entry.digest}")
+                report.faults.append(
+                    f"catalog says {image.ref} is {image.digest}, index.json says {entry.digest}"
+                )
         known = {image.ref for image in catalog.all_images(session)}
     for ref in sorted(refs.keys() - known):
         report.faults.append(f"index.json names {ref}, which the catalog does not know")
@@ -93,21 +98,24 @@ def _check_layout_files(layout: Layout, report: Report) -> None:
         report.faults.append(f"index.json is missing or unreadable: {exc}")
 
 
-def _check_blob(digest: str, size: int | None, what: str, layout: Layout, good: set[str],
-                report: Report) -> bool:
+def _check_blob(
+    digest: str, size: int | None, what: str, layout: Layout, good: set[str], report: Report
+) -> bool:
     path = layout.blob_path(digest)
     if not path.is_file():
         report.faults.append(f"{what}: blob {digest} is missing")
         return False
     if size is not None and path.stat().st_size != size:
-        report.faults.append(f"{what}: blob {digest} is {path.stat().st_size} bytes, "
-                             f"its descriptor says {size}")
+        report.faults.append(
+            f"{what}: blob {digest} is {path.stat().st_size} bytes, its descriptor says {size}"
+        )
         return False
     return digest in good
 
 
-def _check_image(home: Home, layout: Layout, ref: str, digest: str, size: int,
-                 good: set[str], report: Report) -> set[str]:
+def _check_image(
+    home: Home, layout: Layout, ref: str, digest: str, size: int, good: set[str], report: Report
+) -> set[str]:
     used = {digest}
     if not _check_blob(digest, size, f"{ref} manifest", layout, good, report):
         return used
@@ -118,8 +126,9 @@ def _check_image(home: Home, layout: Layout, ref: str, digest: str, size: int,
     used.add(config_desc.get("digest", ""))
     layers = manifest.get("layers", [])
     used |= {layer["digest"] for layer in layers}
-    if not _check_blob(config_desc["digest"], config_desc.get("size"), f"{ref} config",
-                       layout, good, report):
+    if not _check_blob(
+        config_desc["digest"], config_desc.get("size"), f"{ref} config", layout, good, report
+    ):
         return used
     config = layout.read_json(config_desc["digest"])
     diff_ids = config.get("rootfs", {}).get("diff_ids", [])
@@ -129,8 +138,9 @@ def _check_image(home: Home, layout: Layout, ref: str, digest: str, size: int,
         what = f"{ref} layer {number}"
         _check_blob(layer["digest"], layer.get("size"), what, layout, good, report)
         if layer["mediaType"].endswith(".tar") and layer["digest"] != diff_id:
-            report.faults.append(f"{what}: uncompressed layer {layer['digest']} "
-                                 f"but diff_id {diff_id}")
+            report.faults.append(
+                f"{what}: uncompressed layer {layer['digest']} but diff_id {diff_id}"
+            )
         if not (home.layers / diff_id.split(":", 1)[1]).is_dir():
             report.notes.append(f"{what} is not unpacked under layers/ (done on next use)")
     return used

@@ -30,26 +30,38 @@ class CapturedLayer:
 
 def tar_argv(source: Path, source_date_epoch: int | None = None) -> list[str]:
     argv = [
-        "tar", "--create", "--file=-", f"--directory={source}",
-        "--sort=name", "--numeric-owner", "--format=posix",
+        "tar",
+        "--create",
+        "--file=-",
+        f"--directory={source}",
+        "--sort=name",
+        "--numeric-owner",
+        "--format=posix",
         "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
-        "--xattrs", "--xattrs-include=security.capability",
+        "--xattrs",
+        "--xattrs-include=security.capability",
     ]
     if source_date_epoch is not None:
         argv += [f"--mtime=@{source_date_epoch}", "--clamp-mtime"]
     return [*argv, "."]
 
 
-def capture(layout: Layout, tmp_dir: Path, source: Path, lowers: Sequence[Path] = (),
-            source_date_epoch: int | None = None) -> CapturedLayer:
+def capture(
+    layout: Layout,
+    tmp_dir: Path,
+    source: Path,
+    lowers: Sequence[Path] = (),
+    source_date_epoch: int | None = None,
+) -> CapturedLayer:
     """Tar ``source`` (an overlay upper dir or a whole root) into a layer blob.
 
     ``lowers`` are the parent's unpacked layers: an opaque marker only matters where a
     lower layer has that folder, so markers on brand-new folders are left out.
     """
     found = whiteout.scan_overlay(source)
-    found.opaque = [rel for rel in found.opaque
-                    if rel and any((lower / rel).is_dir() for lower in lowers)]
+    found.opaque = [
+        rel for rel in found.opaque if rel and any((lower / rel).is_dir() for lower in lowers)
+    ]
     whiteout.overlay_to_oci(source, found)
     try:
         return _stream(layout, tmp_dir, tar_argv(source, source_date_epoch))
@@ -59,8 +71,13 @@ def capture(layout: Layout, tmp_dir: Path, source: Path, lowers: Sequence[Path] 
 
 def _stream(layout: Layout, tmp_dir: Path, argv: list[str]) -> CapturedLayer:
     writer = layout.writer(tmp_dir)
-    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             stdin=subprocess.DEVNULL, env=proc.environment())
+    child = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=proc.environment(),
+    )
     assert child.stdout is not None and child.stderr is not None
     try:
         read = child.stdout.read
@@ -82,9 +99,20 @@ def _stream(layout: Layout, tmp_dir: Path, argv: list[str]) -> CapturedLayer:
 def unpack(layout: Layout, digest: str, dest: Path) -> None:
     """Unpack a layer blob into ``dest`` in overlay form (whiteouts as 0:0 devices)."""
     dest.mkdir(parents=True, exist_ok=True)
-    proc.run(["tar", "--extract", f"--file={layout.blob_path(digest)}", f"--directory={dest}",
-              "--numeric-owner", "--same-permissions", "--same-owner",
-              "--xattrs", "--xattrs-include=*", "--delay-directory-restore"])
+    proc.run(
+        [
+            "tar",
+            "--extract",
+            f"--file={layout.blob_path(digest)}",
+            f"--directory={dest}",
+            "--numeric-owner",
+            "--same-permissions",
+            "--same-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--delay-directory-restore",
+        ]
+    )
     whiteout.oci_to_overlay(dest, whiteout.scan_oci(dest))
 
 
@@ -99,8 +127,9 @@ def apply_tar(tarball: Path, dest: Path) -> None:
     for name in names:
         clean = os.path.normpath(name.lstrip("/"))
         if clean.startswith(".."):
-            raise proc.CommandError(["tar", "--list", str(tarball)], 1,
-                                    f"refusing entry outside the root: {name}")
+            raise proc.CommandError(
+                ["tar", "--list", str(tarball)], 1, f"refusing entry outside the root: {name}"
+            )
         folder, base = os.path.split(clean)
         if base == whiteout.WH_OPAQUE:
             target = dest / folder
@@ -108,11 +137,23 @@ def apply_tar(tarball: Path, dest: Path) -> None:
                 for child in target.iterdir():
                     _remove(child)
         elif base.startswith(whiteout.WH_PREFIX):
-            _remove(dest / folder / base[len(whiteout.WH_PREFIX):])
-    proc.run(["tar", "--extract", f"--file={tarball}", f"--directory={dest}",
-              "--numeric-owner", "--same-permissions", "--same-owner",
-              "--xattrs", "--xattrs-include=security.*", "--delay-directory-restore",
-              "--exclude=.wh.*", "--exclude=./.wh.*"])
+            _remove(dest / folder / base[len(whiteout.WH_PREFIX) :])
+    proc.run(
+        [
+            "tar",
+            "--extract",
+            f"--file={tarball}",
+            f"--directory={dest}",
+            "--numeric-owner",
+            "--same-permissions",
+            "--same-owner",
+            "--xattrs",
+            "--xattrs-include=security.*",
+            "--delay-directory-restore",
+            "--exclude=.wh.*",
+            "--exclude=./.wh.*",
+        ]
+    )
 
 
 def _remove(path: Path) -> None:

@@ -43,16 +43,23 @@ class Descriptor:
     annotations: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest,
-                               "size": self.size}
+        out: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": self.digest,
+            "size": self.size,
+        }
         if self.annotations:
             out["annotations"] = dict(self.annotations)
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Descriptor:
-        return cls(data["mediaType"], data["digest"], int(data["size"]),
-                   tuple(sorted((data.get("annotations") or {}).items())))
+        return cls(
+            data["mediaType"],
+            data["digest"],
+            int(data["size"]),
+            tuple(sorted((data.get("annotations") or {}).items())),
+        )
 
     @property
     def hex(self) -> str:
@@ -135,8 +142,10 @@ class Layout:
         try:
             return self.blob_path(digest).read_bytes()
         except FileNotFoundError:
-            raise StoreError(f"blob {digest} is missing from {self.blobs}",
-                             hint="run 'kiln fsck' to check the store") from None
+            raise StoreError(
+                f"blob {digest} is missing from {self.blobs}",
+                hint="run 'kiln fsck' to check the store",
+            ) from None
 
     def read_json(self, digest: str) -> Any:
         return json.loads(self.read_bytes(digest))
@@ -172,8 +181,11 @@ class Layout:
             raise StoreError(f"refusing to tag {ref}: manifest {manifest.digest} is not stored")
         with self._locked():
             index = self.read_index()
-            manifests = [m for m in index["manifests"]
-                         if (m.get("annotations") or {}).get(REF_ANNOTATION) != ref]
+            manifests = [
+                m
+                for m in index["manifests"]
+                if (m.get("annotations") or {}).get(REF_ANNOTATION) != ref
+            ]
             entry = manifest.to_json()
             entry["annotations"] = {REF_ANNOTATION: ref}
             manifests.append(entry)
@@ -183,8 +195,11 @@ class Layout:
     def untag(self, ref: str) -> None:
         with self._locked():
             index = self.read_index()
-            index["manifests"] = [m for m in index["manifests"]
-                                  if (m.get("annotations") or {}).get(REF_ANNOTATION) != ref]
+            index["manifests"] = [
+                m
+                for m in index["manifests"]
+                if (m.get("annotations") or {}).get(REF_ANNOTATION) != ref
+            ]
             write_atomic(self.root / "index.json", canonical_json(index))
 
     def refs(self) -> dict[str, Descriptor]:

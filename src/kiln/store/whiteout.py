@@ -111,5 +111,5 @@ def scan_oci(root: Path) -> Whiteouts:
             if name == WH_OPAQUE:
                 found.opaque.append(rel_dir)
             elif name.startswith(WH_PREFIX):
-                found.deleted.append(os.path.join(rel_dir, name[len(WH_PREFIX):]))
+                found.deleted.append(os.path.join(rel_dir, name[len(WH_PREFIX) :]))
     return found

@@ -68,8 +68,14 @@ def _deb822(text: str) -> list[Source]:
             continue
         for uri in fields.get("uris", "").split():
             for suite in fields.get("suites", "").split():
-                out.append(Source(uri, suite, tuple(fields.get("components", "main").split()),
-                                  fields.get("signed-by") or None))
+                out.append(
+                    Source(
+                        uri,
+                        suite,
+                        tuple(fields.get("components", "main").split()),
+                        fields.get("signed-by") or None,
+                    )
+                )
     return out
 
 
@@ -98,23 +104,28 @@ def host_codename(os_release: Path = Path("/etc/os-release")) -> str | None:
     return None
 
 
-def mirror_lines(suite: str, mirror: str | None, components: tuple[str, ...] = ("main",),
-                 etc_apt: Path = ETC_APT, codename: str | None = None) -> list[str]:
+def mirror_lines(
+    suite: str,
+    mirror: str | None,
+    components: tuple[str, ...] = ("main",),
+    etc_apt: Path = ETC_APT,
+    codename: str | None = None,
+) -> list[str]:
     """The mirror arguments for a bootstrap of ``suite``."""
     if mirror:
         return [f"deb {mirror} {suite} {' '.join(components)}"]
     sources = host_sources(etc_apt)
-    debian = [s for s in sources if "debian" in s.uri or s.signed_by and "debian" in s.signed_by]
+    debian = [s for s in sources if "debian" in s.uri or (s.signed_by and "debian" in s.signed_by)]
     if not debian:
         raise BadInput(
             f"no Debian apt sources on this host (looked in {etc_apt})",
-            hint="set mirror = \"http://...\" in the recipe's bootstrap, or KILN_MIRROR",
+            hint='set mirror = "http://..." in the recipe\'s bootstrap, or KILN_MIRROR',
         )
     codename = codename or host_codename()
     lines = []
     for source in debian:
         wanted = source.suite
         if codename and source.suite.startswith(codename):
-            wanted = suite + source.suite[len(codename):]
+            wanted = suite + source.suite[len(codename) :]
         lines.append(Source(source.uri, wanted, source.components, source.signed_by).line())
     return list(dict.fromkeys(lines))

@@ -11,14 +11,24 @@ from kiln.recipe.models import Bootstrap
 VERSION = 1
 
 
-def mmdebstrap_argv(spec: Bootstrap, packages: tuple[str, ...], root: Path,
-                    mirror: str | None) -> list[str]:
-    argv = ["mmdebstrap", "--mode=root", "--format=directory", f"--variant={spec.variant}",
-            f"--components={','.join(spec.components)}"]
+def mmdebstrap_argv(
+    spec: Bootstrap, packages: tuple[str, ...], root: Path, mirror: str | None
+) -> list[str]:
+    argv = [
+        "mmdebstrap",
+        "--mode=root",
+        "--format=directory",
+        f"--variant={spec.variant}",
+        f"--components={','.join(spec.components)}",
+    ]
     if packages:
         argv.append(f"--include={','.join(packages)}")
-    return [*argv, spec.debian, str(root),
-            *mirror_lines(spec.debian, spec.mirror or mirror, spec.components)]
+    return [
+        *argv,
+        spec.debian,
+        str(root),
+        *mirror_lines(spec.debian, spec.mirror or mirror, spec.components),
+    ]
 
 
 def bootstrap(spec: Bootstrap, packages: tuple[str, ...], root: Path, mirror: str | None) -> None:

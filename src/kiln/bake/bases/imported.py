@@ -6,6 +6,7 @@ import json
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from kiln import proc
 from kiln.errors import BadInput
@@ -20,8 +21,11 @@ def _is_oci_archive(path: Path) -> bool:
             for member in archive:
                 if member.name.lstrip("./") == "oci-layout":
                     return True
-                if member.name.lstrip("./") not in ("", "index.json", "blobs") and \
-                        not member.name.lstrip("./").startswith("blobs/"):
+                if member.name.lstrip("./") not in (
+                    "",
+                    "index.json",
+                    "blobs",
+                ) and not member.name.lstrip("./").startswith("blobs/"):
                     return False
     except tarfile.TarError:
         return False
@@ -52,6 +56,6 @@ def _blob(layout: Path, digest: str) -> Path:
     return layout / "blobs" / algo / hexdigest
 
 
-def _blob_json(layout: Path, digest: str) -> dict[str, object]:
-    data: dict[str, object] = json.loads(_blob(layout, digest).read_text())
+def _blob_json(layout: Path, digest: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(_blob(layout, digest).read_text())
     return data

@@ -27,8 +27,10 @@ def apply(context: BuildContext, step: AnsibleStep, index: int) -> None:
     venv = Path(sys.prefix)
     controller = venv / "bin" / "ansible-playbook"
     if not controller.exists():
-        raise BadInput(f"ansible-playbook is not installed in {venv}",
-                       hint="run scripts/quickstart, which installs ansible-core")
+        raise BadInput(
+            f"ansible-playbook is not installed in {venv}",
+            hint="run scripts/quickstart, which installs ansible-core",
+        )
     if not (context.root / "usr/bin/python3").exists():
         raise BadInput(
             f"steps[{index}]: the ansible step needs python3 in the image",
@@ -43,8 +45,16 @@ def apply(context: BuildContext, step: AnsibleStep, index: int) -> None:
         "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
-    command = [str(controller), "-c", "local", "-i", "localhost,", "--limit", "localhost",
-               f"{PLAYBOOKS}/{playbook.name}"]
+    command = [
+        str(controller),
+        "-c",
+        "local",
+        "-i",
+        "localhost,",
+        "--limit",
+        "localhost",
+        f"{PLAYBOOKS}/{playbook.name}",
+    ]
     if step.extra_vars:
         command += ["--extra-vars", json.dumps(step.extra_vars, sort_keys=True)]
     sandbox = context.sandbox.with_binds(Bind(venv, str(venv)), Bind(playbook.parent, PLAYBOOKS))

@@ -35,11 +35,17 @@ def apply(context: BuildContext, step: CopyStep, index: int) -> None:
                 if src.is_symlink():
                     _put(context.root, f"{here.rstrip('/')}/{name}", src, uid, gid, mode)
                 else:
-                    _make_dir(context.root, f"{here.rstrip('/')}/{name}", uid, gid,
-                              stat.S_IMODE(src.stat().st_mode))
+                    _make_dir(
+                        context.root,
+                        f"{here.rstrip('/')}/{name}",
+                        uid,
+                        gid,
+                        stat.S_IMODE(src.stat().st_mode),
+                    )
             for name in sorted(filenames):
-                _put(context.root, f"{here.rstrip('/')}/{name}", Path(dirpath) / name,
-                     uid, gid, mode)
+                _put(
+                    context.root, f"{here.rstrip('/')}/{name}", Path(dirpath) / name, uid, gid, mode
+                )
     else:
         if target.endswith("/"):
             target = target + source.name

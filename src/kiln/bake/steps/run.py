@@ -12,6 +12,8 @@ VERSION = 1
 def apply(context: BuildContext, step: RunStep, index: int) -> None:
     shell = context.root / step.shell[0].lstrip("/")
     if not (shell.exists() or shell.is_symlink()):
-        raise BadInput(f"{step.shell[0]} is not in the image",
-                       hint='set shell = ["/path/to/shell", "-c"] on the step')
+        raise BadInput(
+            f"{step.shell[0]} is not in the image",
+            hint='set shell = ["/path/to/shell", "-c"] on the step',
+        )
     context.sandbox.run([*step.shell, step.run], env=step.env)
