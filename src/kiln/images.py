@@ -6,6 +6,7 @@ rendering to the CLI.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ def inspect(ref: str, home: Home | None = None) -> dict[str, Any]:
         image = store.catalog.resolve(store.session, ref)
         manifest = store.layout.read_json(image.digest)
         config = store.layout.read_json(manifest["config"]["digest"])
+        labels = (config.get("config") or {}).get("Labels") or {}
         history = [h for h in config.get("history", []) if not h.get("empty_layer")]
         layers = []
         for number, layer in enumerate(manifest["layers"]):
@@ -75,7 +77,8 @@ def inspect(ref: str, home: Home | None = None) -> dict[str, Any]:
             "cache_key": image.cache_key,
             "recipe": {"path": image.recipe_path, "digest": image.recipe_digest},
             "bake_seconds": round(image.seconds, 3),
-            "labels": (config.get("config") or {}).get("Labels") or {},
+            "labels": labels,
+            "seal": json.loads(labels.get("org.kiln.seal", "[]")),
             "architecture": config.get("architecture"),
             "os": config.get("os"),
             "env": (config.get("config") or {}).get("Env") or [],

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from kiln import proc
-from kiln.bake import image, packages, services, steps
+from kiln.bake import image, packages, seal, services, steps
 from kiln.bake.bases import debian, imported
 from kiln.bake.context import BuildContext
 from kiln.bake.root import Overlay, remove_tree
@@ -67,9 +67,9 @@ def prepare_root(context: BuildContext, stack: ExitStack) -> None:
             work=context.build_dir / "work",
             target=context.root,
         )
-        stack.enter_context(overlay)
+        context.overlay = overlay  # unmounted by _cleanup, or kept mounted for --on-error=keep
+        overlay.mount()
         context.layer_source = overlay.upper
-        context.overlay = overlay
     elif origin == "bootstrap":
         spec = context.recipe.recipe.image.bootstrap
         assert spec is not None
@@ -119,6 +119,10 @@ def enable_services(context: BuildContext, stack: ExitStack) -> None:
     services.apply(context)
 
 
+def seal_root(context: BuildContext, stack: ExitStack) -> None:
+    context.seal_checks = seal.seal(context)
+
+
 def record_packages(context: BuildContext, stack: ExitStack) -> None:
     if packages.has_dpkg(context.root):
         context.packages = packages.installed(context.root)
@@ -136,7 +140,15 @@ def close_root(context: BuildContext, stack: ExitStack) -> None:
         context.overlay.unmount()
 
 
-STAGES = [prepare_root, install_packages, run_steps, enable_services, record_packages, close_root]
+STAGES = [
+    prepare_root,
+    install_packages,
+    run_steps,
+    enable_services,
+    seal_root,
+    record_packages,
+    close_root,
+]
 
 
 def bake(context: BuildContext) -> BakeResult:

@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from kiln.bake import packages, services
+from kiln.bake import packages, seal, services
 from kiln.bake.bases import debian, imported
 from kiln.bake.steps import versions as step_versions
 from kiln.recipe import RecipeFile
@@ -83,6 +83,7 @@ def compute(recipe: RecipeFile, parent_digest: str | None) -> str:
             "steps": step_versions(),
             "packages": packages.VERSION,
             "services": services.VERSION,
+            "seal": seal.VERSION,
             "debian": debian.VERSION,
             "import": imported.VERSION,
         },

@@ -55,6 +55,7 @@ class BuildContext:
     parent_packages: list[tuple[str, str, str]] = field(default_factory=list)
     created_mount_points: list[str] = field(default_factory=list)
     overlay: Overlay | None = None
+    seal_checks: list[dict[str, object]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.root = self.build_dir / "root"

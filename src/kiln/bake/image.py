@@ -44,6 +44,7 @@ def labels(context: BuildContext, created: datetime) -> dict[str, str]:
     }
     if recipe.recipe.image.description:
         out["org.opencontainers.image.description"] = recipe.recipe.image.description
+    out[f"{LABEL}seal"] = json.dumps(context.seal_checks, sort_keys=True)
     runtime = recipe.recipe.runtime
     if runtime != type(runtime)():
         out[f"{LABEL}runtime"] = json.dumps(runtime.model_dump(mode="json"), sort_keys=True)

@@ -35,11 +35,7 @@ def install(context: BuildContext, packages: tuple[str, ...]) -> None:
         sandbox = context.sandbox
         sandbox.run(["apt-get", *APT_OPTIONS, "update"])
         sandbox.run(["apt-get", *APT_OPTIONS, "install", "--yes", *packages])
-        sandbox.run(["apt-get", "clean"])
-        lists = context.root / "var/lib/apt/lists"
-        for entry in lists.iterdir() if lists.is_dir() else []:
-            if entry.is_file() and entry.name != "lock":
-                entry.unlink()
+        sandbox.run(["apt-get", "clean"])  # the seal removes the lists
     else:
         unpack(context, packages)
 

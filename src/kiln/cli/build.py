@@ -119,7 +119,14 @@ def inspect(ref: str, as_json: bool) -> None:
         console.print(f"  {key:<10} {escape(str(value))}", highlight=False)
     console.print("[bold]labels[/]")
     for key, value in sorted(data["labels"].items()):
+        if key == "org.kiln.seal":
+            continue
         console.print(f"  {key} = {escape(value)}", highlight=False)
+    console.print("[bold]seal[/]")
+    for check in data["seal"]:
+        state = "[green]ok[/]" if check["ok"] else "[red]FAIL[/]"
+        console.print(f"  {state} {escape(check['path'])}: {escape(check['why'])} "
+                      f"({check['removed']} removed)", highlight=False)
     console.print("[bold]layers[/]")
     for layer in data["layers"]:
         console.print(

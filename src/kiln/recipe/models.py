@@ -233,6 +233,20 @@ class Runtime(Model):
         return value
 
 
+class Seal(Model):
+    paths: tuple[str, ...] = Field(
+        default=(), description="extra absolute globs to remove before the layer is captured"
+    )
+
+    @field_validator("paths")
+    @classmethod
+    def _abs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [p for p in value if not p.startswith("/") or ".." in p.split("/")]
+        if bad:
+            raise ValueError(f"seal paths must be absolute, without '..': {bad}")
+        return value
+
+
 class Tests(Model):
     commands: tuple[str, ...] = ()
 
@@ -246,3 +260,4 @@ class Recipe(Model):
     services: Services = Services()
     runtime: Runtime = Runtime()
     tests: Tests = Tests()
+    seal: Seal = Seal()

@@ -8,7 +8,7 @@ from kiln import proc
 from kiln.bake.bases.apt_sources import mirror_lines
 from kiln.recipe.models import Bootstrap
 
-VERSION = 1
+VERSION = 2
 
 
 def mmdebstrap_argv(
@@ -23,6 +23,8 @@ def mmdebstrap_argv(
     ]
     if packages:
         argv.append(f"--include={','.join(packages)}")
+    # mmdebstrap copies the host's resolv.conf and hostname in; neither belongs in an image.
+    argv.append('--customize-hook=rm -f "$1/etc/resolv.conf" "$1/etc/hostname"')
     return [
         *argv,
         spec.debian,

@@ -1,0 +1,87 @@
+"""Integration tier: real mmdebstrap, overlay mounts and systemd-nspawn, as root.
+
+The examples are baked once per session into a shared KILN_HOME (a Debian bootstrap
+costs tens of seconds); tests that change inputs work on a copy of the examples folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+TOOLS = ("mmdebstrap", "systemd-nspawn", "skopeo", "umoci", "tar")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+@dataclass
+class Kiln:
+    """Runs the kiln command line against one KILN_HOME, as a user would."""
+
+    home: Path
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "KILN_HOME": str(self.home), "COLUMNS": "200"}
+        result = subprocess.run(
+            [sys.executable, "-m", "kiln.cli.main", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"kiln {' '.join(args)} exited {result.returncode}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "--json").stdout)
+
+    @property
+    def oci(self) -> Path:
+        return self.home / "oci"
+
+
+@pytest.fixture(scope="session")
+def baked(tmp_path_factory: pytest.TempPathFactory) -> Kiln:
+    """A store with tiny, base and web baked from the examples, shared by the session."""
+    if os.geteuid() != 0:
+        pytest.skip("integration tests need root")
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"missing tools {missing}: run scripts/setup")
+    kiln = Kiln(tmp_path_factory.mktemp("kiln-home"))
+    results = kiln.json("bake", str(EXAMPLES))
+    assert {r["name"] for r in results} == {"tiny", "base", "web"}
+    return kiln
+
+
+@pytest.fixture
+def examples(tmp_path: Path) -> Path:
+    """A private copy of the examples folder, for tests that change inputs."""
+    target = tmp_path / "examples"
+    shutil.copytree(EXAMPLES, target, symlinks=True)
+    return target
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> Iterator[Kiln]:
+    """An empty KILN_HOME of the test's own."""
+    yield Kiln(tmp_path / "home")
