@@ -1,0 +1,476 @@
+"""Recipe validation: every problem reported at once, each with file, line and key path."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from kiln.errors import BadInput, NotFound, Problem, RecipeError
+from kiln.recipe import CopyStep, RunStep, load_recipe
+from kiln.recipe.locate import LineIndex, format_path
+from kiln.store.layout import Layout
+
+HEADER = '[image]\nname = "web"\n'
+
+
+def write(folder: Path, text: str, name: str = "recipe.toml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def problems(path: Path) -> list[Problem]:
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    return caught.value.problems
+
+
+def only(path: Path) -> Problem:
+    found = problems(path)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def lines_of(text: str, needle: str) -> list[int]:
+    """1-based numbers of the lines of ``text`` that contain ``needle``."""
+    return [n for n, line in enumerate(text.splitlines(), start=1) if needle in line]
+
+
+def line_of(text: str, needle: str) -> int:
+    """1-based line of the one line of ``text`` that contains ``needle``."""
+    hits = lines_of(text, needle)
+    assert len(hits) == 1, (needle, hits)
+    return hits[0]
+
+
+# --- shape and values (the schema) ---
+
+
+def test_unknown_key_reports_line_and_key_path(tmp_path: Path) -> None:
+    text = HEADER + 'colour = "red"\n'
+    path = write(tmp_path, text)
+    problem = only(path)
+    assert problem.path == "image.colour"
+    assert problem.line == 3
+    assert problem.file == str(path)
+    assert "unknown key" in problem.message
+
+
+def test_unknown_top_level_table(tmp_path: Path) -> None:
+    text = HEADER + "\n[pakages]\napt = []\n"
+    problem = only(write(tmp_path, text))
+    assert problem.path == "pakages"
+    assert problem.line == line_of(text, "[pakages]")
+
+
+def test_wrong_type_apt_as_string(tmp_path: Path) -> None:
+    text = HEADER + '\n[packages]\napt = "nginx"\n'
+    problem = only(write(tmp_path, text))
+    assert problem.path == "packages.apt"
+    assert problem.line == line_of(text, "apt =")
+    assert "tuple" in problem.message
+
+
+def test_bad_package_name(tmp_path: Path) -> None:
+    text = HEADER + '\n[packages]\napt = ["nginx", "Not A Package"]\n'
+    problem = only(write(tmp_path, text))
+    assert problem.path == "packages.apt"
+    assert "'Not A Package'" in problem.message
+    assert "'nginx'" not in problem.message
+
+
+@pytest.mark.parametrize("name", ["Web", "-web", "web server", "a" * 64, ""])
+def test_bad_image_name(tmp_path: Path, name: str) -> None:
+    problem = only(write(tmp_path, f'[image]\nname = "{name}"\n'))
+    assert problem.path == "image.name"
+    assert problem.line == 2
+    assert "not an image name" in problem.message
+
+
+def test_missing_image_section(tmp_path: Path) -> None:
+    problem = only(write(tmp_path, '[packages]\napt = ["nginx"]\n'))
+    assert problem.path == "image"
+    assert "required" in problem.message.lower()
+
+
+def test_step_with_no_kind(tmp_path: Path) -> None:
+    text = HEADER + '\n[[steps]]\nrun = "a"\n\n[[steps]]\nrun = "b"\n\n[[steps]]\nto = "/x"\n'
+    problem = only(write(tmp_path, text))
+    assert problem.path == "steps[2]"
+    assert problem.line == lines_of(text, "[[steps]]")[2] == 10
+    assert "exactly one of" in problem.message
+
+
+def test_step_with_two_kinds(tmp_path: Path) -> None:
+    (tmp_path / "motd").write_text("hello\n")
+    text = (
+        HEADER
+        + '\n[[steps]]\nrun = "a"\n\n[[steps]]\nrun = "b"\n'
+        + '\n[[steps]]\nrun = "c"\ncopy = "motd"\nto = "/etc/motd"\n'
+    )
+    problem = only(write(tmp_path, text))
+    assert problem.path == "steps[2]"
+    assert problem.line == lines_of(text, "[[steps]]")[2]
+    assert "exactly one of" in problem.message
+
+
+def test_unknown_key_in_step_has_no_kind_in_its_path(tmp_path: Path) -> None:
+    text = HEADER + '\n[[steps]]\nrun = "a"\nshel = ["/bin/bash"]\n'
+    problem = only(write(tmp_path, text))
+    assert problem.path == "steps[0].shel"
+    assert problem.line == line_of(text, "shel =")
+
+
+# --- copy steps ---
+
+
+def copy_recipe(source: str, target: str) -> str:
+    return HEADER + f'\n[[steps]]\ncopy = "{source}"\nto = "{target}"\n'
+
+
+def test_copy_target_not_absolute(tmp_path: Path) -> None:
+    (tmp_path / "motd").write_text("hi\n")
+    text = copy_recipe("motd", "etc/motd")
+    problem = only(write(tmp_path, text))
+    assert problem.path == "steps[0].to"
+    assert problem.line == line_of(text, "to =")
+    assert "absolute" in problem.message
+
+
+@pytest.mark.parametrize("target", ["/etc/../root/.ssh/x", "/..", "/var/www/../../x/"])
+def test_copy_target_with_dotdot(tmp_path: Path, target: str) -> None:
+    (tmp_path / "motd").write_text("hi\n")
+    problem = only(write(tmp_path, copy_recipe("motd", target)))
+    assert problem.path == "steps[0].to"
+    assert "'..'" in problem.message
+
+
+def test_copy_target_with_dots_in_a_name_is_fine(tmp_path: Path) -> None:
+    (tmp_path / "motd").write_text("hi\n")
+    loaded = load_recipe(write(tmp_path, copy_recipe("motd", "/etc/..motd.d/x")))
+    step = loaded.recipe.steps[0]
+    assert isinstance(step, CopyStep)
+    assert step.target == "/etc/..motd.d/x"
+
+
+def test_missing_copied_file(tmp_path: Path) -> None:
+    text = copy_recipe("nope.txt", "/etc/nope.txt")
+    problem = only(write(tmp_path, text))
+    assert problem.path == "steps[0].copy"
+    assert problem.line == line_of(text, "copy =")
+    assert "does not exist" in problem.message
+    assert str(tmp_path / "nope.txt") in problem.message
+
+
+def test_copy_source_climbing_out_of_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("x\n")  # it exists: being outside is the problem
+    folder = tmp_path / "recipes"
+    problem = only(write(folder, copy_recipe("../secret", "/x")))
+    assert problem.path == "steps[0].copy"
+    assert "outside the recipe's folder" in problem.message
+
+
+def test_copy_source_absolute(tmp_path: Path) -> None:
+    (tmp_path / "abs.txt").write_text("x\n")
+    problem = only(write(tmp_path, copy_recipe(str(tmp_path / "abs.txt"), "/x")))
+    assert problem.path == "steps[0].copy"
+    assert "relative to the recipe's folder" in problem.message
+
+
+def test_copy_source_symlink_pointing_outside(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "key").write_text("secret\n")
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    (folder / "innocent").symlink_to(outside)
+    problem = only(write(folder, copy_recipe("innocent/key", "/x")))
+    assert problem.path == "steps[0].copy"
+    assert "outside the recipe's folder" in problem.message
+
+
+def test_copy_source_symlink_staying_inside_is_fine(tmp_path: Path) -> None:
+    (tmp_path / "real.txt").write_text("x\n")
+    (tmp_path / "alias.txt").symlink_to("real.txt")
+    loaded = load_recipe(write(tmp_path, copy_recipe("alias.txt", "/x")))
+    assert len(loaded.recipe.steps) == 1
+
+
+# --- ansible steps and the image's origin ---
+
+
+def test_missing_playbook(tmp_path: Path) -> None:
+    text = HEADER + '\n[[steps]]\nansible = "playbooks/site.yml"\n'
+    problem = only(write(tmp_path, text))
+    assert problem.path == "steps[0].ansible"
+    assert problem.line == line_of(text, "ansible =")
+    assert "does not exist" in problem.message
+
+
+def test_playbook_must_be_yaml(tmp_path: Path) -> None:
+    (tmp_path / "site.txt").write_text("- hosts: all\n")
+    problem = only(write(tmp_path, HEADER + '\n[[steps]]\nansible = "site.txt"\n'))
+    assert problem.path == "steps[0].ansible"
+    assert ".yml" in problem.message
+
+
+def test_parent_and_bootstrap_both_given(tmp_path: Path) -> None:
+    text = HEADER + 'parent = "base"\n\n[image.bootstrap]\ndebian = "bookworm"\n'
+    problem = only(write(tmp_path, text))
+    assert problem.path == "image.bootstrap"
+    assert problem.line == line_of(text, "[image.bootstrap]")
+    assert "mutually exclusive" in problem.message
+    assert "parent and bootstrap" in problem.message
+
+
+def test_parent_recipe_path_missing(tmp_path: Path) -> None:
+    problem = only(write(tmp_path, HEADER + 'parent = "base.toml"\n'))
+    assert problem.path == "image.parent"
+    assert problem.line == 3
+    assert "does not exist" in problem.message
+
+
+def test_parent_neither_path_nor_ref(tmp_path: Path) -> None:
+    problem = only(write(tmp_path, HEADER + 'parent = "Base:v1"\n'))
+    assert problem.path == "image.parent"
+    assert "neither a recipe path" in problem.message
+
+
+# --- whole files ---
+
+
+def test_toml_syntax_error_reports_its_line(tmp_path: Path) -> None:
+    text = HEADER + 'description = "ok"\nparent = base\n'
+    problem = only(write(tmp_path, text))
+    assert problem.line == 4
+    assert problem.path == ""
+    assert problem.message.startswith("TOML syntax:")
+    assert "at line" not in problem.message  # the position moved into Problem.line
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.toml"
+    path.write_bytes(b'[image]\nname = "w\xffb"\n')
+    problem = only(path)
+    assert "UTF-8" in problem.message
+
+
+def test_missing_recipe_file_is_not_found(tmp_path: Path) -> None:
+    with pytest.raises(NotFound):
+        load_recipe(tmp_path / "absent.toml")
+
+
+def test_several_problems_reported_at_once_in_line_order(tmp_path: Path) -> None:
+    text = (
+        "[image]\n"
+        'name = "Web"\n'  # 2: bad name
+        'colour = "red"\n'  # 3: unknown key
+        "\n[packages]\n"
+        'apt = "nginx"\n'  # 6: wrong type
+        "\n[[steps]]\n"
+        'copy = "missing.txt"\n'  # 9: missing input
+        'to = "relative"\n'  # 10: target not absolute
+        "\n[[steps]]\n"  # 12: no kind
+        'to = "/x"\n'
+    )
+    path = write(tmp_path, text)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    found = caught.value.problems
+    assert [(p.line, p.path) for p in found] == [
+        (2, "image.name"),
+        (3, "image.colour"),
+        (6, "packages.apt"),
+        (9, "steps[0].copy"),
+        (10, "steps[0].to"),
+        (12, "steps[1]"),
+    ]
+    assert caught.value.message.startswith("recipe has 6 problems")
+    assert f"{path}:10: steps[0].to:" in caught.value.message
+
+
+def test_lines_of_keys_in_the_third_steps_table(tmp_path: Path) -> None:
+    (tmp_path / "motd").write_text("hi\n")
+    text = (
+        HEADER
+        + '\n[[steps]]\ncopy = "motd"\nto = "/etc/motd"\nmode = "0644"\n'
+        + '\n[[steps]]\nrun = "true"\n'
+        + "\n# the broken one\n[[steps]]\n"
+        + 'copy = "motd"\n'
+        + 'to = "etc/motd"     # THIRD-TO\n'
+        + 'mode = "rwx"        # THIRD-MODE\n'
+        + 'owner = "Nginx"     # THIRD-OWNER\n'
+    )
+    found = {p.path: p.line for p in problems(write(tmp_path, text))}
+    assert found == {
+        "steps[2].to": line_of(text, "THIRD-TO"),
+        "steps[2].mode": line_of(text, "THIRD-MODE"),
+        "steps[2].owner": line_of(text, "THIRD-OWNER"),
+    }
+
+
+@pytest.mark.xfail(
+    reason="LineIndex records keys under [steps.env] as ('steps', 'env', ...) without the "
+    "array index, so steps[N].env.KEY falls back to the [[steps]] header line",
+    strict=True,
+)
+def test_line_of_key_in_subtable_of_a_step(tmp_path: Path) -> None:
+    text = HEADER + '\n[[steps]]\nrun = "a"\n\n[[steps]]\nrun = "b"\n[steps.env]\nPORT = 80\n'
+    problem = only(write(tmp_path, text))
+    assert problem.path == "steps[1].env.PORT"
+    assert problem.line == line_of(text, "PORT =")
+
+
+def test_recipe_error_is_bad_input_with_exit_code_2(tmp_path: Path) -> None:
+    error = RecipeError([Problem("r.toml", 3, "image.colour", "unknown key")])
+    assert isinstance(error, BadInput)
+    assert error.exit_code == 2
+    assert RecipeError.exit_code == 2
+    assert error.message == "recipe has 1 problem\n  r.toml:3: image.colour: unknown key"
+
+
+def test_problem_str_without_line_or_path() -> None:
+    assert str(Problem("r.toml", None, "", "broken")) == "r.toml: broken"
+
+
+# --- a valid recipe ---
+
+
+def test_valid_recipe_loads_to_a_frozen_model(tmp_path: Path) -> None:
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text("<h1>hi</h1>\n")
+    text = (
+        HEADER
+        + 'parent = "base:3"\n'
+        + '\n[packages]\napt = ["nginx-light", "libc6:amd64", "curl=7.88.1-10"]\n'
+        + '\n[[steps]]\ncopy = "site/"\nto = "/var/www/html/"\n'
+        + '\n[[steps]]\nrun = "nginx -t"\n'
+    )
+    loaded = load_recipe(write(tmp_path, text))
+    recipe = loaded.recipe
+    assert loaded.name == "web"
+    assert loaded.folder == tmp_path.resolve()
+    assert recipe.image.origin == "parent"
+    assert recipe.packages.apt == ("nginx-light", "libc6:amd64", "curl=7.88.1-10")
+    copy, run = recipe.steps
+    assert isinstance(copy, CopyStep)
+    assert copy.target == "/var/www/html/"
+    assert isinstance(run, RunStep)
+    assert loaded.where("steps", 1, "run") == f"{loaded.path}:{line_of(text, 'nginx -t')}"
+    with pytest.raises(ValidationError):
+        recipe.image.name = "other"  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        recipe.packages = recipe.packages  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaded.digest = "0" * 64  # type: ignore[misc]
+    assert isinstance(recipe.steps, tuple)
+    assert recipe.image.name == "web"
+
+
+# --- the CLI ---
+
+
+def test_cli_bake_of_a_bad_recipe_exits_2_and_stores_nothing(tmp_path: Path) -> None:
+    text = HEADER + 'colour = "red"\n\n[packages]\napt = "nginx"\n'
+    recipe = write(tmp_path / "recipes", text)
+    home = tmp_path / "home"
+    env = {key: value for key, value in os.environ.items() if key != "FORCE_COLOR"}
+    env["KILN_HOME"] = str(home)
+    result = subprocess.run(
+        [sys.executable, "-m", "kiln.cli.main", "bake", str(recipe)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"{recipe}:3: image.colour:" in result.stderr
+    assert f"{recipe}:{line_of(text, 'apt =')}: packages.apt:" in result.stderr
+    assert "recipe has 2 problems" in result.stderr
+    assert "Traceback" not in result.stderr
+    oci = home / "oci"
+    if oci.exists():
+        assert Layout(oci).refs() == {}
+        assert not any((oci / "blobs" / "sha256").glob("*"))
+
+
+# --- LineIndex and format_path ---
+
+
+INDEXED = """\
+# comment = 1
+[image]
+name = "web"
+"description" = "quoted key"
+bootstrap.debian = "bookworm"
+
+[[steps]]
+run = '''
+fake = "not a key"
+[[steps]]
+'''
+after = 1
+
+[[steps]]
+  copy = "a"   # indented
+run2 = \"\"\"one line\"\"\"
+next = 2
+
+[image.bootstrap2]
+mirror = "http://x"
+"""
+
+
+def test_line_index_records_headers_and_keys() -> None:
+    index = LineIndex(INDEXED)
+    assert index.lines[("image",)] == 2
+    assert index.lines[("image", "name")] == 3
+    assert index.lines[("image", "description")] == 4
+    assert index.lines[("image", "bootstrap", "debian")] == 5
+    assert index.lines[("steps", 0)] == 7
+    assert index.lines[("steps", 0, "run")] == 8
+    assert index.lines[("steps", 0, "after")] == 12
+    assert index.lines[("steps", 1)] == 14
+    assert index.lines[("steps", 1, "copy")] == 15
+    assert index.lines[("steps", 1, "next")] == 17
+    assert index.lines[("image", "bootstrap2", "mirror")] == 20
+
+
+def test_line_index_skips_comments_and_multiline_strings() -> None:
+    index = LineIndex(INDEXED)
+    assert ("comment",) not in index.lines
+    assert ("steps", 0, "fake") not in index.lines
+    assert ("steps", 2) not in index.lines  # the [[steps]] inside the string is text
+
+
+def test_line_of_falls_back_to_nearest_ancestor() -> None:
+    index = LineIndex(INDEXED)
+    assert index.line_of(("steps", 1, "to")) == 14
+    assert index.line_of(["image", "bootstrap", "debian", "extra"]) == 5
+    assert index.line_of(("image", "colour")) == 2
+    assert index.line_of(("runtime", "state")) is None
+    assert index.line_of(()) is None
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (("steps", 2, "copy"), "steps[2].copy"),
+        (("image", "colour"), "image.colour"),
+        (("steps", 0), "steps[0]"),
+        (("runtime", "config", "port", "default"), "runtime.config.port.default"),
+        (("a", 1, 2, "b"), "a[1][2].b"),
+        ((), ""),
+        ([3, "x"], "[3].x"),
+    ],
+)
+def test_format_path(path: tuple[str | int, ...], expected: str) -> None:
+    assert format_path(path) == expected
