@@ -7,7 +7,6 @@ The host has no system bus, so containers are never registered with machined.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -217,11 +217,6 @@ def test_inputs_name_each_step(recipe: Path) -> None:
     assert found["steps[1].ansible"] == tree_digest(recipe.parent / "playbooks")
 
 
-@pytest.mark.xfail(
-    reason="an ansible step hashes the playbook's whole folder; with the playbook beside the "
-    "recipe that folder holds the recipe file itself, so a comment edit changes the key",
-    strict=True,
-)
 def test_playbook_beside_the_recipe_formatting_does_not_count(tmp_path: Path) -> None:
     (tmp_path / "site.yml").write_text("- hosts: all\n  tasks: []\n")
     recipe = tmp_path / "web.toml"
@@ -250,12 +245,6 @@ def test_tree_digest_follows_content_names_and_modes(tmp_path: Path) -> None:
     assert len(seen) == 4
 
 
-@pytest.mark.xfail(
-    reason="tree_digest of a file 'conf' equals tree_digest of a folder 'conf' holding one "
-    "file 'conf' with the same bytes and mode, so turning a copied file into a folder keeps "
-    "the cache key although the copy step then writes /etc/conf/conf instead of /etc/conf",
-    strict=True,
-)
 def test_a_copied_file_turned_into_a_folder_changes_the_key(tmp_path: Path) -> None:
     recipe = tmp_path / "web.toml"
     recipe.write_text('[image]\nname = "web"\n\n[[steps]]\ncopy = "conf"\nto = "/etc/conf"\n')

@@ -316,11 +316,6 @@ def test_lines_of_keys_in_the_third_steps_table(tmp_path: Path) -> None:
     }
 
 
-@pytest.mark.xfail(
-    reason="LineIndex records keys under [steps.env] as ('steps', 'env', ...) without the "
-    "array index, so steps[N].env.KEY falls back to the [[steps]] header line",
-    strict=True,
-)
 def test_line_of_key_in_subtable_of_a_step(tmp_path: Path) -> None:
     text = HEADER + '\n[[steps]]\nrun = "a"\n\n[[steps]]\nrun = "b"\n[steps.env]\nPORT = 80\n'
     problem = only(write(tmp_path, text))

@@ -31,8 +31,11 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def tree_digest(path: Path) -> str:
-    """Digest of a file or folder: names, types, modes, link targets and contents."""
+def tree_digest(path: Path, skip_suffixes: tuple[str, ...] = ()) -> str:
+    """Digest of a file or folder: names, types, modes, link targets and contents.
+
+    Entries whose names end with one of ``skip_suffixes`` are left out.
+    """
     entries: list[list[Any]] = []
 
     def entry(full: Path, rel: str) -> None:
@@ -45,14 +48,16 @@ def tree_digest(path: Path) -> str:
         else:
             entries.append([rel, "file", mode, file_digest(full)])
 
+    entry(path, ".")  # a file and a folder holding that file differ
     if path.is_dir() and not path.is_symlink():
+        entries[0] = [".", "dir"]  # the top folder's own mode is not copied
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames.sort()
             for name in sorted(dirnames + filenames):
+                if name.endswith(skip_suffixes):
+                    continue
                 full = Path(dirpath) / name
                 entry(full, str(full.relative_to(path)))
-    else:
-        entry(path, path.name)
     return hashlib.sha256(canonical_json(entries)).hexdigest()
 
 
@@ -67,8 +72,11 @@ def inputs(recipe: RecipeFile) -> dict[str, str]:
         if isinstance(step, CopyStep):
             out[f"steps[{index}].copy"] = tree_digest(recipe.resolve(step.source))
         elif isinstance(step, AnsibleStep):
-            # A playbook reads templates, files and roles beside it: the whole folder counts.
-            out[f"steps[{index}].ansible"] = tree_digest(recipe.resolve(step.ansible).parent)
+            # A playbook reads templates, files and roles beside it: the whole folder counts,
+            # but not recipes and locks that happen to share it (they are never its inputs).
+            out[f"steps[{index}].ansible"] = tree_digest(
+                recipe.resolve(step.ansible).parent, skip_suffixes=(".toml", ".toml.lock")
+            )
             out[f"steps[{index}].playbook"] = file_digest(recipe.resolve(step.ansible))
     if recipe.recipe.image.import_ is not None:
         out["image.import"] = file_digest(recipe.resolve(recipe.recipe.image.import_))

@@ -66,8 +66,9 @@ def _remove(path: Path) -> None:
 
 
 def rules(context: BuildContext) -> list[Rule]:
-    extra = [Rule(p, "declared in the recipe's [seal] paths")
-             for p in context.recipe.recipe.seal.paths]
+    extra = [
+        Rule(p, "declared in the recipe's [seal] paths") for p in context.recipe.recipe.seal.paths
+    ]
     return [*RULES, *extra]
 
 
@@ -80,15 +81,24 @@ def seal(context: BuildContext) -> list[dict[str, object]]:
         for path in sorted(removed, reverse=True):  # children before parents
             _remove(path)
         left = _matches(root, rule)
-        checks.append({"path": rule.pattern, "why": rule.why, "removed": len(removed),
-                       "ok": not left})
+        checks.append(
+            {"path": rule.pattern, "why": rule.why, "removed": len(removed), "ok": not left}
+        )
         if left:
-            raise KilnError(f"seal failed: {[str(p) for p in left]} still present",
-                            hint=f"rule {rule.pattern} ({rule.why})")
+            raise KilnError(
+                f"seal failed: {[str(p) for p in left]} still present",
+                hint=f"rule {rule.pattern} ({rule.why})",
+            )
     machine_id = root / "etc/machine-id"
     if machine_id.is_file() and not machine_id.is_symlink():
         if machine_id.stat().st_size:
             machine_id.write_bytes(b"")  # empty: each machine gets its own at first boot
-        checks.append({"path": "/etc/machine-id", "why": "machine identity, emptied",
-                       "removed": 0, "ok": machine_id.stat().st_size == 0})
+        checks.append(
+            {
+                "path": "/etc/machine-id",
+                "why": "machine identity, emptied",
+                "removed": 0,
+                "ok": machine_id.stat().st_size == 0,
+            }
+        )
     return checks

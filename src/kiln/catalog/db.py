@@ -13,7 +13,7 @@ from kiln.catalog.models import Base, Image
 from kiln.errors import BadInput, NotFound
 
 REF_RE = re.compile(
-    r"^(?P<name>[a-z0-9][a-z0-9._-]*)(?::(?P<version>[0-9]+|latest)|@(?P<digest>sha256:[0-9a-f]{64}))?$"
+    r"^(?P<name>[a-z0-9][a-z0-9._-]*)(?::(?P<version>[0-9]+|latest)|@(?P<digest>sha256:[0-9a-f]{64}))?"
 )
 
 
@@ -59,7 +59,7 @@ class Catalog:
 
     @staticmethod
     def resolve(session: Session, ref: str) -> Image:
-        match = REF_RE.match(ref)
+        match = REF_RE.fullmatch(ref)
         if not match:
             raise BadInput(
                 f"'{ref}' is not an image ref",

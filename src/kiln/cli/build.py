@@ -125,8 +125,11 @@ def inspect(ref: str, as_json: bool) -> None:
     console.print("[bold]seal[/]")
     for check in data["seal"]:
         state = "[green]ok[/]" if check["ok"] else "[red]FAIL[/]"
-        console.print(f"  {state} {escape(check['path'])}: {escape(check['why'])} "
-                      f"({check['removed']} removed)", highlight=False)
+        console.print(
+            f"  {state} {escape(check['path'])}: {escape(check['why'])} "
+            f"({check['removed']} removed)",
+            highlight=False,
+        )
     console.print("[bold]layers[/]")
     for layer in data["layers"]:
         console.print(

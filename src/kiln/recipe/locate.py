@@ -39,18 +39,23 @@ class LineIndex:
             header = _HEADER.match(line)
             if header:
                 names = tuple(_split_key(header.group(2)))
+                # [steps.env] after the third [[steps]] belongs to steps[2]
+                prefix: list[str | int] = []
+                for depth, name in enumerate(names[:-1], start=1):
+                    prefix.append(name)
+                    if names[:depth] in counts:
+                        prefix.append(counts[names[:depth]] - 1)
                 if header.group(1) == "[[":
                     index = counts.get(names, 0)
                     counts[names] = index + 1
-                    table = (*names, index)
+                    table = (*prefix, names[-1], index)
                 else:
-                    table = names
+                    table = (*prefix, names[-1])
                 self.lines.setdefault(table, number)
                 continue
             assign = _ASSIGN.match(line)
             if assign:
-                path = (*table, *_split_key(assign.group(1)))
-                self.lines.setdefault(path, number)
+                self.lines.setdefault((*table, *_split_key(assign.group(1))), number)
                 rest = line[assign.end() :]
                 for quote in ('"""', "'''"):
                     if rest.count(quote) % 2 == 1:

@@ -14,6 +14,7 @@ from pathlib import Path
 from kiln.errors import BadInput
 
 ETC_APT = Path("/etc/apt")
+APT_LISTS = Path("/var/lib/apt/lists")
 
 
 @dataclass(frozen=True)
@@ -104,18 +105,44 @@ def host_codename(os_release: Path = Path("/etc/os-release")) -> str | None:
     return None
 
 
+def _release_origin(source: Source, lists: Path) -> str | None:
+    """The Origin field of the suite's Release file apt fetched, if apt has it."""
+    mangled = re.sub(r"^[a-z+]+://", "", source.uri).rstrip("/").replace("/", "_")
+    for name in ("InRelease", "Release"):
+        path = lists / f"{mangled}_dists_{source.suite.replace('/', '_')}_{name}"
+        try:
+            with path.open(errors="replace") as handle:
+                for line in handle:
+                    if line.startswith("Origin:"):
+                        return line.split(":", 1)[1].strip()
+                    if not line.strip():
+                        break
+        except OSError:
+            continue
+    return None
+
+
+def is_debian(source: Source, lists: Path = APT_LISTS) -> bool:
+    """Debian's own archive, not a third-party repository that targets Debian."""
+    origin = _release_origin(source, lists)
+    if origin is not None:
+        return origin == "Debian"
+    keyring_ok = source.signed_by is None or "debian-archive-keyring" in source.signed_by
+    return keyring_ok and "debian" in source.uri
+
+
 def mirror_lines(
     suite: str,
     mirror: str | None,
     components: tuple[str, ...] = ("main",),
     etc_apt: Path = ETC_APT,
     codename: str | None = None,
+    lists: Path = APT_LISTS,
 ) -> list[str]:
-    """The mirror arguments for a bootstrap of ``suite``."""
+    """The mirror arguments for a bootstrap of ``suite`` with the recipe's components."""
     if mirror:
         return [f"deb {mirror} {suite} {' '.join(components)}"]
-    sources = host_sources(etc_apt)
-    debian = [s for s in sources if "debian" in s.uri or (s.signed_by and "debian" in s.signed_by)]
+    debian = [s for s in host_sources(etc_apt) if is_debian(s, lists)]
     if not debian:
         raise BadInput(
             f"no Debian apt sources on this host (looked in {etc_apt})",
@@ -127,5 +154,5 @@ def mirror_lines(
         wanted = source.suite
         if codename and source.suite.startswith(codename):
             wanted = suite + source.suite[len(codename) :]
-        lines.append(Source(source.uri, wanted, source.components, source.signed_by).line())
+        lines.append(Source(source.uri, wanted, components, source.signed_by).line())
     return list(dict.fromkeys(lines))
