@@ -6,15 +6,12 @@ from pathlib import Path
 
 import click
 from rich.markup import escape
-from rich.table import Table
-from rich.tree import Tree
 
-from kiln import images as images_service
-from kiln.bake.context import Options
-from kiln.bake.service import bake_path, open_store
 from kiln.cli.output import console, err, human_size, print_json
 from kiln.errors import BadInput
-from kiln.home import Home
+
+# Commands import their services when they run, so `kiln --help` and a cache-hit bake
+# load only what they use.
 
 json_flag = click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
 
@@ -38,6 +35,9 @@ json_flag = click.option("--json", "as_json", is_flag=True, help="print machine-
 @json_flag
 def bake(path: Path, no_cache: bool, on_error: str, mirror: str | None, as_json: bool) -> None:
     """Bake a recipe (and any stale recipe-path ancestors) or a folder of recipes."""
+    from kiln.bake.context import Options
+    from kiln.bake.service import bake_path
+
     options = Options(no_cache=no_cache, keep_on_error=on_error == "keep", mirror=mirror)
     with err.status("baking", spinner="dots") as status:
 
@@ -62,6 +62,11 @@ def bake(path: Path, no_cache: bool, on_error: str, mirror: str | None, as_json:
 @json_flag
 def images(as_json: bool) -> None:
     """List every image version in the catalog."""
+    from rich.table import Table
+
+    from kiln.bake.service import open_store
+    from kiln.home import Home
+
     home = Home.from_env()
     _layout, catalog = open_store(home)
     with catalog.session() as session:
@@ -102,6 +107,8 @@ def images(as_json: bool) -> None:
 @json_flag
 def inspect(ref: str, as_json: bool) -> None:
     """Show an image: labels, layers with sizes, parent chain and packages."""
+    from kiln import images as images_service
+
     data = images_service.inspect(ref)
     if as_json:
         print_json(data)
@@ -147,6 +154,10 @@ def inspect(ref: str, as_json: bool) -> None:
 @json_flag
 def lineage(ref: str, as_json: bool) -> None:
     """Show an image's ancestors and descendants as a tree."""
+    from rich.tree import Tree
+
+    from kiln import images as images_service
+
     data = images_service.lineage(ref)
     if as_json:
         print_json(data)
@@ -174,6 +185,8 @@ def lineage(ref: str, as_json: bool) -> None:
 @json_flag
 def diff(old: str, new: str, as_json: bool) -> None:
     """Files added/modified/deleted and packages added/removed/changed from OLD to NEW."""
+    from kiln import images as images_service
+
     data = images_service.diff(old, new)
     if as_json:
         print_json(data)
@@ -209,6 +222,8 @@ def diff(old: str, new: str, as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def export(ref: str, kind: str, output: Path) -> None:
     """Write an image to a file, atomically."""
+    from kiln import images as images_service
+
     if not output.absolute().parent.is_dir():
         raise BadInput(f"the folder of {output} does not exist")
     with err.status(f"exporting {ref}"):
@@ -222,6 +237,8 @@ def export(ref: str, kind: str, output: Path) -> None:
 @json_flag
 def fsck(as_json: bool) -> None:
     """Verify every blob digest and every reference in the store and catalog."""
+    from kiln import images as images_service
+
     report = images_service.check()
     if as_json:
         print_json(report.to_json())

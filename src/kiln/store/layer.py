@@ -58,6 +58,8 @@ def capture(
     ``lowers`` are the parent's unpacked layers: an opaque marker only matters where a
     lower layer has that folder, so markers on brand-new folders are left out.
     """
+    if not lowers:  # nothing below a base layer: no deletion or opaque marker can matter
+        return _stream(layout, tmp_dir, tar_argv(source, source_date_epoch))
     found = whiteout.scan_overlay(source)
     found.opaque = [
         rel for rel in found.opaque if rel and any((lower / rel).is_dir() for lower in lowers)

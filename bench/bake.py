@@ -1,0 +1,135 @@
+"""Bake benchmarks, each against a peer measured in the same run.
+
+    sudo .venv/bin/python -m bench.bake [--runs N]
+
+1. A bake of examples/base.toml (--no-cache, fresh KILN_HOME) against mmdebstrap alone
+   with the same suite, variant, packages and mirrors. Target: kiln <= 1.15x.
+2. A no-change rebake of every example (`kiln bake examples/`, the whole process).
+   Target: <= 0.5 s. The peer is `kiln --version`: the interpreter and import floor.
+3. Layer capture throughput (tar -> sha256 -> blob, kiln.store.layer.capture) against
+   `tar -c | sha256sum` on the same tree (the unpacked base layer). Target: >= 0.5x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import EXAMPLES, KILN, Row, median, timed
+from kiln.bake.bases.debian import mmdebstrap_argv
+from kiln.recipe import load_recipe
+from kiln.store.layer import capture
+from kiln.store.layout import Layout
+
+
+def bench_base(runs: int, scratch: Path) -> tuple[Row, Path]:
+    recipe = load_recipe(EXAMPLES / "base.toml").recipe
+    assert recipe.image.bootstrap is not None
+    kiln_times, peer_times = [], []
+    home = scratch / "home"
+    for run in range(runs):
+        root = scratch / f"mmdebstrap-{run}"
+        peer_argv = mmdebstrap_argv(recipe.image.bootstrap, recipe.packages.apt, root, None)
+        peer_argv = [a for a in peer_argv if not a.startswith("--customize-hook")]
+        peer = lambda: timed(peer_argv)  # noqa: E731
+        ours = lambda: timed(  # noqa: E731
+            [*KILN, "bake", "--no-cache", str(EXAMPLES / "base.toml")],
+            {"KILN_HOME": str(home)},
+        )
+        # alternate the order so neither side always runs with the warmer caches
+        first, second = (peer, ours) if run % 2 == 0 else (ours, peer)
+        a, b = first(), second()
+        peer_times.append(a if first is peer else b)
+        kiln_times.append(b if first is peer else a)
+        shutil.rmtree(root)
+    kiln_s, peer_s = min(kiln_times), min(peer_times)
+    row = Row(
+        "bake base.toml (no cache)",
+        kiln_s,
+        peer_s,
+        "mmdebstrap",
+        "s",
+        "<= 1.15x",
+        kiln_s <= 1.15 * peer_s,
+    )
+    return row, home
+
+
+def bench_rebake(home: Path, runs: int) -> Row:
+    env = {"KILN_HOME": str(home)}
+    timed([*KILN, "bake", str(EXAMPLES)], env)  # bake what is missing; warms the page cache
+    ours = median([timed([*KILN, "bake", str(EXAMPLES)], env) for _ in range(max(runs, 5))])
+    floor = median([timed([*KILN, "--version"], env) for _ in range(max(runs, 5))])
+    return Row(
+        "no-change rebake of examples/", ours, floor, "kiln --version", "s", "<= 0.5 s", ours <= 0.5
+    )
+
+
+def _largest_layer(home: Path) -> Path:
+    layers = [p for p in (home / "layers").iterdir() if p.is_dir()]
+    sizes = {
+        p: int(
+            subprocess.run(
+                ["du", "-sb", str(p)], capture_output=True, text=True, check=True
+            ).stdout.split()[0]
+        )
+        for p in layers
+    }
+    return max(sizes, key=lambda p: sizes[p])
+
+
+def bench_capture(home: Path, runs: int, scratch: Path) -> Row:
+    tree = _largest_layer(home)
+    size = int(
+        subprocess.run(
+            f"tar -c -C {tree} . | wc -c", shell=True, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    layout = Layout(scratch / "oci")
+    layout.init()
+    peer_times, kiln_times = [], []
+    for _ in range(runs + 1):  # the first round warms the page cache and is dropped
+        start = time.perf_counter()
+        subprocess.run(f"tar -c -C {tree} . | sha256sum > /dev/null", shell=True, check=True)
+        peer_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        capture(layout, scratch / "tmp", tree)
+        kiln_times.append(time.perf_counter() - start)
+    mb = size / 1e6
+    kiln_rate, peer_rate = mb / min(kiln_times[1:]), mb / min(peer_times[1:])
+    return Row(
+        f"layer capture ({mb:.0f} MB tree)",
+        kiln_rate,
+        peer_rate,
+        "tar|sha256sum",
+        "MB/s",
+        ">= 0.5x",
+        kiln_rate >= 0.5 * peer_rate,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=1, help="runs of each slow measurement")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-", dir="/var/tmp") as folder:
+        scratch = Path(folder)
+        base, home = bench_base(args.runs, scratch)
+        rows = [base, bench_rebake(home, args.runs), bench_capture(home, args.runs, scratch)]
+    if args.json:
+        print(json.dumps([row.__dict__ for row in rows], indent=2))
+    else:
+        for row in rows:
+            print(row.render())
+
+
+if __name__ == "__main__":
+    main()

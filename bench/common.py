@@ -1,0 +1,57 @@
+"""Helpers shared by the benchmarks: timing commands, a fresh KILN_HOME, reporting."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+KILN = [sys.executable, "-m", "kiln.cli.main"]
+
+
+def timed(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
+    """Wall-clock seconds of one run of argv (output discarded; failure raises)."""
+    start = time.perf_counter()
+    subprocess.run(
+        list(argv),
+        env={**os.environ, **(env or {})},
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    return time.perf_counter() - start
+
+
+def best_of(runs: int, fn: Callable[[], float]) -> list[float]:
+    return [fn() for _ in range(runs)]
+
+
+@dataclass
+class Row:
+    name: str
+    kiln: float
+    peer: float
+    peer_name: str
+    unit: str
+    target: str
+    ok: bool
+
+    def render(self) -> str:
+        ratio = self.kiln / self.peer if self.peer else float("nan")
+        state = "ok" if self.ok else "MISSED"
+        return (
+            f"{self.name:<34} kiln {self.kiln:9.3f} {self.unit:<5} "
+            f"{self.peer_name} {self.peer:9.3f} {self.unit:<5} ratio {ratio:5.2f}  "
+            f"target {self.target:<10} {state}"
+        )
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
