@@ -32,20 +32,18 @@ def bench_base(runs: int, scratch: Path) -> tuple[Row, Path]:
     assert recipe.image.bootstrap is not None
     kiln_times, peer_times = [], []
     home = scratch / "home"
+    ours_argv = [*KILN, "bake", "--no-cache", str(EXAMPLES / "base.toml")]
     for run in range(runs):
         root = scratch / f"mmdebstrap-{run}"
         peer_argv = mmdebstrap_argv(recipe.image.bootstrap, recipe.packages.apt, root, None)
         peer_argv = [a for a in peer_argv if not a.startswith("--customize-hook")]
-        peer = lambda: timed(peer_argv)  # noqa: E731
-        ours = lambda: timed(  # noqa: E731
-            [*KILN, "bake", "--no-cache", str(EXAMPLES / "base.toml")],
-            {"KILN_HOME": str(home)},
-        )
         # alternate the order so neither side always runs with the warmer caches
-        first, second = (peer, ours) if run % 2 == 0 else (ours, peer)
-        a, b = first(), second()
-        peer_times.append(a if first is peer else b)
-        kiln_times.append(b if first is peer else a)
+        if run % 2 == 0:
+            peer_times.append(timed(peer_argv))
+            kiln_times.append(timed(ours_argv, {"KILN_HOME": str(home)}))
+        else:
+            kiln_times.append(timed(ours_argv, {"KILN_HOME": str(home)}))
+            peer_times.append(timed(peer_argv))
         shutil.rmtree(root)
     kiln_s, peer_s = min(kiln_times), min(peer_times)
     row = Row(
