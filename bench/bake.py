@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench.common import EXAMPLES, KILN, Row, median, timed
-from kiln.bake.bases.debian import mmdebstrap_argv
+from kiln.bake.bases.debian import mmdebstrap_argv, sources
 from kiln.recipe import load_recipe
 from kiln.store.layer import capture
 from kiln.store.layout import Layout
@@ -35,7 +35,12 @@ def bench_base(runs: int, scratch: Path) -> tuple[Row, Path]:
     ours_argv = [*KILN, "bake", "--no-cache", str(EXAMPLES / "base.toml")]
     for run in range(runs):
         root = scratch / f"mmdebstrap-{run}"
-        peer_argv = mmdebstrap_argv(recipe.image.bootstrap, recipe.packages.apt, root, None)
+        peer_argv = mmdebstrap_argv(
+            recipe.image.bootstrap,
+            recipe.packages.apt,
+            root,
+            sources(recipe.image.bootstrap, None),
+        )
         peer_argv = [a for a in peer_argv if not a.startswith("--customize-hook")]
         # alternate the order so neither side always runs with the warmer caches
         if run % 2 == 0:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kiln.bake.cachekey import compute, inputs, lock_path, tree_digest
+from kiln.bake.cachekey import compute, inputs, tree_digest
 from kiln.recipe import load_recipe
+from kiln.recipe.lockfile import lock_path
 
 PARENT = "sha256:" + "a" * 64
 OTHER_PARENT = "sha256:" + "b" * 64
@@ -134,7 +135,7 @@ def change_target(recipe: Path) -> None:
 
 
 def add_lock(recipe: Path) -> None:
-    lock_path(load_recipe(recipe)).write_text("nginx-light=1.22.1-9\n")
+    lock_path(recipe).write_text("nginx-light=1.22.1-9\n")
 
 
 @pytest.mark.parametrize(
@@ -161,7 +162,7 @@ def test_key_changes_with_an_input(recipe: Path, change: Callable[[Path], None])
 
 def test_key_changes_when_the_lock_file_changes(recipe: Path) -> None:
     lock = recipe.with_name("web.toml.lock")
-    assert lock_path(load_recipe(recipe)) == lock
+    assert lock_path(recipe) == lock
     unlocked = key_of(recipe)
     lock.write_text("nginx-light=1.22.1-9\n")
     first = key_of(recipe)

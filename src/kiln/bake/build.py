@@ -71,11 +71,7 @@ def prepare_root(context: BuildContext, stack: ExitStack) -> None:
         overlay.mount()
         context.layer_source = overlay.upper
     elif origin == "bootstrap":
-        spec = context.recipe.recipe.image.bootstrap
-        assert spec is not None
-        debian.bootstrap(
-            spec, context.recipe.recipe.packages.apt, context.root, context.options.mirror
-        )
+        debian.bootstrap(context)
     elif origin == "import":
         source = context.recipe.resolve(context.recipe.recipe.image.import_ or "")
         imported.import_root(source, context.root, context.home.tmp)
@@ -124,10 +120,8 @@ def seal_root(context: BuildContext, stack: ExitStack) -> None:
 
 
 def record_packages(context: BuildContext, stack: ExitStack) -> None:
-    if packages.has_dpkg(context.root):
-        context.packages = packages.installed(context.root)
-    elif context.parent is not None:
-        context.packages = sorted(set(context.packages) | set(context.parent_packages))
+    packages.record(context)
+    packages.verify_lock(context)
 
 
 def close_root(context: BuildContext, stack: ExitStack) -> None:
@@ -165,7 +159,13 @@ def bake(context: BuildContext) -> BakeResult:
         begin = time.monotonic()
         context.log("capture layer")
         lowers = context.parent.layer_dirs if context.parent else ()
-        captured = layers.capture(context.layout, context.home.tmp, context.layer_source, lowers)
+        captured = layers.capture(
+            context.layout,
+            context.home.tmp,
+            context.layer_source,
+            lowers,
+            source_date_epoch=context.source_date_epoch,
+        )
         stages["capture_layer"] = time.monotonic() - begin
         begin = time.monotonic()
         result = commit(context, captured.descriptor, time.monotonic() - started)
@@ -196,9 +196,15 @@ class _cleanup:
                 f"  clean up:  umount {root} 2>/dev/null; rm -rf {context.build_dir}"
             )
             return
-        if context.overlay is not None:
-            context.overlay.unmount()
-        remove_tree(context.build_dir)
+        try:
+            if context.overlay is not None:
+                context.overlay.unmount()
+            remove_tree(context.build_dir)
+        except KilnError as cleanup:
+            if exc is None:
+                raise
+            # the bake's own error matters more; say what was left behind
+            context.log(f"could not clean up {context.build_dir}: {cleanup.message}")
 
 
 def _move_layer(context: BuildContext, diff_id: str) -> None:
@@ -212,7 +218,10 @@ def _move_layer(context: BuildContext, diff_id: str) -> None:
 def commit(context: BuildContext, layer: Descriptor, seconds: float) -> BakeResult:
     """Write config and manifest, keep the layer, then record and tag in one transaction."""
     created = datetime.now(UTC).replace(microsecond=0)
-    config_desc = context.layout.put_json(image.config(context, layer, created), MEDIA_CONFIG)
+    stamped = created  # what the image says: the lock's SOURCE_DATE_EPOCH when reproducible
+    if context.source_date_epoch is not None:
+        stamped = datetime.fromtimestamp(context.source_date_epoch, UTC)
+    config_desc = context.layout.put_json(image.config(context, layer, stamped), MEDIA_CONFIG)
     manifest_desc = context.layout.put_json(
         image.manifest(context, config_desc, layer), MEDIA_MANIFEST
     )
@@ -237,7 +246,10 @@ def commit(context: BuildContext, layer: Descriptor, seconds: float) -> BakeResu
                 size=layer.size,
                 seconds=seconds,
                 packages=[
-                    Package(name=n, version=v, architecture=a) for n, v, a in context.packages
+                    Package(
+                        name=d.name, version=d.version, architecture=d.architecture, sha256=d.sha256
+                    )
+                    for d in context.packages
                 ],
             )
             session.add(row)

@@ -16,7 +16,7 @@ from typing import Any
 from kiln.bake import packages, seal, services
 from kiln.bake.bases import debian, imported
 from kiln.bake.steps import versions as step_versions
-from kiln.recipe import RecipeFile
+from kiln.recipe import RecipeFile, lockfile
 from kiln.recipe.models import AnsibleStep, CopyStep
 from kiln.store.layout import canonical_json
 
@@ -61,10 +61,6 @@ def tree_digest(path: Path, skip_suffixes: tuple[str, ...] = ()) -> str:
     return hashlib.sha256(canonical_json(entries)).hexdigest()
 
 
-def lock_path(recipe: RecipeFile) -> Path:
-    return recipe.path.with_name(recipe.path.name + ".lock")
-
-
 def inputs(recipe: RecipeFile) -> dict[str, str]:
     """Digest of every file a recipe reads, by key path."""
     out: dict[str, str] = {}
@@ -83,8 +79,18 @@ def inputs(recipe: RecipeFile) -> dict[str, str]:
     return out
 
 
-def compute(recipe: RecipeFile, parent_digest: str | None) -> str:
-    lock = lock_path(recipe)
+def compute(
+    recipe: RecipeFile,
+    parent_digest: str | None,
+    *,
+    use_lock: bool = True,
+    sources: list[str] | None = None,
+) -> str:
+    """The key of a bake. ``use_lock``: the lock beside the recipe counts (kiln lock's
+    resolving bake ignores it); ``sources``: for a Debian base, the mirror lines that end
+    up in its sources.list."""
+    lock = lockfile.lock_path(recipe.path)
+    lock_digest = file_digest(lock) if use_lock and lock.is_file() else None
     document = {
         "kiln": {
             "pipeline": PIPELINE_VERSION,
@@ -98,6 +104,7 @@ def compute(recipe: RecipeFile, parent_digest: str | None) -> str:
         "parent": parent_digest,
         "recipe": recipe.recipe.model_dump(mode="json", by_alias=True),
         "inputs": inputs(recipe),
-        "lock": file_digest(lock) if lock.is_file() else None,
+        "lock": lock_digest,
+        "sources": sources,
     }
     return hashlib.sha256(canonical_json(document)).hexdigest()

@@ -6,11 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kiln.bake.debcache import PackageCache
 from kiln.bake.root import Overlay
 from kiln.catalog import Catalog
 from kiln.home import Home
 from kiln.recipe import RecipeFile
-from kiln.sandbox import Sandbox
+from kiln.recipe.lockfile import Deb, Lock
+from kiln.sandbox import BUILD_ENV, Sandbox
 from kiln.store.layout import Descriptor, Layout
 
 
@@ -36,6 +38,7 @@ class Options:
     no_cache: bool = False
     keep_on_error: bool = False
     mirror: str | None = None
+    ignore_lock: bool = False  # resolve afresh against the mirror (kiln lock)
 
 
 @dataclass
@@ -51,8 +54,11 @@ class BuildContext:
     log: Callable[[str], None]
     root: Path = field(init=False)  # the tree steps change (an overlay mount, or a plain dir)
     layer_source: Path = field(init=False)  # what becomes the new layer (upper dir, or root)
-    packages: list[tuple[str, str, str]] = field(default_factory=list)
-    parent_packages: list[tuple[str, str, str]] = field(default_factory=list)
+    lock: Lock | None = None
+    source_date_epoch: int | None = None
+    debs: dict[tuple[str, str, str], Deb] = field(default_factory=dict)  # .debs seen in the bake
+    packages: list[Deb] = field(default_factory=list)  # what the image holds, sha256 if known
+    parent_packages: list[Deb] = field(default_factory=list)
     created_mount_points: list[str] = field(default_factory=list)
     overlay: Overlay | None = None
     seal_checks: list[dict[str, object]] = field(default_factory=list)
@@ -63,4 +69,11 @@ class BuildContext:
 
     @property
     def sandbox(self) -> Sandbox:
-        return Sandbox(self.root)
+        env = dict(BUILD_ENV)
+        if self.source_date_epoch is not None:
+            env["SOURCE_DATE_EPOCH"] = str(self.source_date_epoch)
+        return Sandbox(self.root, env=env)
+
+    @property
+    def cache(self) -> PackageCache:
+        return PackageCache(self.home.debs)

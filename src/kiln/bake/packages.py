@@ -1,23 +1,27 @@
 """Debian packages: installed with the image's own apt, or unpacked into a root without one.
 
-Every .deb that passes through is kept in the package cache by sha256.
+Every .deb that passes through is kept in the package cache by sha256. With a lock, the
+packages come from a flat repository built from the cache (fetched by exact version only
+when missing), so a locked bake needs no mirror, and the result is checked against the lock.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from kiln import proc
+from kiln.bake.bases.apt_sources import mirror_lines, os_codename
 from kiln.bake.context import BuildContext
+from kiln.bake.debcache import sha256_of
+from kiln.errors import BadInput, KilnError
+from kiln.recipe.lockfile import Deb, Lock
+from kiln.sandbox import Bind
 
-VERSION = 1
+VERSION = 2
 HOST_ARCHIVES = Path("/var/cache/apt/archives")
 APT_OPTIONS = ["-o", "Dpkg::Use-Pty=0", "-o", "APT::Install-Recommends=false"]
+REPO = "/run/kiln/repo"  # where a bake's own apt sources are bound inside the root
 
 
 def has_dpkg(root: Path) -> bool:
@@ -28,32 +32,106 @@ def has_apt(root: Path) -> bool:
     return (root / "usr/bin/apt-get").exists()
 
 
+def spec(deb: Deb) -> str:
+    """apt's name for an exact package: name:arch=version."""
+    arch = "" if deb.architecture == "all" else f":{deb.architecture}"
+    return f"{deb.name}{arch}={deb.version}"
+
+
+def fetch_lines(context: BuildContext) -> list[str]:
+    """Where missing .debs are fetched from: the mirror setting, else the host's sources."""
+    suite = os_codename(context.root) or os_codename(Path("/")) or "stable"
+    return mirror_lines(suite, context.options.mirror)
+
+
 def install(context: BuildContext, packages: tuple[str, ...]) -> None:
+    lock = context.lock
+    if lock is not None:
+        have = {deb.key for deb in context.parent_packages}
+        wanted = [deb for deb in lock.packages if deb.key not in have]
+        if not wanted:
+            return
+        if not has_apt(context.root):
+            unpack_locked(context, wanted)
+        else:
+            apt_locked(context, lock, wanted)
+        return
     if not packages:
         return
     if has_apt(context.root):
-        sandbox = context.sandbox
-        sandbox.run(["apt-get", *APT_OPTIONS, "update"])
-        sandbox.run(["apt-get", *APT_OPTIONS, "install", "--yes", *packages])
-        sandbox.run(["apt-get", "clean"])  # the seal removes the lists
+        apt_unlocked(context, packages)
     else:
         unpack(context, packages)
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _apt_script(options: list[str], packages: list[str]) -> str:
+    opts = " ".join(APT_OPTIONS + options)
+    return (
+        f"mkdir -p {REPO}/lists/partial && apt-get {opts} update && "
+        f"apt-get {opts} install --yes {' '.join(packages)}"
+    )
 
 
-def cache_deb(deb: Path, cache: Path) -> Path:
-    """Keep a .deb in the cache under its sha256; return the cached path."""
-    digest = file_sha256(deb)
-    target = cache / f"{digest}.deb"
-    if not target.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        shutil.copyfile(deb, tmp)
-        os.replace(tmp, target)
-    return target
+def _private_sources(context: BuildContext, lines: list[str]) -> tuple[list[str], Bind]:
+    """apt options reading only ``lines`` (a folder bound at REPO), never the image's lists."""
+    folder = context.build_dir / "apt"
+    folder.mkdir(exist_ok=True)
+    (folder / "sources.list").write_text("\n".join(lines) + "\n")
+    options = [
+        "-o",
+        f"Dir::Etc::SourceList={REPO}/sources.list",
+        "-o",
+        "Dir::Etc::SourceParts=-",
+        "-o",
+        f"Dir::State::Lists={REPO}/lists",
+    ]
+    return options, Bind(folder, REPO, readonly=False)
+
+
+def apt_unlocked(context: BuildContext, packages: tuple[str, ...]) -> None:
+    sandbox = context.sandbox
+    options: list[str] = []
+    if context.options.mirror:
+        options, bind = _private_sources(context, fetch_lines(context))
+        sandbox = sandbox.with_binds(bind, *_file_binds(fetch_lines(context)))
+    else:
+        sandbox.run(["apt-get", *APT_OPTIONS, "update"])
+    if options:
+        sandbox.run(["/bin/sh", "-c", _apt_script(options, list(packages))])
+    else:
+        sandbox.run(["apt-get", *APT_OPTIONS, "install", "--yes", *packages])
+    context.debs.update(context.cache.harvest(context.root / "var/cache/apt/archives"))
+    sandbox.run(["apt-get", "clean"])  # the seal removes the lists
+
+
+def _file_binds(lines: list[str]) -> list[Bind]:
+    """file:// repositories must be visible at the same path inside the root."""
+    binds = []
+    for line in lines:
+        for word in line.split():
+            if word.startswith("file:"):
+                path = Path("/" + word[len("file:") :].lstrip("/"))
+                binds.append(Bind(path, str(path)))
+    return binds
+
+
+def apt_locked(context: BuildContext, lock: Lock, wanted: list[Deb]) -> None:
+    context.cache.fetch(lock.packages, fetch_lines(context), context.home.tmp)
+    repo = context.build_dir / "apt" / "repo"
+    context.cache.make_repo(lock.packages, repo, os_codename(context.root) or "stable")
+    options, bind = _private_sources(context, [f"deb [trusted=yes] file:{REPO}/repo ./"])
+    context.sandbox.with_binds(bind).run(
+        ["/bin/sh", "-c", _apt_script(options, [spec(d) for d in wanted])]
+    )
+    context.debs.update({deb.key: deb for deb in lock.packages})
+
+
+def unpack_locked(context: BuildContext, wanted: list[Deb]) -> None:
+    context.cache.fetch(wanted, fetch_lines(context), context.home.tmp)
+    for deb in wanted:
+        proc.run(["dpkg-deb", "--extract", str(context.cache.path(deb.sha256)), str(context.root)])
+        context.debs[deb.key] = deb
+        context.packages.append(deb)
 
 
 @dataclass(frozen=True)
@@ -67,7 +145,13 @@ class Candidate:
 
 def candidate(package: str) -> Candidate:
     """What the host's apt would install for ``package``: version and .deb sha256."""
-    text = proc.output(["apt-cache", "show", "--no-all-versions", package])
+    try:
+        text = proc.output(["apt-cache", "show", "--no-all-versions", package])
+    except proc.CommandError:
+        raise BadInput(
+            f"package {package!r} is unknown to the host's apt",
+            hint="check the name, or run apt-get update on the host",
+        ) from None
     fields: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition(": ")
@@ -82,31 +166,25 @@ def candidate(package: str) -> Candidate:
     )
 
 
-def fetch(wanted: Candidate, cache: Path, tmp: Path) -> Path:
-    """The .deb for ``wanted``: from kiln's cache, the host's apt cache, or the mirror."""
-    cached = cache / f"{wanted.sha256}.deb"
-    if cached.is_file():
-        return cached
-    local = HOST_ARCHIVES / Path(wanted.filename).name
-    if local.is_file() and file_sha256(local) == wanted.sha256:
-        return cache_deb(local, cache)
-    with tempfile.TemporaryDirectory(dir=tmp, prefix="debs-") as folder:
-        proc.run(["apt-get", "download", f"{wanted.name}={wanted.version}"], cwd=Path(folder))
-        [deb] = Path(folder).glob("*.deb")
-        return cache_deb(deb, cache)
-
-
 def unpack(context: BuildContext, packages: tuple[str, ...]) -> None:
     """For roots without dpkg (scratch): resolve with the host's apt, unpack with dpkg-deb.
 
     Dependencies and maintainer scripts are not run: this is for static tools such as
-    busybox-static. A .deb already in kiln's package cache needs no network.
+    busybox-static. A .deb already in the package cache (or the host's) needs no network.
     """
+    cache = context.cache
     for package in packages:
-        wanted = candidate(package)
-        deb = fetch(wanted, context.home.debs, context.home.tmp)
-        proc.run(["dpkg-deb", "--extract", str(deb), str(context.root)])
-        context.packages.append((wanted.name, wanted.version, wanted.architecture))
+        found = candidate(package)
+        deb = Deb(found.name, found.architecture, found.version, found.sha256)
+        if not cache.has(deb):
+            local = HOST_ARCHIVES / Path(found.filename).name
+            if local.is_file() and sha256_of(local) == found.sha256:
+                cache.add(local, deb.key)
+            else:
+                cache.fetch([deb], fetch_lines(context), context.home.tmp)
+        proc.run(["dpkg-deb", "--extract", str(cache.path(deb.sha256)), str(context.root)])
+        context.debs[deb.key] = deb
+        context.packages.append(deb)
 
 
 def installed(root: Path) -> list[tuple[str, str, str]]:
@@ -127,3 +205,34 @@ def installed(root: Path) -> list[tuple[str, str, str]]:
         if status == "installed":
             out.append((name, version, arch))
     return sorted(out)
+
+
+def record(context: BuildContext) -> None:
+    """What the image holds, with each .deb's sha256 where kiln has seen the file."""
+    if not has_dpkg(context.root):
+        known = {deb.key: deb for deb in [*context.parent_packages, *context.packages]}
+        context.packages = sorted(known.values())
+        return
+    known = {deb.key: deb for deb in context.parent_packages}
+    known.update(context.debs)
+    context.packages = [
+        known.get(key) or Deb(key[0], key[2], key[1], "") for key in installed(context.root)
+    ]
+
+
+def verify_lock(context: BuildContext) -> None:
+    """A locked bake must hold exactly the locked packages, no more, no fewer."""
+    if context.lock is None:
+        return
+    got = {(d.name, d.architecture, d.version) for d in context.packages}
+    want = {(d.name, d.architecture, d.version) for d in context.lock.packages}
+    if got != want:
+        extra = sorted(got - want)
+        missing = sorted(want - got)
+        raise KilnError(
+            "the image does not hold exactly the locked packages: "
+            f"not in the lock: {[' '.join(e) for e in extra] or 'none'}; "
+            f"locked but missing: {[' '.join(m) for m in missing] or 'none'}",
+            hint=f"if the recipe changed, re-resolve with: kiln lock --update "
+            f"{context.recipe.path}",
+        )

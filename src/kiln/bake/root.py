@@ -6,7 +6,6 @@ caller asked to keep the root for a look inside.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,15 +43,29 @@ class Overlay:
         self.unmount()
 
 
+def mounts_below(path: Path) -> list[Path]:
+    """Mount points at or below ``path``, deepest first (from /proc/self/mountinfo)."""
+    prefix = str(path.resolve())
+    found = []
+    with open("/proc/self/mountinfo") as info:
+        for line in info:
+            point = line.split()[4].replace("\\040", " ")
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(Path(point))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_below(path: Path) -> None:
+    for point in mounts_below(path):
+        proc.run(["umount", "--lazy", str(point)])
+
+
 def remove_tree(path: Path) -> None:
-    """Remove a build folder; never crosses into a mount that is still there."""
+    """Remove a build folder, unmounting whatever a failed tool left mounted inside first.
+
+    A bind mount of the same file system is not stopped by --one-file-system, so without
+    this, rm would reach through it into the mounted folder.
+    """
     if path.exists():
+        unmount_below(path)
         proc.run(["rm", "-rf", "--one-file-system", "--", str(path)])
-
-
-def mount_point(path: Path) -> bool:
-    return path.is_mount()
-
-
-def clear(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -9,11 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kiln.bake import build, cachekey
+from kiln.bake.bases import debian
 from kiln.bake.context import BuildContext, Options, StoredImage
 from kiln.bake.plan import parent_recipe, plan
 from kiln.catalog import Catalog, Image
+from kiln.errors import BadInput
 from kiln.home import Home
-from kiln.recipe import RecipeFile
+from kiln.recipe import RecipeFile, lockfile
+from kiln.recipe.lockfile import Deb
 from kiln.store import layer as layers
 from kiln.store.layout import Descriptor, Layout
 
@@ -64,14 +67,31 @@ def bake_one(
 ) -> build.BakeResult:
     started = time.monotonic()
     parent: StoredImage | None = None
-    parent_packages: list[tuple[str, str, str]] = []
+    parent_packages: list[Deb] = []
+    lock_file = lockfile.lock_path(recipe.path)
+    lock = None if options.ignore_lock or not lock_file.is_file() else lockfile.parse(lock_file)
     with catalog.session() as session:
         ref = parent_ref or recipe.recipe.image.parent
         if ref is not None:
             row = catalog.resolve(session, ref)
             parent = load_image(home, layout, row)
-            parent_packages = [(p.name, p.version, p.architecture) for p in row.packages]
-        key = cachekey.compute(recipe, parent.manifest.digest if parent else None)
+            parent_packages = [
+                Deb(p.name, p.architecture, p.version, p.sha256) for p in row.packages
+            ]
+        parent_digest = parent.manifest.digest if parent else None
+        if lock is not None and lock.parent != parent_digest:
+            raise BadInput(
+                f"{lock_file} was made for parent {lock.parent or 'none'}, but the parent "
+                f"is now {parent_ref or ref} ({parent_digest})",
+                hint=f"re-resolve against the new parent: kiln lock --update {recipe.path}",
+            )
+        spec = recipe.recipe.image.bootstrap
+        key = cachekey.compute(
+            recipe,
+            parent_digest,
+            use_lock=lock is not None,
+            sources=debian.sources(spec, options.mirror) if spec is not None else None,
+        )
         hit = None if options.no_cache else catalog.by_cache_key(session, key)
         if hit is not None and layout.has_blob(hit.digest):
             return build.BakeResult(
@@ -95,6 +115,10 @@ def bake_one(
         log=lambda message: log(f"{recipe.name}: {message}"),
     )
     context.parent_packages = parent_packages
+    context.lock = lock
+    context.source_date_epoch = (
+        lock.source_date_epoch if lock is not None else recipe.recipe.image.source_date_epoch
+    )
     return build.bake(context)
 
 

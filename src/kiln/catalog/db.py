@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Engine, create_engine, event, func, inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from kiln.catalog.models import Base, Image
@@ -32,7 +32,37 @@ class Catalog:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _add_missing_columns(self) -> None:
+        """Bring an older catalog up to date: columns added since are added with defaults.
+
+        create_all makes missing tables but never alters existing ones; every schema change
+        so far only adds columns, which this handles for SQLite and PostgreSQL alike.
+        """
+        existing = inspect(self.engine)
+        with self.engine.begin() as connection:
+            for table in Base.metadata.sorted_tables:
+                if not existing.has_table(table.name):
+                    continue
+                have = {column["name"] for column in existing.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name in have:
+                        continue
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    default = getattr(column.default, "arg", None)
+                    literal = (
+                        "''"
+                        if isinstance(default, str)
+                        else (str(default) if default is not None else "NULL")
+                    )
+                    connection.execute(
+                        text(
+                            f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind} "
+                            f"DEFAULT {literal}"
+                        )
+                    )
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -50,5 +50,6 @@ class Package(Base):
     name: Mapped[str] = mapped_column(String(128))
     version: Mapped[str] = mapped_column(String(128))
     architecture: Mapped[str] = mapped_column(String(32))
+    sha256: Mapped[str] = mapped_column(String(64), default="")  # of the .deb; "" if unknown
 
     image: Mapped[Image] = relationship(back_populates="packages")

@@ -59,6 +59,37 @@ def bake(path: Path, no_cache: bool, on_error: str, mirror: str | None, as_json:
 
 
 @click.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--update", is_flag=True, help="re-resolve against the mirror and show the diff")
+@click.option(
+    "--mirror",
+    envvar="KILN_MIRROR",
+    metavar="URL",
+    help="Debian mirror instead of the host's apt sources [env: KILN_MIRROR]",
+)
+@json_flag
+def lock(path: Path, update: bool, mirror: str | None, as_json: bool) -> None:
+    """Write PATH.lock beside each recipe: parent digest and every package, exactly."""
+    from kiln.bake.context import Options
+    from kiln.bake.lock import lock_path
+
+    with err.status("locking", spinner="dots") as status:
+        results = lock_path(
+            path, update, Options(mirror=mirror), lambda message: status.update(escape(message))
+        )
+    if as_json:
+        print_json([r.to_json() for r in results])
+        return
+    for result in results:
+        console.print(
+            f"[bold]{result.state}[/] {result.lock} ({result.packages} packages)", highlight=False
+        )
+        if result.diff is not None:
+            for line in result.diff.lines():
+                console.print(f"  {escape(line)}", highlight=False)
+
+
+@click.command()
 @json_flag
 def images(as_json: bool) -> None:
     """List every image version in the catalog."""
@@ -254,5 +285,5 @@ def fsck(as_json: bool) -> None:
 
 
 def register(group: click.Group) -> None:
-    for command in (bake, images, inspect, lineage, diff, export, fsck):
+    for command in (bake, lock, images, inspect, lineage, diff, export, fsck):
         group.add_command(command)

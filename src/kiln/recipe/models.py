@@ -71,6 +71,9 @@ class ImageSection(Model):
     import_: str | None = Field(
         default=None, alias="import", description="root filesystem tarball or OCI archive"
     )
+    source_date_epoch: int | None = Field(
+        default=None, ge=0, description="timestamp for reproducible bakes (a lock sets one)"
+    )
 
     @field_validator("name")
     @classmethod

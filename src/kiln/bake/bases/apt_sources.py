@@ -100,8 +100,17 @@ def host_codename(os_release: Path = Path("/etc/os-release")) -> str | None:
         for line in os_release.read_text().splitlines():
             if line.startswith("VERSION_CODENAME="):
                 return line.split("=", 1)[1].strip().strip('"') or None
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    return None
+
+
+def os_codename(root: Path) -> str | None:
+    """The Debian codename a root says it is (its os-release), if any."""
+    for name in ("etc/os-release", "usr/lib/os-release"):
+        codename = host_codename(root / name)
+        if codename:
+            return codename
     return None
 
 
@@ -139,7 +148,12 @@ def mirror_lines(
     codename: str | None = None,
     lists: Path = APT_LISTS,
 ) -> list[str]:
-    """The mirror arguments for a bootstrap of ``suite`` with the recipe's components."""
+    """The mirror arguments for a bootstrap of ``suite`` with the recipe's components.
+
+    A mirror setting is a URL, or a whole sources.list line ("deb [trusted=yes] URL ./").
+    """
+    if mirror and mirror.startswith("deb "):
+        return [mirror]
     if mirror:
         return [f"deb {mirror} {suite} {' '.join(components)}"]
     debian = [s for s in host_sources(etc_apt) if is_debian(s, lists)]

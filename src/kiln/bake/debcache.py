@@ -1,0 +1,193 @@
+"""The package cache: every .deb a bake installs, kept by sha256 under cache/debs.
+
+``<sha256>.deb`` is the file; ``by-name/<name>_<version>_<arch>.deb`` is a hard link to
+it under the name apt gives a .deb, so apt and mmdebstrap can be handed cached packages
+directly. From the cache kiln builds a small flat apt repository holding exactly the
+packages of a lock, which makes a locked rebuild independent of the mirror.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import unquote
+
+from kiln import proc
+from kiln.errors import KilnError
+from kiln.recipe.lockfile import Deb
+
+CONTROL_FIELDS = "${Package}\t${Version}\t${Architecture}\n"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_filename(filename: str) -> tuple[str, str, str] | None:
+    """name_version_arch.deb -> (name, version, arch), or None for other names."""
+    if not filename.endswith(".deb") or filename.count("_") != 2:
+        return None
+    name, version, arch = filename[: -len(".deb")].split("_")
+    return name, unquote(version), arch
+
+
+class PackageCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.by_name = root / "by-name"
+
+    def path(self, sha256: str) -> Path:
+        return self.root / f"{sha256}.deb"
+
+    def has(self, deb: Deb) -> bool:
+        return self.path(deb.sha256).is_file()
+
+    def add(self, source: Path, known: tuple[str, str, str] | None = None) -> Deb:
+        """Keep ``source`` in the cache (moved in when it is on the same file system)."""
+        self.by_name.mkdir(parents=True, exist_ok=True)
+        digest = sha256_of(source)
+        if known is None:
+            fields = proc.output(
+                ["dpkg-deb", "--show", f"--showformat={CONTROL_FIELDS}", str(source)]
+            )
+            name, version, arch = fields.rstrip("\n").split("\t")
+        else:
+            name, version, arch = known
+        deb = Deb(name, arch, version, digest)
+        target = self.path(digest)
+        if not target.exists():
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        link = self.by_name / deb.filename
+        if not link.exists():
+            tmp_link = link.with_name(f".{link.name}.tmp")
+            tmp_link.unlink(missing_ok=True)
+            os.link(target, tmp_link)
+            os.replace(tmp_link, link)
+        return deb
+
+    def harvest(self, archives: Path) -> dict[tuple[str, str, str], Deb]:
+        """Keep every .deb apt left in a root's /var/cache/apt/archives."""
+        found: dict[tuple[str, str, str], Deb] = {}
+        for path in sorted(archives.glob("*.deb")) if archives.is_dir() else []:
+            deb = self.add(path, parse_filename(path.name))
+            found[deb.key] = deb
+        return found
+
+    def stage(self, debs: Iterable[Deb], folder: Path) -> None:
+        """Hard-link cached debs into ``folder`` under apt's names."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for deb in debs:
+            target = folder / deb.filename
+            if not target.exists():
+                os.link(self.path(deb.sha256), target)
+
+    def fetch(self, wanted: Iterable[Deb], mirror_lines: list[str], tmp: Path) -> None:
+        """Download the wanted debs that are not cached, with a private apt, and check them.
+
+        The private apt has its own lists and cache under ``tmp`` and reads only
+        ``mirror_lines``: the host's apt state is neither used nor changed.
+        """
+        missing = sorted(deb for deb in wanted if not self.has(deb))
+        if not missing:
+            return
+        with tempfile.TemporaryDirectory(dir=tmp, prefix="fetch-") as folder:
+            base = Path(folder)
+            for sub in ("lists/partial", "cache/archives/partial", "etc", "download"):
+                (base / sub).mkdir(parents=True)
+            (base / "etc/sources.list").write_text("\n".join(mirror_lines) + "\n")
+            (base / "status").write_text("")
+            arch = host_arch()
+            options = [
+                "-o",
+                f"Dir::Etc::SourceList={base}/etc/sources.list",
+                "-o",
+                "Dir::Etc::SourceParts=-",
+                "-o",
+                f"Dir::State::Lists={base}/lists",
+                "-o",
+                f"Dir::Cache={base}/cache",
+                "-o",
+                f"Dir::State::status={base}/status",
+                "-o",
+                "APT::Sandbox::User=root",
+                "-o",
+                f"APT::Architecture={arch}",
+                "-o",
+                "Acquire::Retries=2",
+            ]
+            proc.run(["apt-get", *options, "update"])
+            names = [
+                f"{deb.name}:{deb.architecture}={deb.version}"
+                if deb.architecture != "all"
+                else f"{deb.name}={deb.version}"
+                for deb in missing
+            ]
+            try:
+                proc.run(["apt-get", *options, "download", *names], cwd=base / "download")
+            except proc.CommandError as exc:
+                raise KilnError(
+                    "the mirror does not have every locked package that is missing from the "
+                    f"package cache:\n{proc.tail(exc.output, 10)}",
+                    hint="point --mirror (or KILN_MIRROR) at a mirror or snapshot that has "
+                    "them, or re-resolve with 'kiln lock --update'",
+                ) from None
+            got = self.harvest(base / "download")
+        for deb in missing:
+            fetched = got.get(deb.key)
+            if fetched is None or fetched.sha256 != deb.sha256:
+                raise KilnError(
+                    f"{deb.name} {deb.version} ({deb.architecture}) from the mirror has sha256 "
+                    f"{fetched.sha256 if fetched else 'nothing'}, the lock says {deb.sha256}",
+                    hint="the mirror serves a different file under the locked version",
+                )
+
+    def control(self, deb: Deb) -> str:
+        """The package's control paragraph (read once, then kept beside the .deb)."""
+        saved = self.root / "control" / deb.sha256
+        if saved.is_file():
+            return saved.read_text()
+        text = proc.output(["dpkg-deb", "--field", str(self.path(deb.sha256))]).rstrip("\n")
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        tmp = saved.with_name(f".{saved.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, saved)
+        return text
+
+    def make_repo(self, debs: Iterable[Deb], folder: Path, suite: str) -> str:
+        """A flat apt repository of exactly ``debs``; returns its sources.list line.
+
+        Its Release file names ``suite``: mmdebstrap picks the essential set with
+        ?archive/?codename patterns, which match nothing in a repository without one.
+        """
+        debs = sorted(debs)
+        self.stage(debs, folder)
+        paragraphs = []
+        for deb in debs:
+            path = folder / deb.filename
+            paragraphs.append(
+                f"{self.control(deb)}\nFilename: ./{deb.filename}\n"
+                f"Size: {path.stat().st_size}\nSHA256: {deb.sha256}\n"
+            )
+        index = "\n".join(paragraphs).encode()
+        (folder / "Packages").write_bytes(index)
+        arches = " ".join(sorted({d.architecture for d in debs} - {"all"}) or [host_arch()])
+        (folder / "Release").write_text(
+            f"Origin: kiln\nLabel: kiln package cache\nSuite: {suite}\nCodename: {suite}\n"
+            f"Architectures: {arches} all\nSHA256:\n"
+            f" {hashlib.sha256(index).hexdigest()} {len(index)} Packages\n"
+        )
+        return f"deb [trusted=yes] copy://{folder} ./"
+
+
+def host_arch() -> str:
+    return proc.output(["dpkg", "--print-architecture"]).strip()

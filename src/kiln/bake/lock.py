@@ -1,0 +1,135 @@
+"""`kiln lock`: resolve a recipe's packages once, write them down, bake from them after.
+
+Resolution is a real bake that ignores any existing lock and the cache (the image's
+package set is what apt and mmdebstrap choose in that root, nothing less will do). The lock
+records that bake's parent digest, every package with its .deb's sha256, and a
+SOURCE_DATE_EPOCH. The recipe is then baked from its new lock, so its children lock
+against the digest `kiln bake` will reproduce.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from kiln.bake import build
+from kiln.bake.context import Options
+from kiln.bake.plan import parent_recipe, plan
+from kiln.bake.service import bake_one, open_store
+from kiln.catalog import Catalog
+from kiln.errors import KilnError
+from kiln.home import Home
+from kiln.recipe import RecipeFile, lockfile
+from kiln.recipe.lockfile import Deb, Lock, LockDiff
+from kiln.store.layout import Layout
+
+
+@dataclass
+class LockResult:
+    recipe: str
+    lock: str
+    state: str  # created | updated | unchanged | current
+    packages: int
+    diff: LockDiff | None = None
+    baked: list[build.BakeResult] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "recipe": self.recipe,
+            "lock": self.lock,
+            "state": self.state,
+            "packages": self.packages,
+        }
+        if self.diff is not None:
+            out["diff"] = {
+                "added": [{"name": d.name, "version": d.version} for d in self.diff.added],
+                "removed": [{"name": d.name, "version": d.version} for d in self.diff.removed],
+                "upgraded": [
+                    {"name": n.name, "old": o.version, "new": n.version}
+                    for o, n in self.diff.changed
+                ],
+            }
+        return out
+
+
+def _packages(catalog: Catalog, ref: str) -> list[Deb]:
+    with catalog.session() as session:
+        image = catalog.resolve(session, ref)
+        return [Deb(p.name, p.architecture, p.version, p.sha256) for p in image.packages]
+
+
+def lock_path(
+    target: Path,
+    update: bool,
+    options: Options,
+    log: Callable[[str], None],
+    home: Home | None = None,
+) -> list[LockResult]:
+    """Lock a recipe (and its recipe-path ancestors) or a folder of recipes, in lineage order."""
+    ordered, _named = plan(target)
+    home = home or Home.from_env()
+    layout, catalog = open_store(home)
+    results: list[LockResult] = []
+    baked: dict[Path, str] = {}
+    names: dict[str, str] = {}
+    try:
+        for recipe in ordered:
+            parent_ref = parent_recipe(recipe, baked, names)
+            result = _lock_one(home, layout, catalog, recipe, parent_ref, update, options, log)
+            final = result.baked[-1]
+            baked[recipe.path] = names[recipe.name] = final.ref
+            results.append(result)
+        return results
+    finally:
+        catalog.close()
+
+
+def _lock_one(
+    home: Home,
+    layout: Layout,
+    catalog: Catalog,
+    recipe: RecipeFile,
+    parent_ref: str | None,
+    update: bool,
+    options: Options,
+    log: Callable[[str], None],
+) -> LockResult:
+    path = lockfile.lock_path(recipe.path)
+    old = lockfile.parse(path) if path.is_file() else None
+    if old is not None and not update:
+        # Already locked: bake from it (a cache hit when nothing changed) so the children
+        # see the digest their own locks name.
+        result = bake_one(home, layout, catalog, recipe, parent_ref, options, log)
+        return LockResult(str(recipe.path), str(path), "current", len(old.packages), baked=[result])
+    log(f"{recipe.name}: resolving against the mirror")
+    resolving = replace(options, ignore_lock=True, no_cache=True)
+    resolved = bake_one(home, layout, catalog, recipe, parent_ref, resolving, log)
+    manifest = layout.read_json(resolved.digest)
+    config = layout.read_json(manifest["config"]["digest"])
+    parent_digest = config["config"]["Labels"].get("org.kiln.parent.digest") or None
+    new = Lock(
+        parent=parent_digest,
+        source_date_epoch=int(time.time()),
+        packages=tuple(sorted(_packages(catalog, resolved.ref))),
+    )
+    unknown = [d.name for d in new.packages if not d.sha256]
+    if unknown:
+        raise KilnError(
+            f"no .deb is known for {unknown}: they cannot be locked",
+            hint="packages that came with an imported base are not "
+            "lockable; lock a Debian base instead",
+        )
+    diff = lockfile.diff(old.packages, new.packages) if old is not None else None
+    if old is not None and diff is not None and diff.empty() and old.parent == new.parent:
+        state = "unchanged"
+        new = old  # keep the epoch, so the locked image stays the same
+    else:
+        state = "updated" if old is not None else "created"
+        lockfile.write(path, new, recipe.path.name)
+    log(f"{recipe.name}: baking from {path.name}")
+    final = bake_one(home, layout, catalog, recipe, parent_ref, options, log)
+    return LockResult(
+        str(recipe.path), str(path), state, len(new.packages), diff, baked=[resolved, final]
+    )

@@ -1,0 +1,152 @@
+"""Lock files: the exact resolved inputs of a recipe, as sorted, reviewable plain text.
+
+    # kiln lock for web.toml: ...
+    parent sha256:9ad2...
+    source-date-epoch 1764086400
+    package adduser all 3.134 0c3e...
+
+One ``package`` line per Debian package in the image (base images included): name,
+architecture, version and the sha256 of the .deb. The file sits beside the recipe as
+``<recipe>.toml.lock``; it is part of the bake's cache key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from kiln.errors import Problem, RecipeError
+from kiln.store.atomic import write_atomic
+
+HEADER = (
+    "# kiln lock for {recipe}: the exact inputs of its bake. "
+    "Re-resolve with: kiln lock --update {recipe}"
+)
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True, order=True)
+class Deb:
+    """One Debian package file: identity and content digest."""
+
+    name: str
+    architecture: str
+    version: str
+    sha256: str
+
+    @property
+    def filename(self) -> str:
+        """The file name apt uses (an epoch's colon is quoted as %3a)."""
+        return f"{self.name}_{quote(self.version, safe='+~.-')}_{self.architecture}.deb"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.name, self.version, self.architecture)
+
+
+@dataclass(frozen=True)
+class Lock:
+    parent: str | None  # manifest digest of the parent image, None for a base
+    source_date_epoch: int
+    packages: tuple[Deb, ...] = field(default=())
+
+    def by_key(self) -> dict[tuple[str, str, str], Deb]:
+        return {deb.key: deb for deb in self.packages}
+
+    def render(self, recipe_name: str) -> str:
+        lines = [HEADER.format(recipe=recipe_name)]
+        lines.append(f"parent {self.parent or '-'}")
+        lines.append(f"source-date-epoch {self.source_date_epoch}")
+        for deb in sorted(self.packages, key=lambda d: (d.name, d.architecture)):
+            lines.append(f"package {deb.name} {deb.architecture} {deb.version} {deb.sha256}")
+        return "\n".join(lines) + "\n"
+
+
+def lock_path(recipe: Path) -> Path:
+    return recipe.with_name(recipe.name + ".lock")
+
+
+def write(path: Path, lock: Lock, recipe_name: str) -> None:
+    write_atomic(path, lock.render(recipe_name).encode())
+
+
+def parse(path: Path) -> Lock:
+    """Read a lock file; every malformed line is reported with its line number."""
+    problems: list[Problem] = []
+    parent: str | None = None
+    epoch: int | None = None
+    packages: list[Deb] = []
+    seen: set[tuple[str, str]] = set()
+
+    def problem(number: int, message: str) -> None:
+        problems.append(Problem(str(path), number, "", message))
+
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        word, _, rest = line.partition(" ")
+        fields = rest.split()
+        if word == "parent" and len(fields) == 1:
+            value = fields[0]
+            if value != "-" and not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
+                problem(number, f"parent must be a sha256 digest or '-', not {value!r}")
+            parent = None if value == "-" else value
+        elif word == "source-date-epoch" and len(fields) == 1 and fields[0].isdigit():
+            epoch = int(fields[0])
+        elif word == "package" and len(fields) == 4:
+            name, arch, version, digest = fields
+            if not SHA256.fullmatch(digest):
+                problem(number, f"{name}: {digest!r} is not a sha256 hex digest")
+            elif (name, arch) in seen:
+                problem(number, f"{name} ({arch}) is locked twice")
+            else:
+                seen.add((name, arch))
+                packages.append(Deb(name, arch, version, digest))
+        else:
+            problem(
+                number,
+                "expected 'parent DIGEST', 'source-date-epoch SECONDS' or "
+                "'package NAME ARCH VERSION SHA256'",
+            )
+    if epoch is None:
+        problem(0, "the lock has no source-date-epoch line")
+    if problems:
+        raise RecipeError(problems, hint=f"regenerate it: kiln lock --update {path.name[:-5]}")
+    assert epoch is not None
+    return Lock(parent, epoch, tuple(sorted(packages)))
+
+
+@dataclass(frozen=True)
+class LockDiff:
+    added: list[Deb]
+    removed: list[Deb]
+    changed: list[tuple[Deb, Deb]]  # old, new
+
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.changed)
+
+    def lines(self) -> list[str]:
+        out = [f"+ {d.name} {d.version} ({d.architecture})" for d in self.added]
+        out += [f"- {d.name} {d.version} ({d.architecture})" for d in self.removed]
+        out += [
+            f"~ {o.name} {o.version} -> {n.version} ({n.architecture})" for o, n in self.changed
+        ]
+        return out
+
+
+def diff(old: Iterable[Deb], new: Iterable[Deb]) -> LockDiff:
+    before = {(d.name, d.architecture): d for d in old}
+    after = {(d.name, d.architecture): d for d in new}
+    return LockDiff(
+        added=[after[k] for k in sorted(after.keys() - before.keys())],
+        removed=[before[k] for k in sorted(before.keys() - after.keys())],
+        changed=[
+            (before[k], after[k])
+            for k in sorted(before.keys() & after.keys())
+            if (before[k].version, before[k].sha256) != (after[k].version, after[k].sha256)
+        ],
+    )
