@@ -39,7 +39,7 @@ def bench_base(runs: int, scratch: Path) -> tuple[Row, Path]:
             recipe.image.bootstrap,
             recipe.packages.apt,
             root,
-            sources(recipe.image.bootstrap, None),
+            sources(recipe.image.bootstrap),
         )
         peer_argv = [a for a in peer_argv if not a.startswith("--customize-hook")]
         # alternate the order so neither side always runs with the warmer caches

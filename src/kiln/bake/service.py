@@ -90,7 +90,7 @@ def bake_one(
             recipe,
             parent_digest,
             use_lock=lock is not None,
-            sources=debian.sources(spec, options.mirror) if spec is not None else None,
+            sources=debian.sources(spec) if spec is not None else None,
         )
         hit = None if options.no_cache else catalog.by_cache_key(session, key)
         if hit is not None and layout.has_blob(hit.digest):

@@ -58,6 +58,8 @@ def capture(
     ``lowers`` are the parent's unpacked layers: an opaque marker only matters where a
     lower layer has that folder, so markers on brand-new folders are left out.
     """
+    if source_date_epoch is not None:
+        clamp_mtimes(source, source_date_epoch)
     if not lowers:  # nothing below a base layer: no deletion or opaque marker can matter
         return _stream(layout, tmp_dir, tar_argv(source, source_date_epoch))
     found = whiteout.scan_overlay(source)
@@ -69,6 +71,25 @@ def capture(
         return _stream(layout, tmp_dir, tar_argv(source, source_date_epoch))
     finally:
         whiteout.oci_to_overlay(source, found)
+
+
+def clamp_mtimes(tree: Path, epoch: int) -> None:
+    """Clamp mtimes newer than ``epoch`` on disk, as tar's --clamp-mtime does in the blob.
+
+    The unpacked layer then matches its blob exactly, so what overlayfs copies up from it
+    into a child's layer (a folder's mtime, say) is the same in every store.
+    """
+    limit = epoch * 1_000_000_000
+    base = str(tree)
+    for dirpath, dirnames, filenames in os.walk(base):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            if st.st_mtime_ns > limit:
+                os.utime(full, ns=(st.st_atime_ns, limit), follow_symlinks=False)
+    st = os.lstat(base)
+    if st.st_mtime_ns > limit:
+        os.utime(base, ns=(st.st_atime_ns, limit), follow_symlinks=False)
 
 
 def _stream(layout: Layout, tmp_dir: Path, argv: list[str]) -> CapturedLayer:

@@ -15,8 +15,7 @@ from kiln.bake.bases.apt_sources import mirror_lines
 from kiln.bake.context import BuildContext
 from kiln.recipe.models import Bootstrap
 
-VERSION = 3
-AUTOMOUNT = "/usr/share/mmdebstrap/hooks/file-mirror-automount"
+VERSION = 4
 
 
 def mmdebstrap_argv(
@@ -37,9 +36,18 @@ def mmdebstrap_argv(
     return [*argv, spec.debian, str(root), *mirrors]
 
 
-def sources(spec: Bootstrap, mirror: str | None) -> list[str]:
-    """The mirror lines the base is made from, and that its sources.list will hold."""
-    return mirror_lines(spec.debian, spec.mirror or mirror, spec.components)
+def sources(spec: Bootstrap) -> list[str]:
+    """The lines the image's sources.list holds: the recipe's mirror, else the host's."""
+    return mirror_lines(spec.debian, spec.mirror, spec.components)
+
+
+def fetch_sources(spec: Bootstrap, mirror: str | None) -> list[str]:
+    """Where packages are fetched from: the mirror setting (--mirror, KILN_MIRROR) if any.
+
+    It is only a transport, like a proxy: it never reaches the image, whose sources.list
+    stays the recipe's, so the same lock gives the same image whichever mirror served it.
+    """
+    return mirror_lines(spec.debian, mirror or spec.mirror, spec.components)
 
 
 def bootstrap(context: BuildContext) -> None:
@@ -49,29 +57,30 @@ def bootstrap(context: BuildContext) -> None:
     env = {}
     if context.source_date_epoch is not None:
         env["SOURCE_DATE_EPOCH"] = str(context.source_date_epoch)
-    lines = sources(spec, context.options.mirror)
+    listing = context.build_dir / "etc" / "sources.list"
+    listing.parent.mkdir()
+    listing.write_text("\n".join(sources(spec)) + "\n")
+    fetch = fetch_sources(spec, context.options.mirror)
+    keep_sources = f"--customize-hook=copy-in {listing} /etc/apt/"
     lock = context.lock
     if lock is None:
         harvest = context.build_dir / "debs"
         harvest.mkdir()
-        argv = mmdebstrap_argv(spec, packages, context.root, lines)
+        argv = mmdebstrap_argv(spec, packages, context.root, fetch)
         hooks = [
             "--skip=essential/unlink",
             f"--customize-hook=sync-out /var/cache/apt/archives {harvest}",
+            keep_sources,
         ]
         proc.run([argv[0], *hooks, *argv[1:]], env=env)
         context.debs.update(context.cache.harvest(harvest))
         return
     cache = context.cache
-    cache.fetch(lock.packages, lines, context.home.tmp)
+    cache.fetch(lock.packages, fetch, context.home.tmp)
     repo = context.build_dir / "repo"
     repo_line = cache.make_repo(lock.packages, repo, spec.debian)
     os.chmod(repo, 0o755)
-    listing = context.build_dir / "etc" / "sources.list"
-    listing.parent.mkdir()
-    listing.write_text("\n".join(lines) + "\n")
     names = sorted({deb.name for deb in lock.packages})
     argv = mmdebstrap_argv(spec, tuple(names), context.root, [repo_line])
-    hooks = [f"--hook-dir={AUTOMOUNT}", f"--customize-hook=copy-in {listing} /etc/apt/"]
-    proc.run([argv[0], *hooks, *argv[1:]], env=env)
+    proc.run([argv[0], keep_sources, *argv[1:]], env=env)
     context.debs.update({deb.key: deb for deb in lock.packages})
