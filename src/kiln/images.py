@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from kiln.bake.service import load_image, open_store
 from kiln.catalog import Catalog, Image
+from kiln.errors import NotFound
 from kiln.home import Home
 from kiln.store import export, fsck, tree
 from kiln.store.layout import Descriptor, Layout
@@ -86,10 +87,37 @@ def inspect(ref: str, home: Home | None = None) -> dict[str, Any]:
             "size": sum(layer["size"] for layer in layers),
             "parents": [_summary(parent) for parent in store.catalog.ancestors(image)],
             "packages": [
-                {"name": p.name, "version": p.version, "architecture": p.architecture}
+                {
+                    "name": p.name,
+                    "version": p.version,
+                    "architecture": p.architecture,
+                    "sha256": p.sha256,
+                }
                 for p in image.packages
             ],
+            "artefacts": [
+                {
+                    "kind": a.kind,
+                    "media_type": a.media_type,
+                    "digest": a.digest,
+                    "manifest": a.manifest_digest,
+                }
+                for a in image.artefacts
+            ],
         }
+
+
+def document(ref: str, kind: str, home: Home | None = None) -> Any:
+    """An image's provenance or SBOM, parsed."""
+    with opened(home) as store:
+        image = store.catalog.resolve(store.session, ref)
+        for artefact in image.artefacts:
+            if artefact.kind == kind:
+                return json.loads(store.layout.read_bytes(artefact.digest))
+        raise NotFound(
+            f"{image.ref} has no {kind}",
+            hint="images baked before kiln recorded it have none; rebake with --no-cache",
+        )
 
 
 def _descendants(image: Image) -> list[dict[str, Any]]:

@@ -18,15 +18,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from kiln import proc
-from kiln.bake import image, packages, seal, services, steps
+from kiln.bake import image, packages, provenance, sbom, seal, services, steps
 from kiln.bake.bases import debian, imported
 from kiln.bake.context import BuildContext
 from kiln.bake.root import Overlay, remove_tree
-from kiln.catalog.models import Image, Package
+from kiln.catalog.models import Artefact, Image, Package
 from kiln.errors import KilnError, StepFailed
 from kiln.sandbox import MOUNT_POINT_FILES
+from kiln.store import artefacts
 from kiln.store import layer as layers
-from kiln.store.layout import MEDIA_CONFIG, MEDIA_MANIFEST, Descriptor
+from kiln.store.layout import MEDIA_CONFIG, MEDIA_MANIFEST, Descriptor, canonical_json
 
 
 @dataclass
@@ -215,6 +216,53 @@ def _move_layer(context: BuildContext, diff_id: str) -> None:
     os.replace(context.layer_source, target)
 
 
+def _artefacts(
+    context: BuildContext,
+    ref: str,
+    version: int,
+    manifest: Descriptor,
+    layer: Descriptor,
+    stamped: datetime,
+) -> list[tuple[Descriptor, Artefact]]:
+    """Provenance and SBOM, stored as referrers of the image manifest."""
+    finished = datetime.now(UTC)
+    documents = [
+        (
+            "provenance",
+            provenance.MEDIA_TYPE,
+            canonical_json(
+                provenance.statement(context, ref, manifest.digest, layer.digest, finished)
+            ),
+        ),
+        (
+            "sbom",
+            sbom.MEDIA_TYPE,
+            sbom.sbom(
+                context.recipe.name,
+                version,
+                manifest.digest,
+                context.packages,
+                stamped,
+                context.distro,
+            ).encode(),
+        ),
+    ]
+    out = []
+    created = stamped.strftime("%Y-%m-%dT%H:%M:%SZ")
+    for kind, media_type, data in documents:
+        descriptor = artefacts.put(context.layout, manifest, kind, media_type, data, created)
+        blob = context.layout.read_json(descriptor.digest)["layers"][0]["digest"]
+        out.append(
+            (
+                descriptor,
+                Artefact(
+                    kind=kind, media_type=media_type, manifest_digest=descriptor.digest, digest=blob
+                ),
+            )
+        )
+    return out
+
+
 def commit(context: BuildContext, layer: Descriptor, seconds: float) -> BakeResult:
     """Write config and manifest, keep the layer, then record and tag in one transaction."""
     created = datetime.now(UTC).replace(microsecond=0)
@@ -228,9 +276,13 @@ def commit(context: BuildContext, layer: Descriptor, seconds: float) -> BakeResu
     _move_layer(context, layer.digest)
     recipe = context.recipe
     tagged: str | None = None
+    referrers: list[Descriptor] = []
     try:
         with context.catalog.session() as session:
             version = context.catalog.next_version(session, recipe.name)
+            ref = f"{recipe.name}:{version}"
+            artefacts = _artefacts(context, ref, version, manifest_desc, layer, stamped)
+            referrers = [descriptor for descriptor, _row in artefacts]
             row = Image(
                 name=recipe.name,
                 version=version,
@@ -251,15 +303,15 @@ def commit(context: BuildContext, layer: Descriptor, seconds: float) -> BakeResu
                     )
                     for d in context.packages
                 ],
+                artefacts=[artefact for _descriptor, artefact in artefacts],
             )
             session.add(row)
             session.flush()
-            ref = f"{recipe.name}:{version}"
-            context.layout.tag(ref, manifest_desc)
+            context.layout.tag(ref, manifest_desc, referrers)
             tagged = ref
     except BaseException:
         if tagged:  # the catalog did not take it: the store must not name it either
-            context.layout.untag(tagged)
+            context.layout.untag(tagged, referrers)
         raise
     return BakeResult(
         name=recipe.name,

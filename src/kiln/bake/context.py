@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from kiln.bake.debcache import PackageCache
@@ -59,9 +60,11 @@ class BuildContext:
     debs: dict[tuple[str, str, str], Deb] = field(default_factory=dict)  # .debs seen in the bake
     packages: list[Deb] = field(default_factory=list)  # what the image holds, sha256 if known
     parent_packages: list[Deb] = field(default_factory=list)
+    distro: str | None = None  # e.g. debian-bookworm, for package URLs
     created_mount_points: list[str] = field(default_factory=list)
     overlay: Overlay | None = None
     seal_checks: list[dict[str, object]] = field(default_factory=list)
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def __post_init__(self) -> None:
         self.root = self.build_dir / "root"

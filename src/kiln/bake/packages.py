@@ -209,6 +209,8 @@ def installed(root: Path) -> list[tuple[str, str, str]]:
 
 def record(context: BuildContext) -> None:
     """What the image holds, with each .deb's sha256 where kiln has seen the file."""
+    codename = os_codename(context.root)
+    context.distro = f"debian-{codename}" if codename else None
     if not has_dpkg(context.root):
         known = {deb.key: deb for deb in [*context.parent_packages, *context.packages]}
         context.packages = sorted(known.values())

@@ -1,6 +1,6 @@
 """The catalog: images, versions, lineage and packages, in SQLite or PostgreSQL."""
 
 from kiln.catalog.db import Catalog
-from kiln.catalog.models import Image, Package
+from kiln.catalog.models import Artefact, Image, Package
 
-__all__ = ["Catalog", "Image", "Package"]
+__all__ = ["Artefact", "Catalog", "Image", "Package"]

@@ -36,6 +36,9 @@ class Image(Base):
     packages: Mapped[list[Package]] = relationship(
         back_populates="image", cascade="all, delete-orphan", order_by="Package.name"
     )
+    artefacts: Mapped[list[Artefact]] = relationship(
+        back_populates="image", cascade="all, delete-orphan", order_by="Artefact.kind"
+    )
 
     @property
     def ref(self) -> str:
@@ -53,3 +56,18 @@ class Package(Base):
     sha256: Mapped[str] = mapped_column(String(64), default="")  # of the .deb; "" if unknown
 
     image: Mapped[Image] = relationship(back_populates="packages")
+
+
+class Artefact(Base):
+    """A document about an image (provenance, sbom), stored as an OCI referrer."""
+
+    __tablename__ = "artefacts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    media_type: Mapped[str] = mapped_column(String(128))
+    manifest_digest: Mapped[str] = mapped_column(String(80))  # the referrer manifest
+    digest: Mapped[str] = mapped_column(String(80))  # the document itself
+
+    image: Mapped[Image] = relationship(back_populates="artefacts")

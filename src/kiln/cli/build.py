@@ -135,11 +135,18 @@ def images(as_json: bool) -> None:
 
 @click.command()
 @click.argument("ref")
+@click.option("--provenance", is_flag=True, help="print the SLSA provenance (in-toto JSON)")
+@click.option("--sbom", is_flag=True, help="print the CycloneDX SBOM (JSON)")
 @json_flag
-def inspect(ref: str, as_json: bool) -> None:
-    """Show an image: labels, layers with sizes, parent chain and packages."""
+def inspect(ref: str, provenance: bool, sbom: bool, as_json: bool) -> None:
+    """Show an image: labels, seal checks, layers with sizes, parent chain and packages."""
     from kiln import images as images_service
 
+    if provenance or sbom:
+        if provenance and sbom:
+            raise BadInput("give --provenance or --sbom, not both")
+        print_json(images_service.document(ref, "provenance" if provenance else "sbom"))
+        return
     data = images_service.inspect(ref)
     if as_json:
         print_json(data)

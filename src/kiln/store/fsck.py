@@ -16,7 +16,8 @@ from typing import Any
 
 from kiln.catalog import Catalog
 from kiln.home import Home
-from kiln.store.layout import MEDIA_MANIFEST, Layout
+from kiln.store.artefacts import KIND
+from kiln.store.layout import MEDIA_MANIFEST, REF_ANNOTATION, Layout
 
 
 @dataclass
@@ -64,6 +65,12 @@ def check(home: Home, layout: Layout, catalog: Catalog) -> Report:
     for ref, manifest in sorted(refs.items()):
         report.images += 1
         referenced |= _check_image(home, layout, ref, manifest.digest, manifest.size, good, report)
+    tagged = {d.digest for d in refs.values()}
+    for entry in layout.read_index()["manifests"]:
+        annotations = entry.get("annotations") or {}
+        if REF_ANNOTATION in annotations:
+            continue
+        referenced |= _check_referrer(layout, entry, tagged, good, report)
     for digest in sorted(good - referenced):
         report.notes.append(f"blob {digest} is not referenced by any image ('kiln gc' later)")
     with catalog.session() as session:
@@ -111,6 +118,25 @@ def _check_blob(
         )
         return False
     return digest in good
+
+
+def _check_referrer(
+    layout: Layout, entry: dict[str, Any], tagged: set[str], good: set[str], report: Report
+) -> set[str]:
+    """An artefact (provenance, SBOM) listed in index.json: blobs present, subject known."""
+    annotations = entry.get("annotations") or {}
+    what = f"{annotations.get(KIND, 'artefact')} {entry['digest'][7:19]}"
+    used = {entry["digest"]}
+    if not _check_blob(entry["digest"], entry.get("size"), what, layout, good, report):
+        return used
+    manifest = layout.read_json(entry["digest"])
+    for blob in [manifest.get("config", {}), *manifest.get("layers", [])]:
+        used.add(blob.get("digest", ""))
+        _check_blob(blob.get("digest", ""), blob.get("size"), what, layout, good, report)
+    subject = (manifest.get("subject") or {}).get("digest")
+    if subject not in tagged:
+        report.faults.append(f"{what}: its subject {subject} is not an image in index.json")
+    return used
 
 
 def _check_image(

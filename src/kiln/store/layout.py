@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +41,7 @@ class Descriptor:
     digest: str  # "sha256:<hex>"
     size: int
     annotations: tuple[tuple[str, str], ...] = ()
+    artifact_type: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -48,6 +49,8 @@ class Descriptor:
             "digest": self.digest,
             "size": self.size,
         }
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
         if self.annotations:
             out["annotations"] = dict(self.annotations)
         return out
@@ -175,10 +178,14 @@ class Layout:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def tag(self, ref: str, manifest: Descriptor) -> None:
-        """Point ``ref`` (name:version) at a manifest that is already in the blob store."""
-        if not self.has_blob(manifest.digest):
-            raise StoreError(f"refusing to tag {ref}: manifest {manifest.digest} is not stored")
+    def tag(self, ref: str, manifest: Descriptor, referrers: Sequence[Descriptor] = ()) -> None:
+        """Point ``ref`` (name:version) at a stored manifest, and list its referrers.
+
+        One atomic index.json write: readers see the image with its artefacts or neither.
+        """
+        for descriptor in (manifest, *referrers):
+            if not self.has_blob(descriptor.digest):
+                raise StoreError(f"refusing to tag {ref}: {descriptor.digest} is not stored")
         with self._locked():
             index = self.read_index()
             manifests = [
@@ -189,16 +196,20 @@ class Layout:
             entry = manifest.to_json()
             entry["annotations"] = {REF_ANNOTATION: ref}
             manifests.append(entry)
+            known = {m["digest"] for m in manifests}
+            manifests += [r.to_json() for r in referrers if r.digest not in known]
             index["manifests"] = manifests
             write_atomic(self.root / "index.json", canonical_json(index))
 
-    def untag(self, ref: str) -> None:
+    def untag(self, ref: str, referrers: Sequence[Descriptor] = ()) -> None:
+        drop = {r.digest for r in referrers}
         with self._locked():
             index = self.read_index()
             index["manifests"] = [
                 m
                 for m in index["manifests"]
                 if (m.get("annotations") or {}).get(REF_ANNOTATION) != ref
+                and m["digest"] not in drop
             ]
             write_atomic(self.root / "index.json", canonical_json(index))
 

@@ -1,0 +1,112 @@
+"""SLSA provenance v1, as an in-toto statement about the image manifest.
+
+It records what went in (recipe, lock, parent digest, every copied input's digest, the
+packages this layer added), who built it (kiln and the host) and when (start and end).
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import UTC, datetime
+from typing import Any
+
+from kiln import __version__
+from kiln.bake import cachekey
+from kiln.bake.context import BuildContext
+from kiln.bake.sbom import purl
+from kiln.recipe import lockfile
+
+MEDIA_TYPE = "application/vnd.in-toto+json"
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
+BUILD_TYPE = "urn:kiln:bake:v1"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _sha(value: str) -> dict[str, str]:
+    return {"sha256": value.split(":", 1)[-1]}
+
+
+def statement(
+    context: BuildContext, ref: str, manifest_digest: str, layer_digest: str, finished: datetime
+) -> dict[str, Any]:
+    recipe = context.recipe
+    dependencies: list[dict[str, Any]] = [
+        {"name": "recipe", "uri": f"file:{recipe.path.name}", "digest": _sha(recipe.digest)},
+    ]
+    if context.parent is not None:
+        dependencies.append(
+            {
+                "name": "parent",
+                "uri": f"oci:{context.parent.ref}",
+                "digest": _sha(context.parent.manifest.digest),
+            }
+        )
+    lock = lockfile.lock_path(recipe.path)
+    if context.lock is not None:
+        dependencies.append(
+            {"name": "lock", "uri": f"file:{lock.name}", "digest": _sha(cachekey.file_digest(lock))}
+        )
+    for key, digest in sorted(cachekey.inputs(recipe).items()):
+        dependencies.append(
+            {
+                "name": key,
+                "uri": f"file:{_input_path(context, key)}",
+                "digest": {"sha256": digest},
+                "annotations": {"kiln.digest": "tree" if key != "image.import" else "file"},
+            }
+        )
+    inherited = {deb.key for deb in context.parent_packages}
+    for deb in context.packages:
+        if deb.key not in inherited and deb.sha256:
+            dependencies.append(
+                {"uri": purl(deb, None).to_string(), "digest": {"sha256": deb.sha256}}
+            )
+    image = recipe.recipe.image
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": ref, "digest": _sha(manifest_digest)}],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": {
+                    "recipe": recipe.path.name,
+                    "parent": image.parent,
+                    "origin": image.origin,
+                    "mirror": context.options.mirror,
+                    "noCache": context.options.no_cache,
+                },
+                "internalParameters": {
+                    "cacheKey": context.cache_key,
+                    "sourceDateEpoch": context.source_date_epoch,
+                },
+                "resolvedDependencies": dependencies,
+            },
+            "runDetails": {
+                "builder": {
+                    "id": f"urn:kiln:builder:{socket.gethostname()}",
+                    "version": {"kiln": __version__},
+                },
+                "metadata": {
+                    "invocationId": context.build_dir.name,
+                    "startedOn": _iso(context.started),
+                    "finishedOn": _iso(finished),
+                },
+                "byproducts": [{"name": "layer", "digest": _sha(layer_digest)}],
+            },
+        },
+    }
+
+
+def _input_path(context: BuildContext, key: str) -> str:
+    """The file a cachekey input names, relative to the recipe."""
+    steps = context.recipe.recipe.steps
+    if key == "image.import":
+        return context.recipe.recipe.image.import_ or ""
+    index = int(key[len("steps[") : key.index("]")])
+    step = steps[index]
+    return str(getattr(step, "source", None) or getattr(step, "ansible", ""))
