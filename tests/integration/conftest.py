@@ -35,11 +35,16 @@ class Kiln:
 
     home: Path
 
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "kiln.cli.main", *args]
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KILN_HOME": str(self.home), "COLUMNS": "200"}
+
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "KILN_HOME": str(self.home), "COLUMNS": "200"}
         result = subprocess.run(
-            [sys.executable, "-m", "kiln.cli.main", *args],
-            env=env,
+            self.argv(*args),
+            env=self.env(),
             capture_output=True,
             text=True,
             check=False,
