@@ -50,8 +50,11 @@ class PackageCache:
     def has(self, deb: Deb) -> bool:
         return self.path(deb.sha256).is_file()
 
-    def add(self, source: Path, known: tuple[str, str, str] | None = None) -> Deb:
-        """Keep ``source`` in the cache (moved in when it is on the same file system)."""
+    def add(
+        self, source: Path, known: tuple[str, str, str] | None = None, move: bool = False
+    ) -> Deb:
+        """Keep ``source`` in the cache; ``move`` renames it in (it must be on the same file
+        system and be the caller's to give away), else it is copied."""
         self.by_name.mkdir(parents=True, exist_ok=True)
         digest = sha256_of(source)
         if known is None:
@@ -64,9 +67,12 @@ class PackageCache:
         deb = Deb(name, arch, version, digest)
         target = self.path(digest)
         if not target.exists():
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
+            if move:
+                os.replace(source, target)
+            else:
+                tmp = target.with_name(f".{target.name}.tmp")
+                shutil.copyfile(source, tmp)
+                os.replace(tmp, target)
         link = self.by_name / deb.filename
         if not link.exists():
             tmp_link = link.with_name(f".{link.name}.tmp")
@@ -76,10 +82,11 @@ class PackageCache:
         return deb
 
     def harvest(self, archives: Path) -> dict[tuple[str, str, str], Deb]:
-        """Keep every .deb apt left in a root's /var/cache/apt/archives."""
+        """Move every .deb apt left in ``archives`` (a root's, or a download folder on the
+        store's file system) into the cache."""
         found: dict[tuple[str, str, str], Deb] = {}
         for path in sorted(archives.glob("*.deb")) if archives.is_dir() else []:
-            deb = self.add(path, parse_filename(path.name))
+            deb = self.add(path, parse_filename(path.name), move=True)
             found[deb.key] = deb
         return found
 

@@ -20,7 +20,14 @@ from kiln.sandbox import Bind
 
 VERSION = 2
 HOST_ARCHIVES = Path("/var/cache/apt/archives")
-APT_OPTIONS = ["-o", "Dpkg::Use-Pty=0", "-o", "APT::Install-Recommends=false"]
+APT_OPTIONS = [
+    "-o",
+    "Dpkg::Use-Pty=0",
+    "-o",
+    "APT::Install-Recommends=false",
+    "-o",
+    "Dpkg::Options::=--force-unsafe-io",  # the layer is fsynced once, as a blob
+]
 REPO = "/run/kiln/repo"  # where a bake's own apt sources are bound inside the root
 
 

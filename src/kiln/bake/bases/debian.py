@@ -16,6 +16,7 @@ from kiln.bake.context import BuildContext
 from kiln.recipe.models import Bootstrap
 
 VERSION = 4
+UNSAFE_IO = "etc/dpkg/dpkg.cfg.d/kiln-unsafe-io"
 
 
 def mmdebstrap_argv(
@@ -62,6 +63,12 @@ def bootstrap(context: BuildContext) -> None:
     listing.write_text("\n".join(sources(spec)) + "\n")
     fetch = fetch_sources(spec, context.options.mirror)
     keep_sources = f"--customize-hook=copy-in {listing} /etc/apt/"
+    # dpkg's fsyncs buy nothing in a root that becomes one fsynced blob; it is ~13% faster
+    unsafe_io = [
+        '--setup-hook=mkdir -p "$1/etc/dpkg/dpkg.cfg.d" && '
+        f'echo force-unsafe-io > "$1/{UNSAFE_IO}"',
+        f'--customize-hook=rm -f "$1/{UNSAFE_IO}"',
+    ]
     lock = context.lock
     if lock is None:
         harvest = context.build_dir / "debs"
@@ -71,6 +78,7 @@ def bootstrap(context: BuildContext) -> None:
             "--skip=essential/unlink",
             f"--customize-hook=sync-out /var/cache/apt/archives {harvest}",
             keep_sources,
+            *unsafe_io,
         ]
         proc.run([argv[0], *hooks, *argv[1:]], env=env)
         context.debs.update(context.cache.harvest(harvest))
@@ -82,5 +90,5 @@ def bootstrap(context: BuildContext) -> None:
     os.chmod(repo, 0o755)
     names = sorted({deb.name for deb in lock.packages})
     argv = mmdebstrap_argv(spec, tuple(names), context.root, [repo_line])
-    proc.run([argv[0], keep_sources, *argv[1:]], env=env)
+    proc.run([argv[0], keep_sources, *unsafe_io, *argv[1:]], env=env)
     context.debs.update({deb.key: deb for deb in lock.packages})
