@@ -16,19 +16,12 @@ from typing import Any
 from kiln.bake import packages, seal, services
 from kiln.bake.bases import debian, imported
 from kiln.bake.steps import versions as step_versions
+from kiln.digests import file_sha256
 from kiln.recipe import RecipeFile, lockfile
 from kiln.recipe.models import AnsibleStep, CopyStep
 from kiln.store.layout import canonical_json
 
 PIPELINE_VERSION = 1
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tree_digest(path: Path, skip_suffixes: tuple[str, ...] = ()) -> str:
@@ -46,7 +39,7 @@ def tree_digest(path: Path, skip_suffixes: tuple[str, ...] = ()) -> str:
         elif stat.S_ISDIR(st.st_mode):
             entries.append([rel, "dir", mode])
         else:
-            entries.append([rel, "file", mode, file_digest(full)])
+            entries.append([rel, "file", mode, file_sha256(full)])
 
     entry(path, ".")  # a file and a folder holding that file differ
     if path.is_dir() and not path.is_symlink():
@@ -73,9 +66,9 @@ def inputs(recipe: RecipeFile) -> dict[str, str]:
             out[f"steps[{index}].ansible"] = tree_digest(
                 recipe.resolve(step.ansible).parent, skip_suffixes=(".toml", ".toml.lock")
             )
-            out[f"steps[{index}].playbook"] = file_digest(recipe.resolve(step.ansible))
+            out[f"steps[{index}].playbook"] = file_sha256(recipe.resolve(step.ansible))
     if recipe.recipe.image.import_ is not None:
-        out["image.import"] = file_digest(recipe.resolve(recipe.recipe.image.import_))
+        out["image.import"] = file_sha256(recipe.resolve(recipe.recipe.image.import_))
     return out
 
 
@@ -90,7 +83,7 @@ def compute(
     resolving bake ignores it); ``sources``: for a Debian base, the mirror lines that end
     up in its sources.list."""
     lock = lockfile.lock_path(recipe.path)
-    lock_digest = file_digest(lock) if use_lock and lock.is_file() else None
+    lock_digest = file_sha256(lock) if use_lock and lock.is_file() else None
     document = {
         "kiln": {
             "pipeline": PIPELINE_VERSION,

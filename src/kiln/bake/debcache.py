@@ -17,18 +17,11 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from kiln import proc
+from kiln.digests import file_sha256
 from kiln.errors import KilnError
 from kiln.recipe.lockfile import Deb
 
 CONTROL_FIELDS = "${Package}\t${Version}\t${Architecture}\n"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def parse_filename(filename: str) -> tuple[str, str, str] | None:
@@ -56,7 +49,7 @@ class PackageCache:
         """Keep ``source`` in the cache; ``move`` renames it in (it must be on the same file
         system and be the caller's to give away), else it is copied."""
         self.by_name.mkdir(parents=True, exist_ok=True)
-        digest = sha256_of(source)
+        digest = file_sha256(source)
         if known is None:
             fields = proc.output(
                 ["dpkg-deb", "--show", f"--showformat={CONTROL_FIELDS}", str(source)]

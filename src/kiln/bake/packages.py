@@ -13,7 +13,7 @@ from pathlib import Path
 from kiln import proc
 from kiln.bake.bases.apt_sources import mirror_lines, os_codename
 from kiln.bake.context import BuildContext
-from kiln.bake.debcache import sha256_of
+from kiln.digests import file_sha256
 from kiln.errors import BadInput, KilnError
 from kiln.recipe.lockfile import Deb, Lock
 from kiln.sandbox import Bind
@@ -185,7 +185,7 @@ def unpack(context: BuildContext, packages: tuple[str, ...]) -> None:
         deb = Deb(found.name, found.architecture, found.version, found.sha256)
         if not cache.has(deb):
             local = HOST_ARCHIVES / Path(found.filename).name
-            if local.is_file() and sha256_of(local) == found.sha256:
+            if local.is_file() and file_sha256(local) == found.sha256:
                 cache.add(local, deb.key)
             else:
                 cache.fetch([deb], fetch_lines(context), context.home.tmp)

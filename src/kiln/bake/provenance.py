@@ -14,6 +14,7 @@ from kiln import __version__
 from kiln.bake import cachekey
 from kiln.bake.context import BuildContext
 from kiln.bake.sbom import purl
+from kiln.digests import file_sha256
 from kiln.recipe import lockfile
 
 MEDIA_TYPE = "application/vnd.in-toto+json"
@@ -48,7 +49,7 @@ def statement(
     lock = lockfile.lock_path(recipe.path)
     if context.lock is not None:
         dependencies.append(
-            {"name": "lock", "uri": f"file:{lock.name}", "digest": _sha(cachekey.file_digest(lock))}
+            {"name": "lock", "uri": f"file:{lock.name}", "digest": _sha(file_sha256(lock))}
         )
     for key, digest in sorted(cachekey.inputs(recipe).items()):
         dependencies.append(

@@ -14,6 +14,13 @@ from kiln.errors import BadInput
 # load only what they use.
 
 json_flag = click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+mirror_option = click.option(
+    "--mirror",
+    envvar="KILN_MIRROR",
+    metavar="URL",
+    help="fetch packages from this Debian mirror (a URL or a 'deb ...' line) instead of the "
+    "host's apt sources; it never reaches the image [env: KILN_MIRROR]",
+)
 
 
 @click.command()
@@ -26,12 +33,7 @@ json_flag = click.option("--json", "as_json", is_flag=True, help="print machine-
     show_default=True,
     help="keep the build root of a failed bake to look inside",
 )
-@click.option(
-    "--mirror",
-    envvar="KILN_MIRROR",
-    metavar="URL",
-    help="Debian mirror instead of the host's apt sources [env: KILN_MIRROR]",
-)
+@mirror_option
 @json_flag
 def bake(path: Path, no_cache: bool, on_error: str, mirror: str | None, as_json: bool) -> None:
     """Bake a recipe (and any stale recipe-path ancestors) or a folder of recipes."""
@@ -61,12 +63,7 @@ def bake(path: Path, no_cache: bool, on_error: str, mirror: str | None, as_json:
 @click.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--update", is_flag=True, help="re-resolve against the mirror and show the diff")
-@click.option(
-    "--mirror",
-    envvar="KILN_MIRROR",
-    metavar="URL",
-    help="Debian mirror instead of the host's apt sources [env: KILN_MIRROR]",
-)
+@mirror_option
 @json_flag
 def lock(path: Path, update: bool, mirror: str | None, as_json: bool) -> None:
     """Write PATH.lock beside each recipe: parent digest and every package, exactly."""

@@ -181,6 +181,13 @@ class Services(Model):
         return value
 
 
+def absolute_paths(value: tuple[str, ...], what: str) -> tuple[str, ...]:
+    bad = [p for p in value if not p.startswith("/") or ".." in p.split("/")]
+    if bad:
+        raise ValueError(f"{what} must be absolute, without '..': {bad}")
+    return value
+
+
 def parse_duration(value: str) -> float:
     match = DURATION_RE.match(value)
     if not match:
@@ -222,10 +229,7 @@ class Runtime(Model):
     @field_validator("state")
     @classmethod
     def _abs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [p for p in value if not p.startswith("/") or ".." in p.split("/")]
-        if bad:
-            raise ValueError(f"state paths must be absolute, without '..': {bad}")
-        return value
+        return absolute_paths(value, "state paths")
 
     @field_validator("config")
     @classmethod
@@ -244,10 +248,7 @@ class Seal(Model):
     @field_validator("paths")
     @classmethod
     def _abs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [p for p in value if not p.startswith("/") or ".." in p.split("/")]
-        if bad:
-            raise ValueError(f"seal paths must be absolute, without '..': {bad}")
-        return value
+        return absolute_paths(value, "seal paths")
 
 
 class Tests(Model):

@@ -8,13 +8,12 @@ not unpacked yet (it is unpacked again on first use), leftovers of an interrupte
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from kiln.catalog import Catalog
+from kiln.digests import file_sha256
 from kiln.home import Home
 from kiln.store.artefacts import KIND
 from kiln.store.layout import MEDIA_MANIFEST, REF_ANNOTATION, Layout
@@ -41,21 +40,13 @@ class Report:
         }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check(home: Home, layout: Layout, catalog: Catalog) -> Report:
     report = Report()
     _check_layout_files(layout, report)
     good: set[str] = set()
     for path in sorted(layout.blobs.iterdir()) if layout.blobs.is_dir() else []:
         report.blobs += 1
-        actual = _sha256(path)
+        actual = file_sha256(path)
         if actual != path.name:
             report.faults.append(f"blob {path.name} is corrupt: its content hashes to {actual}")
         else:
