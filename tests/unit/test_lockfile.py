@@ -1,0 +1,83 @@
+"""Lock files: render, parse, diff, and errors with line numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kiln.bake.debcache import parse_filename
+from kiln.errors import RecipeError
+from kiln.recipe.lockfile import Deb, Lock, diff, lock_path, parse, write
+
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+
+
+def sample() -> Lock:
+    return Lock(
+        parent="sha256:" + "c" * 64,
+        source_date_epoch=1700000000,
+        packages=(
+            Deb("zlib1g", "amd64", "1:1.2.13.dfsg-1", SHA_A),
+            Deb("adduser", "all", "3.134", SHA_B),
+        ),
+    )
+
+
+def test_render_is_sorted_and_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "web.toml.lock"
+    write(path, sample(), "web.toml")
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("# kiln lock for web.toml")
+    assert lines[1:3] == ["parent sha256:" + "c" * 64, "source-date-epoch 1700000000"]
+    assert lines[3].startswith("package adduser all 3.134 ")
+    assert lines[4].startswith("package zlib1g amd64 1:1.2.13.dfsg-1 ")
+    again = parse(path)
+    assert again.parent == sample().parent and again.source_date_epoch == 1700000000
+    assert set(again.packages) == set(sample().packages)
+
+
+def test_base_lock_has_no_parent(tmp_path: Path) -> None:
+    path = tmp_path / "base.toml.lock"
+    write(path, Lock(None, 1, ()), "base.toml")
+    assert "parent -" in path.read_text()
+    assert parse(path).parent is None
+
+
+def test_every_bad_line_is_reported_with_its_number(tmp_path: Path) -> None:
+    path = tmp_path / "web.toml.lock"
+    path.write_text(
+        "# comment\n"
+        "parent sha256:nothex\n"
+        "package a all 1.0 notasha\n"
+        f"package b all 1.0 {SHA_A}\n"
+        f"package b all 2.0 {SHA_B}\n"
+        "frobnicate\n"
+    )
+    with pytest.raises(RecipeError) as caught:
+        parse(path)
+    lines = [p.line for p in caught.value.problems]
+    assert lines == [2, 3, 5, 6, 0]  # the missing source-date-epoch is about the whole file
+    assert caught.value.exit_code == 2
+    assert "kiln lock --update web.toml" in (caught.value.hint or "")
+
+
+def test_diff_names_added_removed_and_upgraded() -> None:
+    old = [Deb("a", "all", "1", SHA_A), Deb("b", "all", "1", SHA_A)]
+    new = [Deb("a", "all", "2", SHA_B), Deb("c", "all", "1", SHA_A)]
+    changes = diff(old, new)
+    assert changes.lines() == ["+ c 1 (all)", "- b 1 (all)", "~ a 1 -> 2 (all)"]
+    assert diff(old, old).empty()
+
+
+def test_a_rebuilt_file_under_the_same_version_is_a_change() -> None:
+    assert not diff([Deb("a", "all", "1", SHA_A)], [Deb("a", "all", "1", SHA_B)]).empty()
+
+
+def test_lock_path_and_deb_file_names() -> None:
+    assert lock_path(Path("/r/web.toml")) == Path("/r/web.toml.lock")
+    deb = Deb("login", "amd64", "1:4.13+dfsg1-1", SHA_A)
+    assert deb.filename == "login_1%3A4.13+dfsg1-1_amd64.deb"
+    assert parse_filename(deb.filename) == ("login", "1:4.13+dfsg1-1", "amd64")
+    assert parse_filename("not-a-deb.txt") is None
