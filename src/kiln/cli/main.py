@@ -8,7 +8,7 @@ import click
 from rich.markup import escape
 
 from kiln import __version__
-from kiln.cli import build
+from kiln.cli import build, machines
 from kiln.cli.output import err
 from kiln.errors import KilnError
 
@@ -21,6 +21,7 @@ def cli() -> None:
 
 
 build.register(cli)
+machines.register(cli)
 
 
 def main() -> None:

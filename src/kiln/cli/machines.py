@@ -1,0 +1,248 @@
+"""Machine commands: run, ps, exec, logs, stop, rm, test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+
+from kiln.cli.output import console, err, print_json
+
+# Commands import their services when they run: `kiln run` is on the clock (time to healthy).
+
+json_flag = click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+set_option = click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="a config value of the image's runtime contract (repeatable; wins over --config)",
+)
+config_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help='a TOML file of config values: key = "value"',
+)
+
+
+def _health_line(name: str, data: dict[str, Any]) -> str:
+    check = data["health"]
+    if check is None:
+        return f"{name} is running ({data['running_seconds']:.2f}s; the image has no health check)"
+    return (
+        f"{name} is healthy: {check['check']}: {check['detail']} "
+        f"({check['seconds']:.2f}s after start, {check['attempts']} checks)"
+    )
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--name", required=True, help="the machine's name (and host name)")
+@set_option
+@config_option
+@click.option(
+    "--volume",
+    "volumes",
+    multiple=True,
+    metavar="PATH=DIR",
+    help="keep state path PATH in host folder DIR instead of the machine's folder",
+)
+@click.option("--wait", is_flag=True, help="wait until systemd runs and the health check passes")
+@json_flag
+def run(
+    ref: str,
+    name: str,
+    sets: tuple[str, ...],
+    config_file: Path | None,
+    volumes: tuple[str, ...],
+    wait: bool,
+    as_json: bool,
+) -> None:
+    """Boot a machine from an image: systemd as PID 1 under systemd-nspawn."""
+    from kiln.machines.launch import Request
+    from kiln.machines.launch import run as launch
+
+    launched = launch(Request(ref, name, sets, config_file, volumes, wait=wait))
+    data = launched.to_json()
+    if as_json:
+        print_json(data)
+        return
+    console.print(
+        f"started {name} from {launched.image} (systemd-nspawn pid {data['nspawn_pid']}, "
+        f"its systemd pid {data['leader_pid']}) in {data['seconds_to_start']:.2f}s",
+        highlight=False,
+    )
+    if wait:
+        console.print(escape(_health_line(name, data)), highlight=False)
+
+
+@click.command()
+@click.option("--all", "include_removed", is_flag=True, help="include removed machines")
+@json_flag
+def ps(include_removed: bool, as_json: bool) -> None:
+    """List machines: image, state, volumes."""
+    from rich.table import Table
+
+    from kiln.machines.manage import ps as list_machines
+
+    rows = list_machines(include_removed=include_removed)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("NAME", "IMAGE", "STATE", "PID", "CREATED", "VOLUMES", box=None)
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["image"],
+            row["state"],
+            str(row["nspawn_pid"]) if row["state"] == "running" else "-",
+            row["created"][:19],
+            ", ".join(f"{k}={v}" for k, v in row["volumes"].items()) or "-",
+        )
+    console.print(table)
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(name: str, command: tuple[str, ...]) -> None:
+    """Run a command inside a running machine: kiln exec NAME -- CMD [ARGS...]."""
+    from kiln.machines.manage import exec_ as exec_in
+
+    if command[:1] == ("--",):  # after NAME, click hands the separator on as an argument
+        command = command[1:]
+    if not command:
+        raise click.UsageError("give a command to run: kiln exec NAME -- CMD [ARGS...]")
+    exec_in(name, command)
+
+
+@click.command()
+@click.argument("name")
+@click.option("-u", "--unit", help="only this unit's messages")
+@click.option("-n", "--lines", type=int, help="only the last N lines")
+@click.option("-f", "--follow", is_flag=True, help="keep printing new messages")
+@click.option("--console", "show_console", is_flag=True, help="the boot console instead")
+def logs(name: str, unit: str | None, lines: int | None, follow: bool, show_console: bool) -> None:
+    """Show a machine's journal (or, with --console, its console log)."""
+    from kiln.machines.manage import logs as machine_logs
+
+    text = machine_logs(name, unit=unit, lines=lines, follow=follow, console=show_console)
+    click.echo(text, nl=not text.endswith("\n"))
+
+
+@click.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="seconds")
+def stop(names: tuple[str, ...], timeout: float) -> None:
+    """Power machines off (systemd shuts down), then unmount their overlays."""
+    from kiln.machines.manage import stop as stop_machine
+
+    for name in names:
+        result = stop_machine(name, timeout=timeout)
+        state = "stopped" if result["was_running"] else "was not running"
+        console.print(f"{name} {state}", highlight=False)
+
+
+@click.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("--volumes", "with_volumes", is_flag=True, help="remove its volumes as well")
+def rm(names: tuple[str, ...], with_volumes: bool) -> None:
+    """Remove machines (stopping them first); their volumes stay unless --volumes."""
+    from kiln.machines.manage import rm as remove
+
+    for name in names:
+        result = remove(name, with_volumes=with_volumes)
+        console.print(f"removed {name}", highlight=False)
+        for kept in result.kept:
+            err.print(f"  kept volume {escape(kept)}", highlight=False)
+
+
+@click.command()
+@click.argument("ref")
+@set_option
+@config_option
+@click.option(
+    "--converge",
+    "check_convergence",
+    is_flag=True,
+    help="also re-apply the recipe's steps and fail if that changes any file",
+)
+@json_flag
+def test(
+    ref: str,
+    sets: tuple[str, ...],
+    config_file: Path | None,
+    check_convergence: bool,
+    as_json: bool,
+) -> None:
+    """Run an image's [tests] in a throw-away machine; record the result in the catalog.
+
+    Required config keys nobody gave get throw-away values (secrets: random tokens)."""
+    from kiln.machines.testing import run as run_tests
+
+    with err.status(f"testing {ref}", spinner="dots") as status:
+        report = run_tests(
+            ref,
+            sets,
+            config_file,
+            check_convergence,
+            log=lambda message: status.update(escape(f"testing {ref}: {message}")),
+        )
+    if as_json:
+        print_json(report.to_json())
+    else:
+        _render_test(report.to_json())
+    if not report.ok:
+        raise SystemExit(1)
+
+
+def _render_test(data: dict[str, Any]) -> None:
+    console.print(f"[bold]{data['image']}[/] in machine {data['machine']}", highlight=False)
+    check = data["health"]
+    if check is not None:
+        state = "[green]ok[/]  " if check["ok"] else "[red]FAIL[/]"
+        console.print(
+            f"  {state} health: {escape(check['check'])}: {escape(check['detail'])} "
+            f"({check['seconds']:.2f}s)",
+            highlight=False,
+        )
+    for result in data["results"]:
+        state = "[green]ok[/]  " if result["ok"] else "[red]FAIL[/]"
+        code = "" if result["ok"] else f", exit code {result['exit_code']}"
+        console.print(
+            f"  {state} {escape(result['command'])} ({result['seconds']:.2f}s{code})",
+            highlight=False,
+        )
+        for line in result["output"].rstrip().splitlines():
+            console.print(f"         {escape(line)}", highlight=False)
+    if data["converge"] is not None:
+        if data["converge"]:
+            console.print("  [green]ok[/]   converge: a second run of the steps changed nothing")
+        else:
+            changes = data["changes"]
+            console.print(
+                f"  [red]FAIL[/] converge: a second run of the steps changed "
+                f"{len(changes)} file{'s' if len(changes) != 1 else ''}",
+                highlight=False,
+            )
+            for change in changes:
+                sign = {"added": "+", "modified": "~", "deleted": "-"}[change["change"]]
+                detail = (
+                    f" ({change['before']} -> {change['after']})"
+                    if change["before"] and change["after"]
+                    else ""
+                )
+                console.print(f"         {sign} {escape(change['path'])}{detail}", highlight=False)
+    if data["error"]:
+        console.print(f"  [red]error[/] {escape(data['error'])}", highlight=False)
+    verdict = "[green]passed[/]" if data["ok"] else "[red]failed[/]"
+    console.print(f"{verdict} in {data['seconds']:.2f}s", highlight=False)
+
+
+def register(group: click.Group) -> None:
+    for command in (run, ps, logs, stop, rm, test):
+        group.add_command(command)
+    group.add_command(exec_, name="exec")

@@ -1,0 +1,149 @@
+"""Config values a machine is launched with: checked against the contract, then rendered.
+
+Values come from ``--config FILE`` (a TOML table of ``key = "value"``) and ``--set
+KEY=VALUE`` (which wins). Every problem is reported at once and nothing starts. Plain
+values reach the machine as an environment file and as cloud-init NoCloud seed data;
+secrets are kept apart and only ever handed to systemd-nspawn as credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiln.errors import BadInput
+from kiln.machines.contract import Contract
+
+SET_RE = re.compile(r"^(?P<key>[^=\s]+)=(?P<value>.*)$", re.DOTALL)
+# systemd's EnvironmentFile= and sh both read "..." with these four escaped
+ENV_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "$": "\\$", "`": "\\`"})
+
+
+class ConfigError(BadInput):
+    """Config values that do not fit the image's runtime contract."""
+
+    def __init__(self, image: str, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        count = len(self.problems)
+        head = f"config for {image} has {count} problem{'s' if count != 1 else ''}"
+        super().__init__(
+            head + "\n" + "\n".join(f"  {p}" for p in self.problems),
+            hint=f"'kiln inspect {image}' shows its runtime contract; nothing was started",
+        )
+
+
+@dataclass(frozen=True)
+class Values:
+    plain: Mapping[str, str] = field(default_factory=dict)
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    generated: tuple[str, ...] = ()  # keys kiln made up (kiln test), plain or secret
+
+
+def _from_file(path: Path, problems: list[str]) -> dict[str, str]:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        problems.append(f"--config {path}: {exc.strerror or exc}")
+        return {}
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        problems.append(f"--config {path}: not a TOML file: {exc}")
+        return {}
+    out: dict[str, str] = {}
+    for key, value in raw.items():
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            out[key] = str(value)
+        else:
+            problems.append(f"--config {path}: {key}: a value is a string, number or boolean")
+    return out
+
+
+def _from_sets(sets: Sequence[str], problems: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in sets:
+        match = SET_RE.match(item)
+        if match is None:
+            problems.append(f"--set {item.split('=', 1)[0]!r}: give KEY=VALUE")
+            continue
+        out[match.group("key")] = match.group("value")
+    return out
+
+
+def resolve(
+    image: str,
+    contract: Contract,
+    sets: Sequence[str] = (),
+    config_file: Path | None = None,
+    generate: bool = False,
+) -> Values:
+    """Check given values against the contract; fill in defaults (and, with ``generate``,
+    throw-away values for required keys nobody gave: kiln test)."""
+    problems: list[str] = []
+    given = _from_file(config_file, problems) if config_file else {}
+    given.update(_from_sets(sets, problems))
+    known = ", ".join(sorted(contract.keys)) or "none"
+    for unknown in sorted(given.keys() - contract.keys.keys()):
+        problems.append(f"{unknown}: unknown key (the image declares: {known})")
+    plain: dict[str, str] = {}
+    hidden: dict[str, str] = {}
+    generated: list[str] = []
+    for name, key in sorted(contract.keys.items()):
+        value = given.get(name, key.default)
+        if value is None and key.required and generate:
+            value = secrets.token_hex(16) if key.secret else f"test-{name}"
+            generated.append(name)
+        if value is None:
+            if key.required:
+                what = "secret" if key.secret else "key"
+                problems.append(f"{name}: required {what} is missing: --set {name}=VALUE")
+            continue
+        if "\0" in value:
+            problems.append(f"{name}: a value cannot hold a NUL character")
+        elif not key.secret and ("\n" in value or "\r" in value):
+            problems.append(f"{name}: a plain value is one line (secrets may span lines)")
+        (hidden if key.secret else plain)[name] = value
+    if problems:
+        raise ConfigError(image, problems)
+    return Values(plain, hidden, tuple(generated))
+
+
+def env_name(key: str) -> str:
+    return key.upper()
+
+
+def env_file(values: Values) -> str:
+    """Plain values as KEY="value" lines, read alike by systemd's EnvironmentFile= and sh."""
+    lines = [f'{env_name(k)}="{v.translate(ENV_ESCAPES)}"' for k, v in sorted(values.plain.items())]
+    return "".join(line + "\n" for line in lines)
+
+
+def _yaml(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def meta_data(instance_id: str, hostname: str) -> str:
+    return f"instance-id: {_yaml(instance_id)}\nlocal-hostname: {_yaml(hostname)}\n"
+
+
+def user_data(machine: str, image: str, values: Values) -> str:
+    """#cloud-config with the plain values (JSON strings are valid YAML scalars)."""
+    lines = [
+        "#cloud-config",
+        f"# kiln machine {machine} from {image}: plain config values; secrets are systemd",
+        "# credentials and never appear here.",
+        "kiln:",
+        f"  machine: {_yaml(machine)}",
+        f"  image: {_yaml(image)}",
+    ]
+    if values.plain:
+        lines.append("  config:")
+        lines += [f"    {k}: {_yaml(v)}" for k, v in sorted(values.plain.items())]
+    else:
+        lines.append("  config: {}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,158 @@
+"""Snapshots of a machine's files, and what changed between two of them.
+
+A snapshot is taken of the machine's root as the machine sees it (its overlay mount), so
+a file rewritten with the same content, owner and mode is no change, and a folder
+replaced wholesale shows each file it lost. What is expected to change while a machine
+runs is left out: declared state, kernel and runtime file systems, logs, caches, temp
+files, and whatever the seal removes from images for the same reason.
+
+The second snapshot re-hashes only files whose inode, size, mtime or ctime moved.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kiln.bake.seal import RULES
+
+VOLATILE = (
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run",
+    "/tmp",
+    "/var/tmp",
+    "/var/log",
+    "/var/cache",
+    "/var/lib/systemd",
+    "/var/lib/apt/lists",
+    "/var/lib/cloud",
+    "/root/.ansible",
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str  # file | dir | link | other
+    mode: int
+    uid: int
+    gid: int
+    content: str  # sha256 of a file, target of a link, device number of the rest
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.mode:04o} {self.uid}:{self.gid}"
+
+
+StatKey = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
+Snapshot = dict[str, tuple[Entry, StatKey]]
+
+
+@dataclass(frozen=True)
+class Skip:
+    prefixes: tuple[str, ...]
+    patterns: tuple[str, ...]
+
+    @classmethod
+    def for_machine(cls, state: Sequence[str], seal_paths: Sequence[str] = ()) -> Skip:
+        globs = [rule.pattern for rule in RULES] + list(seal_paths)
+        prefixes = [p.rstrip("/") for p in (*VOLATILE, *state)]
+        return cls(tuple(prefixes), tuple(globs))
+
+    def __call__(self, path: str) -> bool:
+        for prefix in self.prefixes:
+            if path == prefix or path.startswith(prefix + "/"):
+                return True
+        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.patterns)
+
+
+def _digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _entry(full: str, st: os.stat_result, previous: tuple[Entry, StatKey] | None) -> Entry:
+    mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+    if stat.S_ISLNK(st.st_mode):
+        return Entry("link", mode, uid, gid, os.readlink(full))
+    if stat.S_ISDIR(st.st_mode):
+        return Entry("dir", mode, uid, gid, "")
+    if stat.S_ISREG(st.st_mode):
+        key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if previous is not None and previous[1] == key and previous[0].kind == "file":
+            content = previous[0].content
+        else:
+            content = _digest(full)
+        return Entry("file", mode, uid, gid, content)
+    return Entry("other", st.st_mode, uid, gid, str(st.st_rdev))
+
+
+def snapshot(root: Path, skip: Skip, previous: Snapshot | None = None) -> Snapshot:
+    """Every path under ``root`` (as '/etc/x') that ``skip`` keeps, with what it is."""
+    out: Snapshot = {}
+    pending = [("", str(root))]
+    while pending:
+        rel_dir, full_dir = pending.pop()
+        with os.scandir(full_dir) as entries:
+            for item in entries:
+                rel = f"{rel_dir}/{item.name}"
+                if skip(rel):
+                    continue
+                st = item.stat(follow_symlinks=False)
+                key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                out[rel] = (_entry(item.path, st, previous.get(rel) if previous else None), key)
+                if stat.S_ISDIR(st.st_mode):
+                    pending.append((rel, item.path))
+    return out
+
+
+@dataclass(frozen=True)
+class Change:
+    path: str
+    change: str  # added | modified | deleted
+    before: str = ""
+    after: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "change": self.change,
+            "before": self.before,
+            "after": self.after,
+        }
+
+    def __str__(self) -> str:
+        sign = {"added": "+", "modified": "~", "deleted": "-"}[self.change]
+        detail = f" ({self.before} -> {self.after})" if self.before and self.after else ""
+        return f"{sign} {self.path}{detail}"
+
+
+def _what(before: Entry, after: Entry) -> tuple[str, str]:
+    if before.kind != after.kind:
+        return before.kind, after.kind
+    if before.content != after.content:
+        what = "content" if before.kind == "file" else "target"
+        return f"{what} {before.content[:12]}", f"{what} {after.content[:12]}"
+    return before.describe(), after.describe()
+
+
+def diff(before: Snapshot, after: Snapshot) -> list[Change]:
+    changes = []
+    for path in sorted(before.keys() | after.keys()):
+        old, new = before.get(path), after.get(path)
+        if old is None and new is not None:
+            changes.append(Change(path, "added", after=new[0].describe()))
+        elif new is None and old is not None:
+            changes.append(Change(path, "deleted", before=old[0].describe()))
+        elif old is not None and new is not None and old[0] != new[0]:
+            changes.append(Change(path, "modified", *_what(old[0], new[0])))
+    return changes

@@ -1,0 +1,156 @@
+"""A machine's folder, $KILN_HOME/machines/<name>, and the state file that says it exists.
+
+    machine.json   the state: image, processes, volumes (written last by kiln run)
+    root/          the overlay mount the machine boots from (image layers + upper/)
+    upper/ work/   the machine's own writes, and overlayfs' scratch folder
+    config/        config.env and seed/ (NoCloud), bound read-only into the machine
+    console.log    systemd-nspawn's output: the boot console
+    volumes/       the state paths' folders, unless --volume put them elsewhere
+
+``machine.json`` is created exclusively, so two launches of one name cannot both win;
+``kiln rm`` removes everything but ``volumes/`` (all of it with ``--volumes``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import BadInput, StoreError
+from kiln.home import Home
+from kiln.store.atomic import write_atomic
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name) or name.endswith("-"):
+        raise BadInput(
+            f"'{name}' is not a machine name",
+            hint="use lower case letters, digits and '-' (it becomes the host name), "
+            "at most 63 characters",
+        )
+    return name
+
+
+def machines_dir(home: Home) -> Path:
+    return home.root / "machines"
+
+
+@dataclass(frozen=True)
+class Folder:
+    path: Path
+
+    @classmethod
+    def of(cls, home: Home, name: str) -> Folder:
+        return cls(machines_dir(home) / check_name(name))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / "machine.json"
+
+    @property
+    def root(self) -> Path:
+        return self.path / "root"
+
+    @property
+    def upper(self) -> Path:
+        return self.path / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.path / "work"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config"
+
+    @property
+    def env_file(self) -> Path:
+        return self.config / "config.env"
+
+    @property
+    def seed(self) -> Path:
+        return self.config / "seed"
+
+    @property
+    def console(self) -> Path:
+        return self.path / "console.log"
+
+    @property
+    def volumes(self) -> Path:
+        return self.path / "volumes"
+
+    def exists(self) -> bool:
+        return self.state_file.is_file()
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A process as the kernel knows it: pid and start time (clock ticks after boot)."""
+
+    pid: int
+    start: int
+
+
+@dataclass
+class State:
+    name: str
+    image: str  # name:version
+    digest: str
+    boot_id: str  # the host's boot the processes belong to
+    nspawn: Proc
+    leader: Proc  # the machine's systemd, its PID 1
+    volumes: dict[str, str] = field(default_factory=dict)  # state path -> host folder
+    managed_volumes: list[str] = field(default_factory=list)  # state paths under volumes/
+    tooling: bool = False  # kiln's venv and the recipe folder are bound in (kiln test)
+    recipe_folder: str = ""
+    layers: list[str] = field(default_factory=list)  # lowerdirs, bottom first
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> State:
+        data = dict(data)
+        data["nspawn"] = Proc(**data["nspawn"])
+        data["leader"] = Proc(**data["leader"])
+        return cls(**data)
+
+
+def claim(folder: Folder) -> None:
+    """Make the folder and take the name; BadInput if a machine already has it."""
+    folder.path.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(folder.state_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise BadInput(
+            f"a machine named {folder.name} exists",
+            hint=f"remove it first (kiln rm {folder.name}), or choose another --name",
+        ) from None
+    os.close(fd)
+
+
+def save(folder: Folder, state: State) -> None:
+    data = json.dumps(state.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+    write_atomic(folder.state_file, data)
+
+
+def load(folder: Folder) -> State:
+    if not folder.exists():
+        raise BadInput(f"no machine named {folder.name}", hint="'kiln ps' lists the machines")
+    try:
+        return State.from_json(json.loads(folder.state_file.read_text()))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StoreError(
+            f"{folder.state_file} is damaged or the launch did not finish: {exc}",
+            hint=f"kiln rm {folder.name} removes what is left of it",
+        ) from None

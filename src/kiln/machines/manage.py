@@ -1,0 +1,256 @@
+"""`kiln ps`, `stop`, `rm`, `exec` and `logs`: machines after their launch.
+
+Stopping asks the machine's systemd to power off (SIGRTMIN+4 to its PID 1), waits for
+systemd-nspawn to exit, and only then unmounts the overlay: unmounting it under a running
+machine would propagate into the machine and break its shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from kiln import proc
+from kiln.bake.root import remove_tree
+from kiln.bake.service import open_store
+from kiln.catalog import Catalog, Machine
+from kiln.errors import KilnError, NotFound, StoreError
+from kiln.home import Home
+from kiln.machines import enter, process
+from kiln.machines.folder import Folder, State, load
+
+STOP_TIMEOUT = 30.0
+PROPAGATE = Path("/run/systemd/nspawn/propagate")
+
+
+class NotRunning(KilnError):
+    """The machine exists but is not running."""
+
+
+def _catalog(home: Home) -> Catalog:
+    _layout, catalog = open_store(home)
+    return catalog
+
+
+def running(state: State) -> bool:
+    return state.boot_id == process.boot_id() and process.alive(state.nspawn)
+
+
+def _state_or_none(folder: Folder) -> State | None:
+    try:
+        return load(folder)
+    except (NotFound, StoreError, KilnError):
+        return None
+
+
+def ps(home: Home | None = None, include_removed: bool = False) -> list[dict[str, Any]]:
+    home = home or Home.from_env()
+    catalog = _catalog(home)
+    try:
+        with catalog.session() as session:
+            query = select(Machine).order_by(Machine.name, Machine.created)
+            if not include_removed:
+                query = query.where(Machine.removed.is_(None))
+            rows = session.scalars(query).all()
+            out = []
+            for row in rows:
+                state = None if row.removed else _state_or_none(Folder(Path(row.folder)))
+                if row.removed:
+                    status = "removed"
+                elif state is None:
+                    status = "missing"
+                else:
+                    status = "running" if running(state) else "stopped"
+                out.append(
+                    {
+                        "name": row.name,
+                        "image": row.image_ref,
+                        "digest": row.digest,
+                        "state": status,
+                        "created": row.created.isoformat(),
+                        "stopped": row.stopped.isoformat() if row.stopped else None,
+                        "removed": row.removed.isoformat() if row.removed else None,
+                        "nspawn_pid": row.nspawn_pid,
+                        "leader_pid": row.leader_pid,
+                        "folder": row.folder,
+                        "volumes": row.volume_map(),
+                        "config": row.plain_config(),
+                        "secrets": sorted(json.loads(row.secret_keys)),
+                        "throwaway": row.throwaway,
+                    }
+                )
+            return out
+    finally:
+        catalog.close()
+
+
+def _mark(home: Home, name: str, **changes: Any) -> None:
+    catalog = _catalog(home)
+    try:
+        with catalog.session() as session:
+            rows = session.scalars(
+                select(Machine).where(Machine.name == name, Machine.removed.is_(None))
+            ).all()
+            for row in rows:
+                for key, value in changes.items():
+                    setattr(row, key, value)
+    finally:
+        catalog.close()
+
+
+def _forget_propagate_dir(name: str) -> None:
+    """nspawn leaves an empty /run/systemd/nspawn/propagate/<name> when /run is no tmpfs."""
+    with contextlib.suppress(OSError):
+        (PROPAGATE / name).rmdir()
+
+
+def halt(folder: Folder, state: State, timeout: float = STOP_TIMEOUT) -> bool:
+    """Power the machine off and unmount its overlay; True if it was running."""
+    was_running = running(state)
+    if was_running:
+        if not process.send(state.leader, process.POWEROFF):
+            process.send(state.nspawn, signal.SIGTERM)  # nspawn passes on its kill signal
+        if not process.wait_gone(state.nspawn, timeout):
+            process.send(state.leader, signal.SIGKILL)
+            process.send(state.nspawn, signal.SIGKILL)
+            if not process.wait_gone(state.nspawn, 10):
+                raise KilnError(
+                    f"machine {state.name} (systemd-nspawn pid {state.nspawn.pid}) "
+                    "does not stop, even after SIGKILL",
+                    hint="its overlay stays mounted; look at the process with ps",
+                )
+        _forget_propagate_dir(state.name)
+    if folder.root.is_mount():
+        proc.run(["umount", str(folder.root)])
+    return was_running
+
+
+def stop(name: str, home: Home | None = None, timeout: float = STOP_TIMEOUT) -> dict[str, Any]:
+    home = home or Home.from_env()
+    folder = Folder.of(home, name)
+    state = load(folder)
+    was_running = halt(folder, state, timeout)
+    _mark(home, name, stopped=datetime.now(UTC))
+    return {"name": name, "was_running": was_running}
+
+
+@dataclass
+class Removed:
+    name: str
+    was_running: bool
+    kept: list[str]  # volume folders left in place
+    removed_volumes: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "was_running": self.was_running,
+            "kept_volumes": self.kept,
+            "removed_volumes": self.removed_volumes,
+        }
+
+
+def rm(name: str, home: Home | None = None, with_volumes: bool = False) -> Removed:
+    """Stop the machine if it runs, remove its folder and forget it; volumes stay unless
+    ``with_volumes`` (folders given with --volume are never removed)."""
+    home = home or Home.from_env()
+    folder = Folder.of(home, name)
+    known = bool(_rows(home, name))
+    if not folder.path.is_dir() and not known:
+        raise NotFound(f"no machine named {name}", hint="'kiln ps' lists the machines")
+    state = _state_or_none(folder) if folder.exists() else None
+    was_running = halt(folder, state) if state is not None else False
+    if state is None and folder.root.is_mount():
+        proc.run(["umount", str(folder.root)])  # a launch that died half-way
+    removed_volumes: list[str] = []
+    if folder.path.is_dir():
+        for child in folder.path.iterdir():
+            if child.name == folder.volumes.name and not with_volumes:
+                continue
+            if child.name == folder.volumes.name:
+                removed_volumes = sorted(str(p) for p in child.iterdir())
+            if child.is_dir() and not child.is_symlink():
+                remove_tree(child)
+            else:
+                child.unlink()
+        if not any(folder.path.iterdir()):
+            folder.path.rmdir()
+    kept = []
+    if state is not None:
+        for path, source in sorted(state.volumes.items()):
+            if path not in state.managed_volumes or not with_volumes:
+                kept.append(source)
+    _mark(home, name, removed=datetime.now(UTC))
+    return Removed(name, was_running, kept, removed_volumes)
+
+
+def _rows(home: Home, name: str) -> Sequence[Machine]:
+    catalog = _catalog(home)
+    try:
+        with catalog.session() as session:
+            return session.scalars(
+                select(Machine).where(Machine.name == name, Machine.removed.is_(None))
+            ).all()
+    finally:
+        catalog.close()
+
+
+def running_state(name: str, home: Home | None = None) -> State:
+    home = home or Home.from_env()
+    state = load(Folder.of(home, name))
+    if not running(state):
+        raise NotRunning(
+            f"machine {name} is not running",
+            hint=f"kiln logs {name} shows how it ended; kiln rm {name}, then kiln run again",
+        )
+    return state
+
+
+def exec_(name: str, command: Sequence[str], home: Home | None = None) -> None:
+    """Replace this process with the command inside the machine."""
+    state = running_state(name, home)
+    env = {"TERM": os.environ.get("TERM", "dumb")}
+    enter.replace_process(state.leader.pid, command, env)
+
+
+def logs(
+    name: str,
+    home: Home | None = None,
+    *,
+    unit: str | None = None,
+    lines: int | None = None,
+    follow: bool = False,
+    console: bool = False,
+) -> str:
+    """The machine's journal (replacing this process with journalctl), or its console log.
+
+    A running machine's journal is read inside it; a stopped one's from its upper dir.
+    Returns the console log's text when that is what there is to show.
+    """
+    home = home or Home.from_env()
+    folder = Folder.of(home, name)
+    state = load(folder)
+    options = ["--no-pager"]
+    if unit:
+        options += ["--unit", unit]
+    if lines is not None:
+        options += ["--lines", str(lines)]
+    if follow:
+        options.append("--follow")
+    if not console:
+        if running(state):
+            enter.replace_process(state.leader.pid, ["journalctl", *options], {})
+        journal = folder.upper / "var/log/journal"
+        if journal.is_dir():
+            os.execv("/usr/bin/journalctl", ["journalctl", f"--directory={journal}", *options])
+    text = folder.console.read_text(errors="replace") if folder.console.exists() else ""
+    return proc.tail(text, lines) if lines is not None else text
