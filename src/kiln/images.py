@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from kiln.bake.service import load_image, open_store
 from kiln.catalog import Catalog, Image
+from kiln.catalog.machines import latest_test_runs
 from kiln.errors import NotFound
 from kiln.home import Home
 from kiln.store import export, fsck, tree
@@ -104,6 +105,7 @@ def inspect(ref: str, home: Home | None = None) -> dict[str, Any]:
                 }
                 for a in image.artefacts
             ],
+            "tests": [run.to_json() for run in latest_test_runs(store.session, image.id)],
         }
 
 

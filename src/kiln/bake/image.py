@@ -48,6 +48,9 @@ def labels(context: BuildContext, created: datetime) -> dict[str, str]:
     runtime = recipe.recipe.runtime
     if runtime != type(runtime)():
         out[f"{LABEL}runtime"] = json.dumps(runtime.model_dump(mode="json"), sort_keys=True)
+    tests = recipe.recipe.tests
+    if tests != type(tests)():  # kiln test reads them from here, without the recipe file
+        out[f"{LABEL}tests"] = json.dumps(tests.model_dump(mode="json"), sort_keys=True)
     return out
 
 

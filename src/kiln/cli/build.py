@@ -182,6 +182,19 @@ def inspect(ref: str, provenance: bool, sbom: bool, as_json: bool) -> None:
     console.print(f"[bold]packages[/] ({len(data['packages'])})")
     for package in data["packages"]:
         console.print(f"  {package['name']} {package['version']}", highlight=False)
+    runs = len(data["tests"])
+    console.print(f"[bold]tests[/] ({runs} run{'s' if runs != 1 else ''}, newest first)")
+    for run in data["tests"]:
+        state = "[green]passed[/]" if run["ok"] else "[red]failed[/]"
+        passed = sum(1 for result in run["results"] if result["ok"])
+        converge = {None: "", True: ", converges", False: ", does not converge"}[run["converge"]]
+        console.print(
+            f"  {state} {run['started'][:19]}  {passed}/{len(run['results'])} commands"
+            f"{converge}  {run['seconds']:.2f}s  {escape(run['error'])}".rstrip(),
+            highlight=False,
+        )
+        for change in run["changes"]:
+            console.print(f"    {change['change']} {escape(change['path'])}", highlight=False)
 
 
 @click.command()
