@@ -80,8 +80,11 @@ def _json(labels: Mapping[str, str], name: str) -> dict[str, Any] | None:
 def from_config(config: Mapping[str, Any]) -> Contract:
     """The contract in an image's OCI config; an image without one has an empty contract."""
     data = _json(_labels(config), RUNTIME_LABEL)
-    if data is None:
-        return Contract()
+    return Contract() if data is None else from_json(data)
+
+
+def from_json(data: Mapping[str, Any]) -> Contract:
+    """A contract from the JSON form of a recipe's [runtime] table."""
     try:
         keys = {
             name: Key(
@@ -102,7 +105,7 @@ def from_config(config: Mapping[str, Any]) -> Contract:
         raise StoreError(f"the image's {RUNTIME_LABEL} label is damaged: {exc}") from None
 
 
-def tests_from_config(config: Mapping[str, Any]) -> tuple[str, ...] | None:
+def commands_from_config(config: Mapping[str, Any]) -> tuple[str, ...] | None:
     """The image's test commands; None when the image carries no tests label."""
     data = _json(_labels(config), TESTS_LABEL)
     if data is None:

@@ -7,6 +7,10 @@
 Everything up to the record hangs off one ExitStack: a launch that fails leaves no mount,
 no process and no folder behind (volumes stay). The machine outlives this process:
 nspawn runs in a session of its own, its output going to the machine's console log.
+
+Time to healthy counts from kiln's own start, so the image is found in the store's index
+(plain JSON) and SQLAlchemy loads on a second thread while the machine boots; the catalog
+must then agree on the image before the machine is recorded, or the launch is undone.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -26,14 +31,12 @@ from typing import Any
 
 from kiln import proc
 from kiln.bake.root import Overlay, remove_tree
-from kiln.bake.service import load_image, open_store
-from kiln.catalog import Catalog, Machine
-from kiln.errors import BadInput, KilnError
+from kiln.errors import BadInput, KilnError, StoreError
 from kiln.home import Home
 from kiln.machines import config, health, nspawn, process, volumes
 from kiln.machines.contract import Contract, Health, from_config
 from kiln.machines.folder import Folder, Proc, State, claim, save
-from kiln.store.atomic import write_atomic
+from kiln.machines.image import BootImage, find
 
 BOOT_TIMEOUT = 60.0  # to systemd's 'running'; the health check has its own timeout
 LEADER_TIMEOUT = 15.0
@@ -97,10 +100,12 @@ def _check_bootable(layer_dirs: tuple[Path, ...], ref: str) -> None:
 
 
 def _write_config(folder: Folder, name: str, ref: str, values: config.Values) -> None:
-    write_atomic(folder.env_file, config.env_file(values).encode())
+    """Plain values only. Made fresh by each launch, read by nothing before the boot."""
+    folder.seed.mkdir(parents=True, exist_ok=True)
+    folder.env_file.write_text(config.env_file(values))
     instance = f"kiln-{name}-{secrets.token_hex(4)}"
-    write_atomic(folder.seed / "meta-data", config.meta_data(instance, name).encode())
-    write_atomic(folder.seed / "user-data", config.user_data(name, ref, values).encode())
+    (folder.seed / "meta-data").write_text(config.meta_data(instance, name))
+    (folder.seed / "user-data").write_text(config.user_data(name, ref, values))
 
 
 def _start(
@@ -160,30 +165,82 @@ def _stop_child(child: subprocess.Popen[bytes]) -> None:
             child.wait()
 
 
-def _record(catalog: Catalog, image_id: int, launched: Launched, throwaway: bool) -> None:
-    with catalog.session() as session:
-        stale = session.query(Machine).filter(
-            Machine.name == launched.name, Machine.removed.is_(None)
-        )
-        now = datetime.now(UTC)
-        for row in stale:  # its folder is gone: that machine is history
-            row.removed = now
-        session.add(
-            Machine(
-                name=launched.name,
-                image_id=image_id,
-                image_ref=launched.image,
-                digest=launched.digest,
-                folder=str(launched.folder.path),
-                created=now,
-                nspawn_pid=launched.state.nspawn.pid,
-                leader_pid=launched.state.leader.pid,
-                config=json.dumps(dict(launched.values.plain), sort_keys=True),
-                secret_keys=json.dumps(sorted(launched.values.secrets)),
-                volumes=json.dumps(launched.state.volumes, sort_keys=True),
-                throwaway=throwaway,
+class _Recorder(threading.Thread):
+    """The catalog's half of a launch, on its own thread while the machine boots.
+
+    It imports SQLAlchemy and the catalog first (the slow part), then waits to be told what
+    to record; the catalog must resolve the ref to the image the store gave. ``result()``
+    raises what went wrong, so the launch can be undone.
+    """
+
+    def __init__(self, home: Home, request: Request, image: BootImage) -> None:
+        super().__init__(name="catalog", daemon=True)
+        self.home, self.request, self.image = home, request, image
+        self.launched: Launched | None = None
+        self.error: BaseException | None = None
+        self._go = threading.Event()
+
+    def run(self) -> None:
+        try:
+            import kiln.catalog  # noqa: F401  (the import is what takes time)
+
+            self._go.wait()
+            if self.launched is not None:
+                _record(self.home, self.request, self.image, self.launched)
+        except BaseException as exc:  # handed to the main thread by result()
+            self.error = exc
+
+    def submit(self, launched: Launched) -> None:
+        self.launched = launched
+        self._go.set()
+
+    def cancel(self) -> None:
+        self._go.set()
+
+    def result(self) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _record(home: Home, request: Request, image: BootImage, launched: Launched) -> None:
+    """Check that the catalog resolves the ref to the image the store gave, then record."""
+    from sqlalchemy import select
+
+    from kiln.catalog import Catalog, Machine
+
+    catalog = Catalog(home.catalog_url)
+    try:
+        with catalog.session() as session:
+            row = catalog.resolve(session, request.ref)
+            if row.digest != image.digest:
+                raise StoreError(
+                    f"the catalog resolves {request.ref} to {row.ref} ({row.digest}), the store "
+                    f"to {image.ref} ({image.digest}); nothing was started",
+                    hint="run 'kiln fsck' to check the store and catalog",
+                )
+            now = datetime.now(UTC)
+            stale = select(Machine).where(Machine.name == launched.name, Machine.removed.is_(None))
+            for old in session.scalars(stale):  # its folder is gone: that machine is history
+                old.removed = now
+            session.add(
+                Machine(
+                    name=launched.name,
+                    image_id=row.id,
+                    image_ref=row.ref,
+                    digest=row.digest,
+                    folder=str(launched.folder.path),
+                    created=now,
+                    nspawn_pid=launched.state.nspawn.pid,
+                    leader_pid=launched.state.leader.pid,
+                    config=json.dumps(dict(launched.values.plain), sort_keys=True),
+                    secret_keys=json.dumps(sorted(launched.values.secrets)),
+                    volumes=json.dumps(launched.state.volumes, sort_keys=True),
+                    throwaway=request.throwaway,
+                )
             )
-        )
+    finally:
+        catalog.close()
 
 
 def _discard(folder: Folder) -> None:
@@ -205,66 +262,69 @@ def run(request: Request, home: Home | None = None) -> Launched:
     started = time.monotonic()
     home = home or Home.from_env()
     folder = Folder.of(home, request.name)
-    layout, catalog = open_store(home)
-    try:
-        with catalog.session() as session:
-            image = catalog.resolve(session, request.ref)
-            stored = load_image(home, layout, image)
-            image_id, ref, digest = image.id, image.ref, image.digest
-        contract = from_config(stored.config)
-        values = request.values or config.resolve(
-            ref, contract, request.sets, request.config_file, generate=request.generate
+    image = find(home, request.ref)
+    contract = from_config(image.config)
+    values = request.values or config.resolve(
+        image.ref, contract, request.sets, request.config_file, generate=request.generate
+    )
+    _check_bootable(image.layer_dirs, image.ref)
+    planned = volumes.plan(folder, contract.state, request.volumes)
+    claim(folder)
+    recorder = _Recorder(home, request, image)
+    recorder.start()
+    not_ready: health.NotReady | None = None
+    with ExitStack() as undo:
+        undo.callback(_discard, folder)
+        undo.callback(recorder.cancel)
+        Overlay(list(reversed(image.layer_dirs)), folder.upper, folder.work, folder.root).mount()
+        for volume in planned:
+            volumes.prepare(volume, folder.root)
+        _write_config(folder, request.name, image.ref, values)
+        binds = nspawn.config_binds(folder.env_file, folder.seed)
+        binds += nspawn.volume_binds({v.path: str(v.source) for v in planned})
+        if request.recipe_folder is not None:
+            binds += nspawn.tooling_binds(Path(sys.prefix), request.recipe_folder)
+        boot = nspawn.Boot(
+            folder.root,
+            request.name,
+            tuple(binds),
+            host_resolv_conf=request.recipe_folder is not None,
         )
-        _check_bootable(stored.layer_dirs, ref)
-        planned = volumes.plan(folder, contract.state, request.volumes)
-        claim(folder)
-        with ExitStack() as undo:
-            undo.callback(_discard, folder)
-            Overlay(
-                list(reversed(stored.layer_dirs)), folder.upper, folder.work, folder.root
-            ).mount()
-            for volume in planned:
-                volumes.prepare(volume, folder.root)
-            _write_config(folder, request.name, ref, values)
-            binds = nspawn.config_binds(folder.env_file, folder.seed)
-            binds += nspawn.volume_binds({v.path: str(v.source) for v in planned})
-            if request.recipe_folder is not None:
-                binds += nspawn.tooling_binds(Path(sys.prefix), request.recipe_folder)
-            boot = nspawn.Boot(
-                folder.root,
-                request.name,
-                tuple(binds),
-                host_resolv_conf=request.recipe_folder is not None,
-            )
-            child = _start(boot, folder.console, dict(values.secrets))
-            undo.callback(_stop_child, child)
-            leader = _find_leader(child, request.name, folder.console)
-            nspawn_proc = process.identify(child.pid)
-            if nspawn_proc is None:
-                raise KilnError(f"systemd-nspawn for {request.name} is gone")
-            state = State(
-                name=request.name,
-                image=ref,
-                digest=digest,
-                boot_id=process.boot_id(),
-                nspawn=nspawn_proc,
-                leader=leader,
-                volumes={v.path: str(v.source) for v in planned},
-                managed_volumes=[v.path for v in planned if v.managed],
-                tooling=request.recipe_folder is not None,
-                recipe_folder=str(request.recipe_folder or ""),
-                layers=[str(d) for d in stored.layer_dirs],
-            )
-            launched = Launched(request.name, ref, digest, folder, state, contract, values, started)
-            save(folder, state)
-            _record(catalog, image_id, launched, request.throwaway)
-            undo.pop_all()  # the machine exists now; kiln stop and kiln rm take it from here
+        child = _start(boot, folder.console, dict(values.secrets))
+        undo.callback(_stop_child, child)
+        leader = _find_leader(child, request.name, folder.console)
+        nspawn_proc = process.identify(child.pid)
+        if nspawn_proc is None:
+            raise KilnError(f"systemd-nspawn for {request.name} is gone")
+        state = State(
+            name=request.name,
+            image=image.ref,
+            digest=image.digest,
+            boot_id=process.boot_id(),
+            nspawn=nspawn_proc,
+            leader=leader,
+            volumes={v.path: str(v.source) for v in planned},
+            managed_volumes=[v.path for v in planned if v.managed],
+            tooling=request.recipe_folder is not None,
+            recipe_folder=str(request.recipe_folder or ""),
+            layers=[str(d) for d in image.layer_dirs],
+        )
+        launched = Launched(
+            request.name, image.ref, image.digest, folder, state, contract, values, started
+        )
+        save(folder, state)
         launched.seconds_to_start = time.monotonic() - started
+        recorder.submit(launched)
         if request.wait:
-            wait(launched, request.health or contract.health)
-        return launched
-    finally:
-        catalog.close()
+            try:
+                wait(launched, request.health or contract.health)
+            except health.NotReady as exc:
+                not_ready = exc  # the machine stays, for a look inside
+        recorder.result()  # the catalog refused the machine: undo it all
+        undo.pop_all()  # the machine exists now; kiln stop and kiln rm take it from here
+    if not_ready is not None:
+        raise not_ready
+    return launched
 
 
 def wait(launched: Launched, check: Health | None) -> None:

@@ -25,7 +25,7 @@ from kiln.catalog import Catalog, Image, TestRun
 from kiln.errors import BadInput, KilnError
 from kiln.home import Home
 from kiln.machines import converge, enter, health, launch, manage, provision
-from kiln.machines.contract import from_config, tests_from_config
+from kiln.machines.contract import commands_from_config, from_config
 from kiln.machines.converge import Change
 from kiln.recipe import RecipeFile, load_recipe
 
@@ -99,7 +99,7 @@ def _recipe_of(image: Image) -> RecipeFile:
 
 
 def _commands(image: Image, config: dict[str, Any]) -> tuple[str, ...]:
-    commands = tests_from_config(config)
+    commands = commands_from_config(config)
     if commands is None:  # baked before images carried their tests
         path = Path(image.recipe_path)
         if path.is_file() and load_recipe(path).digest == image.recipe_digest:
