@@ -8,6 +8,7 @@ packages of a lock, which makes a locked rebuild independent of the mirror.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -22,6 +23,18 @@ from kiln.errors import KilnError
 from kiln.recipe.lockfile import Deb
 
 CONTROL_FIELDS = "${Package}\t${Version}\t${Architecture}\n"
+
+
+def _moved(source: Path, target: Path) -> bool:
+    """Rename ``source`` to ``target``; False when they are on different file systems
+    (an overlay mount counts as one of its own)."""
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            return False
+        raise
+    return True
 
 
 def parse_filename(filename: str) -> tuple[str, str, str] | None:
@@ -46,8 +59,8 @@ class PackageCache:
     def add(
         self, source: Path, known: tuple[str, str, str] | None = None, move: bool = False
     ) -> Deb:
-        """Keep ``source`` in the cache; ``move`` renames it in (it must be on the same file
-        system and be the caller's to give away), else it is copied."""
+        """Keep ``source`` in the cache; ``move`` renames it in when it is the caller's to
+        give away and on the same file system (else, as without ``move``, it is copied)."""
         self.by_name.mkdir(parents=True, exist_ok=True)
         digest = file_sha256(source)
         if known is None:
@@ -60,9 +73,7 @@ class PackageCache:
         deb = Deb(name, arch, version, digest)
         target = self.path(digest)
         if not target.exists():
-            if move:
-                os.replace(source, target)
-            else:
+            if not (move and _moved(source, target)):
                 tmp = target.with_name(f".{target.name}.tmp")
                 shutil.copyfile(source, tmp)
                 os.replace(tmp, target)
@@ -75,8 +86,8 @@ class PackageCache:
         return deb
 
     def harvest(self, archives: Path) -> dict[tuple[str, str, str], Deb]:
-        """Move every .deb apt left in ``archives`` (a root's, or a download folder on the
-        store's file system) into the cache."""
+        """Move every .deb apt left in ``archives`` (a root's, or a download folder) into
+        the cache."""
         found: dict[tuple[str, str, str], Deb] = {}
         for path in sorted(archives.glob("*.deb")) if archives.is_dir() else []:
             deb = self.add(path, parse_filename(path.name), move=True)
