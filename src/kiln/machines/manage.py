@@ -164,9 +164,15 @@ def rm(name: str, home: Home | None = None, with_volumes: bool = False) -> Remov
     ``with_volumes`` (folders given with --volume are never removed)."""
     home = home or Home.from_env()
     folder = Folder.of(home, name)
-    known = bool(_rows(home, name))
-    if not folder.path.is_dir() and not known:
-        raise NotFound(f"no machine named {name}", hint="'kiln ps' lists the machines")
+    exists = folder.exists() or bool(_rows(home, name))
+    leftover = folder.volumes.is_dir() and with_volumes  # volumes kept by an earlier rm
+    if not exists and not leftover:
+        hint = "'kiln ps' lists the machines"
+        if folder.volumes.is_dir():
+            hint = (
+                f"its volumes are kept in {folder.volumes}; kiln rm --volumes {name} removes them"
+            )
+        raise NotFound(f"no machine named {name}", hint=hint)
     state = _state_or_none(folder) if folder.exists() else None
     was_running = halt(folder, state) if state is not None else False
     if state is None and folder.root.is_mount():
