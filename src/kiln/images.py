@@ -20,6 +20,8 @@ from kiln.catalog import Catalog, Image
 from kiln.catalog.machines import latest_test_runs
 from kiln.errors import NotFound
 from kiln.home import Home
+from kiln.recipe import lockfile
+from kiln.recipe.lockfile import Deb
 from kiln.store import export, fsck, tree
 from kiln.store.layout import Descriptor, Layout
 
@@ -77,7 +79,7 @@ def inspect(ref: str, home: Home | None = None) -> dict[str, Any]:
             "origin": image.origin,
             "created": image.created.isoformat(),
             "cache_key": image.cache_key,
-            "recipe": {"path": image.recipe_path, "digest": image.recipe_digest},
+            "recipe": {"path": image.recipe_path, "digest": f"sha256:{image.recipe_digest}"},
             "bake_seconds": round(image.seconds, 3),
             "labels": labels,
             "seal": json.loads(labels.get("org.kiln.seal", "[]")),
@@ -146,28 +148,21 @@ def diff(old_ref: str, new_ref: str, home: Home | None = None) -> dict[str, Any]
         old_dirs = load_image(store.home, store.layout, old).layer_dirs
         new_dirs = load_image(store.home, store.layout, new).layer_dirs
         files = tree.diff(old_dirs, new_dirs)
-        old_pkgs = {p.name: p.version for p in old.packages}
-        new_pkgs = {p.name: p.version for p in new.packages}
+        packages = lockfile.diff(_debs(old), _debs(new)).to_json()
         return {
             "old": old.ref,
             "new": new.ref,
             "files": {"added": files.added, "modified": files.modified, "deleted": files.deleted},
             "packages": {
-                "added": [
-                    {"name": n, "version": new_pkgs[n]}
-                    for n in sorted(new_pkgs.keys() - old_pkgs.keys())
-                ],
-                "removed": [
-                    {"name": n, "version": old_pkgs[n]}
-                    for n in sorted(old_pkgs.keys() - new_pkgs.keys())
-                ],
-                "changed": [
-                    {"name": n, "old": old_pkgs[n], "new": new_pkgs[n]}
-                    for n in sorted(old_pkgs.keys() & new_pkgs.keys())
-                    if old_pkgs[n] != new_pkgs[n]
-                ],
+                "added": packages["added"],
+                "removed": packages["removed"],
+                "changed": packages["upgraded"],
             },
         }
+
+
+def _debs(image: Image) -> list[Deb]:
+    return [Deb(p.name, p.architecture, p.version, p.sha256) for p in image.packages]
 
 
 def export_image(ref: str, kind: str, output: Path, home: Home | None = None) -> str:

@@ -1,7 +1,7 @@
 """One bake, as a straight pipeline over a BuildContext.
 
-    prepare_root -> install_packages -> run_steps -> enable_services -> record_packages
-    -> close_root -> capture_layer -> commit
+    prepare_root -> install_packages -> run_steps -> enable_services -> seal_root
+    -> record_packages -> close_root -> capture_layer -> commit
 
 Each stage decides for itself whether it applies. The build folder, the overlay mount and
 the half-made layer all hang off one ExitStack, so a failure leaves nothing behind in the

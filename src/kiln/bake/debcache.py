@@ -72,11 +72,10 @@ class PackageCache:
             name, version, arch = known
         deb = Deb(name, arch, version, digest)
         target = self.path(digest)
-        if not target.exists():
-            if not (move and _moved(source, target)):
-                tmp = target.with_name(f".{target.name}.tmp")
-                shutil.copyfile(source, tmp)
-                os.replace(tmp, target)
+        if not target.exists() and not (move and _moved(source, target)):
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
         link = self.by_name / deb.filename
         if not link.exists():
             tmp_link = link.with_name(f".{link.name}.tmp")

@@ -19,7 +19,7 @@ from kiln.bake.context import Options
 from kiln.bake.plan import parent_recipe, plan
 from kiln.bake.service import bake_one, open_store
 from kiln.catalog import Catalog
-from kiln.errors import KilnError
+from kiln.errors import KilnError, RecipeError
 from kiln.home import Home
 from kiln.recipe import RecipeFile, lockfile
 from kiln.recipe.lockfile import Deb, Lock, LockDiff
@@ -43,15 +43,16 @@ class LockResult:
             "packages": self.packages,
         }
         if self.diff is not None:
-            out["diff"] = {
-                "added": [{"name": d.name, "version": d.version} for d in self.diff.added],
-                "removed": [{"name": d.name, "version": d.version} for d in self.diff.removed],
-                "upgraded": [
-                    {"name": n.name, "old": o.version, "new": n.version}
-                    for o, n in self.diff.changed
-                ],
-            }
+            out["diff"] = self.diff.to_json()
         return out
+
+
+def _parent_digest(catalog: Catalog, recipe: RecipeFile, parent_ref: str | None) -> str | None:
+    ref = parent_ref or recipe.recipe.image.parent
+    if ref is None:
+        return None
+    with catalog.session() as session:
+        return catalog.resolve(session, ref).digest
 
 
 def _packages(catalog: Catalog, ref: str) -> list[Deb]:
@@ -97,12 +98,26 @@ def _lock_one(
     log: Callable[[str], None],
 ) -> LockResult:
     path = lockfile.lock_path(recipe.path)
-    old = lockfile.parse(path) if path.is_file() else None
+    old: Lock | None = None
+    if path.is_file():
+        try:
+            old = lockfile.parse(path)
+        except RecipeError:
+            if not update:
+                raise
+            log(f"{recipe.name}: {path.name} does not parse; resolving it anew")
     if old is not None and not update:
-        # Already locked: bake from it (a cache hit when nothing changed) so the children
-        # see the digest their own locks name.
-        result = bake_one(home, layout, catalog, recipe, parent_ref, options, log)
-        return LockResult(str(recipe.path), str(path), "current", len(old.packages), baked=[result])
+        why = lockfile.stale(
+            old, recipe.recipe.packages.apt, _parent_digest(catalog, recipe, parent_ref)
+        )
+        if why is None:
+            # Still fits: bake from it (a cache hit when nothing changed) so the children
+            # see the digest their own locks name.
+            result = bake_one(home, layout, catalog, recipe, parent_ref, options, log)
+            return LockResult(
+                str(recipe.path), str(path), "current", len(old.packages), baked=[result]
+            )
+        log(f"{recipe.name}: {path.name} is stale ({why})")
     log(f"{recipe.name}: resolving against the mirror")
     resolving = replace(options, ignore_lock=True, no_cache=True)
     resolved = bake_one(home, layout, catalog, recipe, parent_ref, resolving, log)

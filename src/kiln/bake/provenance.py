@@ -57,7 +57,10 @@ def statement(
                 "name": key,
                 "uri": f"file:{_input_path(context, key)}",
                 "digest": {"sha256": digest},
-                "annotations": {"kiln.digest": "tree" if key != "image.import" else "file"},
+                # a folder's digest is kiln's tree digest (names, modes, contents)
+                "annotations": {
+                    "kiln.digest": "tree" if key.endswith((".copy", ".ansible")) else "file"
+                },
             }
         )
     inherited = {deb.key for deb in context.parent_packages}

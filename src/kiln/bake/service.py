@@ -79,18 +79,22 @@ def bake_one(
                 Deb(p.name, p.architecture, p.version, p.sha256) for p in row.packages
             ]
         parent_digest = parent.manifest.digest if parent else None
-        if lock is not None and lock.parent != parent_digest:
+        why = (
+            None
+            if lock is None
+            else lockfile.stale(lock, recipe.recipe.packages.apt, parent_digest)
+        )
+        if why is not None:
             raise BadInput(
-                f"{lock_file} was made for parent {lock.parent or 'none'}, but the parent "
-                f"is now {parent_ref or ref} ({parent_digest})",
-                hint=f"re-resolve against the new parent: kiln lock --update {recipe.path}",
+                f"{lock_file} is stale: {why}",
+                hint=f"re-resolve it: kiln lock {recipe.path}",
             )
         spec = recipe.recipe.image.bootstrap
         key = cachekey.compute(
             recipe,
             parent_digest,
             use_lock=lock is not None,
-            sources=debian.sources(spec) if spec is not None else None,
+            sources=debian.sources(spec, options.mirror) if spec is not None else None,
         )
         hit = None if options.no_cache else catalog.by_cache_key(session, key)
         if hit is not None and layout.has_blob(hit.digest):

@@ -78,9 +78,8 @@ def lock(path: Path, update: bool, mirror: str | None, as_json: bool) -> None:
         print_json([r.to_json() for r in results])
         return
     for result in results:
-        console.print(
-            f"[bold]{result.state}[/] {result.lock} ({result.packages} packages)", highlight=False
-        )
+        count = f"{result.packages} package{'s' if result.packages != 1 else ''}"
+        console.print(f"[bold]{result.state}[/] {result.lock} ({count})", highlight=False)
         if result.diff is not None:
             for line in result.diff.lines():
                 console.print(f"  {escape(line)}", highlight=False)

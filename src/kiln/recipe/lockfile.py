@@ -120,6 +120,20 @@ def parse(path: Path) -> Lock:
     return Lock(parent, epoch, tuple(sorted(packages)))
 
 
+def stale(lock: Lock, packages: Iterable[str], parent_digest: str | None) -> str | None:
+    """Why ``lock`` no longer fits its recipe (its ``[packages] apt`` and its parent's
+    digest now), or None when it still does."""
+    if lock.parent != parent_digest:
+        return f"it was made for parent {lock.parent or 'none'}, the parent is now " + (
+            parent_digest or "none"
+        )
+    locked = {deb.name for deb in lock.packages}
+    missing = [p for p in packages if re.split(r"[:=]", p)[0] not in locked]
+    if missing:
+        return f"the recipe asks for {', '.join(missing)}, which the lock does not hold"
+    return None
+
+
 @dataclass(frozen=True)
 class LockDiff:
     added: list[Deb]
@@ -128,6 +142,19 @@ class LockDiff:
 
     def empty(self) -> bool:
         return not (self.added or self.removed or self.changed)
+
+    def to_json(self) -> dict[str, list[dict[str, str]]]:
+        def one(deb: Deb) -> dict[str, str]:
+            return {"name": deb.name, "architecture": deb.architecture, "version": deb.version}
+
+        return {
+            "added": [one(d) for d in self.added],
+            "removed": [one(d) for d in self.removed],
+            "upgraded": [
+                {"name": n.name, "architecture": n.architecture, "old": o.version, "new": n.version}
+                for o, n in self.changed
+            ],
+        }
 
     def lines(self) -> list[str]:
         out = [f"+ {d.name} {d.version} ({d.architecture})" for d in self.added]

@@ -26,7 +26,6 @@ APT_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?$"
 OWNER_RE = r"^[a-z0-9_][a-z0-9_-]*(:[a-z0-9_][a-z0-9_-]*)?$"
 UNIT_RE = re.compile(r"^[A-Za-z0-9@._:-]+$")
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
-SUITES = ("bookworm", "trixie", "sid", "bullseye", "testing", "stable", "unstable")
 
 
 class Model(BaseModel):

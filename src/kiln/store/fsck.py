@@ -78,9 +78,21 @@ def check(home: Home, layout: Layout, catalog: Catalog) -> Report:
         known = {image.ref for image in catalog.all_images(session)}
     for ref in sorted(refs.keys() - known):
         report.faults.append(f"index.json names {ref}, which the catalog does not know")
+    _check_package_cache(home, report)
     for leftover in sorted(home.builds.iterdir()) if home.builds.is_dir() else []:
         report.notes.append(f"leftover build folder {leftover} (a kept or interrupted bake)")
     return report
+
+
+def _check_package_cache(home: Home, report: Report) -> None:
+    """Each cached .deb must hash to its name: locked bakes trust the cache."""
+    for path in sorted(home.debs.glob("*.deb")) if home.debs.is_dir() else []:
+        actual = file_sha256(path)
+        if actual != path.stem:
+            report.faults.append(
+                f"cached package {path.name} is corrupt: its content hashes to {actual} "
+                "(delete it; the next locked bake fetches it again)"
+            )
 
 
 def _check_layout_files(layout: Layout, report: Report) -> None:

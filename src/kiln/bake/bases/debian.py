@@ -13,6 +13,7 @@ from pathlib import Path
 from kiln import proc
 from kiln.bake.bases.apt_sources import mirror_lines
 from kiln.bake.context import BuildContext
+from kiln.errors import BadInput
 from kiln.recipe.models import Bootstrap
 
 VERSION = 4
@@ -37,9 +38,15 @@ def mmdebstrap_argv(
     return [*argv, spec.debian, str(root), *mirrors]
 
 
-def sources(spec: Bootstrap) -> list[str]:
-    """The lines the image's sources.list holds: the recipe's mirror, else the host's."""
-    return mirror_lines(spec.debian, spec.mirror, spec.components)
+def sources(spec: Bootstrap, fallback: str | None = None) -> list[str]:
+    """The lines the image's sources.list holds: the recipe's mirror, else the host's
+    Debian sources; a host without any falls back to the mirror setting."""
+    try:
+        return mirror_lines(spec.debian, spec.mirror, spec.components)
+    except BadInput:
+        if fallback is None:
+            raise
+        return mirror_lines(spec.debian, fallback, spec.components)
 
 
 def fetch_sources(spec: Bootstrap, mirror: str | None) -> list[str]:
@@ -60,7 +67,7 @@ def bootstrap(context: BuildContext) -> None:
         env["SOURCE_DATE_EPOCH"] = str(context.source_date_epoch)
     listing = context.build_dir / "etc" / "sources.list"
     listing.parent.mkdir()
-    listing.write_text("\n".join(sources(spec)) + "\n")
+    listing.write_text("\n".join(sources(spec, context.options.mirror)) + "\n")
     fetch = fetch_sources(spec, context.options.mirror)
     keep_sources = f"--customize-hook=copy-in {listing} /etc/apt/"
     # dpkg's fsyncs buy nothing in a root that becomes one fsynced blob; it is ~13% faster
