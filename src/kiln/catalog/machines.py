@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from kiln.catalog.models import Base, Image
+
+
+def iso(moment: datetime | None) -> str | None:
+    """A time as the catalog shows it: UTC, to the second, without an offset (as images)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.replace(microsecond=0).isoformat()
 
 
 class Machine(Base):
@@ -68,7 +77,7 @@ class TestRun(Base):
     def to_json(self) -> dict[str, Any]:
         return {
             "machine": self.machine,
-            "started": self.started.isoformat(),
+            "started": iso(self.started),
             "ok": self.ok,
             "seconds": round(self.seconds, 3),
             "healthy_seconds": (

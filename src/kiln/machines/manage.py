@@ -23,6 +23,7 @@ from kiln import proc
 from kiln.bake.root import remove_tree
 from kiln.bake.service import open_store
 from kiln.catalog import Catalog, Machine
+from kiln.catalog.machines import iso
 from kiln.errors import KilnError, NotFound, StoreError
 from kiln.home import Home
 from kiln.machines import enter, process
@@ -76,9 +77,9 @@ def ps(home: Home | None = None, include_removed: bool = False) -> list[dict[str
                         "image": row.image_ref,
                         "digest": row.digest,
                         "state": status,
-                        "created": row.created.isoformat(),
-                        "stopped": row.stopped.isoformat() if row.stopped else None,
-                        "removed": row.removed.isoformat() if row.removed else None,
+                        "created": iso(row.created),
+                        "stopped": iso(row.stopped),
+                        "removed": iso(row.removed),
                         "nspawn_pid": row.nspawn_pid,
                         "leader_pid": row.leader_pid,
                         "folder": row.folder,

@@ -22,6 +22,7 @@ from typing import Any
 
 from kiln.bake.service import open_store
 from kiln.catalog import Catalog, Image, TestRun
+from kiln.catalog.machines import iso
 from kiln.errors import BadInput, KilnError
 from kiln.home import Home
 from kiln.machines import converge, enter, health, launch, manage, provision
@@ -68,7 +69,7 @@ class Report:
         return {
             "image": self.image,
             "machine": self.machine,
-            "started": self.started.isoformat(),
+            "started": iso(self.started),
             "ok": self.ok,
             "seconds": round(self.seconds, 3),
             "healthy_seconds": (
