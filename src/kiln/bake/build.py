@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from kiln import proc
-from kiln.bake import image, packages, provenance, sbom, seal, services, steps
+from kiln.bake import image, packages, seal, services, steps
 from kiln.bake.bases import debian, imported
 from kiln.bake.context import BuildContext
 from kiln.bake.root import Overlay, remove_tree
@@ -225,6 +225,9 @@ def _artefacts(
     stamped: datetime,
 ) -> list[tuple[Descriptor, Artefact]]:
     """Provenance and SBOM, stored as referrers of the image manifest."""
+    # cyclonedx is slow to import; a cache hit never needs it
+    from kiln.bake import provenance, sbom
+
     finished = datetime.now(UTC)
     documents = [
         (

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, event, func, inspect, select, text
+from sqlalchemy import (
+    Column,
+    Engine,
+    String,
+    Table,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kiln.catalog.models import Base, Image
@@ -25,15 +38,47 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.close()
 
 
+SCHEMA = Table("kiln_schema", Base.metadata, Column("fingerprint", String(64)))
+
+
+def schema_fingerprint() -> str:
+    parts = sorted(
+        f"{table.name}.{column.name}:{column.type}"
+        for table in Base.metadata.sorted_tables
+        if table is not SCHEMA
+        for column in table.columns
+    )
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
 class Catalog:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine: Engine = create_engine(url)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._ensure_schema()
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _ensure_schema(self) -> None:
+        """Create or upgrade the tables, unless the catalog already has this schema.
+
+        A fingerprint of every table and column is kept in the catalog, so a catalog that
+        is up to date costs one query to open, not an inspection of every table.
+        """
+        fingerprint = schema_fingerprint()
+        try:
+            with self.engine.connect() as connection:
+                stored = connection.execute(select(SCHEMA.c.fingerprint)).scalar()
+        except DBAPIError:
+            stored = None
+        if stored == fingerprint:
+            return
         Base.metadata.create_all(self.engine)
         self._add_missing_columns()
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        with self.engine.begin() as connection:
+            connection.execute(SCHEMA.delete())
+            connection.execute(SCHEMA.insert().values(fingerprint=fingerprint))
 
     def _add_missing_columns(self) -> None:
         """Bring an older catalog up to date: columns added since are added with defaults.
