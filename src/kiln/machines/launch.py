@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,6 @@ class Launched:
     seconds_to_start: float = 0.0
     running_seconds: float | None = None
     health: health.Result | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -204,7 +203,8 @@ class _Recorder(threading.Thread):
 
 
 def _record(home: Home, request: Request, image: BootImage, launched: Launched) -> None:
-    """Check that the catalog resolves the ref to the image the store gave, then record."""
+    """Check that the catalog has the image the store gave (same version, same digest, in
+    good standing), then record the machine."""
     from sqlalchemy import select
 
     from kiln.catalog import Catalog, Machine
@@ -212,11 +212,11 @@ def _record(home: Home, request: Request, image: BootImage, launched: Launched) 
     catalog = Catalog(home.catalog_url)
     try:
         with catalog.session() as session:
-            row = catalog.resolve(session, request.ref)
+            row = catalog.resolve(session, image.ref)
             if row.digest != image.digest:
                 raise StoreError(
-                    f"the catalog resolves {request.ref} to {row.ref} ({row.digest}), the store "
-                    f"to {image.ref} ({image.digest}); nothing was started",
+                    f"the catalog has {row.ref} as {row.digest}, the store as {image.digest}; "
+                    f"machine {launched.name} was stopped and removed again",
                     hint="run 'kiln fsck' to check the store and catalog",
                 )
             now = datetime.now(UTC)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,10 +22,9 @@ from sqlalchemy import select
 
 from kiln import proc
 from kiln.bake.root import remove_tree
-from kiln.bake.service import open_store
 from kiln.catalog import Catalog, Machine
 from kiln.catalog.machines import iso
-from kiln.errors import KilnError, NotFound, StoreError
+from kiln.errors import KilnError, NotFound
 from kiln.home import Home
 from kiln.machines import enter, process
 from kiln.machines.folder import Folder, State, load
@@ -38,8 +38,8 @@ class NotRunning(KilnError):
 
 
 def _catalog(home: Home) -> Catalog:
-    _layout, catalog = open_store(home)
-    return catalog
+    home.ensure()
+    return Catalog(home.catalog_url)
 
 
 def running(state: State) -> bool:
@@ -49,7 +49,7 @@ def running(state: State) -> bool:
 def _state_or_none(folder: Folder) -> State | None:
     try:
         return load(folder)
-    except (NotFound, StoreError, KilnError):
+    except KilnError:  # a launch that did not finish, or a damaged state file
         return None
 
 
@@ -196,6 +196,8 @@ def rm(name: str, home: Home | None = None, with_volumes: bool = False) -> Remov
         for path, source in sorted(state.volumes.items()):
             if path not in state.managed_volumes or not with_volumes:
                 kept.append(source)
+    elif folder.volumes.is_dir():
+        kept = sorted(str(p) for p in folder.volumes.iterdir())
     _mark(home, name, removed=datetime.now(UTC))
     return Removed(name, was_running, kept, removed_volumes)
 
@@ -258,6 +260,7 @@ def logs(
             enter.replace_process(state.leader.pid, ["journalctl", *options], {})
         journal = folder.upper / "var/log/journal"
         if journal.is_dir():
-            os.execv("/usr/bin/journalctl", ["journalctl", f"--directory={journal}", *options])
+            journalctl = shutil.which("journalctl") or "/usr/bin/journalctl"
+            os.execv(journalctl, ["journalctl", f"--directory={journal}", *options])
     text = folder.console.read_text(errors="replace") if folder.console.exists() else ""
     return proc.tail(text, lines) if lines is not None else text

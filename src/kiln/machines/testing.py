@@ -101,12 +101,13 @@ def _recipe_of(image: Image) -> RecipeFile:
 
 def _commands(image: Image, config: dict[str, Any]) -> tuple[str, ...]:
     commands = commands_from_config(config)
-    if commands is None:  # baked before images carried their tests
-        path = Path(image.recipe_path)
-        if path.is_file() and load_recipe(path).digest == image.recipe_digest:
-            return load_recipe(path).recipe.tests.commands
-        return ()
-    return commands
+    if commands is not None:
+        return commands
+    path = Path(image.recipe_path)  # baked before images carried their tests
+    recipe = load_recipe(path) if path.is_file() else None
+    if recipe is not None and recipe.digest == image.recipe_digest:
+        return recipe.recipe.tests.commands
+    return ()
 
 
 def _machine_name(image: Image) -> str:
@@ -202,7 +203,13 @@ def run(
             throwaway=True,
             recipe_folder=recipe.folder if recipe else None,
         )
-        launched = launch.run(request, home)
+        try:
+            launched = launch.run(request, home)
+        except BadInput:
+            raise  # config that breaks the contract: nothing was started, nothing to record
+        except KilnError as exc:  # the machine did not boot: a failed test run
+            report.error = exc.message
+            return _finish(catalog, image_id, report, started)
         try:
             try:
                 log("waiting for health")
@@ -220,11 +227,15 @@ def run(
         finally:
             log(f"removing {report.machine}")
             manage.rm(report.machine, home, with_volumes=True)
-        report.seconds = time.monotonic() - started
-        report.ok = (
-            not report.error and all(r.ok for r in report.results) and report.converge is not False
-        )
-        _record(catalog, image_id, report)
-        return report
+        return _finish(catalog, image_id, report, started)
     finally:
         catalog.close()
+
+
+def _finish(catalog: Catalog, image_id: int, report: Report, started: float) -> Report:
+    report.seconds = time.monotonic() - started
+    report.ok = (
+        not report.error and all(r.ok for r in report.results) and report.converge is not False
+    )
+    _record(catalog, image_id, report)
+    return report
