@@ -117,10 +117,15 @@ def check_once(leader: int, health: Health, timeout: float) -> tuple[bool, str]:
     return result.returncode == 0, detail
 
 
+def check_tools(health: Health | None) -> None:
+    """Before a launch that will wait: what the check needs on the host is there."""
+    if health is not None and health.http is not None and shutil.which("curl") is None:
+        raise BadInput("the http health check needs curl on the host", hint="run scripts/setup")
+
+
 def wait_healthy(state: State, health: Health, console: Path, started: float) -> Result:
     """Poll the check until it passes or the contract's timeout has passed."""
-    if health.http is not None and shutil.which("curl") is None:
-        raise BadInput("the http health check needs curl on the host", hint="run scripts/setup")
+    check_tools(health)
     deadline = time.monotonic() + health.timeout
     attempts = 0
     while True:

@@ -269,6 +269,8 @@ def run(request: Request, home: Home | None = None) -> Launched:
     )
     _check_bootable(image.layer_dirs, image.ref)
     planned = volumes.plan(folder, contract.state, request.volumes)
+    if request.wait:
+        health.check_tools(request.health or contract.health)
     claim(folder)
     recorder = _Recorder(home, request, image)
     recorder.start()

@@ -191,6 +191,7 @@ def run(
             commands = _commands(image, config)
             recipe = _recipe_of(image) if check_convergence else None
         contract = from_config(config)
+        health.check_tools(contract.health)
         report = Report(image_ref, machine, datetime.now(UTC))
         started = time.monotonic()
         log(f"booting {report.machine}")
