@@ -92,3 +92,22 @@ def output(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> str:
     if result.returncode != 0:
         raise CommandError(argv, result.returncode, result.stderr.decode(errors="replace"))
     return result.stdout.decode()
+
+
+def spawn_detached(
+    argv: Sequence[str], log: Path, pass_fds: Sequence[int] = ()
+) -> subprocess.Popen[bytes]:
+    """Start a long-lived process in a session of its own, output appended to ``log``.
+
+    It outlives kiln (a machine's nspawn); the caller keeps the Popen to watch its start.
+    """
+    with log.open("ab") as output:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=environment(),
+            start_new_session=True,
+            pass_fds=list(pass_fds),
+        )

@@ -1,8 +1,9 @@
 """The one way to run a command inside a root: systemd-nspawn.
 
 A :class:`Sandbox` is a value: the root, binds and environment. Build steps use
-:meth:`Sandbox.run`; machines (later) boot the same root with systemd as PID 1.
-The host has no system bus, so containers are never registered with machined.
+:meth:`Sandbox.run`; machines boot a root with systemd as PID 1 from :class:`Boot`'s
+command line. The host has no system bus, so containers are never registered with
+machined (``--keep-unit --register=no``).
 """
 
 from __future__ import annotations
@@ -70,3 +71,40 @@ class Sandbox:
     ) -> str:
         result = proc.run(self.argv(command, env=env), capture=capture)
         return result.stdout.decode(errors="replace") if result.stdout else ""
+
+
+@dataclass(frozen=True)
+class Boot:
+    root: Path
+    name: str
+    binds: tuple[Bind, ...] = ()
+    credentials: Mapping[str, int] = field(default_factory=dict)  # id -> readable fd
+    private_network: bool = True
+    host_resolv_conf: bool = False  # steps reach the package mirror as in a bake
+
+    def argv(self) -> list[str]:
+        """Boot with a private network (loopback only) by default; the console goes to
+        nspawn's output; secrets arrive as credentials read from file descriptors kiln
+        passes in, so they never touch a file system."""
+        out = [
+            "systemd-nspawn",
+            "--quiet",
+            "--keep-unit",
+            "--register=no",
+            "--boot",
+            f"--directory={self.root}",
+            f"--machine={self.name}",
+            f"--hostname={self.name}",
+            "--link-journal=no",
+            "--timezone=off",
+            "--console=read-only",
+            "--kill-signal=SIGRTMIN+4",
+            f"--resolv-conf={'bind-host' if self.host_resolv_conf else 'off'}",
+        ]
+        if self.private_network:
+            out.append("--private-network")
+        out += [bind.option() for bind in self.binds]
+        out += [
+            f"--load-credential={cid}:/proc/self/fd/{fd}" for cid, fd in self.credentials.items()
+        ]
+        return out

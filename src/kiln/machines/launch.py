@@ -37,6 +37,7 @@ from kiln.machines import config, health, nspawn, process, volumes
 from kiln.machines.contract import Contract, Health, from_config
 from kiln.machines.folder import Folder, Proc, State, claim, save
 from kiln.machines.image import BootImage, find
+from kiln.sandbox import Boot
 
 BOOT_TIMEOUT = 60.0  # to systemd's 'running'; the health check has its own timeout
 LEADER_TIMEOUT = 15.0
@@ -107,23 +108,12 @@ def _write_config(folder: Folder, name: str, ref: str, values: config.Values) ->
     (folder.seed / "user-data").write_text(config.user_data(name, ref, values))
 
 
-def _start(
-    boot: nspawn.Boot, console: Path, secret_values: dict[str, str]
-) -> subprocess.Popen[bytes]:
+def _start(boot: Boot, console: Path, secret_values: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start nspawn detached (its own session); hand each secret over a pipe, never a file."""
     pipes = {key: os.pipe() for key in secret_values}
     boot = dataclasses.replace(boot, credentials={key: r for key, (r, _w) in pipes.items()})
     try:
-        with console.open("ab") as log:
-            child = subprocess.Popen(
-                boot.argv(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=proc.environment(),
-                start_new_session=True,
-                pass_fds=[r for r, _w in pipes.values()],
-            )
+        child = proc.spawn_detached(boot.argv(), console, pass_fds=[r for r, _w in pipes.values()])
     finally:
         for r, _w in pipes.values():
             os.close(r)
@@ -286,7 +276,7 @@ def run(request: Request, home: Home | None = None) -> Launched:
         binds += nspawn.volume_binds({v.path: str(v.source) for v in planned})
         if request.recipe_folder is not None:
             binds += nspawn.tooling_binds(Path(sys.prefix), request.recipe_folder)
-        boot = nspawn.Boot(
+        boot = Boot(
             folder.root,
             request.name,
             tuple(binds),

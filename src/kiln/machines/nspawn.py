@@ -1,16 +1,11 @@
-"""The systemd-nspawn command line that boots a machine with systemd as PID 1.
+"""What a machine's nspawn gets bound in: config, NoCloud seed, volumes, tooling.
 
-The host has no system bus, so the machine is never registered with machined
-(``--keep-unit --register=no``). By default it gets a private network (loopback only);
-the console goes to nspawn's output, which kiln sends to the machine's console log.
-Secrets arrive as credentials read from file descriptors kiln passes to nspawn, so they
-are never written to any file system.
+The command line itself is kiln.sandbox.Boot, beside the one for build steps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.sandbox import Bind
@@ -18,40 +13,6 @@ from kiln.sandbox import Bind
 ENV_TARGET = "/run/kiln/config.env"
 SEED_TARGET = "/var/lib/cloud/seed/nocloud"
 RECIPE_TARGET = "/run/kiln/recipe"  # the recipe's folder, for steps applied to a machine
-
-
-@dataclass(frozen=True)
-class Boot:
-    root: Path
-    name: str
-    binds: tuple[Bind, ...] = ()
-    credentials: Mapping[str, int] = field(default_factory=dict)  # id -> readable fd
-    private_network: bool = True
-    host_resolv_conf: bool = False  # steps reach the package mirror as in a bake
-
-    def argv(self) -> list[str]:
-        out = [
-            "systemd-nspawn",
-            "--quiet",
-            "--keep-unit",
-            "--register=no",
-            "--boot",
-            f"--directory={self.root}",
-            f"--machine={self.name}",
-            f"--hostname={self.name}",
-            "--link-journal=no",
-            "--timezone=off",
-            "--console=read-only",
-            "--kill-signal=SIGRTMIN+4",
-            f"--resolv-conf={'bind-host' if self.host_resolv_conf else 'off'}",
-        ]
-        if self.private_network:
-            out.append("--private-network")
-        out += [bind.option() for bind in self.binds]
-        out += [
-            f"--load-credential={cid}:/proc/self/fd/{fd}" for cid, fd in self.credentials.items()
-        ]
-        return out
 
 
 def config_binds(env_file: Path, seed: Path) -> list[Bind]:
