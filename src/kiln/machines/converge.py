@@ -12,7 +12,6 @@ The second snapshot re-hashes only files whose inode, size, mtime or ctime moved
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
 import stat
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.bake.seal import RULES
+from kiln.digests import file_sha256
 
 VOLATILE = (
     "/proc",
@@ -72,14 +72,6 @@ class Skip:
         return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.patterns)
 
 
-def _digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _entry(full: str, st: os.stat_result, previous: tuple[Entry, StatKey] | None) -> Entry:
     mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
     if stat.S_ISLNK(st.st_mode):
@@ -91,7 +83,7 @@ def _entry(full: str, st: os.stat_result, previous: tuple[Entry, StatKey] | None
         if previous is not None and previous[1] == key and previous[0].kind == "file":
             content = previous[0].content
         else:
-            content = _digest(full)
+            content = file_sha256(Path(full))
         return Entry("file", mode, uid, gid, content)
     return Entry("other", st.st_mode, uid, gid, str(st.st_rdev))
 

@@ -13,9 +13,7 @@ binds both). ``copy`` writes through the machine's overlay mount, like the bake'
 
 from __future__ import annotations
 
-import json
 import shlex
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from kiln import proc
 from kiln.bake import steps as bake_steps
 from kiln.bake.context import BuildContext, Options
 from kiln.bake.packages import APT_OPTIONS
-from kiln.bake.steps.ansible import ANSIBLE_HOME
+from kiln.bake.steps import ansible
 from kiln.catalog import Catalog
 from kiln.errors import KilnError, StepFailed
 from kiln.home import Home
@@ -33,16 +31,6 @@ from kiln.machines.nspawn import RECIPE_TARGET
 from kiln.recipe import AnsibleStep, CopyStep, RecipeFile, RunStep
 from kiln.sandbox import BUILD_ENV
 from kiln.store.layout import Layout
-
-ANSIBLE_ENV = {
-    "ANSIBLE_HOME": ANSIBLE_HOME,
-    "ANSIBLE_LOCAL_TEMP": f"{ANSIBLE_HOME}/tmp",
-    "ANSIBLE_REMOTE_TEMP": f"{ANSIBLE_HOME}/tmp",
-    "ANSIBLE_NOCOLOR": "1",
-    "ANSIBLE_RETRY_FILES_ENABLED": "0",
-    "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
-    "PYTHONDONTWRITEBYTECODE": "1",
-}
 
 
 def _inside(state: State, command: list[str], env: dict[str, str] | None = None) -> str:
@@ -62,19 +50,10 @@ def _ansible(state: State, recipe: RecipeFile, step: AnsibleStep) -> None:
             f"machine {state.name} was not launched with {recipe.folder} bound in",
             hint="kiln test --converge launches its machine so; a plain kiln run does not",
         )
-    command = [
-        str(Path(sys.prefix) / "bin" / "ansible-playbook"),
-        "-c",
-        "local",
-        "-i",
-        "localhost,",
-        "--limit",
-        "localhost",
-        f"{RECIPE_TARGET}/{playbook.relative_to(recipe.folder)}",
-    ]
-    if step.extra_vars:
-        command += ["--extra-vars", json.dumps(step.extra_vars, sort_keys=True)]
-    _inside(state, command, ANSIBLE_ENV)
+    command = ansible.playbook_command(
+        f"{RECIPE_TARGET}/{playbook.relative_to(recipe.folder)}", step.extra_vars
+    )
+    _inside(state, command, ansible.ENV)
 
 
 def _copy_context(home: Home, catalog: Catalog, folder: Folder, recipe: RecipeFile) -> BuildContext:

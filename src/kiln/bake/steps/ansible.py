@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from kiln.bake.context import BuildContext
 from kiln.errors import BadInput
@@ -20,6 +21,35 @@ from kiln.sandbox import Bind
 VERSION = 1
 PLAYBOOKS = "/run/kiln/ansible"
 ANSIBLE_HOME = "/run/kiln/ansible-home"
+
+
+ENV = {
+    "ANSIBLE_HOME": ANSIBLE_HOME,
+    "ANSIBLE_LOCAL_TEMP": f"{ANSIBLE_HOME}/tmp",
+    "ANSIBLE_REMOTE_TEMP": f"{ANSIBLE_HOME}/tmp",
+    "ANSIBLE_NOCOLOR": "1",
+    "ANSIBLE_RETRY_FILES_ENABLED": "0",
+    "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
+
+
+def playbook_command(playbook: str, extra_vars: dict[str, Any]) -> list[str]:
+    """ansible-playbook from kiln's venv against the root it runs in (``playbook`` is the
+    path inside); used for bakes and for re-applying steps to a machine."""
+    command = [
+        str(Path(sys.prefix) / "bin" / "ansible-playbook"),
+        "-c",
+        "local",
+        "-i",
+        "localhost,",
+        "--limit",
+        "localhost",
+        playbook,
+    ]
+    if extra_vars:
+        command += ["--extra-vars", json.dumps(extra_vars, sort_keys=True)]
+    return command
 
 
 def apply(context: BuildContext, step: AnsibleStep, index: int) -> None:
@@ -36,26 +66,6 @@ def apply(context: BuildContext, step: AnsibleStep, index: int) -> None:
             f"steps[{index}]: the ansible step needs python3 in the image",
             hint="add python3 to [packages] apt (modules run with the image's own python)",
         )
-    env = {
-        "ANSIBLE_HOME": ANSIBLE_HOME,
-        "ANSIBLE_LOCAL_TEMP": f"{ANSIBLE_HOME}/tmp",
-        "ANSIBLE_REMOTE_TEMP": f"{ANSIBLE_HOME}/tmp",
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_RETRY_FILES_ENABLED": "0",
-        "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    command = [
-        str(controller),
-        "-c",
-        "local",
-        "-i",
-        "localhost,",
-        "--limit",
-        "localhost",
-        f"{PLAYBOOKS}/{playbook.name}",
-    ]
-    if step.extra_vars:
-        command += ["--extra-vars", json.dumps(step.extra_vars, sort_keys=True)]
+    command = playbook_command(f"{PLAYBOOKS}/{playbook.name}", step.extra_vars)
     sandbox = context.sandbox.with_binds(Bind(venv, str(venv)), Bind(playbook.parent, PLAYBOOKS))
-    sandbox.run(command, env=env)
+    sandbox.run(command, env=ENV)
