@@ -46,10 +46,12 @@ class Problem:
 class RecipeError(BadInput):
     """A recipe failed validation; carries every problem found, not just the first."""
 
-    def __init__(self, problems: Sequence[Problem], hint: str | None = None) -> None:
+    def __init__(
+        self, problems: Sequence[Problem], hint: str | None = None, what: str = "recipe"
+    ) -> None:
         self.problems = list(problems)
         count = len(self.problems)
-        head = f"recipe has {count} problem{'s' if count != 1 else ''}"
+        head = f"{what} has {count} problem{'s' if count != 1 else ''}"
         super().__init__(head + "\n" + "\n".join(f"  {p}" for p in self.problems), hint)
 
 

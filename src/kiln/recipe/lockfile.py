@@ -115,7 +115,9 @@ def parse(path: Path) -> Lock:
     if epoch is None:
         problem(0, "the lock has no source-date-epoch line")
     if problems:
-        raise RecipeError(problems, hint=f"regenerate it: kiln lock --update {path.name[:-5]}")
+        raise RecipeError(
+            problems, hint=f"regenerate it: kiln lock --update {path.name[:-5]}", what="lock file"
+        )
     assert epoch is not None
     return Lock(parent, epoch, tuple(sorted(packages)))
 
