@@ -3,9 +3,9 @@
     prepare_root -> install_packages -> run_steps -> enable_services -> seal_root
     -> record_packages -> close_root -> capture_layer -> commit
 
-Each stage decides for itself whether it applies. The build folder, the overlay mount and
-the half-made layer all hang off one ExitStack, so a failure leaves nothing behind in the
-store or catalog (or keeps the root on purpose with --on-error=keep).
+Each stage decides for itself whether it applies. The build folder and the overlay mount
+belong to one context manager, so a failure leaves nothing behind in the store or catalog
+(or keeps the root on purpose with --on-error=keep).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shlex
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -59,7 +58,7 @@ class BakeResult:
         }
 
 
-def prepare_root(context: BuildContext, stack: ExitStack) -> None:
+def prepare_root(context: BuildContext) -> None:
     origin = context.recipe.recipe.image.origin
     if context.parent is not None:
         overlay = Overlay(
@@ -68,7 +67,7 @@ def prepare_root(context: BuildContext, stack: ExitStack) -> None:
             work=context.build_dir / "work",
             target=context.root,
         )
-        context.overlay = overlay  # unmounted by _cleanup, or kept mounted for --on-error=keep
+        context.overlay = overlay  # unmounted by _BuildFolder, or kept mounted for --on-error=keep
         overlay.mount()
         context.layer_source = overlay.upper
     elif origin == "bootstrap":
@@ -83,13 +82,13 @@ def prepare_root(context: BuildContext, stack: ExitStack) -> None:
     ]
 
 
-def install_packages(context: BuildContext, stack: ExitStack) -> None:
+def install_packages(context: BuildContext) -> None:
     if context.recipe.recipe.image.origin == "bootstrap":
         return  # mmdebstrap installed them with the base
     packages.install(context, context.recipe.recipe.packages.apt)
 
 
-def run_steps(context: BuildContext, stack: ExitStack) -> None:
+def run_steps(context: BuildContext) -> None:
     for index, step in enumerate(context.recipe.recipe.steps):
         kind = steps.REGISTRY[type(step)][0]
         where = context.recipe.where("steps", index)
@@ -112,20 +111,20 @@ def run_steps(context: BuildContext, stack: ExitStack) -> None:
             raise StepFailed(f"{where}: steps[{index}] ({kind}): {exc}") from None
 
 
-def enable_services(context: BuildContext, stack: ExitStack) -> None:
+def enable_services(context: BuildContext) -> None:
     services.apply(context)
 
 
-def seal_root(context: BuildContext, stack: ExitStack) -> None:
+def seal_root(context: BuildContext) -> None:
     context.seal_checks = seal.seal(context)
 
 
-def record_packages(context: BuildContext, stack: ExitStack) -> None:
+def record_packages(context: BuildContext) -> None:
     packages.record(context)
     packages.verify_lock(context)
 
 
-def close_root(context: BuildContext, stack: ExitStack) -> None:
+def close_root(context: BuildContext) -> None:
     """Remove files nspawn made only to mount on, then unmount the overlay."""
     for rel in context.created_mount_points:
         path = context.root / rel
@@ -150,12 +149,11 @@ def bake(context: BuildContext) -> BakeResult:
     started = time.monotonic()
     stages: dict[str, float] = {}
     context.build_dir.mkdir(parents=True)
-    with ExitStack() as stack:
-        keep = stack.enter_context(_cleanup(context))
+    with _BuildFolder(context) as folder:
         for stage in STAGES:
             begin = time.monotonic()
             context.log(stage.__name__.replace("_", " "))
-            stage(context, stack)
+            stage(context)
             stages[stage.__name__] = time.monotonic() - begin
         begin = time.monotonic()
         context.log("capture layer")
@@ -171,20 +169,20 @@ def bake(context: BuildContext) -> BakeResult:
         begin = time.monotonic()
         result = commit(context, captured.descriptor, time.monotonic() - started)
         stages["commit"] = time.monotonic() - begin
-        keep.success = True
+        folder.success = True
     result.stages = stages
     result.seconds = time.monotonic() - started
     return result
 
 
-class _cleanup:
-    """Remove the build folder at the end; on failure keep it if asked to."""
+class _BuildFolder:
+    """Unmount and remove the build folder at the end; on failure keep it if asked to."""
 
     def __init__(self, context: BuildContext) -> None:
         self.context = context
         self.success = False
 
-    def __enter__(self) -> _cleanup:
+    def __enter__(self) -> _BuildFolder:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
