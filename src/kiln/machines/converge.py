@@ -21,6 +21,7 @@ from typing import Any
 
 from kiln.bake.seal import RULES
 from kiln.digests import file_sha256
+from kiln.store.tree import Entry
 
 VOLATILE = (
     "/proc",
@@ -36,18 +37,6 @@ VOLATILE = (
     "/var/lib/cloud",
     "/root/.ansible",
 )
-
-
-@dataclass(frozen=True)
-class Entry:
-    kind: str  # file | dir | link | other
-    mode: int
-    uid: int
-    gid: int
-    content: str  # sha256 of a file, target of a link, device number of the rest
-
-    def describe(self) -> str:
-        return f"{self.kind} {self.mode:04o} {self.uid}:{self.gid}"
 
 
 StatKey = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns

@@ -7,13 +7,13 @@ diff only reads (and hashes) files that come from different layers.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kiln.digests import file_sha256
 from kiln.store.whiteout import OPAQUE_XATTR
 
 
@@ -62,29 +62,28 @@ def _drop_below(merged: dict[str, Path], dirs: set[str], rel: str) -> None:
 
 @dataclass(frozen=True)
 class Entry:
+    """What a path is, for comparing two trees (kiln diff, the convergence check)."""
+
     kind: str  # file | dir | link | other
     mode: int
     uid: int
     gid: int
-    size: int
-    target: str = ""  # link target
-    digest: str = ""  # content sha256 for files
+    content: str  # sha256 of a file, target of a link, device number of the rest
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.mode:04o} {self.uid}:{self.gid}"
 
 
 def entry(path: Path) -> Entry:
     st = os.lstat(path)
     mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
     if stat.S_ISLNK(st.st_mode):
-        return Entry("link", mode, uid, gid, 0, target=os.readlink(path))
+        return Entry("link", mode, uid, gid, os.readlink(path))
     if stat.S_ISDIR(st.st_mode):
-        return Entry("dir", mode, uid, gid, 0)
+        return Entry("dir", mode, uid, gid, "")
     if stat.S_ISREG(st.st_mode):
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-        return Entry("file", mode, uid, gid, st.st_size, digest=digest.hexdigest())
-    return Entry("other", mode, uid, gid, 0, target=str(st.st_rdev))
+        return Entry("file", mode, uid, gid, file_sha256(path))
+    return Entry("other", mode, uid, gid, str(st.st_rdev))
 
 
 @dataclass
