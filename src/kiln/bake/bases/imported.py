@@ -10,7 +10,7 @@ from typing import Any
 
 from kiln import proc
 from kiln.errors import BadInput
-from kiln.store.layer import apply_tar
+from kiln.store.apply import apply_tar
 
 VERSION = 1
 
