@@ -252,7 +252,7 @@ def test_unpack_gives_back_the_overlay_form(tmp_path: Path, layout: Layout) -> N
     lower = lower_for(tmp_path)
     captured = layer.capture(layout, tmp_path / "tmp", upper, lowers=[lower])
     dest = tmp_path / "unpacked"
-    layer.unpack(layout, captured.diff_id, dest)
+    layer.unpack(layout, captured.descriptor, dest, "the test layer")
 
     expected = snapshot(upper)
     # an opaque marker on a folder no lower has is dropped at capture: it hides nothing

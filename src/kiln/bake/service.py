@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from kiln.errors import BadInput
 from kiln.home import Home
 from kiln.recipe import RecipeFile, lockfile
 from kiln.recipe.lockfile import Deb
-from kiln.store import layer as layers
+from kiln.store import unpacked
 from kiln.store.layout import Descriptor, Layout
 
 
@@ -43,14 +42,14 @@ def load_image(home: Home, layout: Layout, image: Image) -> StoredImage:
     )
     manifest_json = layout.read_json(image.digest)
     config = layout.read_json(manifest_json["config"]["digest"])
-    dirs = []
-    for blob, diff_id in zip(manifest_json["layers"], config["rootfs"]["diff_ids"], strict=True):
-        target = layer_dir(home, diff_id)
-        if not target.is_dir():
-            tmp = home.tmp / f"unpack-{secrets.token_hex(6)}"
-            layers.unpack(layout, blob["digest"], tmp)
-            os.replace(tmp, target)
-        dirs.append(target)
+    dirs = [
+        unpacked.ensure(
+            home, layout, Descriptor.from_json(blob), diff_id, f"{image.ref} layer {number}"
+        )
+        for number, (blob, diff_id) in enumerate(
+            zip(manifest_json["layers"], config["rootfs"]["diff_ids"], strict=True)
+        )
+    ]
     return StoredImage(
         ref=image.ref, catalog_id=image.id, manifest=manifest, config=config, layer_dirs=tuple(dirs)
     )

@@ -3,22 +3,22 @@
 ``kiln run`` is on the clock (time to healthy includes kiln's own start), so the image
 is looked up in the OCI layout, which is plain JSON, while the catalog and SQLAlchemy load
 on another thread; the launch checks the catalog agrees before it records the machine.
-Layers are the ones unpacked at bake time under ``layers/<diff-id hex>``; one that is
-missing (a store that only has blobs) is unpacked once, the same way the bake does it.
+Layers come from the store's unpacked-layer cache (``kiln.store.unpacked``), the same one
+bakes use: each blob is checked to be there at its size before the machine boots from its
+unpacked copy, and a layer not unpacked yet is unpacked and verified first.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kiln.errors import BadInput, NotFound
 from kiln.home import Home
-from kiln.store.layout import Layout
+from kiln.store import unpacked
+from kiln.store.layout import Descriptor, Layout
 
 REF_RE = re.compile(
     r"^(?P<name>[a-z0-9][a-z0-9._-]*)(?::(?P<version>[0-9]+|latest)|@(?P<digest>sha256:[0-9a-f]{64}))?$"
@@ -63,25 +63,15 @@ def _pick(layout: Layout, ref: str) -> tuple[str, str]:
     return tag, found
 
 
-def _layer_dir(home: Home, layout: Layout, blob: str, diff_id: str) -> Path:
-    target = home.layers / diff_id.split(":", 1)[1]
-    if not target.is_dir():
-        from kiln.store import layer  # rare: only a store whose layers were never unpacked
-
-        tmp = home.tmp / f"unpack-{secrets.token_hex(6)}"
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        layer.unpack(layout, blob, tmp)
-        os.replace(tmp, target)
-    return target
-
-
 def find(home: Home, ref: str) -> BootImage:
     layout = Layout(home.oci)
     tag, digest = _pick(layout, ref)
     manifest = layout.read_json(digest)
     config: dict[str, Any] = layout.read_json(manifest["config"]["digest"])
     dirs = tuple(
-        _layer_dir(home, layout, blob["digest"], diff_id)
-        for blob, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True)
+        unpacked.ensure(home, layout, Descriptor.from_json(blob), diff_id, f"{tag} layer {n}")
+        for n, (blob, diff_id) in enumerate(
+            zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True)
+        )
     )
     return BootImage(tag, digest, config, dirs)
