@@ -7,7 +7,9 @@ the bake needs (its folder, its digest). Nothing here runs a command.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kiln.errors import NotFound, Problem, RecipeError
+from kiln.recipe import limits
 from kiln.recipe.locate import KeyPath, LineIndex, format_path
 from kiln.recipe.models import STEP_KINDS, Recipe
 
@@ -49,11 +52,11 @@ class RecipeFile:
         """The parent's recipe file, when ``parent`` names one rather than a catalog ref."""
         parent = self.recipe.image.parent
         if parent is not None and is_recipe_path(parent):
-            return (self.folder / parent).resolve()
+            return Path(os.path.realpath(self.folder / parent))
         return None
 
     def resolve(self, relative: str) -> Path:
-        return (self.folder / relative).resolve()
+        return Path(os.path.realpath(self.folder / relative))
 
 
 def is_recipe_path(parent: str) -> bool:
@@ -81,6 +84,23 @@ def _pydantic_problems(file: str, index: LineIndex, error: ValidationError) -> l
     return problems
 
 
+def _stat(path: Path) -> os.stat_result | str:
+    """The file's stat (following symlinks), or why there is none, in words."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return limits.os_reason(exc)
+    except ValueError:
+        return "holds a NUL character"
+
+
+def _real(path: Path) -> Path:
+    """``path`` with every symlink resolved; a loop is left unresolved (stat reports it)."""
+    return Path(os.path.realpath(path))
+
+
 def _raw_problems(file: str, folder: Path, index: LineIndex, raw: dict[str, Any]) -> list[Problem]:
     """Checks on the raw TOML that the schema cannot make: which origin, and file inputs.
 
@@ -92,33 +112,71 @@ def _raw_problems(file: str, folder: Path, index: LineIndex, raw: dict[str, Any]
     def problem(path: KeyPath, message: str) -> None:
         problems.append(Problem(file, index.line_of(path), format_path(path), message))
 
-    def check_input(path: KeyPath, relative: object, what: str) -> None:
-        if not isinstance(relative, str) or not relative:
-            return  # the schema reports it
+    def check_input(path: KeyPath, relative: object, what: str, kinds: str) -> None:
+        """``kinds``: 'file' (a regular file) or 'tree' (a regular file or a folder of
+        regular files, folders and symlinks)."""
+        if not isinstance(relative, str) or not relative or "\0" in relative:
+            return  # the schema, or the value check, reports it
         if Path(relative).is_absolute():
             problem(path, f"{what} must be a path relative to the recipe's folder")
             return
-        target = (folder / relative).resolve()
+        target = _real(folder / relative)
         if not inside(target, folder):
             problem(
                 path,
                 f"'{relative}' is outside the recipe's folder {folder}; "
                 "keep inputs beside the recipe",
             )
-        elif not target.exists():
-            problem(path, f"'{relative}' does not exist (looked for {target})")
+            return
+        found = _stat(target)
+        if isinstance(found, str):
+            problem(path, f"'{relative}' {found} (looked for {target})")
+            return
+        if stat.S_ISREG(found.st_mode):
+            return
+        if kinds == "file" or not stat.S_ISDIR(found.st_mode):
+            allowed = "a regular file" if kinds == "file" else "a regular file or a folder"
+            kind = limits.kind_of(found.st_mode)
+            problem(path, f"'{relative}' is {kind}; {what} takes {allowed}")
+            return
+        tree_problem(path, target, relative)
+
+    def tree_problem(path: KeyPath, target: Path, relative: str) -> None:
+        try:
+            bad, seen = limits.special_entries(target)
+        except OSError as exc:
+            problem(path, f"'{relative}': {exc.filename or target} {limits.os_reason(exc)}")
+            return
+        if seen > limits.MAX_TREE_ENTRIES:
+            problem(
+                path,
+                f"'{relative}' holds more than {limits.MAX_TREE_ENTRIES} entries; "
+                "a bake reads every one of them",
+            )
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            problem(
+                path,
+                f"'{relative}' holds {shown}: only regular files, folders and symlinks "
+                "can be read by a bake (a FIFO or a device would hang it)",
+            )
 
     steps = raw.get("steps")
     for number, step in enumerate(steps if isinstance(steps, list) else []):
         if not isinstance(step, dict):
             continue
         if "copy" in step:
-            check_input(("steps", number, "copy"), step["copy"], "copy")
+            check_input(("steps", number, "copy"), step["copy"], "copy", "tree")
         if "ansible" in step:
-            check_input(("steps", number, "ansible"), step["ansible"], "ansible")
             playbook = step["ansible"]
+            check_input(("steps", number, "ansible"), playbook, "ansible", "file")
             if isinstance(playbook, str) and not playbook.endswith((".yml", ".yaml")):
                 problem(("steps", number, "ansible"), "a playbook is a .yml or .yaml file")
+            elif isinstance(playbook, str) and "\0" not in playbook and playbook:
+                # the bake reads the playbook's whole folder (templates, roles, files)
+                where = _real(folder / playbook).parent
+                if inside(where, folder) and where.is_dir():
+                    tree_problem(("steps", number, "ansible"), where, str(Path(playbook).parent))
 
     image = raw.get("image")
     if not isinstance(image, dict):
@@ -131,10 +189,12 @@ def _raw_problems(file: str, folder: Path, index: LineIndex, raw: dict[str, Any]
             "bootstrap, one import, or none of them (scratch)",
         )
     parent = image.get("parent")
-    if isinstance(parent, str):
+    if isinstance(parent, str) and "\0" not in parent:
         if is_recipe_path(parent):
-            if not (folder / parent).resolve().is_file():
-                problem(("image", "parent"), f"parent recipe '{parent}' does not exist")
+            found = _stat(_real(folder / parent))
+            if isinstance(found, str) or not stat.S_ISREG(found.st_mode):
+                why = found if isinstance(found, str) else f"is {limits.kind_of(found.st_mode)}"
+                problem(("image", "parent"), f"parent recipe '{parent}' {why}")
         elif not re.fullmatch(REF_RE, parent):
             problem(
                 ("image", "parent"),
@@ -142,53 +202,114 @@ def _raw_problems(file: str, folder: Path, index: LineIndex, raw: dict[str, Any]
                 "(name, name:version or name@sha256:...)",
             )
     imported = image.get("import")
-    if isinstance(imported, str) and not (folder / imported).resolve().is_file():
-        problem(
-            ("image", "import"),
-            f"'{imported}' does not exist (looked for {(folder / imported).resolve()})",
-        )
+    if isinstance(imported, str) and imported and "\0" not in imported:
+        target = _real(folder / imported)
+        found = _stat(target)
+        if isinstance(found, str):
+            problem(("image", "import"), f"'{imported}' {found} (looked for {target})")
+        elif not stat.S_ISREG(found.st_mode):
+            problem(
+                ("image", "import"),
+                f"'{imported}' is {limits.kind_of(found.st_mode)}; import takes a regular file "
+                "(a root filesystem tarball or an OCI archive)",
+            )
     return problems
 
 
-def load_recipe(path: Path) -> RecipeFile:
-    """Load and validate one recipe; raise RecipeError listing every problem."""
-    path = path.resolve()
-    file = str(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise NotFound(f"no recipe at {path}", hint="give the path of a .toml recipe") from None
-    except IsADirectoryError:
-        raise NotFound(f"{path} is a folder, not a recipe file") from None
+def _parse(file: str, data: bytes) -> tuple[str, dict[str, Any]]:
+    def fail(line: int | None, message: str) -> RecipeError:
+        return RecipeError([Problem(file, line, "", message)])
+
     try:
         text = data.decode()
-        raw: dict[str, Any] = tomllib.loads(text)
     except UnicodeDecodeError as exc:
-        raise RecipeError([Problem(file, None, "", f"not UTF-8 text: {exc}")]) from None
+        raise fail(
+            data.count(b"\n", 0, exc.start) + 1,
+            f"not UTF-8 text (byte {exc.start}): is this a recipe?",
+        ) from None
+    try:
+        return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
         line = int(match.group(1)) if match else None
         message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
-        raise RecipeError([Problem(file, line, "", f"TOML syntax: {message}")]) from None
+        raise fail(line, f"TOML syntax: {message}") from None
+    except RecursionError:
+        raise fail(
+            None, f"TOML nested too deeply to parse (at most {limits.MAX_DEPTH} levels)"
+        ) from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise fail(None, f"TOML value out of range: {exc}") from None
+
+
+def _capped(problems: list[Problem], file: str) -> list[Problem]:
+    if len(problems) <= limits.MAX_PROBLEMS:
+        return problems
+    rest = len(problems) - limits.MAX_PROBLEMS
+    return [*problems[: limits.MAX_PROBLEMS], Problem(file, None, "", f"... and {rest} more")]
+
+
+def load_recipe(path: Path) -> RecipeFile:
+    """Load and validate one recipe; raise RecipeError listing every problem."""
+    given = Path(os.path.abspath(path))
+    path = _real(path)
+    file = str(path)
+    try:
+        data = limits.read_regular(given, limits.MAX_RECIPE_BYTES, "recipe")
+    except NotFound:
+        raise NotFound(f"no recipe at {path}", hint="give the path of a .toml recipe") from None
+    text, raw = _parse(file, data)
 
     index = LineIndex(text)
-    problems = _raw_problems(file, path.parent, index, raw)
-    try:
-        recipe = Recipe.model_validate(raw)
-    except ValidationError as exc:
-        problems = _pydantic_problems(file, index, exc) + problems
+    problems: list[Problem] = []
+    flagged: set[KeyPath] = set()
+    fatal = False
+    for key_path, message, stop in limits.value_problems(raw):
+        fatal = fatal or stop
+        flagged.add(key_path)
+        problems.append(Problem(file, index.line_of(key_path), format_path(key_path), message))
+    problems += _raw_problems(file, path.parent, index, raw)
+    problems += _lock_problems(path)
+    if not fatal:
+        try:
+            Recipe.model_validate(raw)
+        except ValidationError as exc:
+            flagged_text = {format_path(p) for p in flagged}
+            problems = [
+                p for p in _pydantic_problems(file, index, exc) if p.path not in flagged_text
+            ] + problems
     if problems:
         problems.sort(key=lambda p: p.line or 0)
-        raise RecipeError(problems, hint="see docs/recipes.md for every key")
+        raise RecipeError(_capped(problems, file), hint="see docs/recipes.md for every key")
+    recipe = Recipe.model_validate(raw)
     return RecipeFile(
         path=path, recipe=recipe, digest=hashlib.sha256(data).hexdigest(), lines=index
     )
 
 
+def _lock_problems(recipe: Path) -> list[Problem]:
+    """A lock file beside the recipe must be a regular file of bounded size (its lines are
+    checked when a bake reads it)."""
+    lock = recipe.with_name(recipe.name + ".lock")
+    if not os.path.lexists(lock):
+        return []
+    found = _stat(lock)
+    if isinstance(found, str):
+        message = f"the lock file {found}"
+    elif not stat.S_ISREG(found.st_mode):
+        message = f"is {limits.kind_of(found.st_mode)}, not a regular file"
+    elif found.st_size > limits.MAX_LOCK_BYTES:
+        message = f"is {found.st_size} bytes; a lock file may be at most {limits.MAX_LOCK_BYTES}"
+    else:
+        return []
+    return [Problem(str(lock), None, "", message)]
+
+
 def recipe_paths(target: Path) -> list[Path]:
     """A recipe file, or every *.toml directly inside a folder."""
-    if target.is_dir():
-        found = sorted(p for p in target.glob("*.toml") if p.is_file())
+    found_stat = _stat(target)
+    if not isinstance(found_stat, str) and stat.S_ISDIR(found_stat.st_mode):
+        found = sorted(p for p in target.glob("*.toml") if not isinstance(_stat(p), str))
         if not found:
             raise NotFound(f"no *.toml recipes in {target}")
         return found

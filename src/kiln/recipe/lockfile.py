@@ -19,6 +19,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from kiln.errors import Problem, RecipeError
+from kiln.recipe.limits import MAX_LOCK_BYTES, read_regular
+from kiln.recipe.models import MAX_EPOCH
 from kiln.store.atomic import write_atomic
 
 HEADER = (
@@ -26,6 +28,12 @@ HEADER = (
     "Re-resolve with: kiln lock --update {recipe}"
 )
 SHA256 = re.compile(r"[0-9a-f]{64}")
+# What dpkg allows in a package name, an architecture and a version; they become file names
+# in the package cache, so nothing else may pass (no '/', no '..').
+PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]{0,254}")
+ARCHITECTURE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+VERSION = re.compile(r"(?:[0-9]{1,10}:)?[A-Za-z0-9][A-Za-z0-9.+~-]{0,254}")
+EPOCH = re.compile(r"[0-9]{1,12}")
 
 
 @dataclass(frozen=True, order=True)
@@ -84,8 +92,21 @@ def parse(path: Path) -> Lock:
     def problem(number: int, message: str) -> None:
         problems.append(Problem(str(path), number, "", message))
 
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+    hint = f"regenerate it: kiln lock --update {path.name.removesuffix('.lock')}"
+    data = read_regular(path, MAX_LOCK_BYTES, "lock file")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        problem(
+            data.count(b"\n", 0, exc.start) + 1,
+            f"not UTF-8 text (byte {exc.start}): a lock file is plain text",
+        )
+        raise RecipeError(problems, hint=hint, what="lock file") from None
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
+        if "\0" in line or not line.isprintable():
+            problem(number, "a lock line holds only printable text (no NUL or control bytes)")
+            continue
         if not line or line.startswith("#"):
             continue
         word, _, rest = line.partition(" ")
@@ -95,11 +116,19 @@ def parse(path: Path) -> Lock:
             if value != "-" and not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
                 problem(number, f"parent must be a sha256 digest or '-', not {value!r}")
             parent = None if value == "-" else value
-        elif word == "source-date-epoch" and len(fields) == 1 and fields[0].isdigit():
+        elif word == "source-date-epoch" and len(fields) == 1 and EPOCH.fullmatch(fields[0]):
             epoch = int(fields[0])
+            if epoch > MAX_EPOCH:
+                problem(number, f"source-date-epoch {epoch} is after the year 9999")
         elif word == "package" and len(fields) == 4:
             name, arch, version, digest = fields
-            if not SHA256.fullmatch(digest):
+            if not PACKAGE_NAME.fullmatch(name):
+                problem(number, f"{name!r} is not a Debian package name")
+            elif not ARCHITECTURE.fullmatch(arch):
+                problem(number, f"{name}: {arch!r} is not a Debian architecture")
+            elif not VERSION.fullmatch(version):
+                problem(number, f"{name}: {version!r} is not a Debian version")
+            elif not SHA256.fullmatch(digest):
                 problem(number, f"{name}: {digest!r} is not a sha256 hex digest")
             elif (name, arch) in seen:
                 problem(number, f"{name} ({arch}) is locked twice")
@@ -115,9 +144,7 @@ def parse(path: Path) -> Lock:
     if epoch is None:
         problem(0, "the lock has no source-date-epoch line")
     if problems:
-        raise RecipeError(
-            problems, hint=f"regenerate it: kiln lock --update {path.name[:-5]}", what="lock file"
-        )
+        raise RecipeError(problems[:50], hint=hint, what="lock file")
     assert epoch is not None
     return Lock(parent, epoch, tuple(sorted(packages)))
 

@@ -6,6 +6,8 @@ exist, paths stay inside the recipe's folder) live in :mod:`kiln.recipe.load`.
 
 from __future__ import annotations
 
+import json
+import math
 import posixpath
 import re
 from typing import Annotated, Any, Literal
@@ -15,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictInt,
     Tag,
     field_validator,
     model_validator,
@@ -25,7 +28,17 @@ NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 APT_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?$")
 OWNER_RE = r"^[a-z0-9_][a-z0-9_-]*(:[a-z0-9_][a-z0-9_-]*)?$"
 UNIT_RE = re.compile(r"^[A-Za-z0-9@._:-]+$")
-DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
+DURATION_RE = re.compile(r"^(\d{1,9}(?:\.\d{1,9})?)(ms|s|m)?$")
+ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+COMPONENT_RE = r"^[a-z0-9][a-z0-9/._-]{0,63}$"
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z, the last second a timestamp can name
+MAX_TIMEOUT = 86400.0  # a day
+MAX_NAME = 255  # a package or unit name, a file name component
+MAX_PATH = 4095  # a path inside the image (PATH_MAX less its NUL)
+MAX_EXTRA_VARS = 100_000  # bytes of JSON, passed to ansible-playbook as one argument
+# Where a machine's kernel and init mount file systems of their own: not a place for data.
+API_FILESYSTEMS = ("/proc", "/sys", "/dev", "/run")
 
 
 class Model(BaseModel):
@@ -50,7 +63,16 @@ class Bootstrap(Model):
     mirror: str | None = Field(
         default=None, description="mirror URL; by default the host's apt sources are used"
     )
-    components: tuple[str, ...] = ("main",)
+    components: tuple[Annotated[str, Field(pattern=COMPONENT_RE)], ...] = Field(
+        default=("main",), min_length=1
+    )
+
+    @field_validator("mirror")
+    @classmethod
+    def _mirror(cls, value: str | None) -> str | None:
+        if value is not None and (not value or re.search(r"\s", value) or CONTROL_RE.search(value)):
+            raise ValueError("a mirror is one URL without spaces or control characters")
+        return value
 
     @field_validator("debian")
     @classmethod
@@ -70,8 +92,11 @@ class ImageSection(Model):
     import_: str | None = Field(
         default=None, alias="import", description="root filesystem tarball or OCI archive"
     )
-    source_date_epoch: int | None = Field(
-        default=None, ge=0, description="timestamp for reproducible bakes (a lock sets one)"
+    source_date_epoch: StrictInt | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_EPOCH,
+        description="timestamp for reproducible bakes (a lock sets one)",
     )
 
     @field_validator("name")
@@ -101,7 +126,7 @@ class Packages(Model):
     @field_validator("apt")
     @classmethod
     def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [name for name in value if not APT_RE.match(name)]
+        bad = [name for name in value if len(name) > MAX_NAME or not APT_RE.match(name)]
         if bad:
             raise ValueError(f"not a Debian package name: {', '.join(repr(b) for b in bad)}")
         return value
@@ -111,8 +136,25 @@ class RunStep(Model):
     """Run a shell command inside the build root (systemd-nspawn)."""
 
     run: str = Field(min_length=1)
-    shell: tuple[str, ...] = ("/bin/sh", "-c")
+    shell: tuple[str, ...] = Field(default=("/bin/sh", "-c"), min_length=1)
     env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("shell")
+    @classmethod
+    def _shell(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        first = value[0]
+        if not first.startswith("/") or ".." in first.split("/") or CONTROL_RE.search(first):
+            raise ValueError("the shell's first word is an absolute path in the image")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not ENV_RE.match(k)]
+        if bad:
+            names = ", ".join(map(repr, bad))
+            raise ValueError(f"not environment variable names (letters, digits, '_'): {names}")
+        return value
 
 
 class CopyStep(Model):
@@ -121,11 +163,18 @@ class CopyStep(Model):
     source: str = Field(alias="copy", min_length=1)
     to: str
     mode: str | None = Field(default=None, pattern=r"^0?[0-7]{3,4}$")
-    owner: str | None = Field(default=None, pattern=OWNER_RE)
+    owner: str | None = Field(default=None, pattern=OWNER_RE, max_length=65)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        path_bounds(value)
+        return value
 
     @field_validator("to")
     @classmethod
     def _target(cls, value: str) -> str:
+        path_bounds(value)
         if not value.startswith("/"):
             raise ValueError("must be an absolute path inside the image, e.g. /etc/motd")
         if ".." in value.split("/"):
@@ -144,6 +193,36 @@ class AnsibleStep(Model):
 
     ansible: str = Field(min_length=1)
     extra_vars: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("ansible")
+    @classmethod
+    def _playbook(cls, value: str) -> str:
+        path_bounds(value)
+        return value
+
+    @field_validator("extra_vars")
+    @classmethod
+    def _json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """They reach ansible-playbook as one JSON argument: JSON values only, bounded."""
+        todo: list[object] = [value]
+        while todo:
+            item = todo.pop()
+            if isinstance(item, dict):
+                todo.extend(item.values())
+            elif isinstance(item, list):
+                todo.extend(item)
+            elif isinstance(item, float) and not math.isfinite(item):
+                raise ValueError("JSON has no inf or nan; quote it as a string")
+            elif not isinstance(item, str | int | float | bool):
+                raise ValueError(
+                    f"a {type(item).__name__} is not a JSON value; quote dates and times"
+                )
+        size = len(json.dumps(value))
+        if size > MAX_EXTRA_VARS:
+            raise ValueError(
+                f"{size} bytes of JSON; at most {MAX_EXTRA_VARS} fit on a command line"
+            )
+        return value
 
 
 def _step_kind(value: Any) -> str | None:
@@ -174,16 +253,52 @@ class Services(Model):
     @field_validator("enable", "disable")
     @classmethod
     def _units(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [u for u in value if not UNIT_RE.match(u)]
+        bad = [u for u in value if len(u) > MAX_NAME or not UNIT_RE.match(u)]
         if bad:
             raise ValueError(f"not a systemd unit name: {', '.join(repr(b) for b in bad)}")
         return value
 
 
+def path_bounds(path: str) -> None:
+    """A path inside the image: no control characters, within the kernel's lengths."""
+    if CONTROL_RE.search(path):
+        raise ValueError(f"{path!r}: a path holds no control characters")
+    if len(path.encode()) > MAX_PATH:
+        raise ValueError(f"a path is at most {MAX_PATH} bytes")
+    if any(len(part.encode()) > MAX_NAME for part in path.split("/")):
+        raise ValueError(f"each name in a path is at most {MAX_NAME} bytes")
+
+
 def absolute_paths(value: tuple[str, ...], what: str) -> tuple[str, ...]:
+    for path in value:
+        path_bounds(path)
     bad = [p for p in value if not p.startswith("/") or ".." in p.split("/")]
     if bad:
         raise ValueError(f"{what} must be absolute, without '..': {bad}")
+    return value
+
+
+def state_paths(value: tuple[str, ...]) -> tuple[str, ...]:
+    """Volumes: real, distinct sub-paths of the image, outside the API file systems."""
+    absolute_paths(value, "state paths")
+    for path in value:
+        norm = posixpath.normpath(path)
+        if norm in ("/", "//"):
+            raise ValueError("'/' cannot be a state path: name the folder that holds the data")
+        if path != norm:
+            raise ValueError(f"{path!r} is not a plain path: write it as {norm!r}")
+        for api in API_FILESYSTEMS:
+            if norm == api or norm.startswith(api + "/"):
+                raise ValueError(
+                    f"{path!r} is under {api}, which a machine mounts for itself; "
+                    "keep data elsewhere, e.g. /var/lib/NAME"
+                )
+    for path in value:
+        for other in value:
+            if other != path and other.startswith(path + "/"):
+                raise ValueError(f"state paths {path!r} and {other!r} overlap: keep one")
+    if len(set(value)) != len(value):
+        raise ValueError("a state path is listed twice")
     return value
 
 
@@ -192,7 +307,10 @@ def parse_duration(value: str) -> float:
     if not match:
         raise ValueError(f"'{value}' is not a duration like 30s, 500ms or 2m")
     number, unit = float(match.group(1)), match.group(2) or "s"
-    return number * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
+    seconds = number * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
+    if seconds > MAX_TIMEOUT:
+        raise ValueError(f"'{value}' is longer than a day")
+    return seconds
 
 
 class ConfigKey(Model):
@@ -200,6 +318,18 @@ class ConfigKey(Model):
     default: str | None = None
     secret: bool = False
     description: str = ""
+
+    @model_validator(mode="after")
+    def _default(self) -> ConfigKey:
+        if (
+            self.default is not None
+            and not self.secret
+            and ("\n" in self.default or "\r" in self.default)
+        ):
+            raise ValueError("the default of a plain key is one line (secrets may span lines)")
+        if self.required and self.default == "":
+            raise ValueError("a required key cannot default to an empty value")
+        return self
 
 
 class Health(Model):
@@ -227,13 +357,13 @@ class Runtime(Model):
 
     @field_validator("state")
     @classmethod
-    def _abs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return absolute_paths(value, "state paths")
+    def _state(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return state_paths(value)
 
     @field_validator("config")
     @classmethod
     def _keys(cls, value: dict[str, ConfigKey]) -> dict[str, ConfigKey]:
-        bad = [k for k in value if not re.fullmatch(r"[a-z][a-z0-9_]*", k)]
+        bad = [k for k in value if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", k)]
         if bad:
             raise ValueError(f"config keys are lower_snake_case: {bad}")
         return value
