@@ -7,6 +7,8 @@ that failed.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -65,3 +67,60 @@ class StoreError(KilnError):
 
 class StepFailed(KilnError):
     """A build step failed inside the build root."""
+
+
+NO_SPACE = "No space left on device"
+DISK_FULL_MARKERS = (NO_SPACE, "database or disk is full", "Disk quota exceeded")
+
+
+def disk_full(text: str) -> bool:
+    """Whether an error's text (an OSError, a tool's output, SQLite's) says the disk is full."""
+    return any(marker in text for marker in DISK_FULL_MARKERS)
+
+
+def space_hint(path: str | None = None) -> str:
+    where = path or os.environ.get("KILN_HOME") or "/var/lib/kiln"
+    return (
+        f"free space on the file system that holds {where} (df -h {where}); "
+        "kiln gc removes what dead bakes left behind"
+    )
+
+
+_HINTS = {
+    errno.EACCES: "check the path's permissions (kiln runs as root: a read-only or "
+    "root-squashed mount refuses it too)",
+    errno.EPERM: "the kernel refused the operation: check the path's attributes "
+    "(chattr +i) and the mount's options",
+    errno.EROFS: "the file system is mounted read-only: remount it read-write or set "
+    "KILN_HOME to a writable place",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n) and try again",
+    errno.ENFILE: "the system has too many open files: try again when it has fewer",
+    errno.ENOMEM: "the system is out of memory: try again with more free memory",
+    errno.ENAMETOOLONG: "shorten the path (KILN_HOME or the recipe's folder)",
+    errno.EIO: "the disk reported an I/O error: check it (dmesg), then run kiln fsck",
+}
+
+
+def from_os_error(exc: OSError, doing: str) -> KilnError:
+    """One kiln error for an OSError that reached the top: what failed, where, what to do.
+
+    ``doing`` names the operation, e.g. 'kiln bake'.
+    """
+    path = exc.filename if isinstance(exc.filename, str | bytes) else None
+    shown = os.fsdecode(path) if path is not None else None
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        where = f" writing {shown}" if shown else ""
+        directory = os.path.dirname(shown) if shown else None
+        return KilnError(f"{doing}: {what}{where}", hint=space_hint(directory))
+    where = f" on {shown}" if shown else ""
+    if shown and isinstance(exc.filename2, str | bytes):
+        where += f" -> {os.fsdecode(exc.filename2)}"
+    code = errno.errorcode.get(exc.errno or 0)
+    return KilnError(
+        f"{doing}: {reason[:1].lower()}{reason[1:]}{where}" + (f" ({code})" if code else ""),
+        hint=_HINTS.get(
+            exc.errno or 0, "check the path; if it is inside KILN_HOME, kiln fsck checks the store"
+        ),
+    )

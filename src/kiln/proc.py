@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from kiln.errors import KilnError
+from kiln.errors import KilnError, disk_full, space_hint
 
 TAIL_LINES = 25
 
@@ -35,9 +35,14 @@ class CommandError(KilnError):
         self.output = output
         cmd = shlex.join(self.argv)
         message = f"command failed with exit code {returncode}: {cmd}"
+        hint = "run the command above by hand to see all of its output"
+        if disk_full(output):
+            # dpkg-deb, tar, mmdebstrap: the same cause as an ENOSPC of our own, in our words
+            message = f"no space left on device: {self.argv[0]} could not write\n  {cmd}"
+            hint = space_hint()
         if output.strip():
             message += "\n--- last lines of output ---\n" + tail(output)
-        super().__init__(message, hint="run the command above by hand to see all of its output")
+        super().__init__(message, hint=hint)
 
 
 def environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:

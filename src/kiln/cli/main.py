@@ -10,7 +10,7 @@ from rich.markup import escape
 from kiln import __version__
 from kiln.cli import build, machines
 from kiln.cli.output import err
-from kiln.errors import KilnError
+from kiln.errors import KilnError, disk_full, from_os_error, space_hint
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,14 +24,29 @@ build.register(cli)
 machines.register(cli)
 
 
+def _report(exc: KilnError) -> None:
+    hint = exc.hint
+    if disk_full(exc.message) and not (hint and "free space" in hint):
+        hint = space_hint()
+    err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
+    if hint:
+        err.print(f"[bold]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
+    sys.exit(exc.exit_code)
+
+
+def _doing() -> str:
+    """The command being run, for errors that do not say it themselves."""
+    words = [arg for arg in sys.argv[1:] if not arg.startswith("-")][:1]
+    return " ".join(["kiln", *words])
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except KilnError as exc:
-        err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
-        if exc.hint:
-            err.print(f"[bold]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _report(exc)
+    except OSError as exc:  # a full disk, a read-only mount: not a bug, an operation that failed
+        _report(from_os_error(exc, _doing()))
     except click.exceptions.UsageError as exc:
         exc.show()
         sys.exit(2)
@@ -41,6 +56,11 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except Exception as exc:
+        if not disk_full(str(exc)):
+            raise
+        # SQLite says "database or disk is full" through SQLAlchemy
+        _report(KilnError(f"{_doing()}: the catalog could not be written: disk full"))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln.errors import BadInput
+from kiln.errors import BadInput, NotFound, RecipeError
 from kiln.machines.contract import Contract
+from kiln.recipe.limits import MAX_RECIPE_BYTES, read_regular
 
 SET_RE = re.compile(r"^(?P<key>[^=\s]+)=(?P<value>.*)$", re.DOTALL)
 # systemd's EnvironmentFile= and sh both read "..." with these four escaped
@@ -46,11 +47,15 @@ class Values:
 
 def _from_file(path: Path, problems: list[str]) -> dict[str, str]:
     try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as exc:
-        problems.append(f"--config {path}: {exc.strerror or exc}")
+        # a regular file of bounded size: --config /dev/zero or a FIFO must not hang kiln run
+        raw = tomllib.loads(read_regular(path, MAX_RECIPE_BYTES, "config file").decode())
+    except NotFound:
+        problems.append(f"--config {path}: No such file or directory")
         return {}
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except RecipeError as exc:
+        problems += [f"--config {p.file}: {p.message}" for p in exc.problems]
+        return {}
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError, ValueError) as exc:
         problems.append(f"--config {path}: not a TOML file: {exc}")
         return {}
     out: dict[str, str] = {}
@@ -89,7 +94,8 @@ def resolve(
     given.update(_from_sets(sets, problems))
     known = ", ".join(sorted(contract.keys)) or "none"
     for unknown in sorted(given.keys() - contract.keys.keys()):
-        problems.append(f"{unknown}: unknown key (the image declares: {known})")
+        shown = unknown if unknown.isprintable() else repr(unknown)
+        problems.append(f"{shown}: unknown key (the image declares: {known})")
     plain: dict[str, str] = {}
     hidden: dict[str, str] = {}
     generated: list[str] = []
@@ -103,8 +109,11 @@ def resolve(
                 what = "secret" if key.secret else "key"
                 problems.append(f"{name}: required {what} is missing: --set {name}=VALUE")
             continue
+        what = "secret" if key.secret else "key"
         if "\0" in value:
             problems.append(f"{name}: a value cannot hold a NUL character")
+        elif key.required and not value.strip():
+            problems.append(f"{name}: required {what} is empty: --set {name}=VALUE")
         elif not key.secret and ("\n" in value or "\r" in value):
             problems.append(f"{name}: a plain value is one line (secrets may span lines)")
         (hidden if key.secret else plain)[name] = value
