@@ -39,9 +39,20 @@ class Home:
         return self.root / "builds"
 
     @property
+    def locks(self) -> Path:
+        """Named lock files (kiln.locks): one per cache key being baked, and store.lock."""
+        return self.root / "locks"
+
+    @property
+    def store_lock(self) -> Path:
+        """Held shared by a bake from layer capture until its tag is written, and
+        exclusively by ``kiln gc`` while it removes unreferenced blobs and layers."""
+        return self.locks / "store.lock"
+
+    @property
     def catalog_url(self) -> str:
         return os.environ.get("KILN_CATALOG_URL") or f"sqlite:///{self.root / 'catalog.db'}"
 
     def ensure(self) -> None:
-        for path in (self.root, self.layers, self.debs, self.tmp, self.builds):
+        for path in (self.root, self.layers, self.debs, self.tmp, self.builds, self.locks):
             path.mkdir(parents=True, exist_ok=True)

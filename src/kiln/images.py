@@ -1,4 +1,4 @@
-"""Read-side services over store and catalog: inspect, lineage, diff, export, fsck.
+"""Read-side services over store and catalog: inspect, lineage, diff, export, fsck, gc.
 
 Each function opens what it needs, returns plain data (what ``--json`` prints), and leaves
 rendering to the CLI.
@@ -15,14 +15,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from kiln.bake import root
 from kiln.bake.service import load_image, open_store
 from kiln.catalog import Catalog, Image
+from kiln.catalog.db import PENDING
 from kiln.catalog.machines import latest_test_runs
 from kiln.errors import NotFound
 from kiln.home import Home
 from kiln.recipe import lockfile
 from kiln.recipe.lockfile import Deb
-from kiln.store import export, fsck, tree
+from kiln.store import export, fsck, gc, tree
 from kiln.store.layout import Descriptor, Layout
 
 
@@ -39,7 +41,7 @@ def opened(home: Home | None = None) -> Iterator[Store]:
     home = home or Home.from_env()
     layout, catalog = open_store(home)
     try:
-        with catalog.session() as session:
+        with catalog.reading() as session:
             yield Store(home, layout, catalog, session)
     finally:
         catalog.close()
@@ -128,6 +130,7 @@ def _descendants(image: Image) -> list[dict[str, Any]]:
     return [
         {**_summary(child), "children": _descendants(child)}
         for child in sorted(image.children, key=lambda c: (c.name, c.version))
+        if child.status != PENDING
     ]
 
 
@@ -179,5 +182,45 @@ def export_image(ref: str, kind: str, output: Path, home: Home | None = None) ->
 
 
 def check(home: Home | None = None) -> fsck.Report:
-    with opened(home) as store:
-        return fsck.check(store.home, store.layout, store.catalog)
+    home = home or Home.from_env()
+    layout, catalog = open_store(home)
+    try:
+        return fsck.check(home, layout, catalog)
+    finally:
+        catalog.close()
+
+
+def collect_garbage(home: Home | None = None, dry_run: bool = False) -> gc.Report:
+    """`kiln gc`: what dead kiln processes left, and bytes no image refers to.
+
+    Build folders and ``tmp/`` entries nobody holds go first (with the processes still
+    working in them and their mounts). Then, with the store lock held exclusively (no
+    bake is between capture and tag): catalog rows of unfinished bakes with their tags,
+    then blobs, referrer entries and unpacked layers that no image reaches.
+    """
+    home = home or Home.from_env()
+    layout, catalog = open_store(home)
+    report = gc.Report(dry_run)
+    try:
+        report.items += root.sweep_owned(home.builds, "build", dry_run)
+        report.items += root.sweep_owned(home.tmp, "tmp", dry_run)
+        with gc.store_sweep(home):
+            report.items += _take_back_pending(layout, catalog, dry_run)
+            report.items += gc.sweep_store(home, layout, dry_run)
+    finally:
+        catalog.close()
+    return report
+
+
+def _take_back_pending(layout: Layout, catalog: Catalog, dry_run: bool) -> list[gc.Item]:
+    """Rows of bakes that died between taking a version and finishing: with the sweep
+    lock held, no live bake on this store is in that window."""
+    out = []
+    with catalog.session() as session:
+        for image in catalog.pending(session):
+            out.append(gc.Item("image", image.ref, 0))
+            if dry_run:
+                continue
+            layout.untag(image.ref, digest=image.digest)  # its referrers go in the sweep
+            session.delete(image)
+    return out

@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import IntegrityError
 
+from kiln import locks
 from kiln.catalog import Catalog, Image
+from kiln.catalog.db import Conflict
 from kiln.errors import BadInput, NotFound, StoreError
 from kiln.store.layout import (
     MEDIA_CONFIG,
@@ -112,14 +113,14 @@ def test_blob_writer_commits_under_its_digest(layout: Layout, tmp_path: Path) ->
     assert descriptor.size == len(b"part one, part two")
     assert layout.read_bytes(descriptor.digest) == b"part one, part two"
     assert descriptor.digest == "sha256:" + hashlib.sha256(b"part one, part two").hexdigest()
-    assert not any((tmp_path / "tmp").iterdir())
+    assert [p.name for p in (tmp_path / "tmp").iterdir()] == [locks.CREATE_LOCK]
 
 
 def test_blob_writer_abort_leaves_nothing(layout: Layout, tmp_path: Path) -> None:
     writer = layout.writer(tmp_path / "tmp")
     writer.write(b"half")
     writer.abort()
-    assert not any((tmp_path / "tmp").iterdir())
+    assert [p.name for p in (tmp_path / "tmp").iterdir()] == [locks.CREATE_LOCK]
     assert blob_files(layout) == []
 
 
@@ -335,7 +336,7 @@ def test_next_version(filled: Catalog) -> None:
 def test_name_and_version_are_unique(catalog: Catalog) -> None:
     with catalog.session() as session:
         session.add(image("web", 1))
-    with pytest.raises(IntegrityError), catalog.session() as session:
+    with pytest.raises(Conflict), catalog.session() as session:
         session.add(image("web", 1))
     with catalog.session() as session:
         assert [i.ref for i in catalog.all_images(session)] == ["web:1"]

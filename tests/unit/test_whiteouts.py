@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kiln import locks
 from kiln.store import layer, whiteout
 from kiln.store.layout import MEDIA_LAYER, Layout
 
@@ -212,7 +213,8 @@ def test_capture_leaves_the_source_in_overlay_form(tmp_path: Path, layout: Layou
     layer.capture(layout, tmp_path / "tmp", upper, lowers=[lower_for(tmp_path)])
     assert snapshot(upper) == before
     assert not [p for p in upper.rglob(".wh.*")]
-    assert not any((tmp_path / "tmp").iterdir())  # the temp blob moved into the store
+    # the temp blob moved into the store
+    assert [p.name for p in (tmp_path / "tmp").iterdir()] == [locks.CREATE_LOCK]
 
 
 def test_capture_is_reproducible(tmp_path: Path, layout: Layout) -> None:

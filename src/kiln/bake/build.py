@@ -10,9 +10,12 @@ belong to one context manager, so a failure leaves nothing behind in the store o
 
 from __future__ import annotations
 
+import errno
 import os
+import random
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -21,11 +24,13 @@ from kiln.bake import image, packages, seal, services, steps
 from kiln.bake.bases import debian, imported
 from kiln.bake.context import BuildContext
 from kiln.bake.root import Overlay, remove_tree
+from kiln.catalog.db import PENDING, Conflict
 from kiln.catalog.models import Artefact, Image, Package
 from kiln.errors import KilnError, StepFailed
 from kiln.sandbox import MOUNT_POINT_FILES
 from kiln.store import artefacts
 from kiln.store import layer as layers
+from kiln.store.gc import store_in_use
 from kiln.store.layout import MEDIA_CONFIG, MEDIA_MANIFEST, Descriptor, canonical_json
 
 
@@ -148,27 +153,30 @@ STAGES = [
 def bake(context: BuildContext) -> BakeResult:
     started = time.monotonic()
     stages: dict[str, float] = {}
-    context.build_dir.mkdir(parents=True)
+    context.build_dir.mkdir(parents=True, exist_ok=True)  # the caller owns it (kiln.locks)
     with _BuildFolder(context) as folder:
         for stage in STAGES:
             begin = time.monotonic()
             context.log(stage.__name__.replace("_", " "))
             stage(context)
             stages[stage.__name__] = time.monotonic() - begin
-        begin = time.monotonic()
-        context.log("capture layer")
-        lowers = context.parent.layer_dirs if context.parent else ()
-        captured = layers.capture(
-            context.layout,
-            context.home.tmp,
-            context.layer_source,
-            lowers,
-            source_date_epoch=context.source_date_epoch,
-        )
-        stages["capture_layer"] = time.monotonic() - begin
-        begin = time.monotonic()
-        result = commit(context, captured.descriptor, time.monotonic() - started)
-        stages["commit"] = time.monotonic() - begin
+        # From the first byte of the new layer until its tag is written, the blobs and the
+        # unpacked layer are referenced by nothing yet: keep kiln gc's sweep out meanwhile.
+        with store_in_use(context.home):
+            begin = time.monotonic()
+            context.log("capture layer")
+            lowers = context.parent.layer_dirs if context.parent else ()
+            captured = layers.capture(
+                context.layout,
+                context.home.tmp,
+                context.layer_source,
+                lowers,
+                source_date_epoch=context.source_date_epoch,
+            )
+            stages["capture_layer"] = time.monotonic() - begin
+            begin = time.monotonic()
+            result = commit(context, captured.descriptor, time.monotonic() - started)
+            stages["commit"] = time.monotonic() - begin
         folder.success = True
     result.stages = stages
     result.seconds = time.monotonic() - started
@@ -211,7 +219,12 @@ def _move_layer(context: BuildContext, diff_id: str) -> None:
     target = context.home.layers / diff_id.split(":", 1)[1]
     if target.exists():
         return
-    os.replace(context.layer_source, target)
+    try:
+        os.replace(context.layer_source, target)
+    except OSError as exc:
+        # a bake of the same layer moved its copy in first: keep that one
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not target.is_dir():
+            raise
 
 
 def _artefacts(
@@ -265,7 +278,13 @@ def _artefacts(
 
 
 def commit(context: BuildContext, layer: Descriptor, seconds: float) -> BakeResult:
-    """Write config and manifest, keep the layer, then record and tag in one transaction."""
+    """Write config and manifest, keep the layer, then record and tag.
+
+    The version is taken first by a catalog row marked pending; then the artefacts are
+    written and the image is tagged in the store; then the row is marked ok. A bake killed
+    in between leaves a pending row (never shown as an image; ``kiln gc`` removes it, with
+    its tag and blobs), never an image the catalog and the store disagree about.
+    """
     created = datetime.now(UTC).replace(microsecond=0)
     stamped = created  # what the image says: the lock's SOURCE_DATE_EPOCH when reproducible
     if context.source_date_epoch is not None:
@@ -276,43 +295,50 @@ def commit(context: BuildContext, layer: Descriptor, seconds: float) -> BakeResu
     )
     _move_layer(context, layer.digest)
     recipe = context.recipe
-    tagged: str | None = None
+
+    def pending_row(version: int) -> Image:
+        return Image(
+            name=recipe.name,
+            version=version,
+            digest=manifest_desc.digest,
+            config_digest=config_desc.digest,
+            parent_id=context.parent.catalog_id if context.parent else None,
+            cache_key=context.cache_key,
+            recipe_path=str(recipe.path),
+            recipe_digest=recipe.digest,
+            origin=recipe.recipe.image.origin,
+            created=created,
+            status=PENDING,
+            size=layer.size,
+            seconds=seconds,
+            packages=[
+                Package(
+                    name=d.name, version=d.version, architecture=d.architecture, sha256=d.sha256
+                )
+                for d in context.packages
+            ],
+        )
+
+    image_id, version = _allocate(context, recipe.name, pending_row)
+    ref = f"{recipe.name}:{version}"
     referrers: list[Descriptor] = []
+    tagged = False
     try:
+        artefacts = _artefacts(context, ref, version, manifest_desc, layer, stamped)
+        referrers = [descriptor for descriptor, _row in artefacts]
+        context.layout.tag(ref, manifest_desc, referrers)
+        tagged = True
         with context.catalog.session() as session:
-            version = context.catalog.next_version(session, recipe.name)
-            ref = f"{recipe.name}:{version}"
-            artefacts = _artefacts(context, ref, version, manifest_desc, layer, stamped)
-            referrers = [descriptor for descriptor, _row in artefacts]
-            row = Image(
-                name=recipe.name,
-                version=version,
-                digest=manifest_desc.digest,
-                config_digest=config_desc.digest,
-                parent_id=context.parent.catalog_id if context.parent else None,
-                cache_key=context.cache_key,
-                recipe_path=str(recipe.path),
-                recipe_digest=recipe.digest,
-                origin=recipe.recipe.image.origin,
-                created=created,
-                status="ok",
-                size=layer.size,
-                seconds=seconds,
-                packages=[
-                    Package(
-                        name=d.name, version=d.version, architecture=d.architecture, sha256=d.sha256
-                    )
-                    for d in context.packages
-                ],
-                artefacts=[artefact for _descriptor, artefact in artefacts],
-            )
-            session.add(row)
-            session.flush()
-            context.layout.tag(ref, manifest_desc, referrers)
-            tagged = ref
+            done = session.get(Image, image_id)
+            if done is None or done.status != PENDING:
+                raise Conflict(
+                    f"{ref} was removed from the catalog while it was being baked",
+                    hint="was 'kiln gc' run against another store sharing this catalog? bake again",
+                )
+            done.artefacts = [artefact for _descriptor, artefact in artefacts]
+            done.status = "ok"
     except BaseException:
-        if tagged:  # the catalog did not take it: the store must not name it either
-            context.layout.untag(tagged, referrers)
+        _take_back(context, image_id, ref, manifest_desc.digest, referrers if tagged else None)
         raise
     return BakeResult(
         name=recipe.name,
@@ -323,3 +349,49 @@ def commit(context: BuildContext, layer: Descriptor, seconds: float) -> BakeResu
         seconds=0.0,
         recipe=str(recipe.path),
     )
+
+
+ALLOCATE_ATTEMPTS = 20
+
+
+def _allocate(
+    context: BuildContext, name: str, pending_row: Callable[[int], Image]
+) -> tuple[int, int]:
+    """Take the next version of ``name`` with a pending row; return its id and version.
+
+    On SQLite the write transaction is serialised; on PostgreSQL two bakes can pick the
+    same number, and the unique (name, version) constraint makes the later one try again.
+    """
+    for attempt in range(ALLOCATE_ATTEMPTS):
+        try:
+            with context.catalog.session() as session:
+                row = pending_row(context.catalog.next_version(session, name))
+                session.add(row)
+                session.flush()
+                return row.id, row.version
+        except Conflict:
+            time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+    raise Conflict(
+        f"someone else got there first: every version of {name} tried was taken "
+        f"by another bake ({ALLOCATE_ATTEMPTS} attempts)",
+        hint="bake again",
+    )
+
+
+def _take_back(
+    context: BuildContext,
+    image_id: int,
+    ref: str,
+    digest: str,
+    referrers: list[Descriptor] | None,
+) -> None:
+    """Undo a commit that did not finish, as far as possible (kiln gc does the rest)."""
+    try:
+        if referrers is not None:  # the catalog did not take it: the store must not name it
+            context.layout.untag(ref, referrers, digest=digest)
+        with context.catalog.session() as session:
+            pending = session.get(Image, image_id)
+            if pending is not None and pending.status == PENDING:
+                session.delete(pending)
+    except (KilnError, OSError) as exc:
+        context.log(f"could not take back {ref}: {exc} (kiln gc removes it)")

@@ -1,15 +1,27 @@
 """Build roots: a scratch folder per bake, and the overlay that stacks parent layers.
 
 Both are context managers so a failed bake always unmounts and cleans up, unless the
-caller asked to keep the root for a look inside.
+caller asked to keep the root for a look inside. A bake killed outright cleans up
+nothing: its build folder (and ``tmp/`` entries) keep their flock-less leftovers, which
+``kiln gc`` clears here: first the processes still working in it (a systemd-nspawn, a
+tar), then its mounts deepest first, then the folder. Only folders nobody holds are
+cleared, so a live bake's or machine's overlay is never unmounted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from kiln import proc
+from kiln import locks, proc
+from kiln.errors import StoreError
+from kiln.store.gc import Item, size_of
+
+KILL_WAIT = 10.0  # seconds for a killed process to be gone
 
 
 class Overlay:
@@ -69,3 +81,92 @@ def remove_tree(path: Path) -> None:
     if path.exists():
         unmount_below(path)
         proc.run(["rm", "-rf", "--one-file-system", "--", str(path)])
+
+
+def _below(candidate: str, folder: str) -> bool:
+    return candidate == folder or candidate.startswith(folder + "/")
+
+
+def processes_in(folder: Path) -> list[int]:
+    """Processes working in ``folder``: their root or cwd is at or below it, or an
+    argument names it (systemd-nspawn --directory=..., tar --directory=..., mmdebstrap)."""
+    target = str(folder.resolve())
+    found = []
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        pid = int(entry.name)
+        try:
+            links = [os.readlink(f"/proc/{pid}/root"), os.readlink(f"/proc/{pid}/cwd")]
+        except OSError:
+            links = []
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                argv = handle.read().decode(errors="replace").split("\0")
+        except OSError:
+            argv = []
+        words = [word.split("=", 1)[-1] for word in argv] + argv
+        if any(_below(link, target) for link in links) or any(
+            _below(word, target) or word.startswith(target + "/") for word in words if word
+        ):
+            found.append(pid)
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+
+
+def kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + KILL_WAIT
+    while not all(_gone(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            alive = [pid for pid in pids if not _gone(pid)]
+            raise StoreError(
+                f"processes {alive} did not die after SIGKILL",
+                hint="they may be stuck in the kernel (D state); run 'kiln gc' again later",
+            )
+        time.sleep(0.02)
+
+
+def clear(path: Path, kind: str, dry_run: bool) -> Item:
+    """Stop everything still working in a dead owner's folder, unmount, then remove it."""
+    item = Item(kind, str(path), size_of(path))
+    if path.is_dir() and not path.is_symlink():
+        item.processes = processes_in(path)
+        item.mounts = [str(point) for point in mounts_below(path)]
+    if dry_run:
+        return item
+    # kill until nothing is left: a dying nspawn can still have children starting up
+    for _round in range(5):
+        if not item.processes:
+            break
+        kill_all(item.processes)
+        more = processes_in(path)
+        item.processes += [pid for pid in more if pid not in item.processes]
+        if not more:
+            break
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        remove_tree(path)  # unmounts deepest first, then rm --one-file-system
+    return item
+
+
+def sweep_owned(parent: Path, kind: str, dry_run: bool) -> list[Item]:
+    """Every abandoned entry of ``parent`` (builds/ or tmp/): nobody holds its flock."""
+    out = []
+    for path, held in locks.abandoned(parent):
+        try:
+            out.append(clear(path, kind, dry_run))
+        finally:
+            held.release()
+    return out

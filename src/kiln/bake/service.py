@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
+from kiln import locks
 from kiln.bake import build, cachekey
 from kiln.bake.bases import debian
 from kiln.bake.context import BuildContext, Options, StoredImage
@@ -22,7 +24,7 @@ from kiln.store.layout import Descriptor, Layout
 
 def open_store(home: Home) -> tuple[Layout, Catalog]:
     home.ensure()
-    layout = Layout(home.oci)
+    layout = Layout(home.oci, tmp=home.tmp)
     layout.init()
     return layout, Catalog(home.catalog_url)
 
@@ -69,7 +71,7 @@ def bake_one(
     parent_packages: list[Deb] = []
     lock_file = lockfile.lock_path(recipe.path)
     lock = None if options.ignore_lock or not lock_file.is_file() else lockfile.parse(lock_file)
-    with catalog.session() as session:
+    with catalog.reading() as session:
         ref = parent_ref or recipe.recipe.image.parent
         if ref is not None:
             row = catalog.resolve(session, ref)
@@ -95,34 +97,67 @@ def bake_one(
             use_lock=lock is not None,
             sources=debian.sources(spec, options.mirror) if spec is not None else None,
         )
-        hit = None if options.no_cache else catalog.by_cache_key(session, key)
-        if hit is not None and layout.has_blob(hit.digest):
-            return build.BakeResult(
-                name=hit.name,
-                version=hit.version,
-                digest=hit.digest,
+        hit = _cached(catalog, layout, session, recipe, key, options, started)
+        if hit is not None:
+            return hit
+    # One bake per cache key at a time: a second bake of the same inputs waits here, then
+    # finds the first one's image. Bakes of other inputs run side by side.
+    key_lock = home.locks / f"bake-{key}.lock"
+    key_lock.parent.mkdir(parents=True, exist_ok=True)
+    held_key = locks.hold(key_lock, wait=False)
+    if held_key is None:
+        log(f"{recipe.name}: waiting for another bake of the same inputs")
+        held_key = locks.hold(key_lock)
+    assert held_key is not None
+    with held_key:
+        with catalog.reading() as session:
+            hit = _cached(catalog, layout, session, recipe, key, options, started)
+        if hit is not None:
+            return hit
+        build_dir, held = locks.owned_dir(home.builds, f"{recipe.name}-")
+        with held:  # released when the bake is over: then the folder is gone or kept
+            context = BuildContext(
+                home=home,
+                layout=layout,
+                catalog=catalog,
+                recipe=recipe,
+                options=options,
                 cache_key=key,
-                cached=True,
-                seconds=time.monotonic() - started,
-                recipe=str(recipe.path),
+                parent=parent,
+                build_dir=build_dir,
+                log=lambda message: log(f"{recipe.name}: {message}"),
             )
-    context = BuildContext(
-        home=home,
-        layout=layout,
-        catalog=catalog,
-        recipe=recipe,
-        options=options,
+            context.parent_packages = parent_packages
+            context.lock = lock
+            context.source_date_epoch = (
+                lock.source_date_epoch
+                if lock is not None
+                else recipe.recipe.image.source_date_epoch
+            )
+            return build.bake(context)
+
+
+def _cached(
+    catalog: Catalog,
+    layout: Layout,
+    session: Session,
+    recipe: RecipeFile,
+    key: str,
+    options: Options,
+    started: float,
+) -> build.BakeResult | None:
+    hit = None if options.no_cache else catalog.by_cache_key(session, key)
+    if hit is None or not layout.has_blob(hit.digest):
+        return None
+    return build.BakeResult(
+        name=hit.name,
+        version=hit.version,
+        digest=hit.digest,
         cache_key=key,
-        parent=parent,
-        build_dir=home.builds / f"{recipe.name}-{secrets.token_hex(4)}",
-        log=lambda message: log(f"{recipe.name}: {message}"),
+        cached=True,
+        seconds=time.monotonic() - started,
+        recipe=str(recipe.path),
     )
-    context.parent_packages = parent_packages
-    context.lock = lock
-    context.source_date_epoch = (
-        lock.source_date_epoch if lock is not None else recipe.recipe.image.source_date_epoch
-    )
-    return build.bake(context)
 
 
 def bake_path(

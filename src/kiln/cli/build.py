@@ -1,4 +1,4 @@
-"""Build commands: bake, images, inspect, lineage, diff, export, fsck."""
+"""Build commands: bake, images, inspect, lineage, diff, export, fsck, gc."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def images(as_json: bool) -> None:
 
     home = Home.from_env()
     _layout, catalog = open_store(home)
-    with catalog.session() as session:
+    with catalog.reading() as session:
         rows = [
             {
                 "ref": i.ref,
@@ -300,6 +300,34 @@ def fsck(as_json: bool) -> None:
         raise SystemExit(1)
 
 
+@click.command()
+@click.option("--dry-run", is_flag=True, help="list what would be removed, remove nothing")
+@json_flag
+def gc(dry_run: bool, as_json: bool) -> None:
+    """Remove what interrupted bakes left and blobs and layers no image uses."""
+    from kiln import images as images_service
+
+    report = images_service.collect_garbage(dry_run=dry_run)
+    if as_json:
+        print_json(report.to_json())
+        return
+    verb = "would remove" if dry_run else "removed"
+    for item in report.items:
+        extra = ""
+        if item.processes:
+            extra += f", killed {len(item.processes)} processes"
+        if item.mounts:
+            extra += f", unmounted {len(item.mounts)}"
+        console.print(
+            f"{verb} {item.kind} {escape(item.path)} ({human_size(item.bytes)}{extra})",
+            highlight=False,
+        )
+    counts = report.to_json()["removed"]
+    summary = ", ".join(f"{count} {kind}" for kind, count in counts.items())
+    freed = "would free" if dry_run else "freed"
+    console.print(f"{verb} {summary}; {freed} {human_size(report.bytes)}", highlight=False)
+
+
 def register(group: click.Group) -> None:
-    for command in (bake, lock, images, inspect, lineage, diff, export, fsck):
+    for command in (bake, lock, images, inspect, lineage, diff, export, fsck, gc):
         group.add_command(command)

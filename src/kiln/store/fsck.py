@@ -3,7 +3,9 @@
 Faults make the check fail (exit 1): a blob whose content does not match its name, a
 reference to a missing blob, a size that disagrees with its descriptor, an index entry the
 catalog does not know or the reverse. Notes are harmless: an unreferenced blob, a layer
-not unpacked yet (it is unpacked again on first use), leftovers of an interrupted bake.
+not unpacked yet (it is unpacked again on first use), leftovers of an interrupted bake
+(build folders and temporary entries nobody holds, a catalog row of an unfinished bake,
+unpacked layers no image uses): ``kiln gc`` removes those.
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from kiln import locks
 from kiln.catalog import Catalog
+from kiln.catalog.db import PENDING
 from kiln.digests import file_sha256
+from kiln.errors import KilnError
 from kiln.home import Home
 from kiln.store.artefacts import KIND
+from kiln.store.gc import store_in_use
 from kiln.store.layout import MEDIA_MANIFEST, REF_ANNOTATION, Layout
 
 
@@ -41,18 +47,44 @@ class Report:
 
 
 def check(home: Home, layout: Layout, catalog: Catalog) -> Report:
+    """Check the store and catalog; safe to run beside bakes and gc.
+
+    The shared store lock keeps ``kiln gc`` from removing blobs under the check. The
+    catalog is read before index.json: a bake tags its image only after its catalog row
+    exists, and marks the row ok only after the tag, so every ok row read is in the index
+    read after it; an index entry newer than the catalog read is looked up again.
+    """
+    with store_in_use(home):
+        return _check(home, layout, catalog)
+
+
+def _check(home: Home, layout: Layout, catalog: Catalog) -> Report:
     report = Report()
+    with catalog.reading() as session:
+        rows = {
+            image.ref: (image.status, image.digest)
+            for image in catalog.all_images(session, pending=True)
+        }
     _check_layout_files(layout, report)
     good: set[str] = set()
     for path in sorted(layout.blobs.iterdir()) if layout.blobs.is_dir() else []:
         report.blobs += 1
-        actual = file_sha256(path)
+        try:
+            actual = file_sha256(path)
+        except FileNotFoundError:
+            continue  # a blob being replaced by its own content: harmless
         if actual != path.name:
             report.faults.append(f"blob {path.name} is corrupt: its content hashes to {actual}")
         else:
             good.add(f"sha256:{path.name}")
     referenced: set[str] = set()
     refs = layout.refs()
+    unknown = sorted(refs.keys() - rows.keys())
+    if unknown:  # tagged after the catalog was read: read those rows again
+        with catalog.reading() as session:
+            for image in catalog.all_images(session, pending=True):
+                if image.ref in unknown:
+                    rows[image.ref] = (image.status, image.digest)
     for ref, manifest in sorted(refs.items()):
         report.images += 1
         referenced |= _check_image(home, layout, ref, manifest.digest, manifest.size, good, report)
@@ -63,25 +95,45 @@ def check(home: Home, layout: Layout, catalog: Catalog) -> Report:
             continue
         referenced |= _check_referrer(layout, entry, tagged, good, report)
     for digest in sorted(good - referenced):
-        report.notes.append(f"blob {digest} is not referenced by any image ('kiln gc' later)")
-    with catalog.session() as session:
-        for image in catalog.all_images(session):
-            if image.status != "ok":
-                continue
-            entry = refs.get(image.ref)
-            if entry is None:
-                report.faults.append(f"catalog image {image.ref} has no entry in index.json")
-            elif entry.digest != image.digest:
-                report.faults.append(
-                    f"catalog says {image.ref} is {image.digest}, index.json says {entry.digest}"
-                )
-        known = {image.ref for image in catalog.all_images(session)}
-    for ref in sorted(refs.keys() - known):
+        report.notes.append(f"blob {digest} is not referenced by any image ({GC})")
+    for ref, (status, digest) in sorted(rows.items()):
+        if status == PENDING:
+            report.notes.append(f"catalog image {ref} is from an unfinished bake ({GC})")
+            continue
+        if status != "ok":
+            continue
+        entry = refs.get(ref)
+        if entry is None:
+            report.faults.append(f"catalog image {ref} has no entry in index.json")
+        elif entry.digest != digest:
+            report.faults.append(f"catalog says {ref} is {digest}, index.json says {entry.digest}")
+    for ref in sorted(refs.keys() - rows.keys()):
         report.faults.append(f"index.json names {ref}, which the catalog does not know")
     _check_package_cache(home, report)
-    for leftover in sorted(home.builds.iterdir()) if home.builds.is_dir() else []:
-        report.notes.append(f"leftover build folder {leftover} (a kept or interrupted bake)")
+    _check_leftovers(home, layout, refs, report)
     return report
+
+
+GC = "'kiln gc' removes it"
+
+
+def _check_leftovers(home: Home, layout: Layout, refs: dict[str, Any], report: Report) -> None:
+    """What dead processes left (nobody holds its flock), and unpacked layers no image uses."""
+    for parent, what in ((home.builds, "build folder"), (home.tmp, "temporary entry")):
+        for path in sorted(parent.iterdir()) if parent.is_dir() else []:
+            if path.name != locks.CREATE_LOCK and locks.is_abandoned(path):
+                report.notes.append(f"leftover {what} {path} (a kept or interrupted bake; {GC})")
+    used: set[str] = set()
+    for descriptor in refs.values():
+        try:
+            config = layout.read_json(layout.read_json(descriptor.digest)["config"]["digest"])
+            used |= {d.split(":", 1)[-1] for d in config["rootfs"]["diff_ids"]}
+        except (KilnError, ValueError, KeyError, TypeError):
+            continue  # reported as a fault above
+    for path in sorted(home.layers.iterdir()) if home.layers.is_dir() else []:
+        name = path.name.split(".", 1)[0]
+        if len(name) == 64 and name not in used:
+            report.notes.append(f"unpacked layer {path} is used by no image ({GC})")
 
 
 def _check_package_cache(home: Home, report: Report) -> None:

@@ -13,13 +13,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from kiln import locks
 from kiln.errors import NotFound, StoreError
 from kiln.store.atomic import fsync_dir, write_atomic
 
@@ -70,13 +70,15 @@ class Descriptor:
 
 
 class BlobWriter:
-    """Write a blob in chunks while hashing it; ``commit`` moves it in under its digest."""
+    """Write a blob in chunks while hashing it; ``commit`` moves it in under its digest.
+
+    The temp file is owned (kiln.locks): its flock is held until the rename, so a partial
+    blob left by a killed process is told from one being written by the kernel.
+    """
 
     def __init__(self, layout: Layout, tmp_dir: Path) -> None:
         self._layout = layout
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="blob-")
-        self._path = Path(name)
+        self._path, fd, self._held = locks.owned_file(tmp_dir, "blob-")
         self._file: BinaryIO = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
         self.size = 0
@@ -92,31 +94,43 @@ class BlobWriter:
         self._file.close()
         digest = "sha256:" + self._hash.hexdigest()
         target = self._layout.blob_path(digest)
-        if target.exists():
-            self._path.unlink()
-        else:
-            os.chmod(self._path, 0o644)
-            os.replace(self._path, target)
-            fsync_dir(target.parent)
+        try:
+            if target.exists():
+                self._path.unlink()
+            else:
+                os.chmod(self._path, 0o644)
+                os.replace(self._path, target)
+                fsync_dir(target.parent)
+        finally:
+            self._held.release()
         return Descriptor(media_type, digest, self.size)
 
     def abort(self) -> None:
         if not self._file.closed:
             self._file.close()
         self._path.unlink(missing_ok=True)
+        self._held.release()
 
 
 class Layout:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tmp: Path | None = None) -> None:
+        """``tmp``: where temp files are made before they are renamed in (same file system;
+        KILN_HOME's ``tmp/`` beside ``oci/`` by default)."""
         self.root = root
         self.blobs = root / "blobs" / "sha256"
+        self.tmp = tmp or root.parent / "tmp"
+
+    def _write(self, path: Path, data: bytes) -> None:
+        write_atomic(path, data, tmp_dir=self.tmp)
 
     def init(self) -> None:
         self.blobs.mkdir(parents=True, exist_ok=True)
         if not (self.root / "oci-layout").exists():
-            write_atomic(self.root / "oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
+            self._write(self.root / "oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
         if not (self.root / "index.json").exists():
-            write_atomic(self.root / "index.json", canonical_json(self._empty_index()))
+            with self._locked():
+                if not (self.root / "index.json").exists():
+                    self._write(self.root / "index.json", canonical_json(self._empty_index()))
 
     @staticmethod
     def _empty_index() -> dict[str, Any]:
@@ -135,7 +149,7 @@ class Layout:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         target = self.blob_path(digest)
         if not target.exists():
-            write_atomic(target, data)
+            self._write(target, data)
         return Descriptor(media_type, digest, len(data))
 
     def put_json(self, value: Any, media_type: str) -> Descriptor:
@@ -199,19 +213,32 @@ class Layout:
             known = {m["digest"] for m in manifests}
             manifests += [r.to_json() for r in referrers if r.digest not in known]
             index["manifests"] = manifests
-            write_atomic(self.root / "index.json", canonical_json(index))
+            self._write(self.root / "index.json", canonical_json(index))
 
-    def untag(self, ref: str, referrers: Sequence[Descriptor] = ()) -> None:
+    def untag(
+        self, ref: str, referrers: Sequence[Descriptor] = (), digest: str | None = None
+    ) -> None:
+        """Drop ``ref`` (only while it still names ``digest``, when given) and ``referrers``."""
         drop = {r.digest for r in referrers}
         with self._locked():
             index = self.read_index()
             index["manifests"] = [
                 m
                 for m in index["manifests"]
-                if (m.get("annotations") or {}).get(REF_ANNOTATION) != ref
+                if not (
+                    (m.get("annotations") or {}).get(REF_ANNOTATION) == ref
+                    and (digest is None or m["digest"] == digest)
+                )
                 and m["digest"] not in drop
             ]
-            write_atomic(self.root / "index.json", canonical_json(index))
+            self._write(self.root / "index.json", canonical_json(index))
+
+    def prune(self, drop: Callable[[dict[str, Any]], bool]) -> None:
+        """Remove the index.json entries ``drop`` picks, in one atomic write."""
+        with self._locked():
+            index = self.read_index()
+            index["manifests"] = [m for m in index["manifests"] if not drop(m)]
+            self._write(self.root / "index.json", canonical_json(index))
 
     def refs(self) -> dict[str, Descriptor]:
         out = {}
