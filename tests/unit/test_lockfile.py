@@ -78,6 +78,6 @@ def test_a_rebuilt_file_under_the_same_version_is_a_change() -> None:
 def test_lock_path_and_deb_file_names() -> None:
     assert lock_path(Path("/r/web.toml")) == Path("/r/web.toml.lock")
     deb = Deb("login", "amd64", "1:4.13+dfsg1-1", SHA_A)
-    assert deb.filename == "login_1%3A4.13+dfsg1-1_amd64.deb"
+    assert deb.filename == "login_1%3a4.13+dfsg1-1_amd64.deb"  # as apt names it
     assert parse_filename(deb.filename) == ("login", "1:4.13+dfsg1-1", "amd64")
     assert parse_filename("not-a-deb.txt") is None

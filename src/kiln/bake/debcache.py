@@ -45,6 +45,16 @@ def parse_filename(filename: str) -> tuple[str, str, str] | None:
     return name, unquote(version), arch
 
 
+def find_archived(folder: Path, deb: Deb) -> Path | None:
+    """A file of ``deb`` in an apt archives folder under any name apt or kiln gives it
+    (an epoch's colon as %3a or %3A, or left out as in the pool), or None."""
+    for name in deb.filenames:
+        path = folder / name
+        if path.is_file():
+            return path
+    return None
+
+
 class PackageCache:
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -13,6 +13,7 @@ from pathlib import Path
 from kiln import proc
 from kiln.bake.bases.apt_sources import mirror_lines, os_codename
 from kiln.bake.context import BuildContext
+from kiln.bake.debcache import find_archived
 from kiln.digests import file_sha256
 from kiln.errors import BadInput, KilnError
 from kiln.recipe.lockfile import Deb, Lock
@@ -184,8 +185,8 @@ def unpack(context: BuildContext, packages: tuple[str, ...]) -> None:
         found = candidate(package)
         deb = Deb(found.name, found.architecture, found.version, found.sha256)
         if not cache.has(deb):
-            local = HOST_ARCHIVES / Path(found.filename).name
-            if local.is_file() and file_sha256(local) == found.sha256:
+            local = find_archived(HOST_ARCHIVES, deb)  # apt names it 1%3a..., the pool 1...
+            if local is not None and file_sha256(local) == found.sha256:
                 cache.add(local, deb.key)
             else:
                 cache.fetch([deb], fetch_lines(context), context.home.tmp)

@@ -47,8 +47,20 @@ class Deb:
 
     @property
     def filename(self) -> str:
-        """The file name apt uses (an epoch's colon is quoted as %3a)."""
-        return f"{self.name}_{quote(self.version, safe='+~.-')}_{self.architecture}.deb"
+        """The file name apt uses (an epoch's colon is quoted as %3a, lower case)."""
+        return f"{self.name}_{apt_quote(self.version)}_{self.architecture}.deb"
+
+    @property
+    def filenames(self) -> tuple[str, ...]:
+        """Every name a file of this package may have: apt's (%3a), the upper-case quoting
+        older kiln wrote (%3A), and the pool's (no epoch at all)."""
+        pool = self.version.split(":", 1)[1] if ":" in self.version else self.version
+        names = [
+            self.filename,
+            f"{self.name}_{quote(self.version, safe='+~.-')}_{self.architecture}.deb",
+            f"{self.name}_{pool}_{self.architecture}.deb",
+        ]
+        return tuple(dict.fromkeys(names))
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -71,6 +83,11 @@ class Lock:
         for deb in sorted(self.packages, key=lambda d: (d.name, d.architecture)):
             lines.append(f"package {deb.name} {deb.architecture} {deb.version} {deb.sha256}")
         return "\n".join(lines) + "\n"
+
+
+def apt_quote(version: str) -> str:
+    """A version as apt quotes it in a file name: '%' and lower-case hex (1:2.0 -> 1%3a2.0)."""
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), quote(version, safe="+~.-"))
 
 
 def lock_path(recipe: Path) -> Path:
