@@ -64,6 +64,8 @@ class BuildContext:
     created_mount_points: list[str] = field(default_factory=list)
     overlay: Overlay | None = None
     seal_checks: list[dict[str, object]] = field(default_factory=list)
+    # device nodes and setuid/setgid files of an imported base (None: not looked yet)
+    import_special: list[dict[str, str]] | None = None
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def __post_init__(self) -> None:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kiln import __version__
+from kiln.bake.bases import imported
 from kiln.bake.context import BuildContext
 from kiln.store.layout import MEDIA_MANIFEST, Descriptor
 
@@ -51,7 +52,27 @@ def labels(context: BuildContext, created: datetime) -> dict[str, str]:
     tests = recipe.recipe.tests
     if tests != type(tests)():  # kiln test reads them from here, without the recipe file
         out[f"{LABEL}tests"] = json.dumps(tests.model_dump(mode="json"), sort_keys=True)
+    if recipe.recipe.image.origin == "import":
+        special = import_special(context)
+        out[IMPORT_SPECIAL] = json.dumps(special[: imported.MAX_LISTED], sort_keys=True)
     return out
+
+
+IMPORT_SPECIAL = f"{LABEL}import.special"
+
+
+def import_special(context: BuildContext) -> list[dict[str, str]]:
+    """What an imported base holds that a person should look at (devices, setuid and
+    setgid files): found once in the layer, before it is stored, and told in the log."""
+    if context.import_special is None:
+        context.import_special = imported.special_files(context.layer_source)
+        found = context.import_special
+        if found:
+            context.log(
+                f"the imported root holds {len(found)} device node(s) or setuid/setgid "
+                f"file(s) (label {IMPORT_SPECIAL} in kiln inspect):\n" + imported.describe(found)
+            )
+    return context.import_special
 
 
 def config(context: BuildContext, layer: Descriptor, created: datetime) -> dict[str, Any]:
