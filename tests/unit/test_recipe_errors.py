@@ -469,3 +469,196 @@ def test_line_of_falls_back_to_nearest_ancestor() -> None:
 )
 def test_format_path(path: tuple[str | int, ...], expected: str) -> None:
     assert format_path(path) == expected
+
+
+# --- hostile input: bounded files, strings, nesting and inputs ---
+
+
+def test_a_recipe_symlinked_to_dev_zero_is_refused_without_reading_it(tmp_path: Path) -> None:
+    link = tmp_path / "zero.toml"
+    link.symlink_to("/dev/zero")
+    problem = only(link)
+    assert problem.file == str(link)
+    assert "character device" in problem.message and "/dev/zero" in problem.message
+
+
+def test_a_fifo_recipe_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.toml"
+    os.mkfifo(fifo)
+    assert "FIFO" in only(fifo).message
+
+
+def test_a_folder_or_a_symlink_loop_is_not_a_recipe(tmp_path: Path) -> None:
+    (tmp_path / "dir.toml").mkdir()
+    assert "folder" in only(tmp_path / "dir.toml").message
+    (tmp_path / "a.toml").symlink_to("b.toml")
+    (tmp_path / "b.toml").symlink_to("a.toml")
+    assert "symlink loop" in only(tmp_path / "a.toml").message
+
+
+def test_an_oversized_recipe_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, HEADER + "# " + "x" * (1 << 20) + "\n")
+    assert "at most 1048576 bytes" in only(path).message
+
+
+def test_nul_bytes_are_refused_in_values_and_keys_with_their_lines(tmp_path: Path) -> None:
+    text = HEADER + '\n[[steps]]\nrun = "echo a\\u0000b"\n[steps.env]\n"K\\u0000" = "v"\n'
+    found = problems(write(tmp_path, text))
+    by_path = {p.path: p for p in found}
+    assert by_path["steps[0].run"].line == line_of(text, "run =")
+    assert "NUL" in by_path["steps[0].run"].message
+    assert "NUL" in by_path["steps[0].env"].message
+
+
+def test_a_long_string_is_refused(tmp_path: Path) -> None:
+    text = HEADER + '\n[[steps]]\nrun = "' + "a" * 70_000 + '"\n'
+    problem = only(write(tmp_path, text))
+    assert problem.path == "steps[0].run" and "at most 65536 bytes" in problem.message
+
+
+@pytest.mark.parametrize("depth", [40, 2000])
+def test_deep_nesting_is_refused(tmp_path: Path, depth: int) -> None:
+    nested = "[" * depth + "]" * depth
+    text = HEADER + f'\n[[steps]]\nansible = "p.yml"\nextra_vars = {{ a = {nested} }}\n'
+    (tmp_path / "p.yml").write_text("[]\n")
+    problem = only(write(tmp_path, text))
+    assert "nested" in problem.message
+
+
+def test_deep_dotted_tables_are_refused_without_recursion(tmp_path: Path) -> None:
+    text = HEADER + "[" + ".".join(["t"] * 5000) + "]\n"
+    found = problems(write(tmp_path, text))
+    assert any("nested more than 32" in p.message for p in found)
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("9223372036854775807", "less than or equal"),
+        ("9223372036854775808", "64 bits"),
+        ("1.0", "valid integer"),
+        ("1700000000.5", "valid integer"),
+        ("true", "valid integer"),
+        ("99999999999999999999", "64 bits"),
+    ],
+)
+def test_source_date_epoch_is_a_bounded_integer(tmp_path: Path, value: str, needle: str) -> None:
+    text = HEADER + f"source_date_epoch = {value}\n"
+    found = problems(write(tmp_path, text))
+    assert all(p.path == "image.source_date_epoch" and p.line == 3 for p in found), found
+    assert any(needle in p.message for p in found), found
+
+
+def test_a_huge_integer_anywhere_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "p.yml").write_text("[]\n")
+    text = HEADER + '\n[[steps]]\nansible = "p.yml"\nextra_vars = { n = 1' + "0" * 30 + " }\n"
+    problem = only(write(tmp_path, text))
+    assert problem.path == "steps[0].extra_vars.n" and "64 bits" in problem.message
+    text = HEADER + "n = 1" + "0" * 5000 + "\n"
+    assert "out of range" in only(write(tmp_path, text)).message
+
+
+@pytest.mark.parametrize(
+    ("state", "needle"),
+    [
+        ('["/"]', "'/' cannot be a state path"),
+        ('["/proc/x"]', "under /proc"),
+        ('["/run"]', "under /run"),
+        ('["/dev/shm/x"]', "under /dev"),
+        ('["/var//lib"]', "write it as '/var/lib'"),
+        ('["/var/lib/"]', "write it as '/var/lib'"),
+        ('["/var/./lib"]', "write it as '/var/lib'"),
+        ('["/var/../etc"]', "without '..'"),
+        ('["var/lib"]', "absolute"),
+        ('["/var/lib", "/var/lib/web"]', "overlap"),
+        ('["/srv", "/srv"]', "twice"),
+        ('["/srv\\nx"]', "control characters"),
+    ],
+)
+def test_state_paths_are_real_sub_paths(tmp_path: Path, state: str, needle: str) -> None:
+    text = HEADER + f"\n[runtime]\nstate = {state}\n"
+    problem = only(write(tmp_path, text))
+    assert problem.path == "runtime.state" and problem.line == line_of(text, "state =")
+    assert needle in problem.message
+
+
+def test_a_fifo_as_a_copy_source_is_refused_with_its_path(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe")
+    text = HEADER + '\n[[steps]]\ncopy = "pipe"\nto = "/x"\n'
+    problem = only(write(tmp_path, text))
+    assert problem.path == "steps[0].copy" and "FIFO" in problem.message
+
+
+def test_special_files_inside_a_copied_folder_are_refused(tmp_path: Path) -> None:
+    site = tmp_path / "site" / "deep"
+    site.mkdir(parents=True)
+    (site / "ok.html").write_text("ok")
+    os.mkfifo(site / "pipe")
+    (site / "zero").symlink_to("/dev/zero")  # a symlink is copied as a link: fine
+    (tmp_path / "site" / "loop").symlink_to("loop")  # so is a looping one
+    text = HEADER + '\n[[steps]]\ncopy = "site"\nto = "/srv/"\n'
+    problem = only(write(tmp_path, text))
+    assert "deep/pipe" in problem.message and "FIFO" in problem.message
+    assert "zero" not in problem.message and "loop" not in problem.message
+
+
+def test_a_symlink_to_a_device_or_a_loop_as_copy_source_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "null").symlink_to("/dev/null")
+    (tmp_path / "loop").symlink_to("loop")
+    text = (
+        HEADER
+        + '\n[[steps]]\ncopy = "null"\nto = "/x"\n'
+        + '\n[[steps]]\ncopy = "loop"\nto = "/y"\n'
+    )
+    first, second = problems(write(tmp_path, text))
+    assert first.path == "steps[0].copy" and "outside the recipe's folder" in first.message
+    assert second.path == "steps[1].copy" and "symlink loop" in second.message
+
+
+def test_a_fifo_beside_a_playbook_is_refused(tmp_path: Path) -> None:
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "site.yml").write_text("[]\n")
+    os.mkfifo(books / "pipe")
+    text = HEADER + '\n[[steps]]\nansible = "books/site.yml"\n'
+    problem = only(write(tmp_path, text))
+    assert problem.path == "steps[0].ansible" and "pipe" in problem.message
+
+
+def test_an_import_that_is_a_fifo_is_refused(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "root.tar")
+    text = '[image]\nname = "vendor"\nimport = "root.tar"\n'
+    problem = only(write(tmp_path, text))
+    assert problem.path == "image.import" and "FIFO" in problem.message
+
+
+def test_an_over_long_input_name_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
+    text = HEADER + f'\n[[steps]]\ncopy = "{"x" * 300}"\nto = "/x"\n'
+    found = problems(write(tmp_path, text))
+    assert {p.path for p in found} == {"steps[0].copy"}
+
+
+@pytest.mark.parametrize(
+    ("step", "path", "needle"),
+    [
+        ('run = "x"\nshell = []', "steps[0].shell", "at least 1"),
+        ('run = "x"\nshell = ["sh", "-c"]', "steps[0].shell", "absolute path"),
+        ('run = "x"\nenv = { "A=B" = "c" }', "steps[0].env", "environment variable"),
+        ('ansible = "p.yml"\nextra_vars = { d = 1979-05-27 }', "steps[0].extra_vars", "date"),
+        ('ansible = "p.yml"\nextra_vars = { f = inf }', "steps[0].extra_vars", "inf"),
+        ('copy = "p.yml"\nto = "/a\\tb"', "steps[0].to", "control"),
+    ],
+)
+def test_step_values_that_would_fail_at_bake_time(
+    tmp_path: Path, step: str, path: str, needle: str
+) -> None:
+    (tmp_path / "p.yml").write_text("[]\n")
+    problem = only(write(tmp_path, HEADER + f"\n[[steps]]\n{step}\n"))
+    assert problem.path == path and needle in problem.message, problem
+
+
+def test_a_lock_file_that_is_a_fifo_is_refused_at_load(tmp_path: Path) -> None:
+    path = write(tmp_path, HEADER)
+    os.mkfifo(tmp_path / "recipe.toml.lock")
+    problem = only(path)
+    assert problem.file == str(tmp_path / "recipe.toml.lock") and "FIFO" in problem.message
