@@ -144,6 +144,29 @@ def test_bad_config_files(tmp_path: Path) -> None:
     assert missing == [f"--config {tmp_path / 'nope.toml'}: No such file or directory"]
 
 
+def test_empty_or_nul_values_for_required_keys_are_refused(tmp_path: Path) -> None:
+    found = problems(sets=["site_title=", "api_token=  "])
+    assert found == [
+        "api_token: required secret is empty: --set api_token=VALUE",
+        "site_title: required key is empty: --set site_title=VALUE",
+    ]
+    assert problems(sets=["site_title=a\0b", "api_token=t"]) == [
+        "site_title: a value cannot hold a NUL character"
+    ]
+    assert (
+        config.resolve("web:1", WEB, ["site_title=x", "api_token=t", "extra="]).plain["extra"] == ""
+    ), "an optional key may be empty"
+
+
+def test_a_config_file_that_is_a_device_or_a_fifo_is_refused(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.toml"
+    os.mkfifo(fifo)
+    [problem] = problems(config_file=fifo, sets=["site_title=x", "api_token=t"])
+    assert problem.startswith(f"--config {fifo}: is a FIFO")
+    [problem] = problems(config_file=Path("/dev/zero"), sets=["site_title=x", "api_token=t"])
+    assert "character device" in problem
+
+
 def test_generated_values_for_kiln_test() -> None:
     values = config.resolve("web:1", WEB, ["site_title=Given"], generate=True)
     assert values.plain["site_title"] == "Given"
