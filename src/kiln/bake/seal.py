@@ -8,14 +8,13 @@ more; the checks are recorded in the image's labels and shown by ``kiln inspect`
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
+import stat
 from dataclasses import dataclass
-from pathlib import Path
 
 from kiln.bake.context import BuildContext
 from kiln.errors import KilnError
+from kiln.rootpath import Root
 
 VERSION = 1
 
@@ -46,23 +45,13 @@ RULES = (
 )
 
 
-def _matches(root: Path, rule: Rule) -> list[Path]:
+def _matches(root: Root, rule: Rule) -> list[str]:
     found = []
-    for match in glob.glob(str(root) + rule.pattern, recursive=True, include_hidden=True):
-        if not os.path.lexists(match):
-            continue  # Python 3.11's glob yields "dir/" for "dir/**" when dir is missing
-        path = Path(match)
-        if rule.files_only and path.is_dir() and not path.is_symlink():
+    for path in root.glob(rule.pattern):
+        if rule.files_only and root.is_dir(path):
             continue
         found.append(path)
     return found
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        path.unlink()
 
 
 def rules(context: BuildContext) -> list[Rule]:
@@ -73,32 +62,43 @@ def rules(context: BuildContext) -> list[Rule]:
 
 
 def seal(context: BuildContext) -> list[dict[str, object]]:
-    """Apply every rule, then assert it; return the checks for the image's labels."""
-    root = context.root
+    """Apply every rule, then assert it; return the checks for the image's labels.
+
+    Rules match and remove inside the root (kiln.rootpath): a symlink in the image never
+    leads a rule to the host's files.
+    """
+    with Root(context.root) as root:
+        return _seal(root, rules(context))
+
+
+def _seal(root: Root, rules: list[Rule]) -> list[dict[str, object]]:
     checks: list[dict[str, object]] = []
-    for rule in rules(context):
+    for rule in rules:
         removed = _matches(root, rule)
         for path in sorted(removed, reverse=True):  # children before parents
-            _remove(path)
+            root.remove(path)
         left = _matches(root, rule)
         checks.append(
             {"path": rule.pattern, "why": rule.why, "removed": len(removed), "ok": not left}
         )
         if left:
             raise KilnError(
-                f"seal failed: {[str(p) for p in left]} still present",
+                f"seal failed: {left} still present",
                 hint=f"rule {rule.pattern} ({rule.why})",
             )
-    machine_id = root / "etc/machine-id"
-    if machine_id.is_file() and not machine_id.is_symlink():
-        if machine_id.stat().st_size:
-            machine_id.write_bytes(b"")  # empty: each machine gets its own at first boot
+    machine_id = "/etc/machine-id"
+    if root.exists(machine_id) and stat.S_ISREG(root.lstat(machine_id).st_mode):
+        fd = root.open_file(machine_id, os.O_WRONLY | os.O_TRUNC, follow=False)
+        try:  # emptied: each machine gets its own at first boot
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
         checks.append(
             {
                 "path": "/etc/machine-id",
                 "why": "machine identity, emptied",
                 "removed": 0,
-                "ok": machine_id.stat().st_size == 0,
+                "ok": size == 0,
             }
         )
     return checks

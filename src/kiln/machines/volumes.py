@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln import proc
-from kiln.bake.rootpath import resolve_in_root
 from kiln.errors import BadInput
 from kiln.machines.folder import Folder
+from kiln.rootpath import DIR, Root
 
 SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.")
 
@@ -73,6 +73,8 @@ def plan(folder: Folder, state: Sequence[str], given: Sequence[str]) -> list[Vol
 def prepare(volume: Volume, root: Path) -> bool:
     """Make the volume's folder; a new one starts as a copy of the image's path in ``root``.
 
+    The image's path is resolved inside the image (kiln.rootpath) and copied from the fd
+    that resolution gave, so no symlink in the image leads the copy onto the host.
     Returns True when the volume was new.
     """
     source = volume.source
@@ -81,11 +83,18 @@ def prepare(volume: Volume, root: Path) -> bool:
     if source.exists() and not source.is_dir():
         raise BadInput(f"volume {source} for {volume.path} is not a folder")
     source.mkdir(parents=True, exist_ok=True)
-    image_path = resolve_in_root(root, volume.path)
-    if image_path.is_dir() and not image_path.is_symlink():  # never follow it onto the host
-        st = image_path.stat()
-        os.chown(source, st.st_uid, st.st_gid)
-        os.chmod(source, st.st_mode & 0o7777)
-        if any(image_path.iterdir()):
-            proc.run(["cp", "-a", "--", f"{image_path}/.", str(source)])
+    with Root(root) as image:
+        try:
+            folder = image.open(volume.path, DIR)
+        except (FileNotFoundError, NotADirectoryError):
+            return True  # nothing in the image to start from
+        try:
+            st = os.fstat(folder)
+            os.chown(source, st.st_uid, st.st_gid)
+            os.chmod(source, st.st_mode & 0o7777)
+            if os.listdir(folder):
+                # cp -a never dereferences; it starts from the folder the fd holds
+                proc.run(["cp", "-a", "--", f"/proc/{os.getpid()}/fd/{folder}/.", str(source)])
+        finally:
+            os.close(folder)
     return True

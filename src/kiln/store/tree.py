@@ -1,27 +1,23 @@
 """The merged file tree of an image, read from its unpacked layers, and diffs between two.
 
 A view maps each path to the layer folder that provides it, applying whiteouts and opaque
-folders the way overlayfs does. Two images that share a layer share its entries, so a
-diff only reads (and hashes) files that come from different layers.
+folders the way overlayfs does; layers are read through kiln.rootpath. Two images that
+share a layer share its entries, so a diff only reads (and hashes) files that come from
+different layers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln.digests import file_sha256
-from kiln.store.whiteout import OPAQUE_XATTR
-
-
-def _opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
+from kiln.digests import CHUNK
+from kiln.rootpath import Root
+from kiln.store.whiteout import is_opaque
 
 
 def view(layer_dirs: Sequence[Path]) -> dict[str, Path]:
@@ -29,26 +25,28 @@ def view(layer_dirs: Sequence[Path]) -> dict[str, Path]:
     merged: dict[str, Path] = {}
     dirs: set[str] = set()
     for layer in layer_dirs:
-        base = str(layer)
-        for dirpath, dirnames, filenames in os.walk(base):
-            rel_dir = os.path.relpath(dirpath, base)
-            rel_dir = "" if rel_dir == "." else rel_dir
-            for name in dirnames + filenames:
-                rel = os.path.join(rel_dir, name)
-                full = os.path.join(dirpath, name)
-                st = os.lstat(full)
-                was_dir = rel in dirs
-                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:  # whiteout
-                    merged.pop(rel, None)
-                    if was_dir:
+        covers: set[str] = set()  # folders of this layer over a lower layer's folder
+        with Root(layer) as root:
+            for rel_dir, fd, entries in root.walk():
+                if rel_dir in covers and is_opaque(fd):  # hides everything below it
+                    _drop_below(merged, dirs, rel_dir)
+                    dirs.add(rel_dir)
+                for name, st in entries.items():
+                    rel = os.path.join(rel_dir, name)
+                    was_dir = rel in dirs
+                    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:  # whiteout
+                        merged.pop(rel, None)
+                        if was_dir:
+                            _drop_below(merged, dirs, rel)
+                        continue
+                    is_dir = stat.S_ISDIR(st.st_mode)
+                    if was_dir and not is_dir:
                         _drop_below(merged, dirs, rel)
-                    continue
-                is_dir = stat.S_ISDIR(st.st_mode)
-                if was_dir and (not is_dir or _opaque(full)):
-                    _drop_below(merged, dirs, rel)
-                merged[rel] = layer
-                if is_dir:
-                    dirs.add(rel)
+                    elif was_dir:
+                        covers.add(rel)
+                    merged[rel] = layer
+                    if is_dir:
+                        dirs.add(rel)
     return merged
 
 
@@ -74,15 +72,19 @@ class Entry:
         return f"{self.kind} {self.mode:04o} {self.uid}:{self.gid}"
 
 
-def entry(path: Path) -> Entry:
-    st = os.lstat(path)
+def entry(root: Root, rel: str) -> Entry:
+    st = root.lstat(rel)
     mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
     if stat.S_ISLNK(st.st_mode):
-        return Entry("link", mode, uid, gid, os.readlink(path))
+        return Entry("link", mode, uid, gid, root.readlink(rel))
     if stat.S_ISDIR(st.st_mode):
         return Entry("dir", mode, uid, gid, "")
     if stat.S_ISREG(st.st_mode):
-        return Entry("file", mode, uid, gid, file_sha256(path))
+        digest = hashlib.sha256()
+        with os.fdopen(root.open_file(rel, follow=False), "rb") as handle:
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+        return Entry("file", mode, uid, gid, digest.hexdigest())
     return Entry("other", mode, uid, gid, str(st.st_rdev))
 
 
@@ -100,13 +102,24 @@ def diff(old_layers: Sequence[Path], new_layers: Sequence[Path]) -> TreeDiff:
     """Files added, modified (content, type, mode, owner or link target) and deleted."""
     old, new = view(old_layers), view(new_layers)
     result = TreeDiff()
+    roots: dict[Path, Root] = {}
+
+    def entry_in(layer: Path, rel: str) -> Entry:
+        if layer not in roots:
+            roots[layer] = Root(layer)
+        return entry(roots[layer], rel)
+
     for rel in sorted(new.keys() - old.keys()):
         result.added.append("/" + rel)
     for rel in sorted(old.keys() - new.keys()):
         result.deleted.append("/" + rel)
-    for rel in sorted(old.keys() & new.keys()):
-        if old[rel] == new[rel]:
-            continue  # the same layer provides both
-        if entry(old[rel] / rel) != entry(new[rel] / rel):
-            result.modified.append("/" + rel)
+    try:
+        for rel in sorted(old.keys() & new.keys()):
+            if old[rel] == new[rel]:
+                continue  # the same layer provides both
+            if entry_in(old[rel], rel) != entry_in(new[rel], rel):
+                result.modified.append("/" + rel)
+    finally:
+        for root in roots.values():
+            root.close()
     return result

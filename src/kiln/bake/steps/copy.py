@@ -1,91 +1,100 @@
 """`copy`: files or a folder's contents from beside the recipe into the root.
 
-Destination paths are resolved the way they would be inside the root (absolute symlinks
-are re-rooted), so a symlink in the image can never lead a copy out onto the host.
-Owners default to root:root, whatever owns the files in the checkout.
+Destination paths resolve inside the root (kiln.rootpath): a symlink in the image keeps
+its meaning there and can never lead a copy out onto the host. Sources are read through
+file descriptors, never following a symlink: regular files, folders and symlinks are
+copied, anything else (a FIFO, a device, a socket) is refused. Owners default to
+root:root, whatever owns the files in the checkout.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from pathlib import Path
 
 from kiln.bake.context import BuildContext
-from kiln.bake.rootpath import lookup_ids, resolve_in_root
+from kiln.errors import BadInput
 from kiln.recipe.models import CopyStep
+from kiln.rootpath import Root, lookup_ids
 
 VERSION = 1
 
 
 def apply(context: BuildContext, step: CopyStep, index: int) -> None:
     source = context.recipe.resolve(step.source)
-    uid, gid = lookup_ids(context.root, step.owner) if step.owner else (0, 0)
-    mode = int(step.mode, 8) if step.mode else None
-    target = step.target
-    if source.is_dir():
-        base = target.rstrip("/") or "/"
-        _make_dirs(context.root, base, 0, 0)
-        for dirpath, dirnames, filenames in os.walk(source):
-            rel = os.path.relpath(dirpath, source)
-            here = base if rel == "." else f"{base.rstrip('/')}/{rel}"
-            for name in sorted(dirnames):
-                src = Path(dirpath) / name
-                if src.is_symlink():
-                    _put(context.root, f"{here.rstrip('/')}/{name}", src, uid, gid, mode)
-                else:
-                    _make_dir(
-                        context.root,
-                        f"{here.rstrip('/')}/{name}",
-                        uid,
-                        gid,
-                        stat.S_IMODE(src.stat().st_mode),
-                    )
-            for name in sorted(filenames):
-                _put(
-                    context.root, f"{here.rstrip('/')}/{name}", Path(dirpath) / name, uid, gid, mode
-                )
-    else:
+    with Root(context.root) as root:
+        copy(root, source, step.target, step.owner, step.mode)
+
+
+def copy(root: Root, source: Path, target: str, owner: str | None, mode_text: str | None) -> None:
+    """Copy ``source`` (a file or a folder's contents) to ``target`` inside ``root``."""
+    uid, gid = lookup_ids(root, owner) if owner else (0, 0)
+    mode = int(mode_text, 8) if mode_text else None
+    top = _open_source(source)
+    try:
+        kind = stat.S_IFMT(os.fstat(top).st_mode)
+        if kind == stat.S_IFDIR:
+            base = target.rstrip("/") or "/"
+            root.mkdirs(base)
+            _copy_tree(root, source, base, uid, gid, mode)
+            return
         if target.endswith("/"):
             target = target + source.name
-        _make_dirs(context.root, target.rsplit("/", 1)[0] or "/", 0, 0)
-        _put(context.root, target, source, uid, gid, mode)
+        root.mkdirs(target.rsplit("/", 1)[0] or "/")
+        _put_file(root, target, source, top, uid, gid, mode)
+    finally:
+        os.close(top)
 
 
-def _make_dirs(root: Path, path: str, uid: int, gid: int) -> None:
-    parts = [p for p in path.split("/") if p]
-    for depth in range(1, len(parts) + 1):
-        _make_dir(root, "/" + "/".join(parts[:depth]), uid, gid, 0o755, keep=True)
+def _open_source(path: Path, dir_fd: int | None = None) -> int:
+    """An fd of a source entry, never following a symlink; only files and folders pass."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise BadInput(f"copy source {path} does not exist") from None
+    kind = stat.S_IFMT(os.fstat(fd).st_mode)
+    if kind not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK):
+        os.close(fd)
+        what = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}.get(kind, "a device")
+        raise BadInput(
+            f"copy source {path} is {what}",
+            hint="copy copies regular files, folders and symlinks only",
+        )
+    return fd
 
 
-def _make_dir(root: Path, path: str, uid: int, gid: int, mode: int, keep: bool = False) -> None:
-    host = resolve_in_root(root, path)
-    if host.is_dir():
-        if keep:
-            return
-    else:
-        if host.exists() or host.is_symlink():
-            host.unlink()
-        host.mkdir()
-    os.chown(host, uid, gid, follow_symlinks=False)
-    os.chmod(host, mode)
+def _copy_tree(root: Root, source: Path, base: str, uid: int, gid: int, mode: int | None) -> None:
+    with Root(source) as tree:
+        for rel_dir, dir_fd, entries in tree.walk():
+            here = f"{base.rstrip('/')}/{rel_dir}" if rel_dir else base.rstrip("/")
+            for name, st in entries.items():
+                dest = f"{here}/{name}"
+                if stat.S_ISDIR(st.st_mode):
+                    root.mkdir(dest, stat.S_IMODE(st.st_mode), uid, gid)
+                elif stat.S_ISLNK(st.st_mode):
+                    root.symlink(dest, os.readlink(name, dir_fd=dir_fd), uid, gid)
+                else:
+                    fd = _open_source(Path(name), dir_fd=dir_fd)
+                    try:
+                        _put_file(root, dest, source / rel_dir / name, fd, uid, gid, mode)
+                    finally:
+                        os.close(fd)
 
 
-def _put(root: Path, path: str, src: Path, uid: int, gid: int, mode: int | None) -> None:
-    parent, _, name = path.rstrip("/").rpartition("/")
-    host_parent = resolve_in_root(root, parent or "/")
-    if not host_parent.is_dir():
-        raise NotADirectoryError(f"{parent} is not a folder in the image")
-    dest = host_parent / name
-    if dest.is_dir() and not dest.is_symlink():
-        shutil.rmtree(dest)
-    elif dest.exists() or dest.is_symlink():
-        dest.unlink()
-    if src.is_symlink():
-        os.symlink(os.readlink(src), dest)
-        os.chown(dest, uid, gid, follow_symlinks=False)
+def _put_file(
+    root: Root, dest: str, source: Path, fd: int, uid: int, gid: int, mode: int | None
+) -> None:
+    st = os.fstat(fd)
+    if stat.S_ISLNK(st.st_mode):
+        root.symlink(dest, os.readlink("", dir_fd=fd), uid, gid)
         return
-    shutil.copyfile(src, dest, follow_symlinks=False)
-    os.chown(dest, uid, gid)
-    os.chmod(dest, mode if mode is not None else stat.S_IMODE(src.stat().st_mode))
+    if not stat.S_ISREG(st.st_mode):
+        raise BadInput(f"copy source {source} is not a regular file")
+    data = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        root.write_file(
+            dest, data, mode if mode is not None else stat.S_IMODE(st.st_mode), uid, gid
+        )
+    finally:
+        os.close(data)
