@@ -22,7 +22,7 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from kiln.errors import BadInput, KilnError
 
@@ -506,7 +506,7 @@ class Root:
     def write_file(
         self,
         path: str,
-        data: bytes | BinaryIO | int,
+        data: bytes | IO[bytes] | int,
         mode: int = 0o644,
         uid: int = 0,
         gid: int = 0,
@@ -522,17 +522,44 @@ class Root:
             )
             try:
                 if isinstance(data, bytes):
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(out, view) :]
-                else:
-                    source = data if isinstance(data, int) else data.fileno()
-                    while os.sendfile(out, source, None, CHUNK):
+                    _write_all(out, data)
+                elif isinstance(data, int):
+                    while os.sendfile(out, data, None, CHUNK):
                         pass
+                else:
+                    _copy_sparse(data, out)
                 os.fchown(out, uid, gid)
                 os.fchmod(out, mode)  # after chown, which clears setuid bits
             finally:
                 os.close(out)
+
+    def link(self, path: str, target: str) -> None:
+        """A hard link at ``path`` to ``target`` (both inside the root; neither followed)."""
+        with self.parent(target) as (source_fd, source_name), self.parent(path) as (fd, name):
+            self._clear(fd, name)
+            os.link(source_name, name, src_dir_fd=source_fd, dst_dir_fd=fd, follow_symlinks=False)
+
+    def mknod(self, path: str, mode: int, major: int = 0, minor: int = 0) -> None:
+        """A device node or FIFO (``mode`` holds its S_IF* kind), replacing what is there."""
+        with self.parent(path) as (fd, name):
+            self._clear(fd, name)
+            os.mknod(name, mode, os.makedev(major, minor), dir_fd=fd)
+        self.chmod(path, stat.S_IMODE(mode))  # mknod's mode went through the umask
+
+    def utime(self, path: str, mtime_ns: int) -> None:
+        """Set atime and mtime, of a symlink itself if ``path`` is one."""
+        if not parts(path):
+            os.utime(self.fd, ns=(mtime_ns, mtime_ns))
+            return
+        with self.parent(path) as (fd, name):
+            os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=fd, follow_symlinks=False)
+
+    def setxattr(self, path: str, key: str, value: bytes) -> None:
+        fd = self._node(path)
+        try:
+            os.setxattr(_fd_path(fd), key, value)
+        finally:
+            os.close(fd)
 
     def symlink(self, path: str, target: str, uid: int = 0, gid: int = 0) -> None:
         with self.parent(path) as (fd, name):
@@ -561,6 +588,24 @@ class Root:
             os.chmod(_fd_path(fd), mode)
         finally:
             os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _copy_sparse(source: IO[bytes], fd: int) -> None:
+    """Copy a stream into a new file; runs of zero chunks become holes."""
+    size = 0
+    while chunk := source.read(CHUNK):
+        size += len(chunk)
+        if chunk.count(0) == len(chunk):
+            os.lseek(fd, len(chunk), os.SEEK_CUR)
+        else:
+            _write_all(fd, chunk)
+    os.ftruncate(fd, size)
 
 
 def _ids(root: Root, file: str, name: str) -> int | None:

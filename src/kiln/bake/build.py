@@ -14,6 +14,7 @@ import errno
 import os
 import random
 import shlex
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from kiln.bake.root import Overlay, remove_tree
 from kiln.catalog.db import PENDING, Conflict
 from kiln.catalog.models import Artefact, Image, Package
 from kiln.errors import KilnError, StepFailed
+from kiln.rootpath import Root
 from kiln.sandbox import MOUNT_POINT_FILES
 from kiln.store import artefacts
 from kiln.store import layer as layers
@@ -131,10 +133,13 @@ def record_packages(context: BuildContext) -> None:
 
 def close_root(context: BuildContext) -> None:
     """Remove files nspawn made only to mount on, then unmount the overlay."""
-    for rel in context.created_mount_points:
-        path = context.root / rel
-        if path.is_file() and not path.is_symlink() and path.stat().st_size == 0:
-            path.unlink()
+    with Root(context.root) as root:
+        for rel in context.created_mount_points:
+            if not root.exists(rel):
+                continue
+            st = root.lstat(rel)  # never followed: a step may have made it a symlink
+            if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                root.remove(rel)
     if context.overlay is not None:
         context.overlay.unmount()
 
