@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -162,3 +163,17 @@ def is_abandoned(path: Path) -> bool:
         return False
     held.release()
     return True
+
+
+@contextmanager
+def scratch_dir(parent: Path, prefix: str) -> Iterator[str]:
+    """An owned scratch folder for the block (``tempfile.TemporaryDirectory``'s shape),
+    removed at the end; its flock tells ``kiln gc`` it is in use."""
+    path, held = owned_dir(parent, prefix)
+    try:
+        yield str(path)
+    finally:
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            held.release()

@@ -12,12 +12,11 @@ import errno
 import hashlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import unquote
 
-from kiln import proc
+from kiln import locks, proc
 from kiln.digests import file_sha256
 from kiln.errors import KilnError
 from kiln.recipe.lockfile import Deb
@@ -120,7 +119,7 @@ class PackageCache:
         missing = sorted(deb for deb in wanted if not self.has(deb))
         if not missing:
             return
-        with tempfile.TemporaryDirectory(dir=tmp, prefix="fetch-") as folder:
+        with locks.scratch_dir(tmp, "fetch-") as folder:
             base = Path(folder)
             for sub in ("lists/partial", "cache/archives/partial", "etc", "download"):
                 (base / sub).mkdir(parents=True)

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from kiln import proc
+from kiln import locks, proc
 from kiln.store.atomic import write_atomic
 from kiln.store.layout import REF_ANNOTATION, Descriptor, Layout, canonical_json
 
@@ -36,7 +36,7 @@ def oci_archive(
     """A tar of an OCI layout holding just this image (skopeo's oci-archive: transport)."""
     data = layout.read_json(manifest.digest)
     digests = [manifest.digest, data["config"]["digest"], *(x["digest"] for x in data["layers"])]
-    with tempfile.TemporaryDirectory(dir=scratch, prefix="export-") as folder:
+    with locks.scratch_dir(scratch, "export-") as folder:
         staging = Path(folder)
         blobs = staging / "blobs" / "sha256"
         blobs.mkdir(parents=True)
@@ -78,7 +78,7 @@ def rootfs_tar(layer_dirs: Sequence[Path], output: Path, scratch: Path) -> None:
         if len(layer_dirs) == 1:
             _tar_root(layer_dirs[0], tmp)
             return
-        with tempfile.TemporaryDirectory(dir=scratch, prefix="export-") as folder:
+        with locks.scratch_dir(scratch, "export-") as folder:
             target = Path(folder)
             lower = ":".join(str(p) for p in reversed(layer_dirs))
             proc.run(

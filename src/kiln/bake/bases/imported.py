@@ -6,11 +6,10 @@ import json
 import os
 import stat
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from kiln import proc
+from kiln import locks, proc
 from kiln.errors import BadInput
 from kiln.store.apply import apply_tar
 
@@ -91,7 +90,7 @@ def import_root(source: Path, root: Path, tmp: Path) -> None:
     if not _is_oci_archive(source):
         apply_tar(source, root)
         return
-    with tempfile.TemporaryDirectory(dir=tmp, prefix="import-") as folder:
+    with locks.scratch_dir(tmp, "import-") as folder:
         layout = Path(folder)
         proc.run(["tar", "--extract", f"--file={source}", f"--directory={layout}"])
         index = json.loads((layout / "index.json").read_text())
