@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import os
 import sys
+from pathlib import PurePath
 
 import click
 from rich.markup import escape
@@ -40,12 +43,37 @@ def _doing() -> str:
     return " ".join(["kiln", *words])
 
 
+def _file_being_written(exc: BaseException) -> str | None:
+    """The file an OSError without a file name was about. A write or a flush reports no
+    path, but the innermost kiln frame holds it: an open file, or a path among its locals
+    (or their attributes: a blob writer's temp file)."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        if f"{os.sep}kiln{os.sep}" in tb.tb_frame.f_code.co_filename:
+            frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    if not frames:
+        return None
+    found: list[str] = []
+    for value in frames[-1].f_locals.values():
+        for item in [value, *getattr(value, "__dict__", {}).values()]:
+            name = getattr(item, "name", None)
+            if isinstance(item, io.IOBase) and isinstance(name, str):
+                return name
+            if isinstance(item, PurePath):
+                found.append(str(item))
+    return found[0] if len(found) == 1 else None
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except KilnError as exc:
         _report(exc)
     except OSError as exc:  # a full disk, a read-only mount: not a bug, an operation that failed
+        if exc.filename is None:
+            exc.filename = _file_being_written(exc)
         _report(from_os_error(exc, _doing()))
     except click.exceptions.UsageError as exc:
         exc.show()
