@@ -283,13 +283,13 @@ def concurrency(home: Home, folder: Path, count: int, sleep: float) -> dict[str,
     }
 
 
-def verified_unpack() -> list[str]:
+def verified_unpack(home: Path | None = None) -> list[str]:
     """Rows from bench/verify.py (the verified-unpack ratio), if it is there."""
     try:  # written separately; may not be there yet
         verify = importlib.import_module("bench.verify")
     except ImportError:
         return ["verified unpack: bench/verify.py is missing, no ratio measured"]
-    return [row.render() if hasattr(row, "render") else str(row) for row in verify.rows()]
+    return [row.render() if hasattr(row, "render") else str(row) for row in verify.rows(home)]
 
 
 def main() -> None:
@@ -299,6 +299,9 @@ def main() -> None:
     parser.add_argument("--sleep", type=float, default=3.0, help="seconds each side bake sleeps")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-verify", action="store_true", help="skip bench/verify.py")
+    parser.add_argument(
+        "--verify-home", type=Path, help="a KILN_HOME with a base image, for bench/verify.py"
+    )
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="kiln-soak-"))
     try:
@@ -330,7 +333,7 @@ def main() -> None:
         for text in figures["error_text"][:5]:
             print(f"  ! {text}")
         if not args.no_verify:
-            for line in verified_unpack():
+            for line in verified_unpack(args.verify_home):
                 print(line)
     finally:
         for mount in reversed(leftover_mounts(base)):

@@ -58,11 +58,27 @@ def different_recipes(home: Home, folder: Path) -> None:
     assert_clean(home)
 
 
+def one_name(home: Home, folder: Path) -> None:
+    """BAKES different recipes of one image name at once: each takes its own version,
+    none twice, none skipped (on PostgreSQL the later ones retry on the unique clash)."""
+    for number in range(BAKES):
+        text = (folder / "side0.toml").read_text().replace('"side0"', '"multi"')
+        (folder / f"multi{number}.toml").write_text(
+            text + f'\n[[steps]]\nrun = "echo {number} > /n"\n'
+        )
+    run = at_once(home, [("bake", "--json", str(folder / f"multi{n}.toml")) for n in range(BAKES)])
+    assert run.errors == []
+    assert sorted(o["version"] for o in run.outputs()) == list(range(1, BAKES + 1))
+    assert len({o["digest"] for o in run.outputs()}) == BAKES
+    assert_clean(home)
+
+
 def test_concurrent_bakes_on_sqlite(fresh: Kiln, tmp_path: Path) -> None:
     folder = recipes(tmp_path / "recipes")
     home = Home(fresh.home)
     same_recipe(home, folder)
     different_recipes(home, folder)
+    one_name(home, folder)
 
 
 def test_gc_while_bakes_run_never_breaks_them(fresh: Kiln, tmp_path: Path) -> None:
@@ -118,4 +134,5 @@ def test_concurrent_bakes_on_postgresql(postgres_cluster: Path, tmp_path: Path) 
     home = Home(tmp_path / "home", {"KILN_CATALOG_URL": url})
     same_recipe(home, folder)
     different_recipes(home, folder)
+    one_name(home, folder)
     assert not (home.root / "catalog.db").exists(), "the SQLite default was not used"
