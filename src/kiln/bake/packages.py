@@ -7,6 +7,11 @@ when missing), so a locked bake needs no mirror, and the result is checked again
 
 from __future__ import annotations
 
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +22,9 @@ from kiln.bake.debcache import find_archived
 from kiln.digests import file_sha256
 from kiln.errors import BadInput, KilnError
 from kiln.recipe.lockfile import Deb, Lock
+from kiln.rootpath import DIR, Root
 from kiln.sandbox import Bind
+from kiln.store.apply import apply_tar
 
 VERSION = 2
 HOST_ARCHIVES = Path("/var/cache/apt/archives")
@@ -33,11 +40,13 @@ REPO = "/run/kiln/repo"  # where a bake's own apt sources are bound inside the r
 
 
 def has_dpkg(root: Path) -> bool:
-    return (root / "var/lib/dpkg/status").is_file()
+    with Root(root) as image:
+        return image.exists("/var/lib/dpkg/status", follow=True)
 
 
 def has_apt(root: Path) -> bool:
-    return (root / "usr/bin/apt-get").exists()
+    with Root(root) as image:
+        return image.exists("/usr/bin/apt-get", follow=True)
 
 
 def spec(deb: Deb) -> str:
@@ -108,7 +117,9 @@ def apt_unlocked(context: BuildContext, packages: tuple[str, ...]) -> None:
         sandbox.run(["/bin/sh", "-c", _apt_script(options, list(packages))])
     else:
         sandbox.run(["apt-get", *APT_OPTIONS, "install", "--yes", *packages])
-    context.debs.update(context.cache.harvest(context.root / "var/cache/apt/archives"))
+    with _image_folder(context.root, "/var/cache/apt/archives", debs_only=True) as archives:
+        if archives is not None:
+            context.debs.update(context.cache.harvest(archives))
     sandbox.run(["apt-get", "clean"])  # the seal removes the lists
 
 
@@ -190,23 +201,56 @@ def unpack(context: BuildContext, packages: tuple[str, ...]) -> None:
                 cache.add(local, deb.key)
             else:
                 cache.fetch([deb], fetch_lines(context), context.home.tmp)
-        proc.run(["dpkg-deb", "--extract", str(cache.path(deb.sha256)), str(context.root)])
+        _extract_deb(context, cache.path(deb.sha256))
         context.debs[deb.key] = deb
         context.packages.append(deb)
+
+
+@contextmanager
+def _image_folder(root: Path, path: str, debs_only: bool = False) -> Iterator[Path | None]:
+    """A folder of the image, resolved inside it and held open, as a path host tools can
+    use (None when the image has none). With ``debs_only``, a ``*.deb`` in it that is not
+    a regular file (a symlink to a host file, say) is removed first, so none is read or
+    moved into the package cache."""
+    with Root(root) as image:
+        try:
+            fd = image.open(path, DIR)
+        except (FileNotFoundError, NotADirectoryError):
+            yield None
+            return
+        try:
+            for name in os.listdir(fd) if debs_only else []:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if name.endswith(".deb") and not stat.S_ISREG(st.st_mode):
+                    image.remove(f"{path}/{name}")
+            yield Path(f"/proc/{os.getpid()}/fd/{fd}")
+        finally:
+            os.close(fd)
+
+
+def _extract_deb(context: BuildContext, deb: Path) -> None:
+    """A .deb's files into the root, entry by entry through kiln.rootpath: a symlink a
+    parent image planted (``/usr/local -> /host/dir``) leads inside the image, not out."""
+    data = proc.run(["dpkg-deb", "--fsys-tarfile", str(deb)]).stdout
+    with tempfile.TemporaryDirectory(dir=context.home.tmp, prefix="deb-") as folder:
+        tar = Path(folder) / "data.tar"
+        tar.write_bytes(data)
+        apply_tar(tar, context.root)
 
 
 def installed(root: Path) -> list[tuple[str, str, str]]:
     """(name, version, architecture) of every package dpkg knows in ``root``."""
     if not has_dpkg(root):
         return []
-    text = proc.output(
-        [
-            "dpkg-query",
-            f"--admindir={root / 'var/lib/dpkg'}",
-            "--show",
-            "--showformat=${db:Status-Status}\t${Package}\t${Version}\t${Architecture}\n",
-        ]
-    )
+    with _image_folder(root, "/var/lib/dpkg") as admindir:
+        text = proc.output(
+            [
+                "dpkg-query",
+                f"--admindir={admindir}",
+                "--show",
+                "--showformat=${db:Status-Status}\t${Package}\t${Version}\t${Architecture}\n",
+            ]
+        )
     out = []
     for line in text.splitlines():
         status, name, version, arch = line.split("\t")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.errors import BadInput
+from kiln.rootpath import Root
 
 ETC_APT = Path("/etc/apt")
 APT_LISTS = Path("/var/lib/apt/lists")
@@ -106,11 +107,16 @@ def host_codename(os_release: Path = Path("/etc/os-release")) -> str | None:
 
 
 def os_codename(root: Path) -> str | None:
-    """The Debian codename a root says it is (its os-release), if any."""
-    for name in ("etc/os-release", "usr/lib/os-release"):
-        codename = host_codename(root / name)
-        if codename:
-            return codename
+    """The Debian codename a root says it is (its os-release, read inside the root), if any."""
+    with Root(root) as image:
+        for name in ("etc/os-release", "usr/lib/os-release"):
+            try:
+                text = image.read_text(name, limit=1 << 16)
+            except (FileNotFoundError, NotADirectoryError, BadInput):
+                continue
+            for line in text.splitlines():
+                if line.startswith("VERSION_CODENAME="):
+                    return line.split("=", 1)[1].strip().strip('"') or None
     return None
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from kiln.bake.context import BuildContext
 from kiln.errors import BadInput
 from kiln.recipe.models import AnsibleStep
+from kiln.rootpath import Root
 from kiln.sandbox import Bind
 
 VERSION = 1
@@ -61,7 +62,9 @@ def apply(context: BuildContext, step: AnsibleStep, index: int) -> None:
             f"ansible-playbook is not installed in {venv}",
             hint="run scripts/quickstart, which installs ansible-core",
         )
-    if not (context.root / "usr/bin/python3").exists():
+    with Root(context.root) as root:
+        has_python = root.exists("/usr/bin/python3", follow=True)
+    if not has_python:
         raise BadInput(
             f"steps[{index}]: the ansible step needs python3 in the image",
             hint="add python3 to [packages] apt (modules run with the image's own python)",
