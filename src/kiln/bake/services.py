@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kiln.bake.context import BuildContext
 from kiln.errors import BadInput
+from kiln.rootpath import Root
 
 VERSION = 1
 
@@ -12,7 +13,9 @@ def apply(context: BuildContext) -> None:
     services = context.recipe.recipe.services
     if not (services.enable or services.disable):
         return
-    if not (context.root / "usr/bin/systemctl").exists():
+    with Root(context.root) as root:
+        has_systemctl = root.exists("/usr/bin/systemctl", follow=True)
+    if not has_systemctl:
         raise BadInput(
             "[services] needs systemd in the image",
             hint="add systemd to [packages] apt, or to the parent image",

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from kiln.bake.seal import RULES
-from kiln.digests import file_sha256
+from kiln.digests import file_sha256_of
+from kiln.rootpath import Root
 from kiln.store.tree import Entry
 
 VOLATILE = (
@@ -61,10 +62,20 @@ class Skip:
         return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.patterns)
 
 
-def _entry(full: str, st: os.stat_result, previous: tuple[Entry, StatKey] | None) -> Entry:
+def _content(fd: int, name: str) -> str:
+    """sha256 of the regular file ``name`` in folder ``fd``, opened without following it."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    file = os.open(name, flags, dir_fd=fd)
+    with os.fdopen(file, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(file).st_mode):
+            return "not a regular file any more"  # swapped while we looked: a change
+        return file_sha256_of(handle)
+
+
+def _entry(fd: int, name: str, st: os.stat_result, previous: tuple[Entry, StatKey] | None) -> Entry:
     mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
     if stat.S_ISLNK(st.st_mode):
-        return Entry("link", mode, uid, gid, os.readlink(full))
+        return Entry("link", mode, uid, gid, os.readlink(name, dir_fd=fd))
     if stat.S_ISDIR(st.st_mode):
         return Entry("dir", mode, uid, gid, "")
     if stat.S_ISREG(st.st_mode):
@@ -72,27 +83,31 @@ def _entry(full: str, st: os.stat_result, previous: tuple[Entry, StatKey] | None
         if previous is not None and previous[1] == key and previous[0].kind == "file":
             content = previous[0].content
         else:
-            content = file_sha256(Path(full))
+            content = _content(fd, name)
         return Entry("file", mode, uid, gid, content)
     return Entry("other", st.st_mode, uid, gid, str(st.st_rdev))
 
 
 def snapshot(root: Path, skip: Skip, previous: Snapshot | None = None) -> Snapshot:
-    """Every path under ``root`` (as '/etc/x') that ``skip`` keeps, with what it is."""
+    """Every path under ``root`` (as '/etc/x') that ``skip`` keeps, with what it is.
+
+    The walk goes through folder descriptors inside the root and never follows a symlink,
+    so a machine that swaps a folder for a link while we look cannot lead it elsewhere.
+    """
     out: Snapshot = {}
-    pending = [("", str(root))]
-    while pending:
-        rel_dir, full_dir = pending.pop()
-        with os.scandir(full_dir) as entries:
-            for item in entries:
-                rel = f"{rel_dir}/{item.name}"
+    with Root(root) as tree:
+        for rel_dir, fd, entries in tree.walk():
+            for name, st in list(entries.items()):
+                rel = f"/{rel_dir}/{name}" if rel_dir else f"/{name}"
                 if skip(rel):
+                    del entries[name]  # not entered either
                     continue
-                st = item.stat(follow_symlinks=False)
                 key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                out[rel] = (_entry(item.path, st, previous.get(rel) if previous else None), key)
-                if stat.S_ISDIR(st.st_mode):
-                    pending.append((rel, item.path))
+                try:
+                    found = _entry(fd, name, st, previous.get(rel) if previous else None)
+                except FileNotFoundError:
+                    continue  # removed while we walked
+                out[rel] = (found, key)
     return out
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 from kiln.bake.context import BuildContext
 from kiln.errors import BadInput
 from kiln.recipe.models import RunStep
+from kiln.rootpath import Root
 
 VERSION = 1
 
 
 def apply(context: BuildContext, step: RunStep, index: int) -> None:
-    shell = context.root / step.shell[0].lstrip("/")
-    if not (shell.exists() or shell.is_symlink()):
+    with Root(context.root) as root:
+        present = root.exists(step.shell[0], follow=True)
+    if not present:
         raise BadInput(
             f"{step.shell[0]} is not in the image",
             hint='set shell = ["/path/to/shell", "-c"] on the step',
