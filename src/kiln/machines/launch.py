@@ -37,6 +37,7 @@ from kiln.machines import config, health, nspawn, process, volumes
 from kiln.machines.contract import Contract, Health, from_config
 from kiln.machines.folder import Folder, Proc, State, claim, save
 from kiln.machines.image import BootImage, find
+from kiln.rootpath import Root
 from kiln.sandbox import Boot
 
 BOOT_TIMEOUT = 60.0  # to systemd's 'running'; the health check has its own timeout
@@ -91,8 +92,13 @@ class Launched:
         }
 
 
+def _has_init(layer: Path) -> bool:
+    with Root(layer) as root:
+        return any(root.exists(path) for path in INIT_PATHS)
+
+
 def _check_bootable(layer_dirs: tuple[Path, ...], ref: str) -> None:
-    if not any(os.path.lexists(d / p) for d in layer_dirs for p in INIT_PATHS):
+    if not any(_has_init(layer) for layer in layer_dirs):
         raise BadInput(
             f"{ref} has no systemd: a machine boots with systemd as PID 1",
             hint="build the image on a base with systemd (see examples/base.toml)",
