@@ -11,6 +11,13 @@ Without --home, examples/base.toml is baked into a scratch KILN_HOME first (a mi
 so). Every unpack goes into a folder of its own on the store's file system, and all of
 them are removed only at the end: on this machine kind, deleting a big tree slows the file
 creation right after it, which would skew whichever side runs next.
+
+Where the time goes (measured here, a 197 MB base layer unpacked onto tmpfs to take the
+disk out): tar -x alone 0.27 s; the verified unpack 0.29 s while the second core is free
+(sha256 runs there, about 0.11 s with SHA-NI, plus 0.06 s of copies) and 0.40 s when other
+work holds that core. Tar's default 10 KiB reads from a pipe cost another 0.08 s; 1 MiB
+records remove that. Pipe size (64 KiB or 1 MiB) and chunk size (256 KiB to 4 MiB) barely
+matter. splice(2) would save the copies but hand tar bytes that were never hashed.
 """
 
 from __future__ import annotations
@@ -114,10 +121,11 @@ def measure(home: Path, runs: int = 3) -> tuple[Row, str]:
     kiln_s, peer_s = median([s.wall for s in ours]), median([s.wall for s in peer])
     row = Row(NAME, kiln_s, peer_s, "tar -x", "s", f"<= {TARGET:.2f}x", kiln_s <= TARGET * peer_s)
     kiln_cpu, peer_cpu = median([s.cpu for s in ours]), median([s.cpu for s in peer])
+    best = min(s.wall for s in ours) / min(s.wall for s in peer)
     detail = (
-        f"  {blob.size / 1e6:.0f} MB blob; cpu time: kiln {kiln_cpu:.3f} s, "
-        f"tar -x {peer_cpu:.3f} s (+{kiln_cpu - peer_cpu:.3f} s for reading, hashing, piping); "
-        f"wall kiln {[round(s.wall, 3) for s in ours]} tar {[round(s.wall, 3) for s in peer]}"
+        f"  {blob.size / 1e6:.0f} MB blob; median cpu time kiln {kiln_cpu:.3f} s, tar -x "
+        f"{peer_cpu:.3f} s; best runs ratio {best:.2f}; wall kiln "
+        f"{[round(s.wall, 3) for s in ours]} tar {[round(s.wall, 3) for s in peer]}"
     )
     return row, detail
 
