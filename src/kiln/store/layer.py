@@ -30,7 +30,10 @@ from kiln.errors import StoreError
 from kiln.store import whiteout
 from kiln.store.layout import CHUNK, MEDIA_LAYER, Descriptor, Layout
 
-FSCK_HINT = "run 'kiln fsck' to check the store, then rebake or restore the image"
+FSCK_HINT = (
+    "run 'kiln fsck' to check the whole store; then rebake the image, "
+    "or put the blob back from a copy of the store"
+)
 EXTRACT_FLAGS = (
     "--numeric-owner",
     "--same-permissions",
@@ -159,7 +162,9 @@ def unpack(layout: Layout, blob: Descriptor, dest: Path, what: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
-        raise StoreError(f"{what}: blob {blob.digest} is missing", hint=FSCK_HINT) from None
+        raise StoreError(
+            f"{what}: blob {blob.digest} is missing from {layout.blobs}", hint=FSCK_HINT
+        ) from None
     with os.fdopen(fd, "rb", buffering=0) as source:
         size = os.fstat(source.fileno()).st_size
         if size != blob.size:

@@ -42,7 +42,9 @@ def check_blob(layout: Layout, blob: Descriptor, what: str) -> None:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        raise StoreError(f"{what}: blob {blob.digest} is missing", hint=layer.FSCK_HINT) from None
+        raise StoreError(
+            f"{what}: blob {blob.digest} is missing from {layout.blobs}", hint=layer.FSCK_HINT
+        ) from None
     if not stat.S_ISREG(st.st_mode):
         raise StoreError(f"{what}: blob {blob.digest} is not a file", hint=layer.FSCK_HINT)
     if st.st_size != blob.size:
