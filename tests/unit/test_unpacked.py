@@ -11,7 +11,7 @@ import pytest
 from kiln.errors import StoreError
 from kiln.home import Home
 from kiln.store import layer, unpacked
-from kiln.store.layout import Descriptor, Layout
+from kiln.store.layout import MEDIA_LAYER, Descriptor, Layout
 
 GIB = 1 << 30
 
@@ -175,3 +175,14 @@ def test_sparse_files_stay_sparse_in_the_blob_and_the_unpacked_layer(
     with (target / "disk.img").open("rb") as handle:
         handle.seek(GIB // 2 - 2)
         assert handle.read(10) == b"\0\0middle\0\0"
+
+
+def test_a_blob_that_is_not_a_tar_fails_with_tars_words(home: Home, tmp_path: Path) -> None:
+    """The digest is right but tar cannot read it: a failed unpack, not a corrupt blob."""
+    junk = layout_of(home).put_bytes(b"this is not a tar archive\n" * 1000, MEDIA_LAYER)
+    with pytest.raises(StoreError) as caught:
+        unpacked.ensure(home, layout_of(home), junk, junk.digest, "junk:1 layer 0")
+    message = caught.value.message
+    assert "junk:1 layer 0: unpacking blob" in message and "tar exited 2" in message
+    assert "does not look like a tar archive" in message
+    assert not (home.layers / junk.hex).exists() and leftovers(home) == []
