@@ -209,11 +209,12 @@ def _extract(source: io.FileIO, blob: Descriptor, dest: Path, what: str) -> byte
             child.wait()
             raise
         if count != blob.size or f"sha256:{hexdigest}" != blob.digest:
-            seen = (
-                f"it holds {count} bytes, not {blob.size}"
-                if count != blob.size
-                else f"its content hashes to sha256:{hexdigest}"
-            )
+            if count < blob.size:
+                seen = f"it ends after {count} of its {blob.size} bytes"
+            elif count > blob.size:
+                seen = f"it holds more than its {blob.size} bytes"
+            else:
+                seen = f"its content hashes to sha256:{hexdigest}"
             raise StoreError(f"{what}: blob {blob.digest} is corrupt: {seen}", hint=FSCK_HINT)
         if code != 0:
             output.seek(0)
