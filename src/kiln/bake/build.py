@@ -27,7 +27,7 @@ from kiln.bake.context import BuildContext
 from kiln.bake.root import Overlay, remove_tree
 from kiln.catalog.db import PENDING, Conflict
 from kiln.catalog.models import Artefact, Image, Package
-from kiln.errors import KilnError, StepFailed
+from kiln.errors import KilnError, StepFailed, from_os_error
 from kiln.rootpath import Root
 from kiln.sandbox import MOUNT_POINT_FILES
 from kiln.store import artefacts
@@ -82,11 +82,11 @@ def prepare_root(context: BuildContext) -> None:
     elif origin == "import":
         source = context.recipe.resolve(context.recipe.recipe.image.import_ or "")
         imported.import_root(source, context.root, context.home.tmp)
+        image.import_special(context)  # what the vendor's tree holds, before any step runs
     else:
         context.root.mkdir(mode=0o755)
-    context.created_mount_points = [
-        rel for rel in MOUNT_POINT_FILES if not os.path.lexists(context.root / rel)
-    ]
+    with Root(context.root) as root:
+        context.created_mount_points = [rel for rel in MOUNT_POINT_FILES if not root.exists(rel)]
 
 
 def install_packages(context: BuildContext) -> None:
@@ -115,7 +115,8 @@ def run_steps(context: BuildContext) -> None:
                 f"{where}: steps[{index}] ({kind}): {exc.message}", hint=exc.hint
             ) from None
         except OSError as exc:
-            raise StepFailed(f"{where}: steps[{index}] ({kind}): {exc}") from None
+            failed = from_os_error(exc, f"steps[{index}] ({kind})")
+            raise StepFailed(f"{where}: {failed.message}", hint=failed.hint) from None
 
 
 def enable_services(context: BuildContext) -> None:

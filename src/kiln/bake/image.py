@@ -63,7 +63,8 @@ IMPORT_SPECIAL = f"{LABEL}import.special"
 
 def import_special(context: BuildContext) -> list[dict[str, str]]:
     """What an imported base holds that a person should look at (devices, setuid and
-    setgid files): found once in the layer, before it is stored, and told in the log."""
+    setgid files): found once, right after the import and before any step runs, and told
+    in the log."""
     if context.import_special is None:
         context.import_special = imported.special_files(context.layer_source)
         found = context.import_special

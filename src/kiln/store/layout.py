@@ -89,9 +89,13 @@ class BlobWriter:
         self.size += len(chunk)
 
     def commit(self, media_type: str) -> Descriptor:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        except BaseException:
+            self.abort()  # a full disk shows here: nothing half-written stays behind
+            raise
         digest = "sha256:" + self._hash.hexdigest()
         target = self._layout.blob_path(digest)
         try:
@@ -106,10 +110,15 @@ class BlobWriter:
         return Descriptor(media_type, digest, self.size)
 
     def abort(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        self._path.unlink(missing_ok=True)
-        self._held.release()
+        """Remove the temp file, even when closing it fails again (a full disk)."""
+        try:
+            if not self._file.closed:
+                self._file.close()
+        except OSError:
+            pass  # the buffered bytes had nowhere to go; the file goes anyway
+        finally:
+            self._path.unlink(missing_ok=True)
+            self._held.release()
 
 
 class Layout:

@@ -11,6 +11,7 @@ from typing import Any
 
 from kiln import locks, proc
 from kiln.errors import BadInput
+from kiln.rootpath import Root
 from kiln.store.apply import apply_tar
 
 VERSION = 1
@@ -24,40 +25,37 @@ def special_files(root: Path) -> list[dict[str, str]]:
     lstat only: no symlink in the tree is followed.
     """
     found: list[dict[str, str]] = []
-    todo = [""]
-    while todo:
-        rel = todo.pop()
-        with os.scandir(root / rel.lstrip("/") if rel else root) as entries:
-            for entry in entries:
-                path = f"{rel}/{entry.name}"
-                st = entry.stat(follow_symlinks=False)
-                mode = st.st_mode
-                if stat.S_ISDIR(mode):
-                    todo.append(path)
-                    continue
-                kinds = []
-                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
-                    kind = "char device" if stat.S_ISCHR(mode) else "block device"
-                    kinds.append(f"{kind} {major}:{minor}")
-                elif stat.S_ISFIFO(mode):
-                    kinds.append("fifo")
-                elif stat.S_ISSOCK(mode):
-                    kinds.append("socket")
-                if stat.S_ISREG(mode) and mode & stat.S_ISUID:
-                    kinds.append("setuid")
-                if stat.S_ISREG(mode) and mode & stat.S_ISGID:
-                    kinds.append("setgid")
+    with Root(root) as tree:
+        for rel_dir, _fd, entries in tree.walk():
+            for name, st in entries.items():
+                kinds = _special_kinds(st)
                 if kinds:
                     found.append(
                         {
-                            "path": path,
+                            "path": f"/{rel_dir}/{name}" if rel_dir else f"/{name}",
                             "kind": " ".join(kinds),
-                            "mode": f"{stat.S_IMODE(mode):04o}",
+                            "mode": f"{stat.S_IMODE(st.st_mode):04o}",
                             "owner": f"{st.st_uid}:{st.st_gid}",
                         }
                     )
     return sorted(found, key=lambda item: item["path"])
+
+
+def _special_kinds(st: os.stat_result) -> list[str]:
+    mode = st.st_mode
+    kinds = []
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = "char device" if stat.S_ISCHR(mode) else "block device"
+        kinds.append(f"{kind} {os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
+    elif stat.S_ISFIFO(mode):
+        kinds.append("fifo")
+    elif stat.S_ISSOCK(mode):
+        kinds.append("socket")
+    if stat.S_ISREG(mode) and mode & stat.S_ISUID:
+        kinds.append("setuid")
+    if stat.S_ISREG(mode) and mode & stat.S_ISGID:
+        kinds.append("setgid")
+    return kinds
 
 
 def describe(found: list[dict[str, str]]) -> str:
