@@ -29,10 +29,6 @@ def open_store(home: Home) -> tuple[Layout, Catalog]:
     return layout, Catalog(home.catalog_url)
 
 
-def layer_dir(home: Home, diff_id: str) -> Path:
-    return home.layers / diff_id.split(":", 1)[1]
-
-
 def load_image(home: Home, layout: Layout, image: Image) -> StoredImage:
     """A catalog image as a parent: its config, and its layers unpacked once in the store."""
     manifest = Descriptor.from_json(

@@ -41,6 +41,7 @@ def oci_archive(
         blobs = staging / "blobs" / "sha256"
         blobs.mkdir(parents=True)
         for digest in dict.fromkeys(digests):
+            layout.verify_blob(digest, f"{ref} for export")  # never ship a corrupt blob
             os.link(layout.blob_path(digest), blobs / digest.split(":", 1)[1])
         write_atomic(staging / "oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
         entry = manifest.to_json()
@@ -100,6 +101,8 @@ def _tar_root(root: Path, output: Path) -> None:
             "--sort=name",
             "--numeric-owner",
             "--format=posix",
+            "--sparse",
+            "--sparse-version=0.0",  # as in layers: 1.0 puts tar's PID into the header names
             "--xattrs",
             "--xattrs-include=security.capability",
             "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",

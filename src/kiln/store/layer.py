@@ -28,12 +28,8 @@ from pathlib import Path
 from kiln import proc
 from kiln.errors import StoreError
 from kiln.store import whiteout
-from kiln.store.layout import CHUNK, MEDIA_LAYER, Descriptor, Layout
+from kiln.store.layout import CHUNK, FSCK_HINT, MEDIA_LAYER, Descriptor, Layout
 
-FSCK_HINT = (
-    "run 'kiln fsck' to check the whole store; then rebake the image, "
-    "or put the blob back from a copy of the store"
-)
 EXTRACT_FLAGS = (
     "--numeric-owner",
     "--same-permissions",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from kiln import locks
+from kiln.digests import file_sha256
 from kiln.errors import NotFound, StoreError
 from kiln.store.atomic import fsync_dir, write_atomic
 
@@ -29,6 +30,10 @@ MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 CHUNK = 1 << 20
+FSCK_HINT = (
+    "run 'kiln fsck' to check the whole store; then rebake the image, "
+    "or put the blob back from a copy of the store"
+)
 
 
 def canonical_json(value: Any) -> bytes:
@@ -99,9 +104,9 @@ class BlobWriter:
         digest = "sha256:" + self._hash.hexdigest()
         target = self._layout.blob_path(digest)
         try:
-            if target.exists():
-                self._path.unlink()
-            else:
+            if target.exists() and file_sha256(target) == digest.split(":", 1)[1]:
+                self._path.unlink()  # stored already
+            else:  # new, or a corrupt copy that the same bytes now repair
                 os.chmod(self._path, 0o644)
                 os.replace(self._path, target)
                 fsync_dir(target.parent)
@@ -172,6 +177,21 @@ class Layout:
                 f"blob {digest} is missing from {self.blobs}",
                 hint="run 'kiln fsck' to check the store",
             ) from None
+
+    def verify_blob(self, digest: str, what: str) -> None:
+        """Check a stored blob against its digest; a StoreError names it if it is wrong."""
+        try:
+            actual = file_sha256(self.blob_path(digest))
+        except FileNotFoundError:
+            raise StoreError(
+                f"{what}: blob {digest} is missing from {self.blobs}", hint=FSCK_HINT
+            ) from None
+        if actual != digest.split(":", 1)[1]:
+            raise StoreError(
+                f"{what}: blob {digest} in {self.blobs} is corrupt (its content hashes to "
+                f"sha256:{actual})",
+                hint=FSCK_HINT,
+            )
 
     def read_json(self, digest: str) -> Any:
         return json.loads(self.read_bytes(digest))

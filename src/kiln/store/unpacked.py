@@ -24,7 +24,7 @@ from kiln import locks
 from kiln.errors import StoreError
 from kiln.home import Home
 from kiln.store import layer
-from kiln.store.layout import MEDIA_LAYER, Descriptor, Layout
+from kiln.store.layout import FSCK_HINT, MEDIA_LAYER, Descriptor, Layout
 
 DIFF_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -32,7 +32,7 @@ DIFF_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 def path_of(home: Home, diff_id: str) -> Path:
     """Where the layer with this diff_id lives unpacked (checked: a diff_id names a folder)."""
     if not DIFF_ID_RE.match(diff_id):
-        raise StoreError(f"{diff_id!r} is not a layer diff_id", hint=layer.FSCK_HINT)
+        raise StoreError(f"{diff_id!r} is not a layer diff_id", hint=FSCK_HINT)
     return home.layers / diff_id.split(":", 1)[1]
 
 
@@ -43,14 +43,14 @@ def check_blob(layout: Layout, blob: Descriptor, what: str) -> None:
         st = os.lstat(path)
     except FileNotFoundError:
         raise StoreError(
-            f"{what}: blob {blob.digest} is missing from {layout.blobs}", hint=layer.FSCK_HINT
+            f"{what}: blob {blob.digest} is missing from {layout.blobs}", hint=FSCK_HINT
         ) from None
     if not stat.S_ISREG(st.st_mode):
-        raise StoreError(f"{what}: blob {blob.digest} is not a file", hint=layer.FSCK_HINT)
+        raise StoreError(f"{what}: blob {blob.digest} is not a file", hint=FSCK_HINT)
     if st.st_size != blob.size:
         raise StoreError(
             f"{what}: blob {blob.digest} is {st.st_size} bytes, its descriptor says {blob.size}",
-            hint=layer.FSCK_HINT,
+            hint=FSCK_HINT,
         )
 
 
@@ -67,7 +67,7 @@ def ensure(home: Home, layout: Layout, blob: Descriptor, diff_id: str, what: str
         raise StoreError(
             f"{what}: blob {blob.digest} ({blob.media_type}) is not an uncompressed layer "
             f"with diff_id {diff_id}",
-            hint=layer.FSCK_HINT,
+            hint=FSCK_HINT,
         )
     if _is_dir(target, what):
         return target
@@ -101,6 +101,6 @@ def _is_dir(target: Path, what: str) -> bool:
     if not stat.S_ISDIR(st.st_mode):
         raise StoreError(
             f"{what}: {target} is not a folder",
-            hint=f"remove it (kiln unpacks the layer again on next use), then {layer.FSCK_HINT}",
+            hint=f"remove it (kiln unpacks the layer again on next use), then {FSCK_HINT}",
         )
     return True
