@@ -207,6 +207,7 @@ def collect_garbage(home: Home | None = None, dry_run: bool = False) -> gc.Repor
         with gc.store_sweep(home):
             report.items += _take_back_pending(layout, catalog, dry_run)
             report.items += gc.sweep_store(home, layout, dry_run)
+        gc.sweep_bake_locks(home, dry_run)  # tiny files, not worth a line in the report
     finally:
         catalog.close()
     return report

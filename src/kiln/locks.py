@@ -15,7 +15,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 
@@ -48,32 +48,68 @@ def _open(path: Path, directory: bool, create: bool = True) -> int:
 def hold(path: Path, *, directory: bool = False, wait: bool = True) -> Held | None:
     """Take the flock on ``path`` (a lock file, made if missing, or a folder).
 
-    With ``wait=False`` return None at once when another process holds it.
+    With ``wait=False`` return None at once when another process holds it. A lock file
+    that was removed (``remove_unheld``) while we waited is opened afresh, so two holders
+    never hold two different files of one name.
     """
-    fd = _open(path, directory)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except OSError as exc:
+    while True:
+        fd = _open(path, directory)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return None
+            raise
+        if directory or _same_file(fd, path):
+            return Held(fd, path)
         os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return None
-        raise
-    return Held(fd, path)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def remove_unheld(path: Path) -> bool:
+    """Remove the lock file ``path`` when nobody holds it (True when it was removed)."""
+    held = hold(path, wait=False)
+    if held is None:
+        return False
+    try:
+        path.unlink(missing_ok=True)  # under the lock: a waiter re-opens a new file
+    finally:
+        held.release()
+    return True
 
 
 @contextmanager
-def locked(path: Path) -> Iterator[Held]:
-    """Hold the lock file ``path`` for the block, waiting for any other holder first."""
+def locked(path: Path, *, shared: bool = False) -> Iterator[None]:
+    """Hold the lock file ``path`` for the block, waiting for any other holder first;
+    ``shared`` lets other shared holders in at the same time (readers of a resource that
+    an exclusive holder changes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    held = hold(path)
-    assert held is not None
+    if not shared:
+        held = hold(path)
+        assert held is not None
+        with held:
+            yield
+        return
+    fd = _open(path, directory=False)
     try:
-        yield held
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
     finally:
-        held.release()
+        os.close(fd)
 
 
-CREATE_LOCK = ".lock"  # in a folder of owned entries: held shared while one is made
+def creation_lock(parent: Path) -> Path:
+    """``.<folder>.lock`` beside a folder of owned entries: held shared while one is made."""
+    return parent.with_name(f".{parent.name}.lock")
 
 
 def owned_dir(parent: Path, prefix: str) -> tuple[Path, Held]:
@@ -104,17 +140,11 @@ def owned_file(parent: Path, prefix: str) -> tuple[Path, int, Held]:
     return path, fd, held
 
 
-@contextmanager
-def _creating(parent: Path) -> Iterator[None]:
-    """Shared hold of ``parent/.lock`` between making an entry and locking it; gc holds it
+def _creating(parent: Path) -> AbstractContextManager[None]:
+    """Shared hold of the creation lock between making an entry and locking it; gc holds it
     exclusively while it decides what is abandoned, so it never sees an entry in between."""
     parent.mkdir(parents=True, exist_ok=True)
-    fd = _open(parent / CREATE_LOCK, directory=False)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)
+    return locked(creation_lock(parent), shared=True)
 
 
 def abandoned(parent: Path) -> Iterator[tuple[Path, Held]]:
@@ -123,11 +153,9 @@ def abandoned(parent: Path) -> Iterator[tuple[Path, Held]]:
     the entry is gone, then release it."""
     if not parent.is_dir():
         return
-    with locked(parent / CREATE_LOCK):
+    with locked(creation_lock(parent)):
         found: list[tuple[Path, Held]] = []
         for path in sorted(parent.iterdir()):
-            if path.name == CREATE_LOCK:
-                continue
             held = _try_hold(path)
             if held is not None:
                 found.append((path, held))

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from kiln import locks
 from kiln.catalog import Catalog, Image
 from kiln.catalog.db import Conflict
 from kiln.errors import BadInput, NotFound, StoreError
@@ -113,14 +112,14 @@ def test_blob_writer_commits_under_its_digest(layout: Layout, tmp_path: Path) ->
     assert descriptor.size == len(b"part one, part two")
     assert layout.read_bytes(descriptor.digest) == b"part one, part two"
     assert descriptor.digest == "sha256:" + hashlib.sha256(b"part one, part two").hexdigest()
-    assert [p.name for p in (tmp_path / "tmp").iterdir()] == [locks.CREATE_LOCK]
+    assert [p.name for p in (tmp_path / "tmp").iterdir()] == []
 
 
 def test_blob_writer_abort_leaves_nothing(layout: Layout, tmp_path: Path) -> None:
     writer = layout.writer(tmp_path / "tmp")
     writer.write(b"half")
     writer.abort()
-    assert [p.name for p in (tmp_path / "tmp").iterdir()] == [locks.CREATE_LOCK]
+    assert [p.name for p in (tmp_path / "tmp").iterdir()] == []
     assert blob_files(layout) == []
 
 

@@ -61,3 +61,22 @@ def test_locked_waits_for_the_holder(tmp_path: Path) -> None:
     again = locks.hold(lock, wait=False)
     assert again is not None
     again.release()
+
+
+def test_an_unheld_lock_file_is_removed_and_a_held_one_kept(tmp_path: Path) -> None:
+    lock = tmp_path / "bake-x.lock"
+    held = locks.hold(lock)
+    assert held is not None
+    assert not locks.remove_unheld(lock) and lock.exists()
+    held.release()
+    assert locks.remove_unheld(lock) and not lock.exists()
+    again = locks.hold(lock)  # made afresh: the next holder has a file of its own
+    assert again is not None and lock.exists()
+    again.release()
+
+
+def test_creation_lock_lives_beside_the_folder(tmp_path: Path) -> None:
+    folder, held = locks.owned_dir(tmp_path / "builds", "web-")
+    held.release()
+    assert [p.name for p in (tmp_path / "builds").iterdir()] == [folder.name]
+    assert (tmp_path / ".builds.lock").is_file()

@@ -121,7 +121,7 @@ def _check_leftovers(home: Home, layout: Layout, refs: dict[str, Any], report: R
     """What dead processes left (nobody holds its flock), and unpacked layers no image uses."""
     for parent, what in ((home.builds, "build folder"), (home.tmp, "temporary entry")):
         for path in sorted(parent.iterdir()) if parent.is_dir() else []:
-            if path.name != locks.CREATE_LOCK and locks.is_abandoned(path):
+            if locks.is_abandoned(path):
                 report.notes.append(f"leftover {what} {path} (a kept or interrupted bake; {GC})")
     used: set[str] = set()
     for descriptor in refs.values():

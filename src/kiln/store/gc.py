@@ -9,39 +9,37 @@ in it) are cleared by kiln.bake.root. Machines (``machines/``) are never touched
 
 from __future__ import annotations
 
-import fcntl
 import os
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kiln import proc
+from kiln import locks, proc
 from kiln.errors import StoreError
 from kiln.home import Home
 from kiln.store.layout import REF_ANNOTATION, Layout
 
 
-@contextmanager
-def _flock(path: Path, mode: int) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(fd, mode)
-        yield
-    finally:
-        os.close(fd)  # drops the flock
-
-
 def store_in_use(home: Home) -> AbstractContextManager[None]:
     """Shared hold of ``locks/store.lock``: new blobs and layers are on their way to a tag."""
-    return _flock(home.store_lock, fcntl.LOCK_SH)
+    return locks.locked(home.store_lock, shared=True)
 
 
 def store_sweep(home: Home) -> AbstractContextManager[None]:
     """Exclusive hold of ``locks/store.lock``: no bake is between capture and tag."""
-    return _flock(home.store_lock, fcntl.LOCK_EX)
+    return locks.locked(home.store_lock)
+
+
+def sweep_bake_locks(home: Home, dry_run: bool) -> int:
+    """Remove the per-cache-key lock files that no bake holds; returns how many."""
+    removed = 0
+    for path in sorted(home.locks.glob("bake-*.lock")) if home.locks.is_dir() else []:
+        if dry_run:
+            removed += locks.is_abandoned(path)
+        else:
+            removed += locks.remove_unheld(path)
+    return removed
 
 
 @dataclass
