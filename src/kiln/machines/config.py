@@ -1,18 +1,23 @@
 """Config values a machine is launched with: checked against the contract, then rendered.
 
 Values come from ``--config FILE`` (a TOML table of ``key = "value"``) and ``--set
-KEY=VALUE`` (which wins). Every problem is reported at once and nothing starts. Plain
+KEY=VALUE`` (which wins). ``--set KEY=-`` reads the value from standard input and ``--set
+KEY=@PATH`` from a file (one trailing newline dropped), so a secret need not appear on a
+command line, where ``ps`` and shell history show it. Every problem is reported at once
+and nothing starts. Plain
 values reach the machine as an environment file and as cloud-init NoCloud seed data;
 secrets are kept apart and only ever handed to systemd-nspawn as credentials.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import re
 import secrets
+import sys
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +25,9 @@ from kiln.errors import BadInput, NotFound, RecipeError
 from kiln.machines.contract import Contract
 from kiln.recipe.limits import MAX_RECIPE_BYTES, read_regular
 
+MAX_VALUE_BYTES = 64 << 10  # one value from standard input or a file (a key, a token)
+STDIN = "-"
+FROM_FILE = "@"
 SET_RE = re.compile(r"^(?P<key>[^=\s]+)=(?P<value>.*)$", re.DOTALL)
 # systemd's EnvironmentFile= and sh both read "..." with these four escaped
 ENV_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "$": "\\$", "`": "\\`"})
@@ -69,14 +77,78 @@ def _from_file(path: Path, problems: list[str]) -> dict[str, str]:
     return out
 
 
-def _from_sets(sets: Sequence[str], problems: list[str]) -> dict[str, str]:
+def _strip_newline(data: bytes) -> bytes:
+    """One trailing newline (LF or CRLF) goes: what echo and editors add to a file."""
+    if data.endswith(b"\r\n"):
+        return data[:-2]
+    return data[:-1] if data.endswith(b"\n") else data
+
+
+def read_stdin(key: str) -> bytes:
+    """A value from standard input: asked for without echo on a terminal, else read to
+    its end (at most one byte more than the limit, so the limit can be reported)."""
+    if sys.stdin is None:
+        return b""
+    if sys.stdin.isatty():
+        return getpass.getpass(f"{key}: ").encode()
+    return sys.stdin.buffer.read(MAX_VALUE_BYTES + 1)
+
+
+def _value_from_file(key: str, path: str, problems: list[str]) -> str | None:
+    where = f"--set {key}=@{path}"
+    if not path:
+        problems.append(f"{where}: give a file after '@'")
+        return None
+    try:
+        data = read_regular(Path(path), MAX_VALUE_BYTES, "value file")
+    except NotFound:
+        problems.append(f"{where}: No such file or directory")
+        return None
+    except RecipeError as exc:
+        problems += [f"{where}: {p.message}" for p in exc.problems]
+        return None
+    return _decode(where, _strip_newline(data), problems)
+
+
+def _decode(where: str, data: bytes, problems: list[str]) -> str | None:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        problems.append(f"{where}: the value is not UTF-8 text")
+        return None
+
+
+def _from_sets(
+    sets: Sequence[str], problems: list[str], stdin: Callable[[str], bytes] = read_stdin
+) -> dict[str, str]:
     out: dict[str, str] = {}
+    from_stdin: list[str] = []
     for item in sets:
         match = SET_RE.match(item)
         if match is None:
             problems.append(f"--set {item.split('=', 1)[0]!r}: give KEY=VALUE")
             continue
-        out[match.group("key")] = match.group("value")
+        key, value = match.group("key"), match.group("value")
+        if value == STDIN:
+            from_stdin.append(key)
+            if len(from_stdin) > 1:
+                problems.append(
+                    f"--set {key}=-: standard input already holds {from_stdin[0]}'s value "
+                    f"(one key may read it; give the others as --set KEY=@FILE)"
+                )
+                continue
+            data = stdin(key)
+            where = f"--set {key}=-"
+            if len(data) > MAX_VALUE_BYTES:
+                problems.append(f"{where}: a value may be at most {MAX_VALUE_BYTES} bytes")
+                continue
+            decoded = _decode(where, _strip_newline(data), problems)
+        elif value.startswith(FROM_FILE):
+            decoded = _value_from_file(key, value[1:], problems)
+        else:
+            decoded = value
+        if decoded is not None:
+            out[key] = decoded
     return out
 
 
@@ -86,12 +158,14 @@ def resolve(
     sets: Sequence[str] = (),
     config_file: Path | None = None,
     generate: bool = False,
+    stdin: Callable[[str], bytes] = read_stdin,
 ) -> Values:
     """Check given values against the contract; fill in defaults (and, with ``generate``,
-    throw-away values for required keys nobody gave: kiln test)."""
+    throw-away values for required keys nobody gave: kiln test). ``stdin`` gives the bytes
+    of a ``--set KEY=-`` value."""
     problems: list[str] = []
     given = _from_file(config_file, problems) if config_file else {}
-    given.update(_from_sets(sets, problems))
+    given.update(_from_sets(sets, problems, stdin))
     known = ", ".join(sorted(contract.keys)) or "none"
     for unknown in sorted(given.keys() - contract.keys.keys()):
         shown = unknown if unknown.isprintable() else repr(unknown)
@@ -140,12 +214,34 @@ def meta_data(instance_id: str, hostname: str) -> str:
     return f"instance-id: {_yaml(instance_id)}\nlocal-hostname: {_yaml(hostname)}\n"
 
 
-def user_data(machine: str, image: str, values: Values) -> str:
-    """#cloud-config with the plain values (JSON strings are valid YAML scalars)."""
+DEFAULT_LOCALE = "C.UTF-8"  # in every glibc, generated by nobody; what the bake runs with
+LOCALE_FILE = "/etc/default/locale"
+_LANG_RE = re.compile(r"""^\s*(?:export\s+)?LANG=(['"]?)([^'"\s]*)\1\s*$""")
+
+
+def image_locale(text: str) -> str | None:
+    """LANG from an /etc/default/locale, or None when it sets none (minbase: a comment)."""
+    found = None
+    for line in text.splitlines():
+        match = _LANG_RE.match(line)
+        if match and match.group(2):
+            found = match.group(2)
+    return found
+
+
+def user_data(machine: str, image: str, values: Values, locale: str = DEFAULT_LOCALE) -> str:
+    """#cloud-config with the plain values (JSON strings are valid YAML scalars).
+
+    ``locale`` is the image's own (so cloud-init's locale module keeps it), or C.UTF-8
+    for an image that sets none: cloud-init would otherwise apply en_US.UTF-8, which a
+    Debian image without that generated locale refuses (update-locale exits 255 and
+    cloud-config.service fails, so the machine boots degraded).
+    """
     lines = [
         "#cloud-config",
         f"# kiln machine {machine} from {image}: plain config values; secrets are systemd",
         "# credentials and never appear here.",
+        f"locale: {_yaml(locale)}",
         "kiln:",
         f"  machine: {_yaml(machine)}",
         f"  image: {_yaml(image)}",

@@ -105,13 +105,24 @@ def _check_bootable(layer_dirs: tuple[Path, ...], ref: str) -> None:
         )
 
 
+def _locale(root: Path) -> str:
+    """The locale the image sets in /etc/default/locale (read inside the root), or C.UTF-8."""
+    with Root(root) as image:
+        try:
+            text = image.read_text(config.LOCALE_FILE, limit=64 << 10)
+        except (OSError, KilnError, ValueError):
+            return config.DEFAULT_LOCALE
+    return config.image_locale(text) or config.DEFAULT_LOCALE
+
+
 def _write_config(folder: Folder, name: str, ref: str, values: config.Values) -> None:
     """Plain values only. Made fresh by each launch, read by nothing before the boot."""
     folder.seed.mkdir(parents=True, exist_ok=True)
     folder.env_file.write_text(config.env_file(values))
     instance = f"kiln-{name}-{secrets.token_hex(4)}"
     (folder.seed / "meta-data").write_text(config.meta_data(instance, name))
-    (folder.seed / "user-data").write_text(config.user_data(name, ref, values))
+    user_data = config.user_data(name, ref, values, _locale(folder.root))
+    (folder.seed / "user-data").write_text(user_data)
 
 
 def _start(boot: Boot, console: Path, secret_values: dict[str, str]) -> subprocess.Popen[bytes]:
