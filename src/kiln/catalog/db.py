@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from sqlalchemy import (
-    Column,
-    Engine,
-    String,
-    Table,
-    create_engine,
-    event,
-    func,
-    inspect,
-    select,
-    text,
-)
+from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from kiln.catalog.models import Base, Image
+from kiln.catalog.models import Image
 from kiln.errors import BadInput, NotFound, StoreError
 
 REF_RE = re.compile(
@@ -69,92 +57,52 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-SCHEMA = Table("kiln_schema", Base.metadata, Column("fingerprint", String(64)))
-
-
-def schema_fingerprint() -> str:
-    parts = sorted(
-        f"{table.name}.{column.name}:{column.type}"
-        for table in Base.metadata.sorted_tables
-        if table is not SCHEMA
-        for column in table.columns
-    )
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+# The catalog's schema revisions (catalog/migrations/versions), oldest first; a unit test
+# checks they match the migration scripts. Opening a catalog at HEAD costs one query of
+# alembic_version; anything else imports Alembic (kiln.catalog.migrate) and upgrades.
+REVISIONS = ("0001_first", "0002_sizes_64bit")
+FIRST, HEAD = REVISIONS[0], REVISIONS[-1]
 
 
 class Catalog:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, upgrade: bool = True) -> None:
         self.url = url
         self.engine: Engine = create_engine(url)
         self.sqlite = url.startswith("sqlite")
         if self.sqlite:
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
-        try:
-            self._ensure_schema()
-        except OperationalError as exc:
-            raise _busy(exc) from None
+        if upgrade:  # `kiln catalog status` looks without changing anything
+            try:
+                self._ensure_schema()
+            except OperationalError as exc:
+                raise _busy(exc) from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._readers = sessionmaker(
             self.engine.execution_options(**{WRITE: False}), expire_on_commit=False
         )
 
-    def _ensure_schema(self) -> None:
-        """Create or upgrade the tables, unless the catalog already has this schema.
-
-        A fingerprint of every table and column is kept in the catalog, so a catalog that
-        is up to date costs one query to open, not an inspection of every table.
-        """
-        fingerprint = schema_fingerprint()
+    def revision(self) -> str | None:
+        """The catalog's schema revision: one plain query, None without alembic_version."""
         try:
             with self.engine.connect().execution_options(**{WRITE: False}) as connection:
-                stored = connection.execute(select(SCHEMA.c.fingerprint)).scalar()
+                value = connection.execute(text("SELECT version_num FROM alembic_version"))
+                found = value.scalar()
         except DBAPIError:
-            stored = None
-        if stored == fingerprint:
-            return
-        # Several processes may open a new catalog at once: one transaction that holds the
-        # database's write lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory lock)
-        # checks again, then creates; the others wait and find it done.
-        with self.engine.begin() as connection:
-            if not self.sqlite:
-                connection.execute(text("SELECT pg_advisory_xact_lock(4242424242)"))
-            if inspect(connection).has_table(SCHEMA.name):
-                stored = connection.execute(select(SCHEMA.c.fingerprint)).scalar()
-                if stored == fingerprint:
-                    return
-            Base.metadata.create_all(connection)
-            self._add_missing_columns(connection)
-            connection.execute(SCHEMA.delete())
-            connection.execute(SCHEMA.insert().values(fingerprint=fingerprint))
+            return None
+        return None if found is None else str(found)
 
-    def _add_missing_columns(self, connection: Connection) -> None:
-        """Bring an older catalog up to date: columns added since are added with defaults.
+    def _ensure_schema(self) -> None:
+        """Create a new catalog at HEAD, or upgrade an older one (kiln.catalog.migrate).
 
-        create_all makes missing tables but never alters existing ones; every schema change
-        so far only adds columns, which this handles for SQLite and PostgreSQL alike.
+        An up-to-date catalog costs one query to open; Alembic is imported only when
+        there is something to do, under a lock that makes a rival wait and find it done.
         """
-        existing = inspect(connection)
-        for table in Base.metadata.sorted_tables:
-            if not existing.has_table(table.name):
-                continue
-            have = {column["name"] for column in existing.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in have:
-                    continue
-                kind = column.type.compile(dialect=self.engine.dialect)
-                default = getattr(column.default, "arg", None)
-                literal = (
-                    "''"
-                    if isinstance(default, str)
-                    else (str(default) if default is not None else "NULL")
-                )
-                connection.execute(
-                    text(
-                        f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind} "
-                        f"DEFAULT {literal}"
-                    )
-                )
+        if self.revision() == HEAD:
+            return
+        from kiln.catalog.migrate import upgrade
+
+        upgrade(self)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

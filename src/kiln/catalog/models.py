@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -28,7 +37,7 @@ class Image(Base):
     origin: Mapped[str] = mapped_column(String(16))  # parent | bootstrap | import | scratch
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(16), default="ok")
-    size: Mapped[int] = mapped_column(Integer)  # bytes of this image's own layer
+    size: Mapped[int] = mapped_column(BigInteger)  # bytes of this image's own layer: 64-bit
     seconds: Mapped[float] = mapped_column(Float)  # how long the bake took
 
     parent: Mapped[Image | None] = relationship(remote_side=[id], back_populates="children")

@@ -1,0 +1,1 @@
+"""One file per catalog revision, oldest first (alembic skips this file)."""
