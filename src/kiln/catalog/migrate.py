@@ -12,6 +12,7 @@ at once one migrates and the other finds it done.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,11 +68,12 @@ class Status:
 
     @property
     def pending(self) -> list[str]:
-        """The revisions an upgrade would apply, in order."""
-        if self.state == "empty" or self.state == "ahead":
+        """The revisions an upgrade would run, in order (an unversioned catalog is stamped
+        at the first revision, which it already has, without running it)."""
+        if self.state not in ("unversioned", "behind"):
             return []
-        start = 0 if self.current is None else REVISIONS.index(self.current)
-        return list(REVISIONS[start + (self.current is not None) :])
+        have = REVISIONS.index(self.current) if self.current is not None else 0
+        return list(REVISIONS[have + 1 :])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -200,3 +202,36 @@ def upgrade(catalog: Catalog) -> Upgraded:
                 hint="keep a copy of the catalog and report this",
             )
         return Upgraded(before, before.pending)
+
+
+def catalog_status() -> Status:
+    """`kiln catalog status`: the catalog of this KILN_HOME (or KILN_CATALOG_URL)."""
+    from kiln.home import Home
+
+    home = Home.from_env()
+    if not os.environ.get("KILN_CATALOG_URL") and not (home.root / "catalog.db").exists():
+        return Status(shown_url(home.catalog_url), None, "empty")  # and leave no file behind
+    catalog = _open(upgrade=False)
+    try:
+        return status(catalog)
+    finally:
+        catalog.close()
+
+
+def upgrade_catalog() -> Upgraded:
+    """`kiln catalog upgrade`: bring the catalog of this KILN_HOME to HEAD."""
+    catalog = _open(upgrade=False)
+    try:
+        return upgrade(catalog)
+    finally:
+        catalog.close()
+
+
+def _open(upgrade: bool) -> Catalog:
+    from kiln.catalog.db import Catalog
+    from kiln.home import Home
+
+    home = Home.from_env()
+    if not os.environ.get("KILN_CATALOG_URL"):
+        home.root.mkdir(parents=True, exist_ok=True)
+    return Catalog(home.catalog_url, upgrade=upgrade)
