@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
 import tarfile
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from kiln.store import layer, whiteout
-from kiln.store.layout import MEDIA_LAYER, Layout
+from kiln.store.layout import MEDIA_LAYER_ZSTD, Layout
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="overlay whiteouts need mknod and trusted.* xattrs (root)"
@@ -165,8 +167,14 @@ def layout(tmp_path: Path) -> Layout:
     return store
 
 
+def tar_bytes(layout: Layout, digest: str) -> bytes:
+    """The tar stream a (zstd) layer blob holds."""
+    blob = layout.blob_path(digest).read_bytes()
+    return zstandard.ZstdDecompressor().decompressobj().decompress(blob)
+
+
 def members(layout: Layout, digest: str) -> list[tarfile.TarInfo]:
-    with tarfile.open(layout.blob_path(digest)) as archive:
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes(layout, digest))) as archive:
         return archive.getmembers()
 
 
@@ -175,10 +183,11 @@ def test_capture_writes_an_oci_layer_tar(tmp_path: Path, layout: Layout) -> None
     captured = layer.capture(layout, tmp_path / "tmp", upper, lowers=[lower_for(tmp_path)])
     descriptor = captured.descriptor
     blob = layout.blob_path(descriptor.digest).read_bytes()
-    assert descriptor.media_type == MEDIA_LAYER
+    assert descriptor.media_type == MEDIA_LAYER_ZSTD
     assert descriptor.digest == "sha256:" + hashlib.sha256(blob).hexdigest()
     assert descriptor.size == len(blob)
-    assert captured.diff_id == descriptor.digest
+    tar = tar_bytes(layout, descriptor.digest)
+    assert captured.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
 
     entries = members(layout, descriptor.digest)
     names = [m.name.removeprefix("./") for m in entries]
@@ -243,7 +252,7 @@ def test_source_date_epoch_clamps_mtimes(tmp_path: Path, layout: Layout) -> None
     upper = build_upper(tmp_path / "upper")
     os.utime(upper / "usr" / "bin" / "tool", (2_000_000_000, 2_000_000_000))
     captured = layer.capture(layout, tmp_path / "tmp", upper, source_date_epoch=1_700_000_000)
-    entries = {m.name.removeprefix("./"): m for m in members(layout, captured.diff_id)}
+    entries = {m.name.removeprefix("./"): m for m in members(layout, captured.descriptor.digest)}
     assert entries["usr/bin/tool"].mtime == 1_700_000_000
     assert int(entries["etc/nginx/nginx.conf"].mtime) == OLD // 10**9
 

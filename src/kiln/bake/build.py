@@ -181,7 +181,9 @@ def bake(context: BuildContext) -> BakeResult:
             )
             stages["capture_layer"] = time.monotonic() - begin
             begin = time.monotonic()
-            result = commit(context, captured.descriptor, time.monotonic() - started)
+            result = commit(
+                context, captured.descriptor, captured.diff_id, time.monotonic() - started
+            )
             stages["commit"] = time.monotonic() - begin
         folder.success = True
     result.stages = stages
@@ -283,7 +285,7 @@ def _artefacts(
     return out
 
 
-def commit(context: BuildContext, layer: Descriptor, seconds: float) -> BakeResult:
+def commit(context: BuildContext, layer: Descriptor, diff_id: str, seconds: float) -> BakeResult:
     """Write config and manifest, keep the layer, then record and tag.
 
     The version is taken first by a catalog row marked pending; then the artefacts are
@@ -295,11 +297,11 @@ def commit(context: BuildContext, layer: Descriptor, seconds: float) -> BakeResu
     stamped = created  # what the image says: the lock's SOURCE_DATE_EPOCH when reproducible
     if context.source_date_epoch is not None:
         stamped = datetime.fromtimestamp(context.source_date_epoch, UTC)
-    config_desc = context.layout.put_json(image.config(context, layer, stamped), MEDIA_CONFIG)
+    config_desc = context.layout.put_json(image.config(context, diff_id, stamped), MEDIA_CONFIG)
     manifest_desc = context.layout.put_json(
         image.manifest(context, config_desc, layer), MEDIA_MANIFEST
     )
-    _move_layer(context, layer.digest)
+    _move_layer(context, diff_id)
     recipe = context.recipe
 
     def pending_row(version: int) -> Image:

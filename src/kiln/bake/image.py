@@ -1,10 +1,14 @@
-"""OCI config and manifest for a new image: the parent's, plus one layer and one history entry."""
+"""OCI config and manifest for a new image: the parent's, plus one layer and one history entry.
+
+Nothing here may depend on the host that bakes (its name, its paths): the same inputs give
+the same manifest digest anywhere. Who built the image is said in the provenance, a
+referrer outside the digest.
+"""
 
 from __future__ import annotations
 
 import json
 import platform
-import socket
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,7 +43,6 @@ def labels(context: BuildContext, created: datetime) -> dict[str, str]:
         f"{LABEL}parent.digest": context.parent.manifest.digest if context.parent else "",
         f"{LABEL}cache-key": context.cache_key,
         f"{LABEL}version": __version__,
-        f"{LABEL}builder.host": socket.gethostname(),
         "org.opencontainers.image.created": _iso(created),
         "org.opencontainers.image.title": recipe.name,
     }
@@ -76,7 +79,8 @@ def import_special(context: BuildContext) -> list[dict[str, str]]:
     return context.import_special
 
 
-def config(context: BuildContext, layer: Descriptor, created: datetime) -> dict[str, Any]:
+def config(context: BuildContext, diff_id: str, created: datetime) -> dict[str, Any]:
+    """The image config; ``diff_id`` is the new layer's (the sha256 of its tar stream)."""
     parent: dict[str, Any] = dict(context.parent.config) if context.parent else {}
     inherited = dict((parent.get("config") or {}).get("Labels") or {})
     image_config = dict(parent.get("config") or {})
@@ -98,7 +102,7 @@ def config(context: BuildContext, layer: Descriptor, created: datetime) -> dict[
         "architecture": parent.get("architecture") or ARCH.get(platform.machine(), "amd64"),
         "os": "linux",
         "config": image_config,
-        "rootfs": {"type": "layers", "diff_ids": [*diff_ids, layer.digest]},
+        "rootfs": {"type": "layers", "diff_ids": [*diff_ids, diff_id]},
         "history": history,
     }
 

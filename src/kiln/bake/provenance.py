@@ -2,6 +2,7 @@
 
 It records what went in (recipe, lock, parent digest, every copied input's digest, the
 packages this layer added), who built it (kiln and the host) and when (start and end).
+The host is named here and nowhere in the image, so the image's digest does not depend on it.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def statement(
                     "noCache": context.options.no_cache,
                 },
                 "internalParameters": {
+                    "builderHost": socket.gethostname(),
                     "cacheKey": context.cache_key,
                     "sourceDateEpoch": context.source_date_epoch,
                 },

@@ -1,8 +1,9 @@
 """`kiln fsck`: check every blob's digest and every reference, store and catalog.
 
 Faults make the check fail (exit 1): a blob whose content does not match its name, a
-reference to a missing blob, a size that disagrees with its descriptor, an index entry the
-catalog does not know or the reverse. Notes are harmless: an unreferenced blob, a layer
+compressed layer that does not decompress to its diff_id, a reference to a missing blob,
+a size that disagrees with its descriptor, an index entry the catalog does not know or the
+reverse. Notes are harmless: an unreferenced blob, a layer
 not unpacked yet (it is unpacked again on first use), leftovers of an interrupted bake
 (build folders and temporary entries nobody holds, a catalog row of an unfinished bake,
 unpacked layers no image uses): ``kiln gc`` removes those.
@@ -11,6 +12,7 @@ unpacked layers no image uses): ``kiln gc`` removes those.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +22,10 @@ from kiln.catalog.db import PENDING
 from kiln.digests import file_sha256
 from kiln.errors import KilnError
 from kiln.home import Home
+from kiln.store import layer as layers
 from kiln.store.artefacts import KIND
 from kiln.store.gc import store_in_use
-from kiln.store.layout import MEDIA_MANIFEST, REF_ANNOTATION, Layout
+from kiln.store.layout import MEDIA_LAYER, MEDIA_MANIFEST, REF_ANNOTATION, Descriptor, Layout
 
 
 @dataclass
@@ -85,9 +88,12 @@ def _check(home: Home, layout: Layout, catalog: Catalog) -> Report:
             for image in catalog.all_images(session, pending=True):
                 if image.ref in unknown:
                     rows[image.ref] = (image.status, image.digest)
+    unpacks_to: dict[str, str | None] = {}  # a layer blob's diff_id, read once per blob
     for ref, manifest in sorted(refs.items()):
         report.images += 1
-        referenced |= _check_image(home, layout, ref, manifest.digest, manifest.size, good, report)
+        referenced |= _check_image(
+            home, layout, ref, (manifest.digest, manifest.size), good, unpacks_to, report
+        )
     tagged = {d.digest for d in refs.values()}
     for entry in layout.read_index()["manifests"]:
         annotations = entry.get("annotations") or {}
@@ -194,9 +200,23 @@ def _check_referrer(
     return used
 
 
+def _diff_id_of(layout: Layout, blob: Descriptor) -> str | None:
+    """What a compressed layer blob decompresses to (sha256 of the tar), None if it does not."""
+    fd = os.open(layout.blob_path(blob.digest), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb", buffering=0) as source:
+        return layers.read_stream(source, blob, lambda _chunk: None).diff_id
+
+
 def _check_image(
-    home: Home, layout: Layout, ref: str, digest: str, size: int, good: set[str], report: Report
+    home: Home,
+    layout: Layout,
+    ref: str,
+    manifest_blob: tuple[str, int],
+    good: set[str],
+    unpacks_to: dict[str, str | None],
+    report: Report,
 ) -> set[str]:
+    digest, size = manifest_blob
     used = {digest}
     if not _check_blob(digest, size, f"{ref} manifest", layout, good, report):
         return used
@@ -217,11 +237,32 @@ def _check_image(
         report.faults.append(f"{ref}: {len(layers)} layers but {len(diff_ids)} diff_ids")
     for number, (layer, diff_id) in enumerate(zip(layers, diff_ids, strict=False)):
         what = f"{ref} layer {number}"
-        _check_blob(layer["digest"], layer.get("size"), what, layout, good, report)
-        if layer["mediaType"].endswith(".tar") and layer["digest"] != diff_id:
+        intact = _check_blob(layer["digest"], layer.get("size"), what, layout, good, report)
+        media_type = layer.get("mediaType")
+        if media_type not in layers.MEDIA_TYPES:
             report.faults.append(
-                f"{what}: uncompressed layer {layer['digest']} but diff_id {diff_id}"
+                f"{what}: blob {layer['digest']} has media type {media_type!r}, "
+                "not a tar layer kiln can unpack"
             )
+        elif media_type == MEDIA_LAYER:
+            if layer["digest"] != diff_id:
+                report.faults.append(
+                    f"{what}: uncompressed layer {layer['digest']} but diff_id {diff_id}"
+                )
+        elif intact:  # compressed: the diff_id is what it decompresses to
+            blob = Descriptor.from_json(layer)
+            if blob.digest not in unpacks_to:
+                unpacks_to[blob.digest] = _diff_id_of(layout, blob)
+            found = unpacks_to[blob.digest]
+            if found is None:
+                report.faults.append(
+                    f"{what}: blob {blob.digest} ({media_type}) does not decompress"
+                )
+            elif found != diff_id:
+                report.faults.append(
+                    f"{what}: blob {blob.digest} decompresses to {found}, but its diff_id "
+                    f"is {diff_id}"
+                )
         if not (home.layers / diff_id.split(":", 1)[1]).is_dir():
             report.notes.append(f"{what} is not unpacked under layers/ (done on next use)")
     return used

@@ -2,7 +2,8 @@
 
 A layer folder exists only complete: it is unpacked into a scratch folder under ``tmp/``
 (held by its flock, so gc can tell a live unpack from a dead one's leftovers), checked
-against the blob's digest as it streams, and renamed into place only then. The rename
+against the blob's digest and (for a compressed blob) the diff_id of what it decompresses
+to as it streams, and renamed into place only then. The rename
 is the completeness marker. Two processes that unpack the same layer at once both finish;
 the one that loses the rename discards its copy and uses the winner's.
 
@@ -63,10 +64,12 @@ def ensure(home: Home, layout: Layout, blob: Descriptor, diff_id: str, what: str
     """
     target = path_of(home, diff_id)
     check_blob(layout, blob, what)
-    if blob.media_type != MEDIA_LAYER or blob.digest != diff_id:
+    if blob.media_type not in layer.MEDIA_TYPES or (
+        blob.media_type == MEDIA_LAYER and blob.digest != diff_id
+    ):
         raise StoreError(
-            f"{what}: blob {blob.digest} ({blob.media_type}) is not an uncompressed layer "
-            f"with diff_id {diff_id}",
+            f"{what}: blob {blob.digest} ({blob.media_type}) is not a tar layer (plain, "
+            f"gzip or zstd) with diff_id {diff_id}",
             hint=FSCK_HINT,
         )
     if _is_dir(target, what):
@@ -74,7 +77,7 @@ def ensure(home: Home, layout: Layout, blob: Descriptor, diff_id: str, what: str
     scratch, held = locks.owned_dir(home.tmp, "unpack-")
     try:
         tree = scratch / "layer"
-        layer.unpack(layout, blob, tree, what)
+        layer.unpack(layout, blob, tree, what, diff_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(tree, target)  # only a verified tree gets here

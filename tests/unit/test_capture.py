@@ -1,0 +1,155 @@
+"""Compressed layers: capture hashes the tar stream and the zstd blob in one pass, unpack
+checks both, and the bytes do not depend on the run (real GNU tar, on tmp_path)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from kiln.errors import StoreError
+from kiln.home import Home
+from kiln.store import layer, unpacked
+from kiln.store.layout import CHUNK, MEDIA_LAYER_GZIP, MEDIA_LAYER_ZSTD, Descriptor, Layout
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    home = Home(tmp_path / "home")
+    home.ensure()
+    Layout(home.oci).init()
+    return home
+
+
+def layout_of(home: Home) -> Layout:
+    return Layout(home.oci)
+
+
+def make_tree(root: Path) -> Path:
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "motd").write_text("hello from a layer\n" * 2000)
+    (root / "bin").mkdir()
+    (root / "bin" / "tool").write_bytes(random.Random(7).randbytes(3_000_000))  # 3 chunks
+    os.symlink("tool", root / "bin" / "alias")
+    for name in ("etc/motd", "bin/tool", "bin/alias", "etc", "bin", "."):
+        path = root / name
+        os.utime(path, (1_600_000_000, 1_600_000_000), follow_symlinks=False)
+    return root
+
+
+def plain_tar(tree: Path) -> bytes:
+    return subprocess.run(layer.tar_argv(tree), check=True, stdout=subprocess.PIPE).stdout
+
+
+def leftovers(home: Home) -> list[str]:
+    return sorted(p.name for p in home.tmp.iterdir() if p.name != ".lock")
+
+
+def test_capture_compresses_and_names_both_digests(home: Home, tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "tree")
+    captured = layer.capture(layout_of(home), home.tmp, tree)
+    blob = layout_of(home).blob_path(captured.descriptor.digest).read_bytes()
+    assert captured.descriptor.media_type == MEDIA_LAYER_ZSTD
+    assert captured.descriptor.digest == "sha256:" + hashlib.sha256(blob).hexdigest()
+    assert captured.descriptor.size == len(blob)
+    tar = zstandard.ZstdDecompressor().decompressobj().decompress(blob)
+    assert tar == plain_tar(tree), "the blob holds exactly what GNU tar wrote"
+    assert captured.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
+    assert len(blob) < len(tar) - 30_000  # the motd compresses, the random bytes do not
+    assert leftovers(home) == []
+
+
+def test_capture_is_byte_stable_across_runs_and_thread_counts(home: Home, tmp_path: Path) -> None:
+    first = layer.capture(layout_of(home), home.tmp, make_tree(tmp_path / "a"))
+    second = layer.capture(layout_of(home), home.tmp, make_tree(tmp_path / "b" / "c"))
+    assert first == second
+    tar = plain_tar(tmp_path / "a")
+    for threads in (1, 2, 4):
+        settings = zstandard.ZstdCompressor(
+            level=layer.ZSTD_LEVEL,
+            threads=threads,
+            write_checksum=False,
+            write_content_size=False,
+        )
+        chunks = settings.compressobj()
+        blob = b"".join(chunks.compress(tar[i : i + CHUNK]) for i in range(0, len(tar), CHUNK))
+        blob += chunks.flush()
+        assert "sha256:" + hashlib.sha256(blob).hexdigest() == first.descriptor.digest, threads
+
+
+def test_ensure_unpacks_a_compressed_layer_under_its_diff_id(home: Home, tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "tree")
+    captured = layer.capture(layout_of(home), home.tmp, tree)
+    target = unpacked.ensure(
+        home, layout_of(home), captured.descriptor, captured.diff_id, "test:1 layer 0"
+    )
+    assert target == home.layers / captured.diff_id.split(":", 1)[1]
+    assert (target / "bin" / "tool").read_bytes() == (tree / "bin" / "tool").read_bytes()
+    assert os.readlink(target / "bin" / "alias") == "tool"
+    assert leftovers(home) == []
+
+
+def test_a_flipped_byte_in_a_compressed_blob_is_a_corrupt_blob(home: Home, tmp_path: Path) -> None:
+    captured = layer.capture(layout_of(home), home.tmp, make_tree(tmp_path / "tree"))
+    path = layout_of(home).blob_path(captured.descriptor.digest)
+    for offset in (20, captured.descriptor.size // 2):  # a frame header, then deep inside
+        data = bytearray(path.read_bytes())
+        original = data[offset]
+        data[offset] ^= 0xFF
+        path.write_bytes(bytes(data))
+        with pytest.raises(StoreError, match="is corrupt: its content hashes to") as caught:
+            unpacked.ensure(
+                home, layout_of(home), captured.descriptor, captured.diff_id, "test:1 layer 0"
+            )
+        assert caught.value.hint and "kiln fsck" in caught.value.hint
+        assert not (home.layers / captured.diff_id.split(":", 1)[1]).exists()
+        assert leftovers(home) == []
+        data[offset] = original
+        path.write_bytes(bytes(data))
+
+
+def test_a_diff_id_the_blob_does_not_unpack_to_is_refused(home: Home, tmp_path: Path) -> None:
+    captured = layer.capture(layout_of(home), home.tmp, make_tree(tmp_path / "tree"))
+    other = "sha256:" + "1" * 64
+    with pytest.raises(StoreError, match=f"diff_id is {other}"):
+        unpacked.ensure(home, layout_of(home), captured.descriptor, other, "test:1 layer 0")
+    assert not (home.layers / ("1" * 64)).exists() and leftovers(home) == []
+
+
+def test_a_blob_that_does_not_decompress_says_so(home: Home, tmp_path: Path) -> None:
+    """The digest is right (it was stored that way), the zstd stream is not."""
+    junk = layout_of(home).put_bytes(b"not zstd at all\n" * 1000, MEDIA_LAYER_ZSTD)
+    diff_id = "sha256:" + "2" * 64
+    with pytest.raises(StoreError, match="does not decompress"):
+        unpacked.ensure(home, layout_of(home), junk, diff_id, "junk:1 layer 0")
+    assert leftovers(home) == []
+
+
+def test_a_gzip_layer_from_elsewhere_unpacks_too(home: Home, tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "tree")
+    tar = plain_tar(tree)
+    # two members, as parallel gzip tools write them
+    half = len(tar) // 2
+    data = gzip.compress(tar[:half], mtime=0) + gzip.compress(tar[half:], mtime=0)
+    blob = layout_of(home).put_bytes(data, MEDIA_LAYER_GZIP)
+    diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
+    target = unpacked.ensure(home, layout_of(home), blob, diff_id, "gz:1 layer 0")
+    assert (target / "etc" / "motd").read_text() == "hello from a layer\n" * 2000
+
+
+def test_an_unknown_media_type_is_refused(home: Home, tmp_path: Path) -> None:
+    captured = layer.capture(layout_of(home), home.tmp, make_tree(tmp_path / "tree"))
+    odd = Descriptor(
+        "application/vnd.oci.image.layer.v1.tar+bzip2",
+        captured.descriptor.digest,
+        captured.descriptor.size,
+    )
+    with pytest.raises(StoreError, match="not a tar layer"):
+        layer.unpack(layout_of(home), odd, tmp_path / "out", "odd layer", captured.diff_id)
+    assert not (tmp_path / "out").exists()
