@@ -1,9 +1,10 @@
 """Sealing: remove machine-specific and volatile data before a layer is captured.
 
-An image must not carry one machine's identity (machine-id, ssh host keys, random seed)
-or the leftovers of its build (logs, apt lists and caches, dpkg's -old files, temp
-files). Each rule removes what it matches, then the seal checks that nothing matches any
-more; the checks are recorded in the image's labels and shown by ``kiln inspect``.
+An image must not carry one machine's identity (machine-id, ssh host keys, random seed,
+the host name a vendor's build machine left in /etc/hostname) or the leftovers of its
+build (logs, apt lists and caches, dpkg's -old files, temp files). Each rule removes what
+it matches, then the seal checks that nothing matches any more; the checks are recorded
+in the image's labels and shown by ``kiln inspect``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from kiln.bake.context import BuildContext
 from kiln.errors import KilnError
 from kiln.rootpath import Root
 
-VERSION = 1
+VERSION = 2  # 2: /etc/hostname
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class Rule:
 
 RULES = (
     Rule("/var/lib/dbus/machine-id", "machine identity"),
+    # systemd keeps the host name nspawn gives (the machine's name) when /etc/hostname is
+    # missing or holds no name; a Debian bootstrap has none, an imported root often does.
+    Rule("/etc/hostname", "host name: a machine's host name is its name"),
     Rule("/etc/ssh/ssh_host_*", "ssh host keys: each machine makes its own"),
     Rule("/var/lib/systemd/random-seed", "machine's random seed"),
     Rule("/var/log/**", "build logs", files_only=True),

@@ -1,4 +1,4 @@
-"""Machine commands: run, ps, exec, logs, stop, rm, test."""
+"""Machine commands: run, start, ps, exec, logs, stop, rm, test."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from kiln.cli.output import console, err, print_json
+from kiln.cli.output import console, err, print_json, wide
 
 # Commands import their services when they run: `kiln run` is on the clock (time to healthy).
 
@@ -19,7 +19,9 @@ set_option = click.option(
     "sets",
     multiple=True,
     metavar="KEY=VALUE",
-    help="a config value of the image's runtime contract (repeatable; wins over --config)",
+    help="a config value of the image's runtime contract (repeatable; wins over --config). "
+    "KEY=- reads the value from standard input, KEY=@PATH from a file (one trailing "
+    "newline dropped): use them for secrets, since KEY=VALUE shows in ps and shell history",
 )
 config_option = click.option(
     "--config",
@@ -62,7 +64,11 @@ def run(
     wait: bool,
     as_json: bool,
 ) -> None:
-    """Boot a machine from an image: systemd as PID 1 under systemd-nspawn."""
+    """Boot a machine from an image: systemd as PID 1 under systemd-nspawn.
+
+    Give secrets as --set KEY=- (standard input: printf %s "$TOKEN" | kiln run ...) or
+    --set KEY=@FILE, not --set KEY=VALUE: a value on the command line shows in ps and in
+    shell history. kiln keeps no secret on disk: kiln start asks for them again."""
     # Time to healthy counts this whole process. It is short-lived and makes few cycles:
     # no cyclic collections while it imports, and none over everything it loaded at exit
     # (that full collection costs more than a machine's health check).
@@ -83,6 +89,36 @@ def run(
         if wait:
             console.print(escape(_health_line(name, data)), highlight=False)
     gc.freeze()
+
+
+@click.command()
+@click.argument("name")
+@set_option
+@config_option
+@click.option("--wait", is_flag=True, help="wait until systemd runs and the health check passes")
+@json_flag
+def start(
+    name: str, sets: tuple[str, ...], config_file: Path | None, wait: bool, as_json: bool
+) -> None:
+    """Boot a stopped machine again, with its own changes, config and volumes.
+
+    Its secrets are not stored anywhere: give each again (--set KEY=-, --set KEY=@FILE
+    or --config); a missing one is named and nothing starts."""
+    from kiln.machines.launch import StartRequest
+    from kiln.machines.launch import start as start_machine
+
+    launched = start_machine(StartRequest(name, sets, config_file, wait=wait))
+    data = launched.to_json()
+    if as_json:
+        print_json(data)
+        return
+    console.print(
+        f"started {name} again from {launched.image} (systemd-nspawn pid {data['nspawn_pid']}, "
+        f"its systemd pid {data['leader_pid']}) in {data['seconds_to_start']:.2f}s",
+        highlight=False,
+    )
+    if wait:
+        console.print(escape(_health_line(name, data)), highlight=False)
 
 
 @click.command()
@@ -108,7 +144,7 @@ def ps(include_removed: bool, as_json: bool) -> None:
             row["created"][:19],
             ", ".join(f"{k}={v}" for k, v in row["volumes"].items()) or "-",
         )
-    console.print(table)
+    wide.print(table)
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -155,12 +191,18 @@ def stop(names: tuple[str, ...], timeout: float) -> None:
 @click.command()
 @click.argument("names", nargs=-1, required=True)
 @click.option("--volumes", "with_volumes", is_flag=True, help="remove its volumes as well")
-def rm(names: tuple[str, ...], with_volumes: bool) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="kill the machine (SIGKILL, no shutdown) instead of stopping it: for one that "
+    "will not stop, or whose state file is damaged",
+)
+def rm(names: tuple[str, ...], with_volumes: bool, force: bool) -> None:
     """Remove machines (stopping them first); their volumes stay unless --volumes."""
     from kiln.machines.manage import rm as remove
 
     for name in names:
-        result = remove(name, with_volumes=with_volumes)
+        result = remove(name, with_volumes=with_volumes, force=force)
         console.print(f"removed {name}", highlight=False)
         for kept in result.kept:
             err.print(f"  kept volume {escape(kept)}", highlight=False)
@@ -249,6 +291,6 @@ def _render_test(data: dict[str, Any]) -> None:
 
 
 def register(group: click.Group) -> None:
-    for command in (run, ps, logs, stop, rm, test):
+    for command in (run, start, ps, logs, stop, rm, test):
         group.add_command(command)
     group.add_command(exec_, name="exec")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -10,6 +11,19 @@ from rich.console import Console
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+# Tables (kiln ps, kiln images) at a terminal's width, but never cut to rich's default of
+# 80 columns when stdout is a pipe or a file: a CI log or grep gets whole rows. COLUMNS,
+# when set, still wins.
+PIPE_WIDTH = 1000
+
+
+def _wide() -> Console:
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return console
+    return Console(soft_wrap=True, width=PIPE_WIDTH)
+
+
+wide = _wide()
 
 
 def print_json(value: Any) -> None:

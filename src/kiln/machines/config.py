@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.errors import BadInput, NotFound, RecipeError
-from kiln.machines.contract import Contract
+from kiln.machines.contract import Contract, Key
 from kiln.recipe.limits import MAX_RECIPE_BYTES, read_regular
 
 MAX_VALUE_BYTES = 64 << 10  # one value from standard input or a file (a key, a token)
@@ -36,13 +36,13 @@ ENV_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "$": "\\$", "`": "\\`"})
 class ConfigError(BadInput):
     """Config values that do not fit the image's runtime contract."""
 
-    def __init__(self, image: str, problems: Sequence[str]) -> None:
+    def __init__(self, image: str, problems: Sequence[str], hint: str | None = None) -> None:
         self.problems = list(problems)
         count = len(self.problems)
         head = f"config for {image} has {count} problem{'s' if count != 1 else ''}"
         super().__init__(
             head + "\n" + "\n".join(f"  {p}" for p in self.problems),
-            hint=f"'kiln inspect {image}' shows its runtime contract; nothing was started",
+            hint=hint or f"'kiln inspect {image}' shows its runtime contract; nothing was started",
         )
 
 
@@ -194,6 +194,58 @@ def resolve(
     if problems:
         raise ConfigError(image, problems)
     return Values(plain, hidden, tuple(generated))
+
+
+def resolve_secrets(
+    machine: str,
+    contract: Contract,
+    keys: Sequence[str],
+    sets: Sequence[str] = (),
+    config_file: Path | None = None,
+    stdin: Callable[[str], bytes] = read_stdin,
+) -> dict[str, str]:
+    """The secrets a stopped machine was launched with, given again for ``kiln start``.
+
+    kiln keeps no secret on disk, so each of ``keys`` (the machine's secret keys) comes
+    from --set or --config again, or from the image's default; plain values stay as the
+    machine was launched with them, so giving one is refused rather than ignored."""
+    problems: list[str] = []
+    given = _from_file(config_file, problems) if config_file else {}
+    given.update(_from_sets(sets, problems, stdin))
+    for name in sorted(given.keys() - set(keys)):
+        shown = name if name.isprintable() else repr(name)
+        key = contract.keys.get(name)
+        if key is not None and not key.secret:
+            problems.append(
+                f"{shown}: a plain value stays as the machine was launched with it "
+                f"(kiln rm {machine}, then kiln run, to change it)"
+            )
+        else:
+            listed = ", ".join(keys) or "none"
+            problems.append(f"{shown}: not a secret of machine {machine} (it has: {listed})")
+    out: dict[str, str] = {}
+    for name in keys:
+        value = given.get(name)
+        if value is None and name in contract.keys:
+            value = contract.keys[name].default
+        if value is None:
+            problems.append(
+                f"{name}: secret is missing (kiln keeps none on disk): "
+                f"--set {name}=- or --set {name}=@FILE"
+            )
+        elif "\0" in value:
+            problems.append(f"{name}: a value cannot hold a NUL character")
+        elif contract.keys.get(name, Key(name)).required and not value.strip():
+            problems.append(f"{name}: required secret is empty")
+        else:
+            out[name] = value
+    if problems:
+        raise ConfigError(
+            f"machine {machine}",
+            problems,
+            hint=f"'kiln ps --json' lists the secret keys of {machine}; nothing was started",
+        )
+    return out
 
 
 def env_name(key: str) -> str:

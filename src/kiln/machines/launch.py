@@ -35,7 +35,7 @@ from kiln.errors import BadInput, KilnError, StoreError
 from kiln.home import Home
 from kiln.machines import config, health, nspawn, process, volumes
 from kiln.machines.contract import Contract, Health, from_config
-from kiln.machines.folder import Folder, Proc, State, claim, save
+from kiln.machines.folder import Folder, Proc, State, claim, load, save
 from kiln.machines.image import BootImage, find
 from kiln.rootpath import Root
 from kiln.sandbox import Boot
@@ -265,6 +265,30 @@ def _discard(folder: Folder) -> None:
         folder.path.rmdir()
 
 
+def _boot(
+    folder: Folder,
+    name: str,
+    volume_map: dict[str, str],
+    recipe_folder: Path | None,
+    secret_values: dict[str, str],
+    undo: ExitStack,
+) -> tuple[subprocess.Popen[bytes], Proc, Proc]:
+    """Start nspawn on the mounted overlay with the folder's config, the volumes and the
+    secrets; return it, its process and the machine's systemd. ``undo`` stops it."""
+    binds = nspawn.config_binds(folder.env_file, folder.seed)
+    binds += nspawn.volume_binds(volume_map)
+    if recipe_folder is not None:
+        binds += nspawn.tooling_binds(Path(sys.prefix), recipe_folder)
+    boot = Boot(folder.root, name, tuple(binds), host_resolv_conf=recipe_folder is not None)
+    child = _start(boot, folder.console, secret_values)
+    undo.callback(_stop_child, child)
+    leader = _find_leader(child, name, folder.console)
+    nspawn_proc = process.identify(child.pid)
+    if nspawn_proc is None:
+        raise KilnError(f"systemd-nspawn for {name} is gone")
+    return child, nspawn_proc, leader
+
+
 def run(request: Request, home: Home | None = None) -> Launched:
     started = time.monotonic()
     home = home or Home.from_env()
@@ -289,22 +313,14 @@ def run(request: Request, home: Home | None = None) -> Launched:
         for volume in planned:
             volumes.prepare(volume, folder.root)
         _write_config(folder, request.name, image.ref, values)
-        binds = nspawn.config_binds(folder.env_file, folder.seed)
-        binds += nspawn.volume_binds({v.path: str(v.source) for v in planned})
-        if request.recipe_folder is not None:
-            binds += nspawn.tooling_binds(Path(sys.prefix), request.recipe_folder)
-        boot = Boot(
-            folder.root,
+        _child, nspawn_proc, leader = _boot(
+            folder,
             request.name,
-            tuple(binds),
-            host_resolv_conf=request.recipe_folder is not None,
+            {v.path: str(v.source) for v in planned},
+            request.recipe_folder,
+            dict(values.secrets),
+            undo,
         )
-        child = _start(boot, folder.console, dict(values.secrets))
-        undo.callback(_stop_child, child)
-        leader = _find_leader(child, request.name, folder.console)
-        nspawn_proc = process.identify(child.pid)
-        if nspawn_proc is None:
-            raise KilnError(f"systemd-nspawn for {request.name} is gone")
         state = State(
             name=request.name,
             image=image.ref,
@@ -331,6 +347,121 @@ def run(request: Request, home: Home | None = None) -> Launched:
                 not_ready = exc  # the machine stays, for a look inside
         recorder.result()  # the catalog refused the machine: undo it all
         undo.pop_all()  # the machine exists now; kiln stop and kiln rm take it from here
+    if not_ready is not None:
+        raise not_ready
+    return launched
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    name: str
+    sets: tuple[str, ...] = ()  # the machine's secrets again: kiln keeps none on disk
+    config_file: Path | None = None
+    wait: bool = False
+
+
+def _recorded(home: Home, name: str) -> tuple[dict[str, str], list[str]]:
+    """The plain values and the secret keys the machine was launched with (the catalog's)."""
+    from sqlalchemy import select
+
+    from kiln.catalog import Catalog, Machine
+
+    catalog = Catalog(home.catalog_url)
+    try:
+        with catalog.session() as session:
+            rows = session.scalars(
+                select(Machine).where(Machine.name == name, Machine.removed.is_(None))
+            ).all()
+            plain: dict[str, str] = {}
+            for row in rows:
+                plain.update(row.plain_config())
+            return plain, sorted({key for row in rows for key in json.loads(row.secret_keys)})
+    finally:
+        catalog.close()
+
+
+def _record_start(home: Home, state: State) -> None:
+    from sqlalchemy import select
+
+    from kiln.catalog import Catalog, Machine
+
+    catalog = Catalog(home.catalog_url)
+    try:
+        with catalog.session() as session:
+            rows = session.scalars(
+                select(Machine).where(Machine.name == state.name, Machine.removed.is_(None))
+            ).all()
+            for row in rows:
+                row.nspawn_pid = state.nspawn.pid
+                row.leader_pid = state.leader.pid
+                row.stopped = None
+    finally:
+        catalog.close()
+
+
+def start(request: StartRequest, home: Home | None = None) -> Launched:
+    """Boot a stopped machine again, from its own upper dir (its changes kept), with the
+    config, seed (same instance-id: cloud-init does not run its per-instance modules
+    again), volumes and layers it was launched with. Its secrets are not stored, so they
+    are given again; a missing one is named and nothing starts."""
+    started = time.monotonic()
+    home = home or Home.from_env()
+    folder = Folder.of(home, request.name)
+    state = load(folder)
+    if process.running(state):
+        raise BadInput(
+            f"machine {request.name} is running",
+            hint=f"kiln stop {request.name} first, or kiln exec {request.name} -- CMD",
+        )
+    image = find(home, f"{state.image.partition(':')[0]}@{state.digest}")
+    contract = from_config(image.config)
+    plain, secret_keys = _recorded(home, request.name)
+    secret_values = config.resolve_secrets(
+        request.name, contract, secret_keys, request.sets, request.config_file
+    )
+    layers = tuple(Path(d) for d in state.layers) or image.layer_dirs
+    missing = [str(d) for d in layers if not d.is_dir()]
+    if missing or not folder.upper.is_dir():
+        raise StoreError(
+            f"machine {request.name} cannot start: "
+            + (f"its image layers are gone ({', '.join(missing)})" if missing else "no upper dir"),
+            hint=f"kiln rm {request.name}, then kiln run a new one",
+        )
+    gone = sorted(source for source in state.volumes.values() if not Path(source).is_dir())
+    if gone:
+        raise BadInput(
+            f"machine {request.name} cannot start: its volume folders are gone: {', '.join(gone)}",
+            hint="put the data back there (an empty folder starts it empty), then kiln start again",
+        )
+    if request.wait:
+        health.check_tools(contract.health)
+    if folder.root.is_mount():  # a host that went down with the machine running
+        proc.run(["umount", str(folder.root)])
+    not_ready: health.NotReady | None = None
+    with ExitStack() as undo:
+        overlay = Overlay(list(reversed(layers)), folder.upper, folder.work, folder.root)
+        overlay.mount()
+        undo.callback(proc.run, ["umount", str(folder.root)], check=False)
+        recipe_folder = Path(state.recipe_folder) if state.tooling else None
+        _child, nspawn_proc, leader = _boot(
+            folder, request.name, state.volumes, recipe_folder, secret_values, undo
+        )
+        state = dataclasses.replace(
+            state, boot_id=process.boot_id(), nspawn=nspawn_proc, leader=leader
+        )
+        save(folder, state)
+        values = config.Values(plain, secret_values)
+        launched = Launched(
+            request.name, state.image, state.digest, folder, state, contract, values, started
+        )
+        launched.seconds_to_start = time.monotonic() - started
+        _record_start(home, state)
+        undo.pop_all()
+    if request.wait:
+        try:
+            wait(launched, contract.health)
+        except health.NotReady as exc:
+            not_ready = exc
     if not_ready is not None:
         raise not_ready
     return launched

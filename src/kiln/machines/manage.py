@@ -43,7 +43,7 @@ def _catalog(home: Home) -> Catalog:
 
 
 def running(state: State) -> bool:
-    return state.boot_id == process.boot_id() and process.alive(state.nspawn)
+    return process.running(state)
 
 
 def _state_or_none(folder: Folder) -> State | None:
@@ -135,6 +135,34 @@ def halt(folder: Folder, state: State, timeout: float = STOP_TIMEOUT) -> bool:
     return was_running
 
 
+def force_halt(folder: Folder, state: State | None) -> bool:
+    """Kill the machine without a shutdown (kiln rm --force), then unmount its overlay;
+    True if anything of it was running."""
+    was_running = (state is not None and running(state)) or bool(process.nspawns_of(folder.root))
+    left = process.kill_machine(state, folder.root)
+    if left:
+        raise KilnError(
+            f"machine {folder.name}: processes {', '.join(map(str, left))} survive SIGKILL "
+            "(stuck in the kernel, in state D)",
+            hint="its overlay stays mounted; kiln rm --force again once they are gone",
+        )
+    _forget_propagate_dir(folder.name)
+    if folder.root.is_mount():
+        proc.run(["umount", str(folder.root)])
+    return was_running
+
+
+def _refuse_unknown_nspawn(folder: Folder) -> None:
+    """A machine whose state file is damaged may still run: never unmount under it."""
+    pids = process.nspawns_of(folder.root)
+    if pids:
+        raise KilnError(
+            f"machine {folder.name} has no readable state, but systemd-nspawn "
+            f"(pid {', '.join(map(str, pids))}) still boots its root",
+            hint=f"kiln rm --force {folder.name} kills it and removes the machine",
+        )
+
+
 def stop(name: str, home: Home | None = None, timeout: float = STOP_TIMEOUT) -> dict[str, Any]:
     home = home or Home.from_env()
     folder = Folder.of(home, name)
@@ -160,9 +188,12 @@ class Removed:
         }
 
 
-def rm(name: str, home: Home | None = None, with_volumes: bool = False) -> Removed:
+def rm(
+    name: str, home: Home | None = None, with_volumes: bool = False, force: bool = False
+) -> Removed:
     """Stop the machine if it runs, remove its folder and forget it; volumes stay unless
-    ``with_volumes`` (folders given with --volume are never removed)."""
+    ``with_volumes`` (folders given with --volume are never removed). ``force`` kills the
+    machine instead of shutting it down (one that will not stop, or whose state is lost)."""
     home = home or Home.from_env()
     folder = Folder.of(home, name)
     exists = folder.exists() or bool(_rows(home, name))
@@ -175,9 +206,14 @@ def rm(name: str, home: Home | None = None, with_volumes: bool = False) -> Remov
             )
         raise NotFound(f"no machine named {name}", hint=hint)
     state = _state_or_none(folder) if folder.exists() else None
-    was_running = halt(folder, state) if state is not None else False
-    if state is None and folder.root.is_mount():
-        proc.run(["umount", str(folder.root)])  # a launch that died half-way
+    if force:
+        was_running = force_halt(folder, state)
+    else:
+        was_running = halt(folder, state) if state is not None else False
+        if state is None:
+            _refuse_unknown_nspawn(folder)
+            if folder.root.is_mount():
+                proc.run(["umount", str(folder.root)])  # a launch that died half-way
     removed_volumes: list[str] = []
     if folder.path.is_dir():
         for child in folder.path.iterdir():

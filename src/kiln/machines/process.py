@@ -7,12 +7,13 @@ nspawn that nobody reaped) is not alive.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 from pathlib import Path
 
-from kiln.machines.folder import Proc
+from kiln.machines.folder import Proc, State
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
@@ -65,6 +66,11 @@ def leader(nspawn_pid: int) -> Proc | None:
     return None
 
 
+def running(state: State) -> bool:
+    """The machine's nspawn still runs (in this boot of the host)."""
+    return state.boot_id == boot_id() and alive(state.nspawn)
+
+
 def send(proc: Proc, sig: int) -> bool:
     """Signal a recorded process if it is still that process; False if it is gone."""
     if not alive(proc):
@@ -86,3 +92,64 @@ def wait_gone(proc: Proc, timeout: float, interval: float = 0.02) -> bool:
 
 
 POWEROFF = signal.SIGRTMIN + 4  # systemd as PID 1: start poweroff.target
+
+
+def _pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def nspawns_of(root: Path) -> list[int]:
+    """The systemd-nspawn processes booting ``root``, found by their command line (for a
+    machine whose state file is damaged or names other processes)."""
+    want = f"--directory={root}".encode()
+    found = []
+    for pid in _pids():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == b"systemd-nspawn" and want in argv:
+            found.append(pid)
+    return found
+
+
+def pid_namespace(pid: int) -> tuple[int, int] | None:
+    try:
+        st = os.stat(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def kill_machine(state: State | None, root: Path, timeout: float = 10.0) -> list[int]:
+    """SIGKILL a machine without asking it: its systemd (which takes every process of its
+    PID namespace with it), anything else left in that namespace, and its nspawn.
+
+    Returns the pids that are still there after ``timeout`` (stuck in the kernel)."""
+    nspawns = set(nspawns_of(root))
+    leaders = set()
+    if state is not None:
+        if alive(state.nspawn):
+            nspawns.add(state.nspawn.pid)
+        if alive(state.leader):
+            leaders.add(state.leader.pid)
+    for pid in nspawns:
+        leaders.update(children(pid))
+    own = pid_namespace(os.getpid())
+    spaces = {ns for ns in map(pid_namespace, leaders) if ns is not None and ns != own}
+    members = [pid for pid in _pids() if spaces and pid_namespace(pid) in spaces]
+    targets = [*sorted(leaders), *members, *sorted(nspawns)]
+    for pid in targets:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [pid for pid in dict.fromkeys(targets) if _lives(pid)]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.02)
+
+
+def _lives(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
