@@ -27,8 +27,7 @@ from kiln.store.atomic import fsync_dir, write_atomic
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"  # uncompressed: digest == diff_id
-MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-MEDIA_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"  # what kiln captures
+MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"  # what kiln captures
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 CHUNK = 1 << 20

@@ -68,8 +68,8 @@ def ensure(home: Home, layout: Layout, blob: Descriptor, diff_id: str, what: str
         blob.media_type == MEDIA_LAYER and blob.digest != diff_id
     ):
         raise StoreError(
-            f"{what}: blob {blob.digest} ({blob.media_type}) is not a tar layer (plain, "
-            f"gzip or zstd) with diff_id {diff_id}",
+            f"{what}: blob {blob.digest} ({blob.media_type}) is not a tar layer (plain or "
+            f"gzip) with diff_id {diff_id}",
             hint=FSCK_HINT,
         )
     if _is_dir(target, what):
