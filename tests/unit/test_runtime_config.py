@@ -385,3 +385,13 @@ def test_snapshots_see_content_modes_and_deletions_not_rewrites(tmp_path: Path) 
     ]
     assert str(changes[1]) == "~ /srv (dir 0755 0:0 -> dir 0700 0:0)"
     assert str(changes[0]).startswith("~ /etc/app.conf (content ")
+
+
+def test_run_help_recommends_stdin_and_files_for_secrets() -> None:
+    from click.testing import CliRunner
+
+    from kiln.cli.machines import run
+
+    text = " ".join(CliRunner().invoke(run, ["--help"]).output.split())
+    assert "KEY=- reads the value from standard input, KEY=@PATH from a file" in text
+    assert "use them for secrets, since KEY=VALUE shows in ps and shell history" in text
