@@ -2,6 +2,10 @@
 
 A failure raises :class:`CommandError` with the argv, exit code and the tail of the
 output, and the command as a person could paste it into a shell.
+
+A command run with ``echo=True`` (build steps, package installs) can also be watched live:
+inside :func:`echo_to`, each line of its merged output goes to the callback as it arrives
+(``kiln bake -v``); :func:`prefixed` labels the lines of one stage or step.
 """
 
 from __future__ import annotations
@@ -9,12 +13,21 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from kiln.errors import KilnError, disk_full, space_hint
 
 TAIL_LINES = 25
+ECHO_KEEP = 400  # lines of an echoed command kept for its error message
+ECHO_LINE_MAX = 64 << 10  # a longer line arrives in pieces
+
+Echo = Callable[[str], None]
+_echo: ContextVar[tuple[Echo, str] | None] = ContextVar("kiln_echo", default=None)
+
 
 # What a child process sees unless the caller adds more: enough to find tools and speak UTF-8.
 BASE_ENV = {
@@ -55,6 +68,28 @@ def environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+@contextmanager
+def echo_to(callback: Echo | None) -> Iterator[None]:
+    """Within this block, echoed commands pass each output line to ``callback``."""
+    token = _echo.set(None if callback is None else (callback, ""))
+    try:
+        yield
+    finally:
+        _echo.reset(token)
+
+
+@contextmanager
+def prefixed(prefix: str) -> Iterator[None]:
+    """Label the echoed lines of this block (``web steps[2] | ``), in place of any outer
+    label; a no-op when nothing is echoed."""
+    current = _echo.get()
+    token = _echo.set(None if current is None else (current[0], prefix))
+    try:
+        yield
+    finally:
+        _echo.reset(token)
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -63,12 +98,19 @@ def run(
     input: bytes | None = None,
     capture: bool = True,
     check: bool = True,
+    echo: bool = False,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv; capture stdout and stderr (merged) unless ``capture`` is False.
 
     With ``capture=False`` the child's output goes to our stderr, for long commands a person
-    wants to watch; the error then carries no tail.
+    wants to watch; the error then carries no tail. With ``echo`` inside :func:`echo_to`,
+    each output line also goes to the callback as it arrives, and ``stdout`` holds the
+    last :data:`ECHO_KEEP` lines.
     """
+    sink = _echo.get() if echo and capture and input is None else None
+    if sink is not None:
+        callback, prefix = sink
+        return _run_echoed(argv, cwd, env, check, lambda line: callback(prefix + line))
     result = subprocess.run(
         list(argv),
         cwd=cwd,
@@ -83,6 +125,33 @@ def run(
         output = result.stdout.decode(errors="replace") if result.stdout else ""
         raise CommandError(argv, result.returncode, output)
     return result
+
+
+def _run_echoed(
+    argv: Sequence[str],
+    cwd: Path | None,
+    env: Mapping[str, str] | None,
+    check: bool,
+    callback: Echo,
+) -> subprocess.CompletedProcess[bytes]:
+    kept: deque[bytes] = deque(maxlen=ECHO_KEEP)
+    with subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        env=environment(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    ) as child:
+        assert child.stdout is not None
+        while line := child.stdout.readline(ECHO_LINE_MAX):
+            kept.append(line)
+            callback(line.decode(errors="replace").rstrip("\r\n"))
+        returncode = child.wait()
+    data = b"".join(kept)
+    if check and returncode != 0:
+        raise CommandError(argv, returncode, data.decode(errors="replace"))
+    return subprocess.CompletedProcess(list(argv), returncode, data, None)
 
 
 def output(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> str:

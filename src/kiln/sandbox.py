@@ -4,15 +4,21 @@ A :class:`Sandbox` is a value: the root, binds and environment. Build steps use
 :meth:`Sandbox.run`; machines boot a root with systemd as PID 1 from :class:`Boot`'s
 command line. The host has no system bus, so containers are never registered with
 machined (``--keep-unit --register=no``).
+
+nspawn makes a mount point in the root for every bind whose target is missing (the
+controller's virtualenv is bound at its host path, so its folders would name the build
+host). :meth:`Sandbox.run` removes the ones it made, and only those, once the command is over.
 """
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln import proc
+from kiln.rootpath import Root, parts
 
 BUILD_HOSTNAME = "kiln-build"
 BUILD_ENV = {
@@ -69,8 +75,39 @@ class Sandbox:
     def run(
         self, command: Sequence[str], *, env: Mapping[str, str] | None = None, capture: bool = True
     ) -> str:
-        result = proc.run(self.argv(command, env=env), capture=capture)
+        """Run ``command`` in the root; its output lines are echoed (kiln.proc.echo_to)."""
+        created = self.missing_mount_points()
+        try:
+            result = proc.run(self.argv(command, env=env), capture=capture, echo=True)
+        finally:
+            self.remove_mount_points(created)
         return result.stdout.decode(errors="replace") if result.stdout else ""
+
+    def missing_mount_points(self) -> list[str]:
+        """The bind targets' path components not in the root yet, deepest first."""
+        missing: list[str] = []
+        with Root(self.root) as root:
+            for bind in self.binds:
+                names = parts(bind.target)
+                for depth in range(1, len(names) + 1):
+                    rel = "/".join(names[:depth])
+                    if rel not in missing and not root.exists(rel):
+                        missing.append(rel)
+        return sorted(missing, key=lambda rel: (-rel.count("/"), rel))
+
+    def remove_mount_points(self, created: Sequence[str]) -> None:
+        """Remove what nspawn made to mount on: empty folders and empty files, never
+        following a symlink; anything a command put there stays."""
+        if not created:
+            return
+        with Root(self.root) as root:
+            for rel in created:
+                if not root.exists(rel):
+                    continue
+                st = root.lstat(rel)
+                empty_dir = stat.S_ISDIR(st.st_mode) and not root.listdir(rel)
+                if empty_dir or (stat.S_ISREG(st.st_mode) and st.st_size == 0):
+                    root.remove(rel)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,15 @@
 Each stage decides for itself whether it applies. The build folder and the overlay mount
 belong to one context manager, so a failure leaves nothing behind in the store or catalog
 (or keeps the root on purpose with --on-error=keep).
+
+Progress goes through ``context.log``: a message ending in :data:`ONGOING` says what is
+starting (a spinner shows it; a log file does not need it), and each stage ends with one
+line that gives its time (``run steps  3.21s``). Commands' own output is echoed, labelled
+with the recipe and stage or step, inside ``kiln.proc.echo_to``.
+
+:func:`resolve` is the throw-away bake ``kiln lock`` resolves packages with: it runs the
+stages up to the package record, then removes the root; nothing reaches the store or
+the catalog.
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ from kiln.store import artefacts
 from kiln.store import layer as layers
 from kiln.store.gc import store_in_use
 from kiln.store.layout import MEDIA_CONFIG, MEDIA_MANIFEST, Descriptor, canonical_json
+
+# The end of a message that says what is starting (progress, not a result).
+ONGOING = " ..."
 
 
 @dataclass
@@ -99,16 +111,21 @@ def run_steps(context: BuildContext) -> None:
     for index, step in enumerate(context.recipe.recipe.steps):
         kind = steps.REGISTRY[type(step)][0]
         where = context.recipe.where("steps", index)
-        context.log(f"steps[{index}] {kind}")
+        context.log(f"steps[{index}] {kind}{ONGOING}")
         try:
-            steps.apply(context, step, index)
+            with proc.prefixed(f"{context.recipe.name} steps[{index}] | "):
+                steps.apply(context, step, index)
         except proc.CommandError as exc:
             inner = exc.argv[exc.argv.index("--") + 1 :] if "--" in exc.argv else exc.argv
             raise StepFailed(
                 f"{where}: steps[{index}] ({kind}) failed with exit code {exc.returncode}\n"
                 f"  command: {shlex.join(inner)}\n"
                 f"--- last lines of output ---\n{proc.tail(exc.output)}",
-                hint="re-run with --on-error=keep to keep the build root and look inside",
+                hint=(
+                    "the build root is kept: the lines above say how to enter it"
+                    if context.options.keep_on_error
+                    else "re-run with --on-error=keep to keep the build root and look inside"
+                ),
             ) from None
         except KilnError as exc:
             raise StepFailed(
@@ -133,7 +150,9 @@ def record_packages(context: BuildContext) -> None:
 
 
 def close_root(context: BuildContext) -> None:
-    """Remove files nspawn made only to mount on, then unmount the overlay."""
+    """Remove files nspawn made only to mount on, then unmount the overlay.
+
+    (The folders nspawn makes for a bind go when its command ends: kiln.sandbox.)"""
     with Root(context.root) as root:
         for rel in context.created_mount_points:
             if not root.exists(rel):
@@ -145,7 +164,7 @@ def close_root(context: BuildContext) -> None:
         context.overlay.unmount()
 
 
-STAGES = [
+STAGES: list[Callable[[BuildContext], None]] = [
     prepare_root,
     install_packages,
     run_steps,
@@ -156,21 +175,52 @@ STAGES = [
 ]
 
 
+# What kiln lock's throw-away bake needs: the root as the recipe makes it, and its packages.
+RESOLVE_STAGES: list[Callable[[BuildContext], None]] = [
+    prepare_root,
+    install_packages,
+    run_steps,
+    record_packages,
+    close_root,
+]
+
+
+def _title(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def _run_stages(
+    context: BuildContext, stages: list[Callable[[BuildContext], None]], times: dict[str, float]
+) -> None:
+    for stage in stages:
+        begin = time.monotonic()
+        title = _title(stage.__name__)
+        context.log(f"{title}{ONGOING}")
+        with proc.prefixed(f"{context.recipe.name} {title} | "):
+            stage(context)
+        times[stage.__name__] = time.monotonic() - begin
+        context.log(f"{title}  {times[stage.__name__]:.2f}s")
+
+
+def resolve(context: BuildContext) -> None:
+    """Bake as far as the package record, then throw the root away (kiln lock)."""
+    context.build_dir.mkdir(parents=True, exist_ok=True)  # the caller owns it (kiln.locks)
+    with _BuildFolder(context) as folder:
+        _run_stages(context, RESOLVE_STAGES, {})
+        folder.success = True
+
+
 def bake(context: BuildContext) -> BakeResult:
     started = time.monotonic()
     stages: dict[str, float] = {}
     context.build_dir.mkdir(parents=True, exist_ok=True)  # the caller owns it (kiln.locks)
     with _BuildFolder(context) as folder:
-        for stage in STAGES:
-            begin = time.monotonic()
-            context.log(stage.__name__.replace("_", " "))
-            stage(context)
-            stages[stage.__name__] = time.monotonic() - begin
+        _run_stages(context, STAGES, stages)
         # From the first byte of the new layer until its tag is written, the blobs and the
         # unpacked layer are referenced by nothing yet: keep kiln gc's sweep out meanwhile.
         with store_in_use(context.home):
             begin = time.monotonic()
-            context.log("capture layer")
+            context.log(f"capture layer{ONGOING}")
             lowers = context.parent.layer_dirs if context.parent else ()
             captured = layers.capture(
                 context.layout,
@@ -180,11 +230,13 @@ def bake(context: BuildContext) -> BakeResult:
                 source_date_epoch=context.source_date_epoch,
             )
             stages["capture_layer"] = time.monotonic() - begin
+            context.log(f"capture layer  {stages['capture_layer']:.2f}s")
             begin = time.monotonic()
             result = commit(
                 context, captured.descriptor, captured.diff_id, time.monotonic() - started
             )
             stages["commit"] = time.monotonic() - begin
+            context.log(f"commit  {stages['commit']:.2f}s")
         folder.success = True
     result.stages = stages
     result.seconds = time.monotonic() - started

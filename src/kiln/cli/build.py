@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -22,6 +24,43 @@ mirror_option = click.option(
     "host's apt sources; it never reaches the image [env: KILN_MIRROR]",
 )
 
+verbose_flag = click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="stream each step's own output (apt, ansible, shell) as it runs, "
+    "labelled 'RECIPE steps[N] | '",
+)
+
+
+@contextmanager
+def progress(label: str, verbose: bool) -> Iterator[Callable[[str], None]]:
+    """A log for a long bake or lock: a spinner on a terminal; elsewhere (CI logs) one
+    line per finished stage with its time. With ``verbose``, commands' output too."""
+    from kiln import proc
+    from kiln.bake.build import ONGOING
+
+    def line(text: str) -> None:
+        err.print(escape(text), highlight=False)
+
+    with proc.echo_to(line if verbose else None):
+        if not err.is_terminal:
+
+            def plain(message: str) -> None:
+                if not message.endswith(ONGOING):
+                    line(message)
+
+            yield plain
+            return
+        with err.status(label, spinner="dots") as status:
+
+            def spin(message: str) -> None:
+                status.update(escape(message))
+                if "\n" in message:
+                    line(message)
+
+            yield spin
+
 
 @click.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
@@ -34,20 +73,17 @@ mirror_option = click.option(
     help="keep the build root of a failed bake to look inside",
 )
 @mirror_option
+@verbose_flag
 @json_flag
-def bake(path: Path, no_cache: bool, on_error: str, mirror: str | None, as_json: bool) -> None:
+def bake(
+    path: Path, no_cache: bool, on_error: str, mirror: str | None, verbose: bool, as_json: bool
+) -> None:
     """Bake a recipe (and any stale recipe-path ancestors) or a folder of recipes."""
     from kiln.bake.context import Options
     from kiln.bake.service import bake_path
 
     options = Options(no_cache=no_cache, keep_on_error=on_error == "keep", mirror=mirror)
-    with err.status("baking", spinner="dots") as status:
-
-        def log(message: str) -> None:
-            status.update(escape(message))
-            if "\n" in message:
-                err.print(escape(message), highlight=False)
-
+    with progress("baking", verbose) as log:
         results, _named = bake_path(path, options, log)
     if as_json:
         data = [r.to_json() for r in results]
@@ -64,16 +100,15 @@ def bake(path: Path, no_cache: bool, on_error: str, mirror: str | None, as_json:
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--update", is_flag=True, help="re-resolve against the mirror and show the diff")
 @mirror_option
+@verbose_flag
 @json_flag
-def lock(path: Path, update: bool, mirror: str | None, as_json: bool) -> None:
+def lock(path: Path, update: bool, mirror: str | None, verbose: bool, as_json: bool) -> None:
     """Write PATH.lock beside each recipe: parent digest and every package, exactly."""
     from kiln.bake.context import Options
     from kiln.bake.lock import lock_path
 
-    with err.status("locking", spinner="dots") as status:
-        results = lock_path(
-            path, update, Options(mirror=mirror), lambda message: status.update(escape(message))
-        )
+    with progress("locking", verbose) as log:
+        results = lock_path(path, update, Options(mirror=mirror), log)
     if as_json:
         print_json([r.to_json() for r in results])
         return
