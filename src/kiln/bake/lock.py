@@ -1,28 +1,30 @@
 """`kiln lock`: resolve a recipe's packages once, write them down, bake from them after.
 
 Resolution is a real bake that ignores any existing lock and the cache (the image's
-package set is what apt and mmdebstrap choose in that root, nothing less will do). The lock
-records that bake's parent digest, every package with its .deb's sha256, and a
-SOURCE_DATE_EPOCH. The recipe is then baked from its new lock, so its children lock
-against the digest `kiln bake` will reproduce.
+package set is what apt and mmdebstrap choose in that root, nothing less will do), but a
+throw-away one: its root is removed once its packages are read, and it never becomes an
+image or a catalog version. The lock records the parent digest, every package with its
+.deb's sha256, and a SOURCE_DATE_EPOCH. The recipe is then baked from its new lock, so the
+recipe's name means the locked image and its children lock against the digest `kiln bake`
+will reproduce.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.bake import build
 from kiln.bake.context import Options
 from kiln.bake.plan import parent_recipe, plan
-from kiln.bake.service import bake_one, open_store
+from kiln.bake.service import bake_one, open_store, resolve_one
 from kiln.catalog import Catalog
 from kiln.errors import KilnError, RecipeError
 from kiln.home import Home
 from kiln.recipe import RecipeFile, lockfile
-from kiln.recipe.lockfile import Deb, Lock, LockDiff
+from kiln.recipe.lockfile import Lock, LockDiff
 from kiln.store.layout import Layout
 
 
@@ -53,12 +55,6 @@ def _parent_digest(catalog: Catalog, recipe: RecipeFile, parent_ref: str | None)
         return None
     with catalog.session() as session:
         return catalog.resolve(session, ref).digest
-
-
-def _packages(catalog: Catalog, ref: str) -> list[Deb]:
-    with catalog.session() as session:
-        image = catalog.resolve(session, ref)
-        return [Deb(p.name, p.architecture, p.version, p.sha256) for p in image.packages]
 
 
 def lock_path(
@@ -119,15 +115,11 @@ def _lock_one(
             )
         log(f"{recipe.name}: {path.name} is stale ({why})")
     log(f"{recipe.name}: resolving against the mirror")
-    resolving = replace(options, ignore_lock=True, no_cache=True)
-    resolved = bake_one(home, layout, catalog, recipe, parent_ref, resolving, log)
-    manifest = layout.read_json(resolved.digest)
-    config = layout.read_json(manifest["config"]["digest"])
-    parent_digest = config["config"]["Labels"].get("org.kiln.parent.digest") or None
+    resolved = resolve_one(home, layout, catalog, recipe, parent_ref, options, log)
     new = Lock(
-        parent=parent_digest,
+        parent=resolved.parent_digest,
         source_date_epoch=int(time.time()),
-        packages=tuple(sorted(_packages(catalog, resolved.ref))),
+        packages=tuple(sorted(resolved.packages)),
     )
     unknown = [d.name for d in new.packages if not d.sha256]
     if unknown:
@@ -145,6 +137,4 @@ def _lock_one(
         lockfile.write(path, new, recipe.path.name)
     log(f"{recipe.name}: baking from {path.name}")
     final = bake_one(home, layout, catalog, recipe, parent_ref, options, log)
-    return LockResult(
-        str(recipe.path), str(path), state, len(new.packages), diff, baked=[resolved, final]
-    )
+    return LockResult(str(recipe.path), str(path), state, len(new.packages), diff, baked=[final])

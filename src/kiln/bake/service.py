@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -63,18 +64,10 @@ def bake_one(
     log: Callable[[str], None],
 ) -> build.BakeResult:
     started = time.monotonic()
-    parent: StoredImage | None = None
-    parent_packages: list[Deb] = []
     lock_file = lockfile.lock_path(recipe.path)
     lock = None if options.ignore_lock or not lock_file.is_file() else lockfile.parse(lock_file)
     with catalog.reading() as session:
-        ref = parent_ref or recipe.recipe.image.parent
-        if ref is not None:
-            row = catalog.resolve(session, ref)
-            parent = load_image(home, layout, row)
-            parent_packages = [
-                Deb(p.name, p.architecture, p.version, p.sha256) for p in row.packages
-            ]
+        parent, parent_packages = _parent(home, layout, catalog, session, recipe, parent_ref)
         parent_digest = parent.manifest.digest if parent else None
         why = (
             None
@@ -131,6 +124,74 @@ def bake_one(
                 else recipe.recipe.image.source_date_epoch
             )
             return build.bake(context)
+
+
+def _parent(
+    home: Home,
+    layout: Layout,
+    catalog: Catalog,
+    session: Session,
+    recipe: RecipeFile,
+    parent_ref: str | None,
+) -> tuple[StoredImage | None, list[Deb]]:
+    ref = parent_ref or recipe.recipe.image.parent
+    if ref is None:
+        return None, []
+    row = catalog.resolve(session, ref)
+    packages = [Deb(p.name, p.architecture, p.version, p.sha256) for p in row.packages]
+    return load_image(home, layout, row), packages
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a recipe's packages resolve to today, on top of its parent."""
+
+    parent_digest: str | None
+    packages: list[Deb]
+
+
+def resolve_one(
+    home: Home,
+    layout: Layout,
+    catalog: Catalog,
+    recipe: RecipeFile,
+    parent_ref: str | None,
+    options: Options,
+    log: Callable[[str], None],
+) -> Resolved:
+    """Bake ``recipe`` without its lock, up to the package record, and keep nothing.
+
+    This is kiln lock's resolution: apt and mmdebstrap choose the packages in a real root,
+    and the bake from the lock that follows makes the image. No image, layer or catalog row
+    comes of it, so a name never means an unlocked build.
+    """
+    with catalog.reading() as session:
+        parent, parent_packages = _parent(home, layout, catalog, session, recipe, parent_ref)
+    parent_digest = parent.manifest.digest if parent else None
+    spec = recipe.recipe.image.bootstrap
+    key = cachekey.compute(
+        recipe,
+        parent_digest,
+        use_lock=False,
+        sources=debian.sources(spec, options.mirror) if spec is not None else None,
+    )
+    build_dir, held = locks.owned_dir(home.builds, f"{recipe.name}-")
+    with held:
+        context = BuildContext(
+            home=home,
+            layout=layout,
+            catalog=catalog,
+            recipe=recipe,
+            options=replace(options, ignore_lock=True, no_cache=True),
+            cache_key=key,
+            parent=parent,
+            build_dir=build_dir,
+            log=lambda message: log(f"{recipe.name}: {message}"),
+        )
+        context.parent_packages = parent_packages
+        context.source_date_epoch = recipe.recipe.image.source_date_epoch
+        build.resolve(context)
+    return Resolved(parent_digest, list(context.packages))
 
 
 def _cached(
