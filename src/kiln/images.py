@@ -159,7 +159,7 @@ def diff(old_ref: str, new_ref: str, home: Home | None = None) -> dict[str, Any]
             "packages": {
                 "added": packages["added"],
                 "removed": packages["removed"],
-                "changed": packages["upgraded"],
+                "changed": packages["changed"],
             },
         }
 

@@ -63,16 +63,29 @@ def test_every_bad_line_is_reported_with_its_number(tmp_path: Path) -> None:
     assert "kiln lock --update web.toml" in (caught.value.hint or "")
 
 
-def test_diff_names_added_removed_and_upgraded() -> None:
+def test_diff_names_added_removed_and_changed() -> None:
     old = [Deb("a", "all", "1", SHA_A), Deb("b", "all", "1", SHA_A)]
     new = [Deb("a", "all", "2", SHA_B), Deb("c", "all", "1", SHA_A)]
     changes = diff(old, new)
     assert changes.lines() == ["+ c 1 (all)", "- b 1 (all)", "~ a 1 -> 2 (all)"]
     assert diff(old, old).empty()
+    assert changes.to_json()["changed"] == [
+        {"name": "a", "architecture": "all", "old": "1", "new": "2"}
+    ], "the same word as kiln diff --json"
+    assert set(changes.to_json()) == {"added", "removed", "changed"}
 
 
 def test_a_rebuilt_file_under_the_same_version_is_a_change() -> None:
     assert not diff([Deb("a", "all", "1", SHA_A)], [Deb("a", "all", "1", SHA_B)]).empty()
+
+
+def test_an_unknown_sha256_is_not_a_change() -> None:
+    """An imported image's packages have no known .deb: the same version is the same."""
+    known, unknown = Deb("a", "all", "1", SHA_A), Deb("a", "all", "1", "")
+    assert diff([known], [unknown]).empty()
+    assert diff([unknown], [known]).empty()
+    assert diff([unknown], [unknown]).empty()
+    assert not diff([unknown], [Deb("a", "all", "2", "")]).empty()
 
 
 def test_lock_path_and_deb_file_names() -> None:

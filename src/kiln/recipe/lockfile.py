@@ -196,7 +196,7 @@ class LockDiff:
         return {
             "added": [one(d) for d in self.added],
             "removed": [one(d) for d in self.removed],
-            "upgraded": [
+            "changed": [
                 {"name": n.name, "architecture": n.architecture, "old": o.version, "new": n.version}
                 for o, n in self.changed
             ],
@@ -211,6 +211,14 @@ class LockDiff:
         return out
 
 
+def differs(old: Deb, new: Deb) -> bool:
+    """Another version, or another .deb of it; a sha256 not known on one side (an imported
+    image's packages) is unknown, not different."""
+    if old.version != new.version:
+        return True
+    return bool(old.sha256 and new.sha256 and old.sha256 != new.sha256)
+
+
 def diff(old: Iterable[Deb], new: Iterable[Deb]) -> LockDiff:
     before = {(d.name, d.architecture): d for d in old}
     after = {(d.name, d.architecture): d for d in new}
@@ -220,6 +228,6 @@ def diff(old: Iterable[Deb], new: Iterable[Deb]) -> LockDiff:
         changed=[
             (before[k], after[k])
             for k in sorted(before.keys() & after.keys())
-            if (before[k].version, before[k].sha256) != (after[k].version, after[k].sha256)
+            if differs(before[k], after[k])
         ],
     )
