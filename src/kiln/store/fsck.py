@@ -22,9 +22,9 @@ from kiln.catalog.db import PENDING
 from kiln.digests import file_sha256
 from kiln.errors import KilnError
 from kiln.home import Home
-from kiln.store import layer as layers
 from kiln.store.artefacts import KIND
 from kiln.store.gc import store_in_use
+from kiln.store.layer import MEDIA_TYPES, read_stream
 from kiln.store.layout import MEDIA_LAYER, MEDIA_MANIFEST, REF_ANNOTATION, Descriptor, Layout
 
 
@@ -204,7 +204,7 @@ def _diff_id_of(layout: Layout, blob: Descriptor) -> str | None:
     """What a compressed layer blob decompresses to (sha256 of the tar), None if it does not."""
     fd = os.open(layout.blob_path(blob.digest), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb", buffering=0) as source:
-        return layers.read_stream(source, blob, lambda _chunk: None).diff_id
+        return read_stream(source, blob, lambda _chunk: None).diff_id
 
 
 def _check_image(
@@ -239,7 +239,7 @@ def _check_image(
         what = f"{ref} layer {number}"
         intact = _check_blob(layer["digest"], layer.get("size"), what, layout, good, report)
         media_type = layer.get("mediaType")
-        if media_type not in layers.MEDIA_TYPES:
+        if media_type not in MEDIA_TYPES:
             report.faults.append(
                 f"{what}: blob {layer['digest']} has media type {media_type!r}, "
                 "not a tar layer kiln can unpack"
