@@ -151,6 +151,19 @@ def test_a_catalog_at_the_first_revision_is_upgraded(tmp_path: Path) -> None:
     assert differences(url) == []
 
 
+def test_an_upgrade_that_fails_changes_nothing(tmp_path: Path) -> None:
+    path = old_catalog(tmp_path)
+    with sqlite3.connect(path) as db:  # in the way of the batch copy of images
+        db.execute("CREATE TABLE _alembic_tmp_images (id INTEGER)")
+        schema = db.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+    with pytest.raises(StoreError, match="could not be upgraded") as raised:
+        Catalog(f"sqlite:///{path}")
+    assert "nothing was changed" in raised.value.message
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall() == schema
+        assert db.execute("SELECT count(*) FROM images").fetchone() == (2,)
+
+
 def test_a_catalog_from_a_newer_kiln_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "catalog.db"
     Catalog(f"sqlite:///{path}").close()

@@ -31,10 +31,11 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from kiln.catalog import machines as _machines  # noqa: F401  (its tables join the metadata)
-from kiln.catalog.db import FIRST, HEAD, REVISIONS, _sqlite_begin, _sqlite_connect
+from kiln.catalog.db import FIRST, HEAD, REVISIONS, _busy, _sqlite_begin, _sqlite_connect
 from kiln.catalog.models import Base
 from kiln.errors import StoreError
 
@@ -127,8 +128,14 @@ def read_state(connection: Connection, url: str) -> Status:
 
 def status(catalog: Catalog) -> Status:
     """Where the catalog stands, without changing it (and without waiting for a writer)."""
-    with catalog.engine.connect().execution_options(kiln_write=False) as connection:
-        return read_state(connection, catalog.url)
+    try:
+        with catalog.engine.connect().execution_options(kiln_write=False) as connection:
+            return read_state(connection, catalog.url)
+    except DBAPIError as exc:
+        raise StoreError(
+            f"the catalog {shown_url(catalog.url)} could not be read: {exc.orig}",
+            hint="check KILN_CATALOG_URL (or KILN_HOME) and that the database is up",
+        ) from None
 
 
 def _foreign_keys_off(dbapi_connection: Any, _record: object) -> None:
@@ -172,7 +179,27 @@ def _alembic(connection: Connection) -> Config:
 
 
 def upgrade(catalog: Catalog) -> Upgraded:
-    """Bring the catalog to HEAD (see the module's docstring). Idempotent."""
+    """Bring the catalog to HEAD (see the module's docstring). Idempotent; a failure
+    changes nothing (one transaction) and is a StoreError."""
+    try:
+        return _upgrade(catalog)
+    except OperationalError as exc:
+        if "locked" in str(exc.orig) or "busy" in str(exc.orig):
+            raise _busy(exc) from None
+        raise _failed(catalog, exc) from None
+    except DBAPIError as exc:
+        raise _failed(catalog, exc) from None
+
+
+def _failed(catalog: Catalog, exc: DBAPIError) -> StoreError:
+    return StoreError(
+        f"the catalog {shown_url(catalog.url)} could not be upgraded to {HEAD}: {exc.orig}; "
+        "nothing was changed",
+        hint="'kiln catalog status' shows where it stands; keep a copy of it and report this",
+    )
+
+
+def _upgrade(catalog: Catalog) -> Upgraded:
     with _locked(catalog) as connection:
         before = read_state(connection, catalog.url)
         if before.state == "current":
