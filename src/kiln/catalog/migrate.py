@@ -35,7 +35,15 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from kiln.catalog import machines as _machines  # noqa: F401  (its tables join the metadata)
-from kiln.catalog.db import FIRST, HEAD, REVISIONS, _busy, _sqlite_begin, _sqlite_connect
+from kiln.catalog.db import (
+    FIRST,
+    HEAD,
+    REVISIONS,
+    WRITE,
+    _busy,
+    _sqlite_begin,
+    _sqlite_connect,
+)
 from kiln.catalog.models import Base
 from kiln.errors import StoreError
 
@@ -129,7 +137,7 @@ def read_state(connection: Connection, url: str) -> Status:
 def status(catalog: Catalog) -> Status:
     """Where the catalog stands, without changing it (and without waiting for a writer)."""
     try:
-        with catalog.engine.connect().execution_options(kiln_write=False) as connection:
+        with catalog.engine.connect().execution_options(**{WRITE: False}) as connection:
             return read_state(connection, catalog.url)
     except DBAPIError as exc:
         raise StoreError(
