@@ -92,11 +92,14 @@ def test_a_corrupt_byte_in_file_data_fails_bake_and_run(private: Kiln, tmp_path:
     blob = blob_path(private, layer["digest"])
     pristine = tmp_path / "pristine-blob"
     shutil.copy2(blob, pristine)
-    member, offset = inside_file_data(blob)
-    flip_byte(blob, offset)
-    # tar alone sees nothing wrong: the headers are intact, only file content changed
-    listed = subprocess.run(["tar", "--list", f"--file={blob}"], capture_output=True, text=True)
-    assert listed.returncode == 0 and member in listed.stdout.splitlines()
+    if layer["media_type"].endswith(".tar"):  # a store written before layers were compressed
+        member, offset = inside_file_data(blob)
+        flip_byte(blob, offset)
+        # tar alone sees nothing wrong: the headers are intact, only file content changed
+        listed = subprocess.run(["tar", "--list", f"--file={blob}"], capture_output=True, text=True)
+        assert listed.returncode == 0 and member in listed.stdout.splitlines()
+    else:
+        flip_byte(blob, blob.stat().st_size // 2)  # in the middle of the compressed data
     shutil.rmtree(layer_dir(private, layer["diff_id"]))
     layers_before = sorted(os.listdir(private.home / "layers"))
 
