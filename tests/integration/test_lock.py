@@ -241,3 +241,36 @@ def test_sbom_validates_and_provenance_is_in_toto(locked: tuple[Kiln, Path]) -> 
     metadata = data["predicate"]["runDetails"]["metadata"]
     assert metadata["startedOn"] <= metadata["finishedOn"]
     assert kiln.json("fsck")["ok"]
+
+
+def test_after_a_lock_the_name_means_the_locked_image(fresh: Kiln, tmp_path: Path) -> None:
+    """The resolving build of kiln lock is thrown away: no catalog version names it, so
+    `tiny` and `parent = "tiny"` mean the image baked from the lock, after --update too."""
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "tiny.toml", folder)
+    shutil.copytree(EXAMPLES / "tiny", folder / "tiny")
+    recipe = folder / "tiny.toml"
+    unlocked = fresh.json("bake", str(recipe))
+    assert unlocked["ref"] == "tiny:1"
+
+    [created] = fresh.json("lock", str(recipe))
+    assert created["state"] == "created"
+    locked = fresh.json("bake", str(recipe))
+    assert locked["cached"], "the lock's own bake made the locked image"
+    assert [i["ref"] for i in fresh.json("images")] == ["tiny:1", locked["ref"]]
+    assert locked["ref"] == "tiny:2", "one version for a lock, not two"
+    assert fresh.json("inspect", "tiny")["digest"] == locked["digest"]
+
+    [update] = fresh.json("lock", "--update", str(recipe))
+    assert update["state"] == "unchanged"
+    assert update["diff"] == {"added": [], "removed": [], "changed": []}
+    assert [i["ref"] for i in fresh.json("images")] == ["tiny:1", "tiny:2"]
+    assert fresh.json("inspect", "tiny")["digest"] == locked["digest"]
+
+    child = folder / "child.toml"
+    child.write_text('[image]\nname = "child"\nparent = "tiny"\n\n[[steps]]\nrun = "true"\n')
+    fresh.json("lock", str(child))
+    assert f"parent {locked['digest']}" in (folder / "child.toml.lock").read_text().splitlines()
+    assert fresh.json("inspect", "child")["parents"][0]["ref"] == "tiny:2"
+    assert not list((fresh.home / "builds").iterdir()), "the resolving build left its folder"

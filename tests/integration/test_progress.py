@@ -80,3 +80,19 @@ def test_a_bake_without_a_terminal_prints_each_stage_with_its_time(
     assert "capture layer" in stages and "commit" in stages
     assert MARKER not in result.stderr, "without -v, a step's output stays out of the log"
     assert not [line for line in lines if line.endswith("...")], "no progress-only lines"
+
+
+def test_a_kept_root_says_where_it_is_and_not_to_keep_it(baked: Kiln, tmp_path: Path) -> None:
+    recipe = tmp_path / "kept.toml"
+    recipe.write_text('[image]\nname = "kept"\nparent = "tiny"\n\n[[steps]]\nrun = "exit 4"\n')
+    result = baked.run("bake", "--on-error=keep", str(recipe), check=False)
+    builds = list((baked.home / "builds").iterdir())
+    try:
+        assert result.returncode == 1
+        assert "kept the build root" in result.stderr
+        assert "hint: the build root is kept" in result.stderr
+        assert "re-run with --on-error=keep" not in result.stderr
+    finally:
+        for build in builds:
+            subprocess.run(["umount", str(build / "root")], check=False, capture_output=True)
+            subprocess.run(["rm", "-rf", "--one-file-system", str(build)], check=True)
