@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from kiln.cli.output import console, err, human_size, print_json
+from kiln.cli.output import console, err, human_size, print_json, wide
 from kiln.errors import BadInput
 
 # Commands import their services when they run, so `kiln --help` and a cache-hit bake
@@ -161,7 +161,7 @@ def images(as_json: bool) -> None:
             str(row["packages"]),
             str(row["created"])[:19],
         )
-    console.print(table)
+    wide.print(table)
 
 
 @click.command()

@@ -87,7 +87,7 @@ def bootstrap(context: BuildContext) -> None:
             keep_sources,
             *unsafe_io,
         ]
-        proc.run([argv[0], *hooks, *argv[1:]], env=env)
+        proc.run([argv[0], *hooks, *argv[1:]], env=env, echo=True)
         context.debs.update(context.cache.harvest(harvest))
         return
     cache = context.cache
@@ -97,5 +97,5 @@ def bootstrap(context: BuildContext) -> None:
     os.chmod(repo, 0o755)
     names = sorted({deb.name for deb in lock.packages})
     argv = mmdebstrap_argv(spec, tuple(names), context.root, [repo_line])
-    proc.run([argv[0], keep_sources, *unsafe_io, *argv[1:]], env=env)
+    proc.run([argv[0], keep_sources, *unsafe_io, *argv[1:]], env=env, echo=True)
     context.debs.update({deb.key: deb for deb in lock.packages})
