@@ -9,17 +9,10 @@ clean with nothing unreferenced afterwards.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from bench.soak import Home, at_once, leftover_entries, leftover_mounts, recipes
-from tests.integration.conftest import Kiln
-from tests.integration.test_postgres import as_postgres, pg_bin
+from tests.integration.conftest import Kiln, Postgres
 
 BAKES = 4
 SLEEP = 3
@@ -103,33 +96,8 @@ def test_gc_while_bakes_run_never_breaks_them(fresh: Kiln, tmp_path: Path) -> No
     assert_clean(home)
 
 
-@pytest.fixture(scope="module")
-def postgres_cluster() -> Iterator[Path]:
-    """One throw-away PostgreSQL cluster for the module (as test_postgres.py starts one)."""
-    base = Path(tempfile.mkdtemp(prefix="kiln-pg-"))
-    base.chmod(0o755)
-    data, sockets = base / "data", base / "run"
-    sockets.mkdir()
-    shutil.chown(base, "postgres", "postgres")
-    shutil.chown(sockets, "postgres", "postgres")
-    try:
-        as_postgres(pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
-        options = f"-k {sockets} -c listen_addresses=''"
-        as_postgres(
-            pg_bin("pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"), "-o", options, "start"
-        )
-        try:
-            yield sockets
-        finally:
-            as_postgres(pg_bin("pg_ctl"), "-D", str(data), "-w", "-m", "fast", "stop")
-    finally:
-        shutil.rmtree(base)
-
-
-def test_concurrent_bakes_on_postgresql(postgres_cluster: Path, tmp_path: Path) -> None:
-    name = f"kiln{int(time.time() * 1000) % 10**9}"
-    as_postgres(pg_bin("createdb"), "-h", str(postgres_cluster), "-U", "postgres", name)
-    url = f"postgresql+psycopg://postgres@/{name}?host={postgres_cluster}"
+def test_concurrent_bakes_on_postgresql(postgres: Postgres, tmp_path: Path) -> None:
+    url = postgres.database()
     folder = recipes(tmp_path / "recipes")
     home = Home(tmp_path / "home", {"KILN_CATALOG_URL": url})
     same_recipe(home, folder)

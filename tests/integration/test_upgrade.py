@@ -6,11 +6,8 @@ image. On the SQLite default and on PostgreSQL. The old kiln is checked out from
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +16,7 @@ import pytest
 
 from kiln.catalog.db import HEAD
 from kiln.home import Home
-from tests.integration.conftest import REPO, Kiln
-from tests.integration.test_postgres import as_postgres, pg_bin
+from tests.integration.conftest import REPO, Kiln, Postgres
 from tests.unit.test_migrations import OPEN, differences, migrate_to
 
 OLD = "5b7c126"  # kiln 0.1.0, the release before catalog migrations
@@ -212,40 +208,13 @@ def test_a_sqlite_catalog_of_kiln_0_1_0_is_upgraded_and_its_image_boots(
         assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
 
 
-@pytest.fixture
-def postgres() -> Iterator[tuple[str, str]]:
-    """A throw-away cluster (as in test_postgres.py) with two databases: one for kiln,
-    one to run the migrations from scratch."""
-    base = Path(tempfile.mkdtemp(prefix="kiln-pg-"))
-    base.chmod(0o755)
-    data, sockets = base / "data", base / "run"
-    sockets.mkdir()
-    shutil.chown(base, "postgres", "postgres")
-    shutil.chown(sockets, "postgres", "postgres")
-    try:
-        as_postgres(pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
-        options = f"-k {sockets} -c listen_addresses=''"
-        as_postgres(
-            pg_bin("pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"), "-o", options, "start"
-        )
-        try:
-            for name in ("kiln", "scratch"):
-                as_postgres(pg_bin("createdb"), "-h", str(sockets), "-U", "postgres", name)
-            url = f"postgresql+psycopg://postgres@/{{}}?host={sockets}"
-            yield url.format("kiln"), url.format("scratch")
-        finally:
-            as_postgres(pg_bin("pg_ctl"), "-D", str(data), "-w", "-m", "fast", "stop")
-    finally:
-        shutil.rmtree(base)
-
-
 def test_a_postgresql_catalog_of_kiln_0_1_0_is_upgraded(
     old_src: Path,
     tmp_path: Path,
-    postgres: tuple[str, str],
+    postgres: Postgres,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    url, scratch = postgres
+    url, scratch = postgres.database(), postgres.database()
     monkeypatch.setenv("KILN_CATALOG_URL", url)
     kiln = upgrade_from_old(old_src, tmp_path)
     assert not (kiln.home / "catalog.db").exists(), "the SQLite default was not used"
