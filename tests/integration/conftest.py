@@ -81,6 +81,16 @@ def baked(tmp_path_factory: pytest.TempPathFactory) -> Kiln:
 
 
 @pytest.fixture
+def machines(baked: Kiln) -> Iterator[list[str]]:
+    """Names of machines a test makes; each is removed with its volumes afterwards, even
+    when the test failed with the machine still running."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        baked.run("rm", "--force", "--volumes", name, check=False)
+
+
+@pytest.fixture
 def examples(tmp_path: Path) -> Path:
     """A private copy of the examples folder, for tests that change inputs."""
     target = tmp_path / "examples"

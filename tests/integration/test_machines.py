@@ -9,21 +9,9 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.integration.conftest import Kiln
-
-
-@pytest.fixture
-def machines(baked: Kiln) -> Iterator[list[str]]:
-    """Names of machines a test makes; each is removed with its volumes afterwards."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        baked.run("rm", "--volumes", name, check=False)
 
 
 def unique(prefix: str) -> str:

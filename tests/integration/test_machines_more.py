@@ -12,20 +12,9 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.integration.conftest import Kiln
-
-
-@pytest.fixture
-def machines(baked: Kiln) -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in names:
-        baked.run("rm", "--force", "--volumes", name, check=False)
 
 
 def unique(prefix: str) -> str:
