@@ -23,9 +23,12 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # of many words, so outside these it is looked for only when it is distinctive.
 HOST_FILES = ("etc/hostname", "etc/hosts", "etc/mailname")
 DISTINCTIVE = 8
-# The folders nspawn makes to bind the controller's virtualenv at its host path.
+# The folders nspawn makes to bind the controller's virtualenv at its host path; a top-level
+# folder that every Debian root has anyway (a checkout under /tmp or /srv) is not one.
+FHS = {"bin", "boot", "dev", "etc", "home", "lib", "media", "mnt", "opt", "proc", "root"}
+FHS |= {"run", "sbin", "srv", "sys", "tmp", "usr", "var"}
 VENV = Path(sys.prefix).parts[1:]
-MOUNT_POINTS = {"/".join(VENV[:depth]) for depth in range(1, len(VENV) + 1)}
+MOUNT_POINTS = {"/".join(VENV[:depth]) for depth in range(1, len(VENV) + 1)} - FHS
 
 
 def word(text: str) -> re.Pattern[bytes]:
