@@ -5,7 +5,7 @@
 1. A bake of examples/base.toml (--no-cache, fresh KILN_HOME) against mmdebstrap alone
    with the same suite, variant, packages and mirrors. Target: kiln <= 1.15x.
 2. A no-change rebake of every example (`kiln bake examples/`, the whole process).
-   Target: <= 0.5 s. The peer is `kiln --version`: the interpreter and import floor.
+   Target: <= 2.5x `kiln --version`, the interpreter and import floor, measured beside it.
 3. Layer capture throughput (tar -> sha256 -> gzip -> sha256 -> blob,
    kiln.store.layer.capture) against `tar -c | <the same compressor> | sha256sum` on the
    same tree (the unpacked base layer): ISA-L gzip at kiln's level, from the same pinned
@@ -92,7 +92,13 @@ def bench_rebake(home: Path, runs: int, examples: Path) -> Row:
     ours = median([timed([*KILN, "bake", str(examples)], env) for _ in range(max(runs, 5))])
     floor = median([timed([*KILN, "--version"], env) for _ in range(max(runs, 5))])
     return Row(
-        "no-change rebake of examples/", ours, floor, "kiln --version", "s", "<= 0.5 s", ours <= 0.5
+        "no-change rebake of examples/",
+        ours,
+        floor,
+        "kiln --version",
+        "s",
+        "<= 2.5x",
+        ours <= 2.5 * floor,
     )
 
 
