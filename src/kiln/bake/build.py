@@ -260,7 +260,7 @@ class _BuildFolder:
             context.log(
                 f"kept the build root: {root}\n"
                 f"  enter it:  systemd-nspawn --register=no -D {root}\n"
-                f"  clean up:  umount {root} 2>/dev/null; rm -rf {context.build_dir}"
+                f"  clean up:  kiln gc (or: umount {root}; rm -rf {context.build_dir})"
             )
             return
         try:
