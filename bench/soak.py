@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln.bake.root import mounts_below
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 KILN = [sys.executable, "-m", "kiln.cli.main"]
@@ -97,15 +99,8 @@ class Home:
 
 
 def leftover_mounts(home: Path) -> list[str]:
-    """Mount points at or below ``home`` (from /proc/self/mountinfo)."""
-    prefix = str(home.resolve())
-    found = []
-    with open("/proc/self/mountinfo") as info:
-        for line in info:
-            point = line.split()[4].replace("\\040", " ")
-            if point == prefix or point.startswith(prefix + "/"):
-                found.append(point)
-    return found
+    """Mount points at or below ``home``, shallowest first."""
+    return [str(point) for point in reversed(mounts_below(home))]
 
 
 def leftover_processes(home: Path) -> list[str]:

@@ -16,19 +16,8 @@ from isal import isal_zlib
 from kiln.errors import StoreError
 from kiln.home import Home
 from kiln.store import layer, unpacked
-from kiln.store.layout import CHUNK, MEDIA_LAYER_GZIP, Descriptor, Layout
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Home:
-    home = Home(tmp_path / "home")
-    home.ensure()
-    Layout(home.oci).init()
-    return home
-
-
-def layout_of(home: Home) -> Layout:
-    return Layout(home.oci)
+from kiln.store.layout import CHUNK, MEDIA_LAYER_GZIP, Descriptor
+from tests.unit.conftest import layout_of
 
 
 def make_tree(root: Path) -> Path:

@@ -17,20 +17,9 @@ from kiln.errors import StoreError
 from kiln.home import Home
 from kiln.store import layer, unpacked
 from kiln.store.layout import MEDIA_LAYER, Descriptor, Layout
+from tests.unit.conftest import layout_of
 
 GIB = 1 << 30
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Home:
-    home = Home(tmp_path / "home")
-    home.ensure()
-    Layout(home.oci).init()
-    return home
-
-
-def layout_of(home: Home) -> Layout:
-    return Layout(home.oci)
 
 
 def make_tree(root: Path) -> Path:
