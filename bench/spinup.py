@@ -59,7 +59,7 @@ def configure_on_demand(home: Path, name: str) -> dict[str, float]:
     try:
         provision.install_packages(state, recipe.recipe.packages.apt, log)
         marks["packages"] = time.monotonic() - started
-        provision.apply_steps(kiln_home, catalog, launched.folder, state, recipe, log)
+        provision.apply_steps(launched.folder, state, recipe, log)
         marks["steps"] = time.monotonic() - started
         provision.restart_services(state, recipe, log)
         marks["services"] = time.monotonic() - started

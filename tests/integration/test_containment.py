@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from kiln import rootpath
-from kiln.bake.steps.copy import copy
 from kiln.errors import KilnError
 from kiln.rootpath import Root
+from kiln.steps.copy import copy
 
 from .conftest import Kiln
 

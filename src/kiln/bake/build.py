@@ -24,13 +24,15 @@ import os
 import random
 import shlex
 import stat
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
-from kiln import proc
-from kiln.bake import image, packages, seal, services, steps
+from kiln import proc, steps
+from kiln.bake import image, packages, seal, services
 from kiln.bake.bases import debian, imported
 from kiln.bake.context import BuildContext
 from kiln.bake.root import Overlay, remove_tree
@@ -39,6 +41,7 @@ from kiln.catalog.models import Artefact, Image, Package
 from kiln.errors import KilnError, StepFailed, from_os_error
 from kiln.rootpath import Root
 from kiln.sandbox import MOUNT_POINT_FILES
+from kiln.steps.target import Target
 from kiln.store import artefacts
 from kiln.store import layer as layers
 from kiln.store.gc import store_in_use
@@ -108,13 +111,22 @@ def install_packages(context: BuildContext) -> None:
 
 
 def run_steps(context: BuildContext) -> None:
+    """Apply each step (kiln.steps) to the build root; each command runs in a fresh
+    systemd-nspawn with the bake's environment, kiln's tooling bound in where a step
+    needs it."""
+    target = Target.sandboxed(
+        f"the build root of {context.recipe.name}",
+        context.sandbox,
+        context.recipe.folder,
+        Path(sys.prefix),
+    )
     for index, step in enumerate(context.recipe.recipe.steps):
-        kind = steps.REGISTRY[type(step)][0]
+        kind = steps.kind_of(step).name
         where = context.recipe.where("steps", index)
         context.log(f"steps[{index}] {kind}{ONGOING}")
         try:
             with proc.prefixed(f"{context.recipe.name} steps[{index}] | "):
-                steps.apply(context, step, index)
+                steps.apply(target, step, index)
         except proc.CommandError as exc:
             inner = exc.argv[exc.argv.index("--") + 1 :] if "--" in exc.argv else exc.argv
             raise StepFailed(

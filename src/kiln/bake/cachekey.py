@@ -1,8 +1,9 @@
 """The cache key: sha256 over canonical JSON of every input of a bake.
 
 Inputs: the parent's manifest digest, the normalised recipe (formatting and comments do
-not count), the content of every copied file and playbook folder, the imported file, the
-lock file if there is one, and the versions of kiln's pipeline and step kinds.
+not count), the content of every file the steps read (each kind declares its inputs:
+kiln.steps), the imported file, the lock file if there is one, and the versions of kiln's
+pipeline and step kinds.
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from kiln import steps
 from kiln.bake import packages, seal, services
 from kiln.bake.bases import debian, imported
-from kiln.bake.steps import versions as step_versions
 from kiln.digests import file_sha256
 from kiln.recipe import RecipeFile, lockfile
-from kiln.recipe.models import AnsibleStep, CopyStep
 from kiln.store.layout import canonical_json
 
 PIPELINE_VERSION = 1
@@ -54,22 +55,44 @@ def tree_digest(path: Path, skip_suffixes: tuple[str, ...] = ()) -> str:
     return hashlib.sha256(canonical_json(entries)).hexdigest()
 
 
+@dataclass(frozen=True)
+class Material:
+    """One file a bake reads besides the recipe: its key path, where it lies relative to
+    the recipe's folder, whether its digest is of a ``file`` or a ``tree``, the digest."""
+
+    key: str
+    path: str
+    kind: Literal["file", "tree"]
+    digest: str
+
+
+def materials(recipe: RecipeFile) -> list[Material]:
+    """Every file a recipe reads: the inputs each step declares (kiln.steps), the import."""
+    out: list[Material] = []
+    for index, step in enumerate(recipe.recipe.steps):
+        for item, relative in steps.inputs(step):
+            path = item.locate(recipe.folder, relative)
+            key = f"steps[{index}].{item.label}"
+            if item.kind == "file":
+                out.append(Material(key, relative, "file", file_sha256(path)))
+                continue
+            shown = relative if item.kind == "tree" else _relative(path, recipe.folder)
+            out.append(Material(key, shown, "tree", tree_digest(path, skip_suffixes=item.skip)))
+    imported = recipe.recipe.image.import_
+    if imported is not None:
+        out.append(
+            Material("image.import", imported, "file", file_sha256(recipe.resolve(imported)))
+        )
+    return out
+
+
+def _relative(path: Path, folder: Path) -> str:
+    return str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path)
+
+
 def inputs(recipe: RecipeFile) -> dict[str, str]:
     """Digest of every file a recipe reads, by key path."""
-    out: dict[str, str] = {}
-    for index, step in enumerate(recipe.recipe.steps):
-        if isinstance(step, CopyStep):
-            out[f"steps[{index}].copy"] = tree_digest(recipe.resolve(step.source))
-        elif isinstance(step, AnsibleStep):
-            # A playbook reads templates, files and roles beside it: the whole folder counts,
-            # but not recipes and locks that happen to share it (they are never its inputs).
-            out[f"steps[{index}].ansible"] = tree_digest(
-                recipe.resolve(step.ansible).parent, skip_suffixes=(".toml", ".toml.lock")
-            )
-            out[f"steps[{index}].playbook"] = file_sha256(recipe.resolve(step.ansible))
-    if recipe.recipe.image.import_ is not None:
-        out["image.import"] = file_sha256(recipe.resolve(recipe.recipe.image.import_))
-    return out
+    return {material.key: material.digest for material in materials(recipe)}
 
 
 def compute(
@@ -87,7 +110,7 @@ def compute(
     document = {
         "kiln": {
             "pipeline": PIPELINE_VERSION,
-            "steps": step_versions(),
+            "steps": steps.versions(),
             "packages": packages.VERSION,
             "services": services.VERSION,
             "seal": seal.VERSION,

@@ -44,6 +44,22 @@ class Options:
 
 @dataclass
 class BuildContext:
+    """One bake's state. Who writes what, in pipeline order (kiln.bake.build.STAGES):
+
+    - the caller (kiln.bake.bake): the constructor's arguments, then ``lock``,
+      ``source_date_epoch`` and ``parent_packages``, before the first stage;
+    - ``__post_init__``: ``root`` and ``layer_source`` (both the plain root);
+    - prepare_root: ``overlay`` and ``layer_source`` (its upper dir) on a parent,
+      ``debs`` (a Debian base's), ``import_special`` (an imported base's),
+      ``created_mount_points``;
+    - install_packages: ``debs``, and ``packages`` when it unpacks .debs itself (a root
+      without apt);
+    - run_steps, enable_services: only the root (steps see a Target, not this context);
+    - seal_root: ``seal_checks``;
+    - record_packages: ``packages`` (what the root holds now) and ``distro``;
+    - close_root: unmounts ``overlay``; capture and commit read the rest.
+    """
+
     home: Home
     layout: Layout
     catalog: Catalog

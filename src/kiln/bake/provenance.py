@@ -52,16 +52,14 @@ def statement(
         dependencies.append(
             {"name": "lock", "uri": f"file:{lock.name}", "digest": _sha(file_sha256(lock))}
         )
-    for key, digest in sorted(cachekey.inputs(recipe).items()):
+    for material in sorted(cachekey.materials(recipe), key=lambda m: m.key):
         dependencies.append(
             {
-                "name": key,
-                "uri": f"file:{_input_path(context, key)}",
-                "digest": {"sha256": digest},
+                "name": material.key,
+                "uri": f"file:{material.path}",
+                "digest": {"sha256": material.digest},
                 # a folder's digest is kiln's tree digest (names, modes, contents)
-                "annotations": {
-                    "kiln.digest": "tree" if key.endswith((".copy", ".ansible")) else "file"
-                },
+                "annotations": {"kiln.digest": material.kind},
             }
         )
     inherited = {deb.key for deb in context.parent_packages}
@@ -106,13 +104,3 @@ def statement(
             },
         },
     }
-
-
-def _input_path(context: BuildContext, key: str) -> str:
-    """The file a cachekey input names, relative to the recipe."""
-    steps = context.recipe.recipe.steps
-    if key == "image.import":
-        return context.recipe.recipe.image.import_ or ""
-    index = int(key[len("steps[") : key.index("]")])
-    step = steps[index]
-    return str(getattr(step, "source", None) or getattr(step, "ansible", ""))

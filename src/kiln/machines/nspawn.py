@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from kiln.sandbox import Bind
+from kiln.steps.target import RECIPE_TARGET
 
 ENV_TARGET = "/run/kiln/config.env"
 SEED_TARGET = "/var/lib/cloud/seed/nocloud"
-RECIPE_TARGET = "/run/kiln/recipe"  # the recipe's folder, for steps applied to a machine
 
 
 def config_binds(env_file: Path, seed: Path) -> list[Bind]:

@@ -5,35 +5,31 @@ whether a second run changes anything. Configure-on-demand (the baseline ``bench
 measures baked images against) boots the parent image and applies the whole recipe at
 boot: packages, steps, then enables and restarts the services.
 
-Steps run as in a bake, only inside the machine: the host's network (so the package
-mirror is reachable) and its resolv.conf, the same environment, kiln's own Ansible bound
-at the same path (the machine must have been launched with the recipe's folder, which
-binds both). ``copy`` writes through the machine's overlay mount, like the bake's copy.
+Steps are the bake's own (kiln.steps), applied to the machine as a target: the machine's
+overlay mount is the root (``copy`` writes through it, like the bake's copy), commands run
+inside with the host's network (so the package mirror is reachable) and its resolv.conf and
+the bake's environment, and kiln's own Ansible is bound at the same path (the machine must
+have been launched with the recipe's folder, which binds both).
 """
 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from kiln import proc
-from kiln.bake import steps as bake_steps
-from kiln.bake.context import BuildContext, Options
+from kiln import proc, steps
 from kiln.bake.packages import APT_OPTIONS
-from kiln.bake.steps import ansible
-from kiln.catalog import Catalog
 from kiln.errors import KilnError, StepFailed
-from kiln.home import Home
 from kiln.machines import enter
 from kiln.machines.folder import Folder, State
-from kiln.machines.nspawn import RECIPE_TARGET
-from kiln.recipe import AnsibleStep, CopyStep, RecipeFile, RunStep
+from kiln.recipe import RecipeFile
 from kiln.sandbox import BUILD_ENV
-from kiln.store.layout import Layout
+from kiln.steps.target import Target, Tooling
 
 
-def _inside(state: State, command: list[str], env: dict[str, str] | None = None) -> str:
+def _inside(state: State, command: Sequence[str], env: Mapping[str, str] | None = None) -> str:
     result = enter.run(
         state.leader.pid, command, env={**BUILD_ENV, **(env or {})}, host_network=True
     )
@@ -43,61 +39,42 @@ def _inside(state: State, command: list[str], env: dict[str, str] | None = None)
     return output
 
 
-def _ansible(state: State, recipe: RecipeFile, step: AnsibleStep) -> None:
-    playbook = recipe.resolve(step.ansible)
-    if not state.tooling or Path(state.recipe_folder) != recipe.folder:
-        raise KilnError(
-            f"machine {state.name} was not launched with {recipe.folder} bound in",
-            hint="kiln test --converge launches its machine so; a plain kiln run does not",
-        )
-    command = ansible.playbook_command(
-        f"{RECIPE_TARGET}/{playbook.relative_to(recipe.folder)}", step.extra_vars
-    )
-    _inside(state, command, ansible.ENV)
+def machine_target(folder: Folder, state: State, recipe: RecipeFile) -> Target:
+    """The machine as a step target: its overlay mount as the root, commands run inside.
 
+    kiln's tooling is visible only if the machine was launched with this recipe's folder
+    bound in (``kiln test --converge`` launches it so); it then sees the whole folder."""
 
-def _copy_context(home: Home, catalog: Catalog, folder: Folder, recipe: RecipeFile) -> BuildContext:
-    """A build context whose root is the machine's overlay mount (``folder/root``)."""
-    context = BuildContext(
-        home=home,
-        layout=Layout(home.oci),
-        catalog=catalog,
-        recipe=recipe,
-        options=Options(),
-        cache_key="",
-        parent=None,
-        build_dir=folder.path,
-        log=lambda _message: None,
-    )
-    assert context.root == folder.root
-    return context
+    def run(command: Sequence[str], env: Mapping[str, str]) -> None:
+        _inside(state, command, env)
+
+    tooling = None
+    if state.tooling and Path(state.recipe_folder) == recipe.folder:
+        tooling = Tooling(Path(sys.prefix), lambda command, env, _part: run(command, env))
+    return Target(f"machine {state.name}", folder.root, recipe.folder, run, tooling)
 
 
 def apply_steps(
-    home: Home,
-    catalog: Catalog,
-    folder: Folder,
-    state: State,
-    recipe: RecipeFile,
-    log: Callable[[str], None],
+    folder: Folder, state: State, recipe: RecipeFile, log: Callable[[str], None]
 ) -> None:
-    context = _copy_context(home, catalog, folder, recipe)
+    target = machine_target(folder, state, recipe)
     for index, step in enumerate(recipe.recipe.steps):
-        kind = bake_steps.REGISTRY[type(step)][0]
+        kind = steps.kind_of(step).name
         log(f"steps[{index}] {kind}")
         try:
-            if isinstance(step, RunStep):
-                _inside(state, [*step.shell, step.run], dict(step.env))
-            elif isinstance(step, CopyStep):
-                bake_steps.apply(context, step, index)
-            elif isinstance(step, AnsibleStep):
-                _ansible(state, recipe, step)
+            steps.apply(target, step, index)
         except proc.CommandError as exc:
             raise StepFailed(
                 f"{recipe.where('steps', index)}: steps[{index}] ({kind}) failed in machine "
                 f"{state.name} with exit code {exc.returncode}\n"
                 f"  command: {shlex.join(exc.argv)}\n"
                 f"--- last lines of output ---\n{proc.tail(exc.output)}"
+            ) from None
+        except KilnError as exc:
+            raise StepFailed(
+                f"{recipe.where('steps', index)}: steps[{index}] ({kind}) in machine "
+                f"{state.name}: {exc.message}",
+                hint=exc.hint,
             ) from None
         except OSError as exc:
             raise StepFailed(f"steps[{index}] ({kind}) in machine {state.name}: {exc}") from None

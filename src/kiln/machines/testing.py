@@ -143,7 +143,7 @@ def _converge(
     log("snapshot")
     before = converge.snapshot(root, skip)
     try:
-        provision.apply_steps(home, catalog, launched.folder, launched.state, recipe, log)
+        provision.apply_steps(launched.folder, launched.state, recipe, log)
     except KilnError as exc:
         report.converge = False
         report.error = f"re-applying the steps failed: {exc.message}"

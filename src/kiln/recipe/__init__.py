@@ -11,16 +11,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kiln.recipe.load import RecipeFile, load_recipe, load_recipes
-    from kiln.recipe.models import AnsibleStep, CopyStep, Recipe, RunStep, Step
+    from kiln.recipe.models import Recipe, Step
+    from kiln.steps.ansible import AnsibleStep
+    from kiln.steps.copy import CopyStep
+    from kiln.steps.run import RunStep
 
 _WHERE = {
     "RecipeFile": "kiln.recipe.load",
     "load_recipe": "kiln.recipe.load",
     "load_recipes": "kiln.recipe.load",
-    "AnsibleStep": "kiln.recipe.models",
-    "CopyStep": "kiln.recipe.models",
+    "AnsibleStep": "kiln.steps.ansible",
+    "CopyStep": "kiln.steps.copy",
     "Recipe": "kiln.recipe.models",
-    "RunStep": "kiln.recipe.models",
+    "RunStep": "kiln.steps.run",
     "Step": "kiln.recipe.models",
 }
 

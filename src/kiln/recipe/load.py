@@ -22,6 +22,7 @@ from kiln.errors import NotFound, Problem, RecipeError
 from kiln.recipe import limits
 from kiln.recipe.locate import KeyPath, LineIndex, format_path
 from kiln.recipe.models import STEP_KINDS, Recipe
+from kiln.steps import raw_inputs as step_inputs
 
 REF_RE = r"[a-z0-9][a-z0-9._-]*(:[0-9]+|:latest|@sha256:[0-9a-f]{64})?"
 
@@ -102,7 +103,8 @@ def _real(path: Path) -> Path:
 
 
 def _raw_problems(file: str, folder: Path, index: LineIndex, raw: dict[str, Any]) -> list[Problem]:
-    """Checks on the raw TOML that the schema cannot make: which origin, and file inputs.
+    """Checks on the raw TOML that the schema cannot make: which origin, and file inputs
+    (each step kind declares the files it reads: :mod:`kiln.steps`).
 
     They read the raw data defensively, so they run even when the schema check fails and
     every problem is reported in one go.
@@ -165,18 +167,15 @@ def _raw_problems(file: str, folder: Path, index: LineIndex, raw: dict[str, Any]
     for number, step in enumerate(steps if isinstance(steps, list) else []):
         if not isinstance(step, dict):
             continue
-        if "copy" in step:
-            check_input(("steps", number, "copy"), step["copy"], "copy", "tree")
-        if "ansible" in step:
-            playbook = step["ansible"]
-            check_input(("steps", number, "ansible"), playbook, "ansible", "file")
-            if isinstance(playbook, str) and not playbook.endswith((".yml", ".yaml")):
-                problem(("steps", number, "ansible"), "a playbook is a .yml or .yaml file")
-            elif isinstance(playbook, str) and "\0" not in playbook and playbook:
-                # the bake reads the playbook's whole folder (templates, roles, files)
-                where = _real(folder / playbook).parent
-                if inside(where, folder) and where.is_dir():
-                    tree_problem(("steps", number, "ansible"), where, str(Path(playbook).parent))
+        for item, relative in step_inputs(step):
+            where: KeyPath = ("steps", number, item.key)
+            if item.kind != "folder":
+                check_input(where, relative, item.key, item.kind)
+            elif isinstance(relative, str) and relative and "\0" not in relative:
+                # the bake reads the whole folder (a playbook's templates, files, roles)
+                folder_read = item.locate(folder, relative)
+                if inside(folder_read, folder) and folder_read.is_dir():
+                    tree_problem(where, folder_read, str(Path(relative).parent))
 
     image = raw.get("image")
     if not isinstance(image, dict):

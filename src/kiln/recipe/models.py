@@ -1,48 +1,33 @@
 """The recipe schema: one pydantic model per TOML table, frozen, unknown keys refused.
 
 The models check shape and values only; checks that need the file system (copied files
-exist, paths stay inside the recipe's folder) live in :mod:`kiln.recipe.load`.
+exist, paths stay inside the recipe's folder) live in :mod:`kiln.recipe.load`. A step's
+options are its kind's model (:mod:`kiln.steps`); ``Step`` is the union of the registry's.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import posixpath
 import re
-from typing import Annotated, Any, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    StrictInt,
-    Tag,
-    field_validator,
-    model_validator,
-)
+from pydantic import Discriminator, Field, StrictInt, Tag, field_validator, model_validator
+
+from kiln import steps
+from kiln.schema import CONTROL_RE, MAX_NAME, Model, path_bounds
+from kiln.steps.kind import Kind, StepModel
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 # Debian package names, optionally pinned: nginx-light, libc6:amd64, nginx-light=1.22.1-9
 APT_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?$")
-OWNER_RE = r"^[a-z0-9_][a-z0-9_-]*(:[a-z0-9_][a-z0-9_-]*)?$"
 UNIT_RE = re.compile(r"^[A-Za-z0-9@._:-]+$")
 DURATION_RE = re.compile(r"^(\d{1,9}(?:\.\d{1,9})?)(ms|s|m)?$")
-ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 COMPONENT_RE = r"^[a-z0-9][a-z0-9/._-]{0,63}$"
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z, the last second a timestamp can name
 MAX_TIMEOUT = 86400.0  # a day
-MAX_NAME = 255  # a package or unit name, a file name component
-MAX_PATH = 4095  # a path inside the image (PATH_MAX less its NUL)
-MAX_EXTRA_VARS = 100_000  # bytes of JSON, passed to ansible-playbook as one argument
 # Where a machine's kernel and init mount file systems of their own: not a place for data.
 API_FILESYSTEMS = ("/proc", "/sys", "/dev", "/run")
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class Bootstrap(Model):
@@ -132,118 +117,35 @@ class Packages(Model):
         return value
 
 
-class RunStep(Model):
-    """Run a shell command inside the build root (systemd-nspawn)."""
+def step_union(kinds: Sequence[Kind[Any]]) -> Any:
+    """The ``Step`` type: one tagged member per registered kind, told apart by which of
+    the kinds' keys a table holds (exactly one)."""
+    names = [kind.name for kind in kinds]
+    by_type = {kind.model: kind.name for kind in kinds}
 
-    run: str = Field(min_length=1)
-    shell: tuple[str, ...] = Field(default=("/bin/sh", "-c"), min_length=1)
-    env: dict[str, str] = Field(default_factory=dict)
+    def kind_key(value: Any) -> str | None:
+        if isinstance(value, dict):
+            present = [name for name in names if name in value]
+            return present[0] if len(present) == 1 else None
+        return by_type.get(type(value))
 
-    @field_validator("shell")
-    @classmethod
-    def _shell(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        first = value[0]
-        if not first.startswith("/") or ".." in first.split("/") or CONTROL_RE.search(first):
-            raise ValueError("the shell's first word is an absolute path in the image")
-        return value
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, value: dict[str, str]) -> dict[str, str]:
-        bad = [k for k in value if not ENV_RE.match(k)]
-        if bad:
-            names = ", ".join(map(repr, bad))
-            raise ValueError(f"not environment variable names (letters, digits, '_'): {names}")
-        return value
-
-
-class CopyStep(Model):
-    """Copy a file or a folder's contents from beside the recipe into the root."""
-
-    source: str = Field(alias="copy", min_length=1)
-    to: str
-    mode: str | None = Field(default=None, pattern=r"^0?[0-7]{3,4}$")
-    owner: str | None = Field(default=None, pattern=OWNER_RE, max_length=65)
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, value: str) -> str:
-        path_bounds(value)
-        return value
-
-    @field_validator("to")
-    @classmethod
-    def _target(cls, value: str) -> str:
-        path_bounds(value)
-        if not value.startswith("/"):
-            raise ValueError("must be an absolute path inside the image, e.g. /etc/motd")
-        if ".." in value.split("/"):
-            raise ValueError("must not contain '..': targets stay inside the root")
-        return value
-
-    @property
-    def target(self) -> str:
-        """The normalised target; a trailing slash means 'into this folder'."""
-        norm = posixpath.normpath(self.to)
-        return norm + "/" if self.to.endswith("/") and norm != "/" else norm
+    listed = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+    members = tuple(Annotated[kind.model, Tag(kind.name)] for kind in kinds)
+    return Annotated[
+        Union[members],  # noqa: UP007 (a union built from a tuple)
+        Discriminator(
+            kind_key,
+            custom_error_type="step_kind",
+            custom_error_message=f"a step needs exactly one of the keys {listed}",
+        ),
+    ]
 
 
-class AnsibleStep(Model):
-    """Apply an Ansible playbook to the build root with ansible-core."""
-
-    ansible: str = Field(min_length=1)
-    extra_vars: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("ansible")
-    @classmethod
-    def _playbook(cls, value: str) -> str:
-        path_bounds(value)
-        return value
-
-    @field_validator("extra_vars")
-    @classmethod
-    def _json(cls, value: dict[str, Any]) -> dict[str, Any]:
-        """They reach ansible-playbook as one JSON argument: JSON values only, bounded."""
-        todo: list[object] = [value]
-        while todo:
-            item = todo.pop()
-            if isinstance(item, dict):
-                todo.extend(item.values())
-            elif isinstance(item, list):
-                todo.extend(item)
-            elif isinstance(item, float) and not math.isfinite(item):
-                raise ValueError("JSON has no inf or nan; quote it as a string")
-            elif not isinstance(item, str | int | float | bool):
-                raise ValueError(
-                    f"a {type(item).__name__} is not a JSON value; quote dates and times"
-                )
-        size = len(json.dumps(value))
-        if size > MAX_EXTRA_VARS:
-            raise ValueError(
-                f"{size} bytes of JSON; at most {MAX_EXTRA_VARS} fit on a command line"
-            )
-        return value
-
-
-def _step_kind(value: Any) -> str | None:
-    if isinstance(value, dict):
-        present = [k for k in ("run", "copy", "ansible") if k in value]
-        return present[0] if len(present) == 1 else None
-    by_type: dict[type, str] = {RunStep: "run", CopyStep: "copy", AnsibleStep: "ansible"}
-    return by_type.get(type(value))
-
-
-Step = Annotated[
-    Annotated[RunStep, Tag("run")]
-    | Annotated[CopyStep, Tag("copy")]
-    | Annotated[AnsibleStep, Tag("ansible")],
-    Discriminator(
-        _step_kind,
-        custom_error_type="step_kind",
-        custom_error_message="a step needs exactly one of the keys run, copy or ansible",
-    ),
-]
-STEP_KINDS = ("run", "copy", "ansible")
+if TYPE_CHECKING:
+    Step: TypeAlias = StepModel
+else:
+    Step = step_union(steps.kinds())
+STEP_KINDS = steps.names()
 
 
 class Services(Model):
@@ -257,16 +159,6 @@ class Services(Model):
         if bad:
             raise ValueError(f"not a systemd unit name: {', '.join(repr(b) for b in bad)}")
         return value
-
-
-def path_bounds(path: str) -> None:
-    """A path inside the image: no control characters, within the kernel's lengths."""
-    if CONTROL_RE.search(path):
-        raise ValueError(f"{path!r}: a path holds no control characters")
-    if len(path.encode()) > MAX_PATH:
-        raise ValueError(f"a path is at most {MAX_PATH} bytes")
-    if any(len(part.encode()) > MAX_NAME for part in path.split("/")):
-        raise ValueError(f"each name in a path is at most {MAX_NAME} bytes")
 
 
 def absolute_paths(value: tuple[str, ...], what: str) -> tuple[str, ...]:

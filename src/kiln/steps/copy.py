@@ -10,20 +10,56 @@ root:root, whatever owns the files in the checkout.
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 from pathlib import Path
 
-from kiln.bake.context import BuildContext
+from pydantic import Field, field_validator
+
 from kiln.errors import BadInput
-from kiln.recipe.models import CopyStep
 from kiln.rootpath import Root, lookup_ids
+from kiln.schema import OWNER_RE, path_bounds
+from kiln.steps.kind import Input, Kind, StepModel
+from kiln.steps.target import Target
 
 VERSION = 1
+INPUTS = (Input("copy", "copy", "tree"),)
 
 
-def apply(context: BuildContext, step: CopyStep, index: int) -> None:
-    source = context.recipe.resolve(step.source)
-    with Root(context.root) as root:
+class CopyStep(StepModel):
+    """Copy a file or a folder's contents from beside the recipe into the root."""
+
+    source: str = Field(alias="copy", min_length=1)
+    to: str
+    mode: str | None = Field(default=None, pattern=r"^0?[0-7]{3,4}$")
+    owner: str | None = Field(default=None, pattern=OWNER_RE, max_length=65)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        path_bounds(value)
+        return value
+
+    @field_validator("to")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        path_bounds(value)
+        if not value.startswith("/"):
+            raise ValueError("must be an absolute path inside the image, e.g. /etc/motd")
+        if ".." in value.split("/"):
+            raise ValueError("must not contain '..': targets stay inside the root")
+        return value
+
+    @property
+    def target(self) -> str:
+        """The normalised target; a trailing slash means 'into this folder'."""
+        norm = posixpath.normpath(self.to)
+        return norm + "/" if self.to.endswith("/") and norm != "/" else norm
+
+
+def apply(target: Target, step: CopyStep, index: int) -> None:
+    source = INPUTS[0].locate(target.folder, step.source)
+    with Root(target.root) as root:
         copy(root, source, step.target, step.owner, step.mode)
 
 
@@ -98,3 +134,6 @@ def _put_file(
         )
     finally:
         os.close(data)
+
+
+KIND = Kind("copy", CopyStep, VERSION, apply, INPUTS)
