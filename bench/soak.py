@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kiln.bake.root import mounts_below
+from kiln.mounts import mounts_below
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

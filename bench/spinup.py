@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import EXAMPLES, KILN, median
-from kiln.bake.root import remove_tree
 from kiln.home import Home
+from kiln.mounts import remove_tree
 
 ON_DEMAND_TARGET = 20.0
 BAKED_TARGET = 1.5
@@ -38,7 +38,8 @@ CONFIG = ("site_title=Spin-up bench", "api_token=bench-token-not-a-secret")
 
 def configure_on_demand(home: Path, name: str) -> dict[str, float]:
     """Boot base, apply web's recipe to it, wait for web's health check (one process)."""
-    from kiln.bake.service import open_store
+    from kiln.app import resolve
+    from kiln.app.workspace import opened
     from kiln.machines import config, health, launch, provision
     from kiln.machines.contract import from_json
     from kiln.recipe import load_recipe
@@ -50,21 +51,19 @@ def configure_on_demand(home: Path, name: str) -> dict[str, float]:
     values = config.resolve("web", contract, CONFIG)
     kiln_home = Home(home)
     request = launch.Request(
-        "base", name, values=values, recipe_folder=recipe.folder, wait=True, throwaway=True
+        name, values=values, recipe_folder=recipe.folder, wait=True, throwaway=True
     )
-    launched = launch.run(request, kiln_home)
-    marks["boot base"] = time.monotonic() - started
-    _layout, catalog = open_store(kiln_home)
-    state, log = launched.state, lambda _message: None
-    try:
+    with opened(kiln_home) as workspace:
+        row, image = resolve.image_and_bytes(workspace, "base")
+        launched = launch.run(request, image, row.id, kiln_home, started)
+        marks["boot base"] = time.monotonic() - started
+        state, log = launched.state, lambda _message: None
         provision.install_packages(state, recipe.recipe.packages.apt, log)
         marks["packages"] = time.monotonic() - started
         provision.apply_steps(launched.folder, state, recipe, log)
         marks["steps"] = time.monotonic() - started
         provision.restart_services(state, recipe, log)
         marks["services"] = time.monotonic() - started
-    finally:
-        catalog.close()
     assert contract.health is not None
     result = health.wait_healthy(state, contract.health, launched.folder.console, started)
     if not result.ok:

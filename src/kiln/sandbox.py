@@ -27,6 +27,15 @@ BUILD_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
 }
+# apt-get in a root, a bake's or a machine's: no pty, no recommends, no fsync per file
+APT_OPTIONS = [
+    "-o",
+    "Dpkg::Use-Pty=0",
+    "-o",
+    "APT::Install-Recommends=false",
+    "-o",
+    "Dpkg::Options::=--force-unsafe-io",  # the layer is fsynced once, as a blob
+]
 # Files nspawn bind-mounts over; when absent from the root it creates empty ones to mount on.
 MOUNT_POINT_FILES = ("etc/resolv.conf",)
 

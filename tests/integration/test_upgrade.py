@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from kiln.catalog.db import HEAD
+from kiln.catalog.revisions import HEAD
 from kiln.home import Home
 from tests.integration.conftest import REPO, Kiln, Postgres
 from tests.unit.test_migrations import OPEN, differences, migrate_to

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from kiln import locks
-from kiln.bake import root
 from kiln.home import Home
 from kiln.store import artefacts, gc
 from kiln.store.layout import MEDIA_CONFIG, MEDIA_LAYER, MEDIA_MANIFEST, Descriptor, Layout
@@ -95,15 +94,15 @@ def test_a_dead_owners_folder_goes_with_the_process_still_in_it(tmp_path: Path) 
         dead.kill()
         dead.wait()
         assert locks.is_abandoned(dead_dir) and not locks.is_abandoned(live_dir)
-        [listed] = root.sweep_owned(builds, "build", dry_run=True)
+        [listed] = gc.sweep_owned(builds, "build", dry_run=True)
         assert listed.path == str(dead_dir) and listed.processes == [straggler.pid]
         assert straggler.poll() is None and dead_dir.is_dir()
 
-        [item] = root.sweep_owned(builds, "build", dry_run=False)
+        [item] = gc.sweep_owned(builds, "build", dry_run=False)
         assert item.path == str(dead_dir) and straggler.pid in item.processes
         assert straggler.wait(timeout=5) == -9
         assert not dead_dir.exists() and live_dir.is_dir()
-        assert root.sweep_owned(builds, "build", dry_run=False) == []
+        assert gc.sweep_owned(builds, "build", dry_run=False) == []
     finally:
         for child in (live, dead, straggler):
             child.kill()
@@ -118,7 +117,7 @@ def test_a_partial_blob_of_a_dead_writer_is_abandoned_and_a_live_one_is_not(
     writer.write(b"half a layer")
     [partial] = list(home.tmp.iterdir())
     assert not locks.is_abandoned(partial)
-    assert root.sweep_owned(home.tmp, "tmp", dry_run=False) == []
+    assert gc.sweep_owned(home.tmp, "tmp", dry_run=False) == []
     writer._held.release()  # what the kernel does when the writer dies
-    [item] = root.sweep_owned(home.tmp, "tmp", dry_run=False)
+    [item] = gc.sweep_owned(home.tmp, "tmp", dry_run=False)
     assert item.path == str(partial) and not partial.exists()

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from kiln import refs
 from kiln.catalog import Catalog, Image
 from kiln.catalog.db import Conflict
+from kiln.catalog.lookup import Lookup, open_sqlite, sqlite_path
 from kiln.errors import BadInput, NotFound, StoreError
 from kiln.store.layout import (
     MEDIA_CONFIG,
@@ -269,6 +271,20 @@ def filled(catalog: Catalog) -> Catalog:
     return catalog
 
 
+@pytest.fixture(params=["sqlite3", "engine"])
+def lookup(filled: Catalog, request: pytest.FixtureRequest) -> Iterator[Lookup]:
+    """The one lookup, through the standard library and through SQLAlchemy's engine."""
+    if request.param == "sqlite3":
+        path = sqlite_path(filled.url)
+        assert path is not None
+        found = open_sqlite(path)
+        assert found is not None
+    else:
+        found = filled.lookup()
+    yield found
+    found.close()
+
+
 @pytest.mark.parametrize(
     ("ref", "version"),
     [
@@ -276,53 +292,69 @@ def filled(catalog: Catalog) -> Catalog:
         ("web:latest", 3),
         ("web:2", 2),
         ("web:1", 1),
+        ("web:01", 1),
         ("web@" + digest_of("web:1"), 1),
         ("base", 1),
     ],
 )
-def test_resolve(filled: Catalog, ref: str, version: int) -> None:
+def test_resolve(lookup: Lookup, ref: str, version: int) -> None:
     name = ref.split(":")[0].split("@")[0]
-    with filled.session() as session:
-        found = filled.resolve(session, ref)
-        assert (found.name, found.version) == (name, version)
-        assert found.ref == f"{name}:{version}"
+    found = lookup.image(refs.parse(ref))
+    assert (found.name, found.version) == (name, version)
+    assert found.ref == f"{name}:{version}"
 
 
-def test_resolve_follows_lineage(filled: Catalog) -> None:
-    with filled.session() as session:
-        web = filled.resolve(session, "web:2")
-        assert [i.ref for i in filled.ancestors(web)] == ["base:1"]
-        base = filled.resolve(session, "base")
-        assert sorted(child.ref for child in base.children) == ["web:1", "web:2", "web:3", "web:4"]
+def test_resolve_follows_lineage(filled: Catalog, lookup: Lookup) -> None:
+    web = lookup.image(refs.parse("web:2"))
+    base = lookup.image(refs.parse("base"))
+    assert web.parent_id == base.id
+    with filled.reading() as session:
+        row = session.get(Image, web.id)
+        assert row is not None
+        assert [i.ref for i in filled.ancestors(row)] == ["base:1"]
+        parent = session.get(Image, base.id)
+        assert parent is not None
+        assert sorted(child.ref for child in parent.children) == [
+            "web:1",
+            "web:2",
+            "web:3",
+            "web:4",
+        ]
 
 
 @pytest.mark.parametrize(
     "ref",
-    ["web:4", "web@" + digest_of("web:4"), "web:9", "web@" + digest_of("base:1")],
+    ["web:4", "web@" + digest_of("web:4"), "web:9", "web@" + digest_of("base:1"), "web:prod"],
 )
-def test_resolve_unknown_version_hints_at_kiln_images(filled: Catalog, ref: str) -> None:
-    with filled.session() as session, pytest.raises(NotFound) as caught:
-        filled.resolve(session, ref)
+def test_resolve_unknown_version_hints_at_kiln_images(lookup: Lookup, ref: str) -> None:
+    with pytest.raises(NotFound) as caught:
+        lookup.image(refs.parse(ref))
     assert ref in caught.value.message
     assert caught.value.hint == "'kiln images' lists the versions of web"
 
 
-def test_resolve_unknown_name_hints_at_baking_it(filled: Catalog) -> None:
-    with filled.session() as session, pytest.raises(NotFound) as caught:
-        filled.resolve(session, "db")
+def test_resolve_unknown_name_hints_at_baking_it(lookup: Lookup) -> None:
+    with pytest.raises(NotFound) as caught:
+        lookup.image(refs.parse("db"))
     assert caught.value.hint is not None
     assert 'name = "db"' in caught.value.hint
 
 
 @pytest.mark.parametrize(
     "ref",
-    ["Web", "web:", "web:v1", "web@sha256:abc", "web@" + "a" * 64, "", "web:1:2", " web"],
+    ["Web", "web:", "web:V1", "web:1a", "web@sha256:abc", "web@" + "a" * 64, "", "web:1:2", " web"],
 )
-def test_resolve_malformed_ref_is_bad_input(filled: Catalog, ref: str) -> None:
-    with filled.session() as session, pytest.raises(BadInput) as caught:
-        filled.resolve(session, ref)
+def test_malformed_ref_is_bad_input(ref: str) -> None:
+    with pytest.raises(BadInput) as caught:
+        refs.parse(ref)
     assert not isinstance(caught.value, NotFound)
     assert caught.value.exit_code == 2
+
+
+def test_latest_is_no_channel() -> None:
+    assert refs.parse("web:latest") == refs.Ref("web")
+    assert refs.parse("web:prod").channel == "prod"
+    assert not refs.is_channel("latest") and not refs.is_channel("3")
 
 
 def test_next_version(filled: Catalog) -> None:
@@ -341,9 +373,8 @@ def test_name_and_version_are_unique(catalog: Catalog) -> None:
         assert [i.ref for i in catalog.all_images(session)] == ["web:1"]
 
 
-def test_by_cache_key_ignores_failed_images(filled: Catalog) -> None:
-    with filled.session() as session:
-        good = filled.resolve(session, "web:3")
-        assert filled.by_cache_key(session, good.cache_key) is not None
-        failed_key = hashlib.sha256(b"key web:4").hexdigest()
-        assert filled.by_cache_key(session, failed_key) is None
+def test_by_cache_key_ignores_failed_images(lookup: Lookup) -> None:
+    good = lookup.image(refs.parse("web:3"))
+    assert lookup.by_cache_key(good.cache_key) == good
+    failed_key = hashlib.sha256(b"key web:4").hexdigest()
+    assert lookup.by_cache_key(failed_key) is None

@@ -15,12 +15,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, select
 from sqlalchemy.engine import Connection
 
 from kiln.catalog import Catalog, migrate
-from kiln.catalog.db import FIRST, HEAD, REVISIONS
-from kiln.catalog.models import Base
+from kiln.catalog.models import Base, Image
+from kiln.catalog.revisions import FIRST, HEAD, REVISIONS
 from kiln.errors import StoreError
 
 TWO_GIB_AND_MORE = 3 * 2**30 + 7
@@ -128,7 +128,7 @@ def test_an_unversioned_catalog_is_stamped_and_upgraded_keeping_its_rows(
     catalog = Catalog(url)
     assert catalog.revision() == HEAD
     with catalog.reading() as session:
-        child = Catalog.resolve(session, "child")
+        child = session.scalars(select(Image).where(Image.name == "child")).one()
         assert child.parent is not None and child.parent.ref == "tiny:1"
         assert child.parent.size == TWO_GIB_AND_MORE
         assert [p.name for p in child.parent.packages] == ["busybox-static"]

@@ -27,7 +27,6 @@ import stat
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,10 +34,12 @@ from kiln import proc, steps
 from kiln.bake import image, packages, seal, services
 from kiln.bake.bases import debian, imported
 from kiln.bake.context import BuildContext
-from kiln.bake.root import Overlay, remove_tree
-from kiln.catalog.db import PENDING, Conflict
+from kiln.bake.result import ONGOING, BakeResult
+from kiln.catalog.db import Conflict
 from kiln.catalog.models import Artefact, Image, Package
+from kiln.catalog.revisions import PENDING
 from kiln.errors import KilnError, StepFailed, from_os_error
+from kiln.mounts import Overlay, remove_tree
 from kiln.rootpath import Root
 from kiln.sandbox import MOUNT_POINT_FILES
 from kiln.steps.target import Target
@@ -48,36 +49,6 @@ from kiln.store.gc import store_in_use
 from kiln.store.layout import MEDIA_CONFIG, MEDIA_MANIFEST, Descriptor, canonical_json
 
 # The end of a message that says what is starting (progress, not a result).
-ONGOING = " ..."
-
-
-@dataclass
-class BakeResult:
-    name: str
-    version: int
-    digest: str
-    cache_key: str
-    cached: bool
-    seconds: float
-    recipe: str
-    stages: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}:{self.version}"
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "ref": self.ref,
-            "name": self.name,
-            "version": self.version,
-            "digest": self.digest,
-            "cached": self.cached,
-            "seconds": round(self.seconds, 3),
-            "cache_key": self.cache_key,
-            "recipe": self.recipe,
-            "stages": {k: round(v, 3) for k, v in self.stages.items()},
-        }
 
 
 def prepare_root(context: BuildContext) -> None:
@@ -374,7 +345,7 @@ def commit(context: BuildContext, layer: Descriptor, diff_id: str, seconds: floa
             version=version,
             digest=manifest_desc.digest,
             config_digest=config_desc.digest,
-            parent_id=context.parent.catalog_id if context.parent else None,
+            parent_id=context.parent_id,
             cache_key=context.cache_key,
             recipe_path=str(recipe.path),
             recipe_digest=recipe.digest,

@@ -6,32 +6,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kiln.bake.debcache import PackageCache
-from kiln.bake.root import Overlay
-from kiln.catalog import Catalog
 from kiln.home import Home
+from kiln.mounts import Overlay
 from kiln.recipe import RecipeFile
 from kiln.recipe.lockfile import Deb, Lock
 from kiln.sandbox import BUILD_ENV, Sandbox
-from kiln.store.layout import Descriptor, Layout
+from kiln.store.layout import Layout
+from kiln.store.stored import StoredImage
 
-
-@dataclass(frozen=True)
-class StoredImage:
-    """A stored image a new layer goes on top of."""
-
-    ref: str
-    catalog_id: int
-    manifest: Descriptor
-    config: dict[str, object]
-    layer_dirs: tuple[Path, ...]  # unpacked layers, bottom first
-
-    @property
-    def diff_ids(self) -> list[str]:
-        rootfs = self.config["rootfs"]
-        assert isinstance(rootfs, dict)
-        return list(rootfs["diff_ids"])
+if TYPE_CHECKING:
+    from kiln.catalog import Catalog
 
 
 @dataclass(frozen=True)
@@ -67,6 +54,7 @@ class BuildContext:
     options: Options
     cache_key: str
     parent: StoredImage | None
+    parent_id: int | None  # the parent's catalog row
     build_dir: Path
     log: Callable[[str], None]
     root: Path = field(init=False)  # the tree steps change (an overlay mount, or a plain dir)

@@ -14,18 +14,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from kiln.bake import build
+from kiln.bake.bake import Parent, Stores, bake, resolve
 from kiln.bake.context import Options
-from kiln.bake.plan import parent_recipe, plan
-from kiln.bake.service import bake_one, open_store, resolve_one
-from kiln.catalog import Catalog
+from kiln.bake.result import BakeResult
 from kiln.errors import KilnError, RecipeError
-from kiln.home import Home
 from kiln.recipe import RecipeFile, lockfile
 from kiln.recipe.lockfile import Lock, LockDiff
-from kiln.store.layout import Layout
 
 
 @dataclass
@@ -35,7 +30,7 @@ class LockResult:
     state: str  # created | updated | unchanged | current
     packages: int
     diff: LockDiff | None = None
-    baked: list[build.BakeResult] = field(default_factory=list)
+    baked: list[BakeResult] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -49,50 +44,15 @@ class LockResult:
         return out
 
 
-def _parent_digest(catalog: Catalog, recipe: RecipeFile, parent_ref: str | None) -> str | None:
-    ref = parent_ref or recipe.recipe.image.parent
-    if ref is None:
-        return None
-    with catalog.session() as session:
-        return catalog.resolve(session, ref).digest
-
-
-def lock_path(
-    target: Path,
-    update: bool,
-    options: Options,
-    log: Callable[[str], None],
-    home: Home | None = None,
-) -> list[LockResult]:
-    """Lock a recipe (and its recipe-path ancestors) or a folder of recipes, in lineage order."""
-    ordered, _named = plan(target)
-    home = home or Home.from_env()
-    layout, catalog = open_store(home)
-    results: list[LockResult] = []
-    baked: dict[Path, str] = {}
-    names: dict[str, str] = {}
-    try:
-        for recipe in ordered:
-            parent_ref = parent_recipe(recipe, baked, names)
-            result = _lock_one(home, layout, catalog, recipe, parent_ref, update, options, log)
-            final = result.baked[-1]
-            baked[recipe.path] = names[recipe.name] = final.ref
-            results.append(result)
-        return results
-    finally:
-        catalog.close()
-
-
-def _lock_one(
-    home: Home,
-    layout: Layout,
-    catalog: Catalog,
+def lock_one(
+    stores: Stores,
     recipe: RecipeFile,
-    parent_ref: str | None,
+    parent: Parent | None,
     update: bool,
     options: Options,
     log: Callable[[str], None],
 ) -> LockResult:
+    """Lock one recipe whose parent (if any) is already resolved, then bake from the lock."""
     path = lockfile.lock_path(recipe.path)
     old: Lock | None = None
     if path.is_file():
@@ -104,18 +64,18 @@ def _lock_one(
             log(f"{recipe.name}: {path.name} does not parse; resolving it anew")
     if old is not None and not update:
         why = lockfile.stale(
-            old, recipe.recipe.packages.apt, _parent_digest(catalog, recipe, parent_ref)
+            old, recipe.recipe.packages.apt, parent.image.digest if parent else None
         )
         if why is None:
             # Still fits: bake from it (a cache hit when nothing changed) so the children
             # see the digest their own locks name.
-            result = bake_one(home, layout, catalog, recipe, parent_ref, options, log)
+            result = bake(stores, recipe, parent, options, log)
             return LockResult(
                 str(recipe.path), str(path), "current", len(old.packages), baked=[result]
             )
         log(f"{recipe.name}: {path.name} is stale ({why})")
     log(f"{recipe.name}: resolving against the mirror")
-    resolved = resolve_one(home, layout, catalog, recipe, parent_ref, options, log)
+    resolved = resolve(stores, recipe, parent, options, log)
     new = Lock(
         parent=resolved.parent_digest,
         source_date_epoch=int(time.time()),
@@ -136,5 +96,5 @@ def _lock_one(
         state = "updated" if old is not None else "created"
         lockfile.write(path, new, recipe.path.name)
     log(f"{recipe.name}: baking from {path.name}")
-    final = bake_one(home, layout, catalog, recipe, parent_ref, options, log)
+    final = bake(stores, recipe, parent, options, log)
     return LockResult(str(recipe.path), str(path), state, len(new.packages), diff, baked=[final])

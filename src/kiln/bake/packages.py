@@ -23,19 +23,11 @@ from kiln.digests import file_sha256
 from kiln.errors import BadInput, KilnError
 from kiln.recipe.lockfile import Deb, Lock
 from kiln.rootpath import DIR, Root
-from kiln.sandbox import Bind
+from kiln.sandbox import APT_OPTIONS, Bind
 from kiln.store.apply import apply_tar
 
 VERSION = 2
 HOST_ARCHIVES = Path("/var/cache/apt/archives")
-APT_OPTIONS = [
-    "-o",
-    "Dpkg::Use-Pty=0",
-    "-o",
-    "APT::Install-Recommends=false",
-    "-o",
-    "Dpkg::Options::=--force-unsafe-io",  # the layer is fsynced once, as a blob
-]
 REPO = "/run/kiln/repo"  # where a bake's own apt sources are bound inside the root
 
 

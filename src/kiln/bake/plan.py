@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kiln import refs
 from kiln.errors import BadInput
 from kiln.recipe import RecipeFile, load_recipes
 from kiln.recipe.load import recipe_paths
@@ -35,7 +36,7 @@ def plan(target: Path) -> tuple[list[RecipeFile], list[RecipeFile]]:
         if path is not None:
             return by_path[path]
         parent = recipe.recipe.image.parent
-        if parent is not None and ":" not in parent and "@" not in parent:
+        if parent is not None and refs.is_ref(parent) and refs.parse(parent).newest:
             candidates = by_name.get(parent, [])
             if len(candidates) == 1:
                 return candidates[0]

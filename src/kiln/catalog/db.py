@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from kiln.catalog.lookup import Lookup
 from kiln.catalog.models import Image
-from kiln.errors import BadInput, NotFound, StoreError
-
-REF_RE = re.compile(
-    r"^(?P<name>[a-z0-9][a-z0-9._-]*)(?::(?P<version>[0-9]+|latest)|@(?P<digest>sha256:[0-9a-f]{64}))?"
-)
-
+from kiln.catalog.revisions import HEAD, PENDING
+from kiln.errors import StoreError
 
 BUSY_SECONDS = 30
-PENDING = "pending"  # a bake between allocating its version and tagging it in the store
 WRITE = "kiln_write"  # execution option: this connection's transactions write
 
 
@@ -55,13 +51,6 @@ def _sqlite_begin(connection: Connection) -> None:
     read-only ones stay deferred, so readers never wait for a writer (WAL)."""
     immediate = connection.get_execution_options().get(WRITE, True)
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-# The catalog's schema revisions (catalog/migrations/versions), oldest first; a unit test
-# checks they match the migration scripts. Opening a catalog at HEAD costs one query of
-# alembic_version; anything else imports Alembic (kiln.catalog.migrate) and upgrades.
-REVISIONS = ("0001_first", "0002_sizes_64bit")
-FIRST, HEAD = REVISIONS[0], REVISIONS[-1]
 
 
 class Catalog:
@@ -131,47 +120,26 @@ class Catalog:
         except OperationalError as exc:
             raise _busy(exc) from None
 
+    def lookup(self) -> Lookup:
+        """The read-only questions of kiln.catalog.lookup, asked over this engine."""
+
+        def query(sql: str, params: dict[str, Any]) -> Sequence[Sequence[Any]]:
+            try:
+                with self.engine.connect().execution_options(**{WRITE: False}) as connection:
+                    return [tuple(row) for row in connection.execute(text(sql), params)]
+            except OperationalError as exc:
+                raise _busy(exc) from None
+
+        return Lookup(query)
+
     def close(self) -> None:
         self.engine.dispose()
 
     # queries
     @staticmethod
-    def by_cache_key(session: Session, key: str) -> Image | None:
-        return session.scalars(
-            select(Image)
-            .where(Image.cache_key == key, Image.status == "ok")
-            .order_by(Image.version.desc())
-        ).first()
-
-    @staticmethod
     def next_version(session: Session, name: str) -> int:
         current = session.scalar(select(func.max(Image.version)).where(Image.name == name))
         return (current or 0) + 1
-
-    @staticmethod
-    def resolve(session: Session, ref: str) -> Image:
-        match = REF_RE.fullmatch(ref)
-        if not match:
-            raise BadInput(
-                f"'{ref}' is not an image ref",
-                hint="use name, name:version, name:latest or name@sha256:<hex>",
-            )
-        name, version, digest = match.group("name", "version", "digest")
-        query = select(Image).where(Image.name == name, Image.status == "ok")
-        if digest:
-            query = query.where(Image.digest == digest)
-        elif version and version != "latest":
-            query = query.where(Image.version == int(version))
-        image = session.scalars(query.order_by(Image.version.desc())).first()
-        if image is None:
-            known = session.scalar(select(func.count()).where(Image.name == name))
-            hint = (
-                f"'kiln images' lists the versions of {name}"
-                if known
-                else f'bake a recipe with [image] name = "{name}" first'
-            )
-            raise NotFound(f"no image {ref} in the catalog", hint=hint)
-        return image
 
     @staticmethod
     def all_images(session: Session, pending: bool = False) -> Sequence[Image]:

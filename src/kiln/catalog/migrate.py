@@ -12,7 +12,6 @@ at once one migrates and the other finds it done.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,15 +35,13 @@ from sqlalchemy.pool import NullPool
 
 from kiln.catalog import machines as _machines  # noqa: F401  (its tables join the metadata)
 from kiln.catalog.db import (
-    FIRST,
-    HEAD,
-    REVISIONS,
     WRITE,
     _busy,
     _sqlite_begin,
     _sqlite_connect,
 )
 from kiln.catalog.models import Base
+from kiln.catalog.revisions import FIRST, HEAD, REVISIONS
 from kiln.errors import StoreError
 
 if TYPE_CHECKING:
@@ -237,36 +234,3 @@ def _upgrade(catalog: Catalog) -> Upgraded:
                 hint="keep a copy of the catalog and report this",
             )
         return Upgraded(before, before.pending)
-
-
-def catalog_status() -> Status:
-    """`kiln catalog status`: the catalog of this KILN_HOME (or KILN_CATALOG_URL)."""
-    from kiln.home import Home
-
-    home = Home.from_env()
-    if not os.environ.get("KILN_CATALOG_URL") and not (home.root / "catalog.db").exists():
-        return Status(shown_url(home.catalog_url), None, "empty")  # and leave no file behind
-    catalog = _open(upgrade=False)
-    try:
-        return status(catalog)
-    finally:
-        catalog.close()
-
-
-def upgrade_catalog() -> Upgraded:
-    """`kiln catalog upgrade`: bring the catalog of this KILN_HOME to HEAD."""
-    catalog = _open(upgrade=False)
-    try:
-        return upgrade(catalog)
-    finally:
-        catalog.close()
-
-
-def _open(upgrade: bool) -> Catalog:
-    from kiln.catalog.db import Catalog
-    from kiln.home import Home
-
-    home = Home.from_env()
-    if not os.environ.get("KILN_CATALOG_URL"):
-        home.root.mkdir(parents=True, exist_ok=True)
-    return Catalog(home.catalog_url, upgrade=upgrade)

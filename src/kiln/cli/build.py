@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from kiln.app.workspace import opened, with_workspace
 from kiln.cli.output import console, err, human_size, print_json, wide
 from kiln.errors import BadInput
 
@@ -38,7 +39,7 @@ def progress(label: str, verbose: bool) -> Iterator[Callable[[str], None]]:
     """A log for a long bake or lock: a spinner on a terminal; elsewhere (CI logs) one
     line per finished stage with its time. With ``verbose``, commands' output too."""
     from kiln import proc
-    from kiln.bake.build import ONGOING
+    from kiln.app.bake import ONGOING
 
     def line(text: str) -> None:
         err.print(escape(text), highlight=False)
@@ -79,12 +80,11 @@ def bake(
     path: Path, no_cache: bool, on_error: str, mirror: str | None, verbose: bool, as_json: bool
 ) -> None:
     """Bake a recipe (and any stale recipe-path ancestors) or a folder of recipes."""
-    from kiln.bake.context import Options
-    from kiln.bake.service import bake_path
+    from kiln.app.bake import Options, bake_path
 
     options = Options(no_cache=no_cache, keep_on_error=on_error == "keep", mirror=mirror)
-    with progress("baking", verbose) as log:
-        results, _named = bake_path(path, options, log)
+    with progress("baking", verbose) as log, opened() as workspace:
+        results, _named = bake_path(workspace, path, options, log)
     if as_json:
         data = [r.to_json() for r in results]
         print_json(data if path.is_dir() else data[-1])
@@ -104,11 +104,10 @@ def bake(
 @json_flag
 def lock(path: Path, update: bool, mirror: str | None, verbose: bool, as_json: bool) -> None:
     """Write PATH.lock beside each recipe: parent digest and every package, exactly."""
-    from kiln.bake.context import Options
-    from kiln.bake.lock import lock_path
+    from kiln.app.bake import Options, lock_path
 
-    with progress("locking", verbose) as log:
-        results = lock_path(path, update, Options(mirror=mirror), log)
+    with progress("locking", verbose) as log, opened() as workspace:
+        results = lock_path(workspace, path, update, Options(mirror=mirror), log)
     if as_json:
         print_json([r.to_json() for r in results])
         return
@@ -126,28 +125,10 @@ def images(as_json: bool) -> None:
     """List every image version in the catalog."""
     from rich.table import Table
 
-    from kiln.bake.service import open_store
-    from kiln.home import Home
+    from kiln.app.images import list_images
 
-    home = Home.from_env()
-    _layout, catalog = open_store(home)
-    with catalog.reading() as session:
-        rows = [
-            {
-                "ref": i.ref,
-                "name": i.name,
-                "version": i.version,
-                "digest": i.digest,
-                "parent": i.parent.ref if i.parent else None,
-                "origin": i.origin,
-                "created": i.created.isoformat(),
-                "size": i.size,
-                "status": i.status,
-                "packages": len(i.packages),
-            }
-            for i in catalog.all_images(session)
-        ]
-    catalog.close()
+    with opened() as workspace:
+        rows = list_images(workspace)
     if as_json:
         print_json(rows)
         return
@@ -171,14 +152,14 @@ def images(as_json: bool) -> None:
 @json_flag
 def inspect(ref: str, provenance: bool, sbom: bool, as_json: bool) -> None:
     """Show an image: labels, seal checks, layers with sizes, parent chain and packages."""
-    from kiln import images as images_service
+    from kiln.app import images as use
 
     if provenance or sbom:
         if provenance and sbom:
             raise BadInput("give --provenance or --sbom, not both")
-        print_json(images_service.document(ref, "provenance" if provenance else "sbom"))
+        print_json(with_workspace(use.document, ref, "provenance" if provenance else "sbom"))
         return
-    data = images_service.inspect(ref)
+    data = with_workspace(use.inspect, ref)
     if as_json:
         print_json(data)
         return
@@ -238,9 +219,9 @@ def lineage(ref: str, as_json: bool) -> None:
     """Show an image's ancestors and descendants as a tree."""
     from rich.tree import Tree
 
-    from kiln import images as images_service
+    from kiln.app import images as use
 
-    data = images_service.lineage(ref)
+    data = with_workspace(use.lineage, ref)
     if as_json:
         print_json(data)
         return
@@ -267,9 +248,9 @@ def lineage(ref: str, as_json: bool) -> None:
 @json_flag
 def diff(old: str, new: str, as_json: bool) -> None:
     """Files added/modified/deleted and packages added/removed/changed from OLD to NEW."""
-    from kiln import images as images_service
+    from kiln.app import images as use
 
-    data = images_service.diff(old, new)
+    data = with_workspace(use.diff, old, new)
     if as_json:
         print_json(data)
         return
@@ -304,12 +285,12 @@ def diff(old: str, new: str, as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def export(ref: str, kind: str, output: Path) -> None:
     """Write an image to a file, atomically."""
-    from kiln import images as images_service
+    from kiln.app import images as use
 
     if not output.absolute().parent.is_dir():
         raise BadInput(f"the folder of {output} does not exist")
     with err.status(f"exporting {ref}"):
-        resolved = images_service.export_image(ref, kind, output)
+        resolved = with_workspace(use.export_image, ref, kind, output)
     console.print(
         f"exported {resolved} to {output} ({human_size(output.stat().st_size)})", highlight=False
     )
@@ -319,9 +300,9 @@ def export(ref: str, kind: str, output: Path) -> None:
 @json_flag
 def fsck(as_json: bool) -> None:
     """Verify every blob digest and every reference in the store and catalog."""
-    from kiln import images as images_service
+    from kiln.app import images as use
 
-    report = images_service.check()
+    report = with_workspace(use.check)
     if as_json:
         print_json(report.to_json())
     else:
@@ -340,9 +321,9 @@ def fsck(as_json: bool) -> None:
 @json_flag
 def gc(dry_run: bool, as_json: bool) -> None:
     """Remove what interrupted bakes left and blobs and layers no image uses."""
-    from kiln import images as images_service
+    from kiln.app import images as use
 
-    report = images_service.collect_garbage(dry_run=dry_run)
+    report = with_workspace(use.collect_garbage, dry_run)
     if as_json:
         print_json(report.to_json())
         return

@@ -31,9 +31,10 @@ def catalog() -> None:
 def status(as_json: bool) -> None:
     """Show the catalog's schema revision beside the newest this kiln knows (changes
     nothing)."""
-    from kiln.catalog.migrate import catalog_status
+    from kiln.app.catalog import catalog_status
+    from kiln.app.workspace import with_workspace
 
-    found = catalog_status()
+    found = with_workspace(catalog_status)
     if as_json:
         print_json(found.to_json())
         return
@@ -50,10 +51,10 @@ def status(as_json: bool) -> None:
 def upgrade(as_json: bool) -> None:
     """Bring the catalog to this kiln's schema (one transaction, under the catalog's write
     lock: other kiln processes wait)."""
-    from kiln.catalog.db import FIRST
-    from kiln.catalog.migrate import upgrade_catalog
+    from kiln.app.catalog import FIRST, upgrade_catalog
+    from kiln.app.workspace import with_workspace
 
-    done = upgrade_catalog()
+    done = with_workspace(upgrade_catalog)
     if as_json:
         print_json(done.to_json())
         return

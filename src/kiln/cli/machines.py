@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +74,12 @@ def run(
     # no cyclic collections while it imports, and none over everything it loaded at exit
     # (that full collection costs more than a machine's health check).
     gc.disable()
-    from kiln.machines.launch import Request
-    from kiln.machines.launch import run as launch
+    from kiln.app import machines as use
+    from kiln.app.machines import Request
+    from kiln.app.workspace import with_workspace
 
-    launched = launch(Request(ref, name, sets, config_file, volumes, wait=wait))
+    request = Request(name, sets, config_file, volumes, wait=wait)
+    launched = with_workspace(use.run, request, ref)
     data = launched.to_json()
     if as_json:
         print_json(data)
@@ -104,10 +107,11 @@ def start(
 
     Its secrets are not stored anywhere: give each again (--set KEY=-, --set KEY=@FILE
     or --config); a missing one is named and nothing starts."""
-    from kiln.machines.launch import StartRequest
-    from kiln.machines.launch import start as start_machine
+    from kiln.app import machines as use
+    from kiln.app.machines import StartRequest
+    from kiln.app.workspace import with_workspace
 
-    launched = start_machine(StartRequest(name, sets, config_file, wait=wait))
+    launched = with_workspace(use.start, StartRequest(name, sets, config_file, wait=wait))
     data = launched.to_json()
     if as_json:
         print_json(data)
@@ -128,9 +132,10 @@ def ps(include_removed: bool, as_json: bool) -> None:
     """List machines: image, state, volumes."""
     from rich.table import Table
 
-    from kiln.machines.manage import ps as list_machines
+    from kiln.app import machines as use
+    from kiln.app.workspace import with_workspace
 
-    rows = list_machines(include_removed=include_removed)
+    rows = with_workspace(use.ps, include_removed)
     if as_json:
         print_json(rows)
         return
@@ -152,13 +157,15 @@ def ps(include_removed: bool, as_json: bool) -> None:
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_(name: str, command: tuple[str, ...]) -> None:
     """Run a command inside a running machine: kiln exec NAME -- CMD [ARGS...]."""
-    from kiln.machines.manage import exec_ as exec_in
+    from kiln.app import machines as use
+    from kiln.app.workspace import with_workspace
 
     if command[:1] == ("--",):  # after NAME, click hands the separator on as an argument
         command = command[1:]
     if not command:
         raise click.UsageError("give a command to run: kiln exec NAME -- CMD [ARGS...]")
-    exec_in(name, command)
+    argv = with_workspace(use.exec_argv, name, command)
+    os.execv(argv[0], argv)  # become the command: its stdio, exit code and signals
 
 
 @click.command()
@@ -169,10 +176,13 @@ def exec_(name: str, command: tuple[str, ...]) -> None:
 @click.option("--console", "show_console", is_flag=True, help="the boot console instead")
 def logs(name: str, unit: str | None, lines: int | None, follow: bool, show_console: bool) -> None:
     """Show a machine's journal (or, with --console, its console log)."""
-    from kiln.machines.manage import logs as machine_logs
+    from kiln.app import machines as use
+    from kiln.app.workspace import with_workspace
 
-    text = machine_logs(name, unit=unit, lines=lines, follow=follow, console=show_console)
-    click.echo(text, nl=not text.endswith("\n"))
+    shown = with_workspace(use.logs, name, unit, lines, follow, show_console)
+    if shown.argv is not None:
+        os.execv(shown.argv[0], shown.argv)  # journalctl, with this terminal
+    click.echo(shown.text, nl=not shown.text.endswith("\n"))
 
 
 @click.command()
@@ -180,12 +190,14 @@ def logs(name: str, unit: str | None, lines: int | None, follow: bool, show_cons
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="seconds")
 def stop(names: tuple[str, ...], timeout: float) -> None:
     """Power machines off (systemd shuts down), then unmount their overlays."""
-    from kiln.machines.manage import stop as stop_machine
+    from kiln.app import machines as use
+    from kiln.app.workspace import opened
 
-    for name in names:
-        result = stop_machine(name, timeout=timeout)
-        state = "stopped" if result["was_running"] else "was not running"
-        console.print(f"{name} {state}", highlight=False)
+    with opened() as workspace:
+        for name in names:
+            result = use.stop(workspace, name, timeout)
+            state = "stopped" if result["was_running"] else "was not running"
+            console.print(f"{name} {state}", highlight=False)
 
 
 @click.command()
@@ -199,13 +211,15 @@ def stop(names: tuple[str, ...], timeout: float) -> None:
 )
 def rm(names: tuple[str, ...], with_volumes: bool, force: bool) -> None:
     """Remove machines (stopping them first); their volumes stay unless --volumes."""
-    from kiln.machines.manage import rm as remove
+    from kiln.app import machines as use
+    from kiln.app.workspace import opened
 
-    for name in names:
-        result = remove(name, with_volumes=with_volumes, force=force)
-        console.print(f"removed {name}", highlight=False)
-        for kept in result.kept:
-            err.print(f"  kept volume {escape(kept)}", highlight=False)
+    with opened() as workspace:
+        for name in names:
+            result = use.rm(workspace, name, with_volumes, force)
+            console.print(f"removed {name}", highlight=False)
+            for kept in result.kept:
+                err.print(f"  kept volume {escape(kept)}", highlight=False)
 
 
 @click.command()
@@ -229,10 +243,12 @@ def test(
     """Run an image's [tests] in a throw-away machine; record the result in the catalog.
 
     Required config keys nobody gave get throw-away values (secrets: random tokens)."""
-    from kiln.machines.testing import run as run_tests
+    from kiln.app import machines as use
+    from kiln.app.workspace import with_workspace
 
     with err.status(f"testing {ref}", spinner="dots") as status:
-        report = run_tests(
+        report = with_workspace(
+            use.test,
             ref,
             sets,
             config_file,

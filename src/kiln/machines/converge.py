@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kiln.bake.seal import RULES
 from kiln.digests import file_sha256_of
 from kiln.rootpath import Root
 from kiln.store.tree import Entry
+from kiln.volatile import RULES
 
 VOLATILE = (
     "/proc",

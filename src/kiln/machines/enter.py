@@ -9,7 +9,6 @@ namespace alone.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -76,13 +75,13 @@ def shell(
     )
 
 
-def replace_process(leader: int, command: Sequence[str], env: Mapping[str, str]) -> None:
-    """Become the command inside the machine (kiln exec): its stdio, exit code, signals."""
+def exec_argv(leader: int, command: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """The argv that runs the command inside the machine, nsenter's full path first, for
+    a process to become (kiln exec, kiln logs): its stdio, exit code, signals."""
     nsenter = shutil.which("nsenter")
     if nsenter is None:
         raise BadInput("nsenter is not installed", hint="apt-get install util-linux")
-    full = argv(leader, command, env=env)
-    os.execv(nsenter, full)
+    return [nsenter, *argv(leader, command, env=env)[1:]]
 
 
 TIMED_OUT = 124  # timeout(1)'s exit code

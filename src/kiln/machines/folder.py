@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln.atomic import write_atomic
 from kiln.errors import BadInput, StoreError
 from kiln.home import Home
-from kiln.store.atomic import write_atomic
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 

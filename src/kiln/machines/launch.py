@@ -8,9 +8,9 @@ Everything up to the record hangs off one ExitStack: a launch that fails leaves 
 no process and no folder behind (volumes stay). The machine outlives this process:
 nspawn runs in a session of its own, its output going to the machine's console log.
 
-Time to healthy counts from kiln's own start, so the image is found in the store's index
-(plain JSON) and SQLAlchemy loads on a second thread while the machine boots; the catalog
-must then agree on the image before the machine is recorded, or the launch is undone.
+The caller hands in the image the catalog resolved (kiln.app.resolve, in plain SQL on the
+embedded catalog). Time to healthy counts from kiln's own start, so SQLAlchemy loads on a
+second thread while the machine boots, to record it; a failed record undoes the launch.
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from kiln import proc
-from kiln.bake.root import Overlay, remove_tree
 from kiln.errors import BadInput, KilnError, StoreError
 from kiln.home import Home
 from kiln.machines import config, health, nspawn, process, volumes
 from kiln.machines.contract import Contract, Health, from_config
 from kiln.machines.folder import Folder, Proc, State, claim, load, save
-from kiln.machines.image import BootImage, find
+from kiln.mounts import Overlay, remove_tree
 from kiln.rootpath import Root
 from kiln.sandbox import Boot
+from kiln.store.stored import StoredImage
 
 BOOT_TIMEOUT = 60.0  # to systemd's 'running'; the health check has its own timeout
 LEADER_TIMEOUT = 15.0
@@ -47,7 +47,6 @@ INIT_PATHS = ("usr/lib/systemd/systemd", "lib/systemd/systemd")
 
 @dataclass(frozen=True)
 class Request:
-    ref: str
     name: str
     sets: tuple[str, ...] = ()
     config_file: Path | None = None
@@ -175,13 +174,12 @@ class _Recorder(threading.Thread):
     """The catalog's half of a launch, on its own thread while the machine boots.
 
     It imports SQLAlchemy and the catalog first (the slow part), then waits to be told what
-    to record; the catalog must resolve the ref to the image the store gave. ``result()``
-    raises what went wrong, so the launch can be undone.
+    to record. ``result()`` raises what went wrong, so the launch can be undone.
     """
 
-    def __init__(self, home: Home, request: Request, image: BootImage) -> None:
+    def __init__(self, home: Home, request: Request, image_id: int) -> None:
         super().__init__(name="catalog", daemon=True)
-        self.home, self.request, self.image = home, request, image
+        self.home, self.request, self.image_id = home, request, image_id
         self.launched: Launched | None = None
         self.error: BaseException | None = None
         self._go = threading.Event()
@@ -192,7 +190,7 @@ class _Recorder(threading.Thread):
 
             self._go.wait()
             if self.launched is not None:
-                _record(self.home, self.request, self.image, self.launched)
+                _record(self.home, self.request, self.image_id, self.launched)
         except BaseException as exc:  # handed to the main thread by result()
             self.error = exc
 
@@ -209,9 +207,8 @@ class _Recorder(threading.Thread):
             raise self.error
 
 
-def _record(home: Home, request: Request, image: BootImage, launched: Launched) -> None:
-    """Check that the catalog has the image the store gave (same version, same digest, in
-    good standing), then record the machine."""
+def _record(home: Home, request: Request, image_id: int, launched: Launched) -> None:
+    """Record the machine, and that any earlier machine of its name is history."""
     from sqlalchemy import select
 
     from kiln.catalog import Catalog, Machine
@@ -219,13 +216,6 @@ def _record(home: Home, request: Request, image: BootImage, launched: Launched) 
     catalog = Catalog(home.catalog_url)
     try:
         with catalog.session() as session:
-            row = catalog.resolve(session, image.ref)
-            if row.digest != image.digest:
-                raise StoreError(
-                    f"the catalog has {row.ref} as {row.digest}, the store as {image.digest}; "
-                    f"machine {launched.name} was stopped and removed again",
-                    hint="run 'kiln fsck' to check the store and catalog",
-                )
             now = datetime.now(UTC)
             stale = select(Machine).where(Machine.name == launched.name, Machine.removed.is_(None))
             for old in session.scalars(stale):  # its folder is gone: that machine is history
@@ -233,9 +223,9 @@ def _record(home: Home, request: Request, image: BootImage, launched: Launched) 
             session.add(
                 Machine(
                     name=launched.name,
-                    image_id=row.id,
-                    image_ref=row.ref,
-                    digest=row.digest,
+                    image_id=image_id,
+                    image_ref=launched.image,
+                    digest=launched.digest,
                     folder=str(launched.folder.path),
                     created=now,
                     nspawn_pid=launched.state.nspawn.pid,
@@ -289,11 +279,12 @@ def _boot(
     return child, nspawn_proc, leader
 
 
-def run(request: Request, home: Home | None = None) -> Launched:
-    started = time.monotonic()
-    home = home or Home.from_env()
+def run(
+    request: Request, image: StoredImage, image_id: int, home: Home, started: float | None = None
+) -> Launched:
+    """Boot ``image`` (catalog row ``image_id``); ``started``: when the command began."""
+    started = time.monotonic() if started is None else started
     folder = Folder.of(home, request.name)
-    image = find(home, request.ref)
     contract = from_config(image.config)
     values = request.values or config.resolve(
         image.ref, contract, request.sets, request.config_file, generate=request.generate
@@ -303,7 +294,7 @@ def run(request: Request, home: Home | None = None) -> Launched:
     if request.wait:
         health.check_tools(request.health or contract.health)
     claim(folder)
-    recorder = _Recorder(home, request, image)
+    recorder = _Recorder(home, request, image_id)
     recorder.start()
     not_ready: health.NotReady | None = None
     with ExitStack() as undo:
@@ -360,6 +351,17 @@ class StartRequest:
     wait: bool = False
 
 
+def stopped(home: Home, name: str) -> State:
+    """The state of a machine that exists and is not running (kiln start's first check)."""
+    state = load(Folder.of(home, name))
+    if process.running(state):
+        raise BadInput(
+            f"machine {name} is running",
+            hint=f"kiln stop {name} first, or kiln exec {name} -- CMD",
+        )
+    return state
+
+
 def _recorded(home: Home, name: str) -> tuple[dict[str, str], list[str]]:
     """The plain values and the secret keys the machine was launched with (the catalog's)."""
     from sqlalchemy import select
@@ -399,21 +401,15 @@ def _record_start(home: Home, state: State) -> None:
         catalog.close()
 
 
-def start(request: StartRequest, home: Home | None = None) -> Launched:
-    """Boot a stopped machine again, from its own upper dir (its changes kept), with the
+def start(request: StartRequest, image: StoredImage, home: Home) -> Launched:
+    """Boot a stopped machine again (``image``: the one it was launched from, see
+    ``stopped``), from its own upper dir (its changes kept), with the
     config, seed (same instance-id: cloud-init does not run its per-instance modules
     again), volumes and layers it was launched with. Its secrets are not stored, so they
     are given again; a missing one is named and nothing starts."""
     started = time.monotonic()
-    home = home or Home.from_env()
     folder = Folder.of(home, request.name)
     state = load(folder)
-    if process.running(state):
-        raise BadInput(
-            f"machine {request.name} is running",
-            hint=f"kiln stop {request.name} first, or kiln exec {request.name} -- CMD",
-        )
-    image = find(home, f"{state.image.partition(':')[0]}@{state.digest}")
     contract = from_config(image.config)
     plain, secret_keys = _recorded(home, request.name)
     secret_values = config.resolve_secrets(

@@ -21,13 +21,13 @@ from typing import Any
 from sqlalchemy import select
 
 from kiln import proc
-from kiln.bake.root import remove_tree
 from kiln.catalog import Catalog, Machine
 from kiln.catalog.machines import iso
 from kiln.errors import KilnError, NotFound
 from kiln.home import Home
 from kiln.machines import enter, process
 from kiln.machines.folder import Folder, State, load
+from kiln.mounts import remove_tree
 
 STOP_TIMEOUT = 30.0
 PROPAGATE = Path("/run/systemd/nspawn/propagate")
@@ -35,11 +35,6 @@ PROPAGATE = Path("/run/systemd/nspawn/propagate")
 
 class NotRunning(KilnError):
     """The machine exists but is not running."""
-
-
-def _catalog(home: Home) -> Catalog:
-    home.ensure()
-    return Catalog(home.catalog_url)
 
 
 def running(state: State) -> bool:
@@ -53,59 +48,50 @@ def _state_or_none(folder: Folder) -> State | None:
         return None
 
 
-def ps(home: Home | None = None, include_removed: bool = False) -> list[dict[str, Any]]:
-    home = home or Home.from_env()
-    catalog = _catalog(home)
-    try:
-        with catalog.session() as session:
-            query = select(Machine).order_by(Machine.name, Machine.created)
-            if not include_removed:
-                query = query.where(Machine.removed.is_(None))
-            rows = session.scalars(query).all()
-            out = []
-            for row in rows:
-                state = None if row.removed else _state_or_none(Folder(Path(row.folder)))
-                if row.removed:
-                    status = "removed"
-                elif state is None:
-                    status = "missing"
-                else:
-                    status = "running" if running(state) else "stopped"
-                out.append(
-                    {
-                        "name": row.name,
-                        "image": row.image_ref,
-                        "digest": row.digest,
-                        "state": status,
-                        "created": iso(row.created),
-                        "stopped": iso(row.stopped),
-                        "removed": iso(row.removed),
-                        "nspawn_pid": row.nspawn_pid,
-                        "leader_pid": row.leader_pid,
-                        "folder": row.folder,
-                        "volumes": row.volume_map(),
-                        "config": row.plain_config(),
-                        "secrets": sorted(json.loads(row.secret_keys)),
-                        "throwaway": row.throwaway,
-                    }
-                )
-            return out
-    finally:
-        catalog.close()
+def ps(catalog: Catalog, include_removed: bool = False) -> list[dict[str, Any]]:
+    with catalog.reading() as session:
+        query = select(Machine).order_by(Machine.name, Machine.created)
+        if not include_removed:
+            query = query.where(Machine.removed.is_(None))
+        rows = session.scalars(query).all()
+        out = []
+        for row in rows:
+            state = None if row.removed else _state_or_none(Folder(Path(row.folder)))
+            if row.removed:
+                status = "removed"
+            elif state is None:
+                status = "missing"
+            else:
+                status = "running" if running(state) else "stopped"
+            out.append(
+                {
+                    "name": row.name,
+                    "image": row.image_ref,
+                    "digest": row.digest,
+                    "state": status,
+                    "created": iso(row.created),
+                    "stopped": iso(row.stopped),
+                    "removed": iso(row.removed),
+                    "nspawn_pid": row.nspawn_pid,
+                    "leader_pid": row.leader_pid,
+                    "folder": row.folder,
+                    "volumes": row.volume_map(),
+                    "config": row.plain_config(),
+                    "secrets": sorted(json.loads(row.secret_keys)),
+                    "throwaway": row.throwaway,
+                }
+            )
+        return out
 
 
-def _mark(home: Home, name: str, **changes: Any) -> None:
-    catalog = _catalog(home)
-    try:
-        with catalog.session() as session:
-            rows = session.scalars(
-                select(Machine).where(Machine.name == name, Machine.removed.is_(None))
-            ).all()
-            for row in rows:
-                for key, value in changes.items():
-                    setattr(row, key, value)
-    finally:
-        catalog.close()
+def _mark(catalog: Catalog, name: str, **changes: Any) -> None:
+    with catalog.session() as session:
+        rows = session.scalars(
+            select(Machine).where(Machine.name == name, Machine.removed.is_(None))
+        ).all()
+        for row in rows:
+            for key, value in changes.items():
+                setattr(row, key, value)
 
 
 def _forget_propagate_dir(name: str) -> None:
@@ -163,12 +149,11 @@ def _refuse_unknown_nspawn(folder: Folder) -> None:
         )
 
 
-def stop(name: str, home: Home | None = None, timeout: float = STOP_TIMEOUT) -> dict[str, Any]:
-    home = home or Home.from_env()
+def stop(home: Home, catalog: Catalog, name: str, timeout: float = STOP_TIMEOUT) -> dict[str, Any]:
     folder = Folder.of(home, name)
     state = load(folder)
     was_running = halt(folder, state, timeout)
-    _mark(home, name, stopped=datetime.now(UTC))
+    _mark(catalog, name, stopped=datetime.now(UTC))
     return {"name": name, "was_running": was_running}
 
 
@@ -189,14 +174,13 @@ class Removed:
 
 
 def rm(
-    name: str, home: Home | None = None, with_volumes: bool = False, force: bool = False
+    home: Home, catalog: Catalog, name: str, with_volumes: bool = False, force: bool = False
 ) -> Removed:
     """Stop the machine if it runs, remove its folder and forget it; volumes stay unless
     ``with_volumes`` (folders given with --volume are never removed). ``force`` kills the
     machine instead of shutting it down (one that will not stop, or whose state is lost)."""
-    home = home or Home.from_env()
     folder = Folder.of(home, name)
-    exists = folder.exists() or bool(_rows(home, name))
+    exists = folder.exists() or bool(_rows(catalog, name))
     leftover = folder.volumes.is_dir() and with_volumes  # volumes kept by an earlier rm
     if not exists and not leftover:
         hint = "'kiln ps' lists the machines"
@@ -234,23 +218,18 @@ def rm(
                 kept.append(source)
     elif folder.volumes.is_dir():
         kept = sorted(str(p) for p in folder.volumes.iterdir())
-    _mark(home, name, removed=datetime.now(UTC))
+    _mark(catalog, name, removed=datetime.now(UTC))
     return Removed(name, was_running, kept, removed_volumes)
 
 
-def _rows(home: Home, name: str) -> Sequence[Machine]:
-    catalog = _catalog(home)
-    try:
-        with catalog.session() as session:
-            return session.scalars(
-                select(Machine).where(Machine.name == name, Machine.removed.is_(None))
-            ).all()
-    finally:
-        catalog.close()
+def _rows(catalog: Catalog, name: str) -> Sequence[Machine]:
+    with catalog.reading() as session:
+        return session.scalars(
+            select(Machine).where(Machine.name == name, Machine.removed.is_(None))
+        ).all()
 
 
-def running_state(name: str, home: Home | None = None) -> State:
-    home = home or Home.from_env()
+def running_state(home: Home, name: str) -> State:
     state = load(Folder.of(home, name))
     if not running(state):
         raise NotRunning(
@@ -260,28 +239,34 @@ def running_state(name: str, home: Home | None = None) -> State:
     return state
 
 
-def exec_(name: str, command: Sequence[str], home: Home | None = None) -> None:
-    """Replace this process with the command inside the machine."""
-    state = running_state(name, home)
-    env = {"TERM": os.environ.get("TERM", "dumb")}
-    enter.replace_process(state.leader.pid, command, env)
+def exec_argv(home: Home, name: str, command: Sequence[str]) -> list[str]:
+    """The argv (nsenter's) that runs ``command`` inside the running machine; the caller
+    becomes it, so the command gets this terminal, its exit code and its signals."""
+    state = running_state(home, name)
+    return enter.exec_argv(state.leader.pid, command, {"TERM": os.environ.get("TERM", "dumb")})
+
+
+@dataclass(frozen=True)
+class Logs:
+    """What kiln logs shows: a journalctl to become (``argv``), or the console's text."""
+
+    argv: list[str] | None = None
+    text: str = ""
 
 
 def logs(
+    home: Home,
     name: str,
-    home: Home | None = None,
     *,
     unit: str | None = None,
     lines: int | None = None,
     follow: bool = False,
     console: bool = False,
-) -> str:
-    """The machine's journal (replacing this process with journalctl), or its console log.
+) -> Logs:
+    """The machine's journal, or its console log.
 
     A running machine's journal is read inside it; a stopped one's from its upper dir.
-    Returns the console log's text when that is what there is to show.
     """
-    home = home or Home.from_env()
     folder = Folder.of(home, name)
     state = load(folder)
     options = ["--no-pager"]
@@ -293,10 +278,10 @@ def logs(
         options.append("--follow")
     if not console:
         if running(state):
-            enter.replace_process(state.leader.pid, ["journalctl", *options], {})
+            return Logs(enter.exec_argv(state.leader.pid, ["journalctl", *options], {}))
         journal = folder.upper / "var/log/journal"
         if journal.is_dir():
             journalctl = shutil.which("journalctl") or "/usr/bin/journalctl"
-            os.execv(journalctl, ["journalctl", f"--directory={journal}", *options])
+            return Logs([journalctl, f"--directory={journal}", *options])
     text = folder.console.read_text(errors="replace") if folder.console.exists() else ""
-    return proc.tail(text, lines) if lines is not None else text
+    return Logs(text=proc.tail(text, lines) if lines is not None else text)

@@ -20,12 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from kiln import proc, steps
-from kiln.bake.packages import APT_OPTIONS
 from kiln.errors import KilnError, StepFailed
 from kiln.machines import enter
 from kiln.machines.folder import Folder, State
 from kiln.recipe import RecipeFile
-from kiln.sandbox import BUILD_ENV
+from kiln.sandbox import APT_OPTIONS, BUILD_ENV
 from kiln.steps.target import Target, Tooling
 
 

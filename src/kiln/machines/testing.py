@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kiln.bake.service import open_store
-from kiln.catalog import Catalog, Image, TestRun
+from kiln.catalog import Catalog, TestRun
+from kiln.catalog.lookup import ImageRow
 from kiln.catalog.machines import iso
 from kiln.errors import BadInput, KilnError
 from kiln.home import Home
@@ -29,6 +29,7 @@ from kiln.machines import converge, enter, health, launch, manage, provision
 from kiln.machines.contract import commands_from_config, from_config
 from kiln.machines.converge import Change
 from kiln.recipe import RecipeFile, load_recipe
+from kiln.store.stored import StoredImage
 
 COMMAND_TIMEOUT = 300.0
 
@@ -83,7 +84,7 @@ class Report:
         }
 
 
-def _recipe_of(image: Image) -> RecipeFile:
+def _recipe_of(image: ImageRow) -> RecipeFile:
     path = Path(image.recipe_path)
     if not path.is_file():
         raise BadInput(
@@ -99,7 +100,7 @@ def _recipe_of(image: Image) -> RecipeFile:
     return recipe
 
 
-def _commands(image: Image, config: dict[str, Any]) -> tuple[str, ...]:
+def _commands(image: ImageRow, config: dict[str, Any]) -> tuple[str, ...]:
     commands = commands_from_config(config)
     if commands is not None:
         return commands
@@ -110,7 +111,7 @@ def _commands(image: Image, config: dict[str, Any]) -> tuple[str, ...]:
     return ()
 
 
-def _machine_name(image: Image) -> str:
+def _machine_name(image: ImageRow) -> str:
     name = re.sub(r"[^a-z0-9]+", "-", image.name)[:40].strip("-")
     return f"test-{name}-{image.version}-{secrets.token_hex(3)}"
 
@@ -173,64 +174,59 @@ def _record(catalog: Catalog, image_id: int, report: Report) -> None:
 
 
 def run(
-    ref: str,
+    home: Home,
+    catalog: Catalog,
+    row: ImageRow,
+    image: StoredImage,
     sets: tuple[str, ...] = (),
     config_file: Path | None = None,
     check_convergence: bool = False,
-    home: Home | None = None,
     log: Callable[[str], None] = lambda _message: None,
 ) -> Report:
-    home = home or Home.from_env()
-    layout, catalog = open_store(home)
+    """Boot a throw-away machine from ``image`` (catalog row ``row``), run its tests, and
+    with ``check_convergence`` re-apply its recipe's steps; record the run."""
+    image_id, image_ref, machine = row.id, row.ref, _machine_name(row)
+    config = image.config
+    commands = _commands(row, config)
+    recipe = _recipe_of(row) if check_convergence else None
+    contract = from_config(config)
+    health.check_tools(contract.health)
+    report = Report(image_ref, machine, datetime.now(UTC))
+    started = time.monotonic()
+    log(f"booting {report.machine}")
+    request = launch.Request(
+        report.machine,
+        sets,
+        config_file,
+        generate=True,
+        throwaway=True,
+        recipe_folder=recipe.folder if recipe else None,
+    )
     try:
-        with catalog.session() as session:
-            image = catalog.resolve(session, ref)
-            image_id, image_ref, machine = image.id, image.ref, _machine_name(image)
-            manifest = layout.read_json(image.digest)
-            config = layout.read_json(manifest["config"]["digest"])
-            commands = _commands(image, config)
-            recipe = _recipe_of(image) if check_convergence else None
-        contract = from_config(config)
-        health.check_tools(contract.health)
-        report = Report(image_ref, machine, datetime.now(UTC))
-        started = time.monotonic()
-        log(f"booting {report.machine}")
-        request = launch.Request(
-            image_ref,
-            report.machine,
-            sets,
-            config_file,
-            generate=True,
-            throwaway=True,
-            recipe_folder=recipe.folder if recipe else None,
-        )
-        try:
-            launched = launch.run(request, home)
-        except BadInput:
-            raise  # config that breaks the contract: nothing was started, nothing to record
-        except KilnError as exc:  # the machine did not boot: a failed test run
-            report.error = exc.message
-            return _finish(catalog, image_id, report, started)
-        try:
-            try:
-                log("waiting for health")
-                launch.wait(launched, contract.health)
-                report.healthy_seconds = time.monotonic() - started
-            finally:
-                if launched.health is not None:
-                    report.health = launched.health.to_json()
-            log("running tests")
-            _run_commands(launched.state.leader.pid, commands, report)
-            if recipe is not None:
-                _converge(home, catalog, launched, recipe, report, log)
-        except health.NotReady as exc:
-            report.error = exc.message
-        finally:
-            log(f"removing {report.machine}")
-            manage.rm(report.machine, home, with_volumes=True)
+        launched = launch.run(request, image, image_id, home)
+    except BadInput:
+        raise  # config that breaks the contract: nothing was started, nothing to record
+    except KilnError as exc:  # the machine did not boot: a failed test run
+        report.error = exc.message
         return _finish(catalog, image_id, report, started)
+    try:
+        try:
+            log("waiting for health")
+            launch.wait(launched, contract.health)
+            report.healthy_seconds = time.monotonic() - started
+        finally:
+            if launched.health is not None:
+                report.health = launched.health.to_json()
+        log("running tests")
+        _run_commands(launched.state.leader.pid, commands, report)
+        if recipe is not None:
+            _converge(home, catalog, launched, recipe, report, log)
+    except health.NotReady as exc:
+        report.error = exc.message
     finally:
-        catalog.close()
+        log(f"removing {report.machine}")
+        manage.rm(home, catalog, report.machine, with_volumes=True)
+    return _finish(catalog, image_id, report, started)
 
 
 def _finish(catalog: Catalog, image_id: int, report: Report, started: float) -> Report:

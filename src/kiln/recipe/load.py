@@ -18,13 +18,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kiln import refs
 from kiln.errors import NotFound, Problem, RecipeError
 from kiln.recipe import limits
 from kiln.recipe.locate import KeyPath, LineIndex, format_path
 from kiln.recipe.models import STEP_KINDS, Recipe
 from kiln.steps import raw_inputs as step_inputs
-
-REF_RE = r"[a-z0-9][a-z0-9._-]*(:[0-9]+|:latest|@sha256:[0-9a-f]{64})?"
 
 
 @dataclass(frozen=True)
@@ -194,11 +193,11 @@ def _raw_problems(file: str, folder: Path, index: LineIndex, raw: dict[str, Any]
             if isinstance(found, str) or not stat.S_ISREG(found.st_mode):
                 why = found if isinstance(found, str) else f"is {limits.kind_of(found.st_mode)}"
                 problem(("image", "parent"), f"parent recipe '{parent}' {why}")
-        elif not re.fullmatch(REF_RE, parent):
+        elif not refs.is_ref(parent):
             problem(
                 ("image", "parent"),
                 f"'{parent}' is neither a recipe path (*.toml) nor an image ref "
-                "(name, name:version or name@sha256:...)",
+                "(name, name:version, name:channel or name@sha256:...)",
             )
     imported = image.get("import")
     if isinstance(imported, str) and imported and "\0" not in imported:

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from kiln.atomic import write_atomic
 from kiln.errors import Problem, RecipeError
 from kiln.recipe.limits import MAX_LOCK_BYTES, read_regular
 from kiln.recipe.models import MAX_EPOCH
-from kiln.store.atomic import write_atomic
 
 HEADER = (
     "# kiln lock for {recipe}: the exact inputs of its bake. "

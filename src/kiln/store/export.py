@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kiln import locks, proc
-from kiln.store.atomic import write_atomic
+from kiln.atomic import write_atomic
 from kiln.store.layout import REF_ANNOTATION, Descriptor, Layout, canonical_json
 
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from kiln import locks
-from kiln.catalog import Catalog
-from kiln.catalog.db import PENDING
 from kiln.digests import file_sha256
 from kiln.errors import KilnError
 from kiln.home import Home
@@ -49,8 +48,13 @@ class Report:
         }
 
 
-def check(home: Home, layout: Layout, catalog: Catalog) -> Report:
-    """Check the store and catalog; safe to run beside bakes and gc.
+# What the catalog says of each image version: ref -> (finished, manifest digest), where a
+# row that is not finished is a bake between taking its version and tagging its image.
+CatalogRows = dict[str, tuple[bool, str]]
+
+
+def check(home: Home, layout: Layout, catalog_rows: Callable[[], CatalogRows]) -> Report:
+    """Check the store against the catalog; safe to run beside bakes and gc.
 
     The shared store lock keeps ``kiln gc`` from removing blobs under the check. The
     catalog is read before index.json: a bake tags its image only after its catalog row
@@ -58,16 +62,12 @@ def check(home: Home, layout: Layout, catalog: Catalog) -> Report:
     read after it; an index entry newer than the catalog read is looked up again.
     """
     with store_in_use(home):
-        return _check(home, layout, catalog)
+        return _check(home, layout, catalog_rows)
 
 
-def _check(home: Home, layout: Layout, catalog: Catalog) -> Report:
+def _check(home: Home, layout: Layout, catalog_rows: Callable[[], CatalogRows]) -> Report:
     report = Report()
-    with catalog.reading() as session:
-        rows = {
-            image.ref: (image.status, image.digest)
-            for image in catalog.all_images(session, pending=True)
-        }
+    rows = catalog_rows()
     _check_layout_files(layout, report)
     good: set[str] = set()
     for path in sorted(layout.blobs.iterdir()) if layout.blobs.is_dir() else []:
@@ -84,10 +84,8 @@ def _check(home: Home, layout: Layout, catalog: Catalog) -> Report:
     refs = layout.refs()
     unknown = sorted(refs.keys() - rows.keys())
     if unknown:  # tagged after the catalog was read: read those rows again
-        with catalog.reading() as session:
-            for image in catalog.all_images(session, pending=True):
-                if image.ref in unknown:
-                    rows[image.ref] = (image.status, image.digest)
+        again = catalog_rows()
+        rows.update({ref: again[ref] for ref in unknown if ref in again})
     unpacks_to: dict[str, str | None] = {}  # a layer blob's diff_id, read once per blob
     for ref, manifest in sorted(refs.items()):
         report.images += 1
@@ -102,11 +100,9 @@ def _check(home: Home, layout: Layout, catalog: Catalog) -> Report:
         referenced |= _check_referrer(layout, entry, tagged, good, report)
     for digest in sorted(good - referenced):
         report.notes.append(f"blob {digest} is not referenced by any image ({GC})")
-    for ref, (status, digest) in sorted(rows.items()):
-        if status == PENDING:
+    for ref, (finished, digest) in sorted(rows.items()):
+        if not finished:
             report.notes.append(f"catalog image {ref} is from an unfinished bake ({GC})")
-            continue
-        if status != "ok":
             continue
         entry = refs.get(ref)
         if entry is None:

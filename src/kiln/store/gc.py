@@ -4,7 +4,7 @@ Nothing is removed by age. A blob or an unpacked layer is garbage when
 no image in index.json refers to it, decided while ``locks/store.lock`` is held
 exclusively, which every bake holds shared from layer capture until its tag is written.
 Leftover folders (a dead bake's build folder, with what may still run and be mounted
-in it) are cleared by kiln.bake.root. Machines (``machines/``) are never touched.
+in it) are cleared here too, by flock, never by age. Machines (``machines/``) are never touched.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from kiln import locks, proc
 from kiln.errors import StoreError
 from kiln.home import Home
+from kiln.mounts import kill_all, mounts_below, processes_in, remove_tree
 from kiln.store.layout import REF_ANNOTATION, Layout
 
 
@@ -159,4 +160,39 @@ def sweep_store(home: Home, layout: Layout, dry_run: bool) -> list[Item]:
         out.append(Item("layer", str(path), size_of(path)))
         if not dry_run:
             proc.run(["rm", "-rf", "--one-file-system", "--", str(path)])
+    return out
+
+
+def clear(path: Path, kind: str, dry_run: bool) -> Item:
+    """Stop everything still working in a dead owner's folder, unmount, then remove it."""
+    item = Item(kind, str(path), size_of(path))
+    if path.is_dir() and not path.is_symlink():
+        item.processes = processes_in(path)
+        item.mounts = [str(point) for point in mounts_below(path)]
+    if dry_run:
+        return item
+    # kill until nothing is left: a dying nspawn can still have children starting up
+    for _round in range(5):
+        if not item.processes:
+            break
+        kill_all(item.processes)
+        more = processes_in(path)
+        item.processes += [pid for pid in more if pid not in item.processes]
+        if not more:
+            break
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        remove_tree(path)  # unmounts deepest first, then rm --one-file-system
+    return item
+
+
+def sweep_owned(parent: Path, kind: str, dry_run: bool) -> list[Item]:
+    """Every abandoned entry of ``parent`` (builds/ or tmp/): nobody holds its flock."""
+    out = []
+    for path, held in locks.abandoned(parent):
+        try:
+            out.append(clear(path, kind, dry_run))
+        finally:
+            held.release()
     return out

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from kiln import locks
+from kiln.atomic import fsync_dir, write_atomic
 from kiln.digests import file_sha256
 from kiln.errors import NotFound, StoreError
-from kiln.store.atomic import fsync_dir, write_atomic
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"

@@ -4,7 +4,7 @@ kiln hands in the connection it holds (with the catalog's write lock taken: BEGI
 IMMEDIATE on SQLite, an advisory lock on PostgreSQL), so the migrations run inside that
 one transaction. To write a new revision after changing the models, let autogenerate
 compare them with a scratch catalog at the current head, then review what it wrote and
-add the revision to REVISIONS in kiln/catalog/db.py (tests/unit/test_migrations.py checks):
+add the revision to REVISIONS in kiln/catalog/revisions.py (tests/unit/test_migrations.py checks):
 
     .venv/bin/python -c 'from alembic import command; from alembic.config import Config
     c = Config(); c.set_main_option("script_location", "src/kiln/catalog/migrations")

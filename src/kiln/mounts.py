@@ -1,11 +1,9 @@
-"""Build roots: a scratch folder per bake, and the overlay that stacks parent layers.
+"""Mounts and the processes working in a folder: overlays, unmounting, clearing a tree.
 
-Both are context managers so a failed bake always unmounts and cleans up, unless the
-caller asked to keep the root for a look inside. A bake killed outright cleans up
-nothing: its build folder (and ``tmp/`` entries) keep their flock-less leftovers, which
-``kiln gc`` clears here: first the processes still working in it (a systemd-nspawn, a
-tar), then its mounts deepest first, then the folder. Only folders nobody holds are
-cleared, so a live bake's or machine's overlay is never unmounted.
+The overlay stacks read-only lower layers under an upper dir that collects changes (a
+bake's new layer, a machine's writes). Removing a folder first unmounts whatever is
+mounted below it, deepest first, so rm never reaches through a bind mount; a folder a
+dead process left behind is cleared by killing whatever still works in it first.
 """
 
 from __future__ import annotations
@@ -17,9 +15,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from kiln import locks, proc
+from kiln import proc
 from kiln.errors import StoreError
-from kiln.store.gc import Item, size_of
 
 KILL_WAIT = 10.0  # seconds for a killed process to be gone
 
@@ -135,38 +132,3 @@ def kill_all(pids: list[int]) -> None:
                 hint="they may be stuck in the kernel (D state); run 'kiln gc' again later",
             )
         time.sleep(0.02)
-
-
-def clear(path: Path, kind: str, dry_run: bool) -> Item:
-    """Stop everything still working in a dead owner's folder, unmount, then remove it."""
-    item = Item(kind, str(path), size_of(path))
-    if path.is_dir() and not path.is_symlink():
-        item.processes = processes_in(path)
-        item.mounts = [str(point) for point in mounts_below(path)]
-    if dry_run:
-        return item
-    # kill until nothing is left: a dying nspawn can still have children starting up
-    for _round in range(5):
-        if not item.processes:
-            break
-        kill_all(item.processes)
-        more = processes_in(path)
-        item.processes += [pid for pid in more if pid not in item.processes]
-        if not more:
-            break
-    if path.is_symlink() or not path.is_dir():
-        path.unlink(missing_ok=True)
-    else:
-        remove_tree(path)  # unmounts deepest first, then rm --one-file-system
-    return item
-
-
-def sweep_owned(parent: Path, kind: str, dry_run: bool) -> list[Item]:
-    """Every abandoned entry of ``parent`` (builds/ or tmp/): nobody holds its flock."""
-    out = []
-    for path, held in locks.abandoned(parent):
-        try:
-            out.append(clear(path, kind, dry_run))
-        finally:
-            held.release()
-    return out

@@ -1,0 +1,81 @@
+"""`kiln bake` and `kiln lock`: plan the recipes, then take each in lineage order.
+
+A recipe's parent is resolved here, through the one resolver: a recipe baked earlier in
+the same run is named by the ref that bake gave it; any other parent by the catalog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from kiln.app import resolve
+from kiln.app.workspace import Workspace
+from kiln.bake.bake import Parent, bake
+from kiln.bake.context import Options
+from kiln.bake.lock import LockResult, lock_one
+from kiln.bake.plan import parent_recipe, plan
+from kiln.bake.result import ONGOING, BakeResult
+from kiln.recipe import RecipeFile
+from kiln.recipe.lockfile import Deb
+
+__all__ = ["ONGOING", "Options", "bake_path", "lock_path", "parent_of"]
+
+Log = Callable[[str], None]  # a stage line; one ending in ONGOING is a stage starting
+T = TypeVar("T")
+
+
+def parent_of(workspace: Workspace, recipe: RecipeFile, ref: str | None) -> Parent | None:
+    """The recipe's parent image: ``ref`` when an earlier bake of this run made it."""
+    ref = ref or recipe.recipe.image.parent
+    if ref is None:
+        return None
+    row, image = resolve.image_and_bytes(workspace, ref)
+    packages = [
+        Deb(p.name, p.architecture, p.version, p.sha256) for p in workspace.lookup.packages(row.id)
+    ]
+    return Parent(row, image, packages)
+
+
+def _each(
+    workspace: Workspace,
+    target: Path,
+    one: Callable[[RecipeFile, Parent | None], tuple[T, BakeResult]],
+) -> tuple[list[T], list[RecipeFile]]:
+    """Run ``one`` on every recipe of ``target`` in lineage order, each on its parent."""
+    ordered, named = plan(target)
+    results: list[T] = []
+    baked: dict[Path, str] = {}
+    names: dict[str, str] = {}
+    for recipe in ordered:
+        parent = parent_of(workspace, recipe, parent_recipe(recipe, baked, names))
+        result, made = one(recipe, parent)
+        baked[recipe.path] = names[recipe.name] = made.ref
+        results.append(result)
+    return results, named
+
+
+def bake_path(
+    workspace: Workspace, target: Path, options: Options, log: Log
+) -> tuple[list[BakeResult], list[RecipeFile]]:
+    """Bake a recipe (with its recipe-path ancestors) or a folder of recipes."""
+
+    def one(recipe: RecipeFile, parent: Parent | None) -> tuple[BakeResult, BakeResult]:
+        result = bake(workspace, recipe, parent, options, log)
+        return result, result
+
+    return _each(workspace, target, one)
+
+
+def lock_path(
+    workspace: Workspace, target: Path, update: bool, options: Options, log: Log
+) -> list[LockResult]:
+    """Lock a recipe (and its recipe-path ancestors) or a folder of recipes, in lineage
+    order, baking each from its lock so its children lock against that image."""
+
+    def one(recipe: RecipeFile, parent: Parent | None) -> tuple[LockResult, BakeResult]:
+        result = lock_one(workspace, recipe, parent, update, options, log)
+        return result, result.baked[-1]
+
+    return _each(workspace, target, one)[0]

@@ -1,0 +1,185 @@
+"""Bake one recipe: find the image its inputs already made, or build it.
+
+The caller (kiln.app.bake) has resolved the parent through the catalog; what is left is
+the lock, the cache key, the cache-key lock that makes a second bake of the same inputs
+wait for the first, and the pipeline (kiln.bake.build). A cache hit is answered by the
+catalog's plain-SQL lookup: SQLAlchemy loads only when something is built.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from kiln import locks
+from kiln.bake import cachekey
+from kiln.bake.bases import debian
+from kiln.bake.context import BuildContext, Options
+from kiln.bake.result import BakeResult
+from kiln.catalog.lookup import ImageRow, Lookup
+from kiln.errors import BadInput
+from kiln.home import Home
+from kiln.recipe import RecipeFile, lockfile
+from kiln.recipe.lockfile import Deb, Lock
+from kiln.store.layout import Layout
+from kiln.store.stored import StoredImage
+
+if TYPE_CHECKING:
+    from kiln.catalog import Catalog
+
+Log = Callable[[str], None]
+
+
+class Stores(Protocol):
+    """Where a bake reads and writes: kiln.app's Workspace is one."""
+
+    @property
+    def home(self) -> Home: ...
+    @property
+    def layout(self) -> Layout: ...
+    @property
+    def lookup(self) -> Lookup: ...
+    @property
+    def catalog(self) -> Catalog: ...
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The image a recipe goes on top of, as the catalog and the store give it."""
+
+    row: ImageRow
+    image: StoredImage
+    packages: list[Deb]
+
+
+def _key(recipe: RecipeFile, parent: Parent | None, lock: Lock | None, options: Options) -> str:
+    spec = recipe.recipe.image.bootstrap
+    return cachekey.compute(
+        recipe,
+        parent.image.digest if parent else None,
+        use_lock=lock is not None,
+        sources=debian.sources(spec, options.mirror) if spec is not None else None,
+    )
+
+
+def read_lock(recipe: RecipeFile, parent: Parent | None, options: Options) -> Lock | None:
+    """The recipe's lock, once per bake; a stale one is refused (exit 2)."""
+    path = lockfile.lock_path(recipe.path)
+    if options.ignore_lock or not path.is_file():
+        return None
+    lock = lockfile.parse(path)
+    why = lockfile.stale(lock, recipe.recipe.packages.apt, parent.image.digest if parent else None)
+    if why is not None:
+        raise BadInput(f"{path} is stale: {why}", hint=f"re-resolve it: kiln lock {recipe.path}")
+    return lock
+
+
+def bake(
+    stores: Stores, recipe: RecipeFile, parent: Parent | None, options: Options, log: Log
+) -> BakeResult:
+    started = time.monotonic()
+    lock = read_lock(recipe, parent, options)
+    key = _key(recipe, parent, lock, options)
+    hit = _cached(stores, recipe, key, options, started)
+    if hit is not None:
+        return hit
+    home = stores.home
+    # One bake per cache key at a time: a second bake of the same inputs waits here, then
+    # finds the first one's image. Bakes of other inputs run side by side.
+    key_lock = home.locks / f"bake-{key}.lock"
+    key_lock.parent.mkdir(parents=True, exist_ok=True)
+    held_key = locks.hold(key_lock, wait=False)
+    if held_key is None:
+        log(f"{recipe.name}: waiting for another bake of the same inputs")
+        held_key = locks.hold(key_lock)
+    assert held_key is not None
+    with held_key:
+        hit = _cached(stores, recipe, key, options, started)
+        if hit is not None:
+            return hit
+        from kiln.bake import build  # the pipeline, and SQLAlchemy with it, only to build
+
+        build_dir, held = locks.owned_dir(home.builds, f"{recipe.name}-")
+        with held:  # released when the bake is over: then the folder is gone or kept
+            context = _context(stores, recipe, parent, options, key, build_dir, log)
+            context.lock = lock
+            context.source_date_epoch = (
+                lock.source_date_epoch
+                if lock is not None
+                else recipe.recipe.image.source_date_epoch
+            )
+            return build.bake(context)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a recipe's packages resolve to today, on top of its parent."""
+
+    parent_digest: str | None
+    packages: list[Deb]
+
+
+def resolve(
+    stores: Stores, recipe: RecipeFile, parent: Parent | None, options: Options, log: Log
+) -> Resolved:
+    """Bake ``recipe`` without its lock, up to the package record, and keep nothing.
+
+    This is kiln lock's resolution: apt and mmdebstrap choose the packages in a real root,
+    and the bake from the lock that follows makes the image. No image, layer or catalog row
+    comes of it, so a name never means an unlocked build.
+    """
+    from kiln.bake import build
+
+    key = _key(recipe, parent, None, options)
+    build_dir, held = locks.owned_dir(stores.home.builds, f"{recipe.name}-")
+    with held:
+        unlocked = replace(options, ignore_lock=True, no_cache=True)
+        context = _context(stores, recipe, parent, unlocked, key, build_dir, log)
+        context.source_date_epoch = recipe.recipe.image.source_date_epoch
+        build.resolve(context)
+    return Resolved(parent.image.digest if parent else None, list(context.packages))
+
+
+def _context(
+    stores: Stores,
+    recipe: RecipeFile,
+    parent: Parent | None,
+    options: Options,
+    key: str,
+    build_dir: Path,
+    log: Log,
+) -> BuildContext:
+    context = BuildContext(
+        home=stores.home,
+        layout=stores.layout,
+        catalog=stores.catalog,
+        recipe=recipe,
+        options=options,
+        cache_key=key,
+        parent=parent.image if parent else None,
+        parent_id=parent.row.id if parent else None,
+        build_dir=build_dir,
+        log=lambda message: log(f"{recipe.name}: {message}"),
+    )
+    context.parent_packages = list(parent.packages) if parent else []
+    return context
+
+
+def _cached(
+    stores: Stores, recipe: RecipeFile, key: str, options: Options, started: float
+) -> BakeResult | None:
+    hit = None if options.no_cache else stores.lookup.by_cache_key(key)
+    if hit is None or not stores.layout.has_blob(hit.digest):
+        return None
+    return BakeResult(
+        name=hit.name,
+        version=hit.version,
+        digest=hit.digest,
+        cache_key=key,
+        cached=True,
+        seconds=time.monotonic() - started,
+        recipe=str(recipe.path),
+    )
