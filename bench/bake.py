@@ -6,6 +6,7 @@
    with the same suite, variant, packages and mirrors. Target: kiln <= 1.15x.
 2. A no-change rebake of every example (`kiln bake examples/`, the whole process).
    Target: <= 2.5x `kiln --version`, the interpreter and import floor, measured beside it.
+   The same with a shared PostgreSQL catalog (a throw-away cluster) is reported beside.
 3. Layer capture throughput (tar -> sha256 -> gzip -> sha256 -> blob,
    kiln.store.layer.capture) against `tar -c | <the same compressor> | sha256sum` on the
    same tree (the unpacked base layer): ISA-L gzip at kiln's level, from the same pinned
@@ -32,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import postgres
 from bench.common import EXAMPLES, KILN, Row, median, timed
 from kiln.bake.bases.debian import mmdebstrap_argv, sources
 from kiln.recipe import load_recipe
@@ -86,11 +88,19 @@ def bench_locked(home: Path, runs: int, examples: Path, peer: float) -> Row:
     return Row("locked rebuild of base.toml", ours, peer, "mmdebstrap", "s", "< 1.0x", ours < peer)
 
 
-def bench_rebake(home: Path, runs: int, examples: Path) -> Row:
+def bench_rebake(home: Path, runs: int, examples: Path, catalog: str | None = None) -> Row:
+    """``catalog``: a KILN_CATALOG_URL (a shared PostgreSQL catalog), reported beside the
+    embedded SQLite one without a target: every question then goes through SQLAlchemy."""
     env = {"KILN_HOME": str(home)}
+    if catalog is not None:
+        env["KILN_CATALOG_URL"] = catalog
     timed([*KILN, "bake", str(examples)], env)  # bake what is missing; warms the page cache
     ours = median([timed([*KILN, "bake", str(examples)], env) for _ in range(max(runs, 5))])
     floor = median([timed([*KILN, "--version"], env) for _ in range(max(runs, 5))])
+    if catalog is not None:
+        return Row(
+            "  the same, PostgreSQL catalog", ours, floor, "kiln --version", "s", "reported", True
+        )
     return Row(
         "no-change rebake of examples/",
         ours,
@@ -100,6 +110,17 @@ def bench_rebake(home: Path, runs: int, examples: Path) -> Row:
         "<= 2.5x",
         ours <= 2.5 * floor,
     )
+
+
+def bench_rebake_postgres(home: Path, runs: int, examples: Path) -> Row | None:
+    """The rebake against a PostgreSQL catalog holding the same images: the store is
+    shared, the first bake into the empty catalog builds each image once more."""
+    try:
+        with postgres.cluster() as running:
+            return bench_rebake(home, runs, examples, running.database())
+    except postgres.Missing as exc:
+        print(f"no PostgreSQL row: {exc}", file=sys.stderr)
+        return None
 
 
 def _largest_layer(home: Path) -> Path:
@@ -188,13 +209,15 @@ def main() -> None:
         examples = scratch / "examples"
         shutil.copytree(EXAMPLES, examples, symlinks=True)
         base, home = bench_base(args.runs, scratch, examples)
-        rows = [
+        measured = [
             base,
             bench_rebake(home, args.runs, examples),
+            bench_rebake_postgres(home, args.runs, examples),
             bench_capture(home, args.runs, scratch),
             bench_locked(home, args.runs, examples, base.peer),
             bench_store_size(home),
         ]
+    rows = [row for row in measured if row is not None]
     if args.json:
         print(json.dumps([row.__dict__ for row in rows], indent=2))
     else:

@@ -6,19 +6,19 @@ costs tens of seconds); tests that change inputs work on a copy of the examples 
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from bench.postgres import Missing, Postgres, cluster
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -104,56 +104,11 @@ def fresh(tmp_path: Path) -> Iterator[Kiln]:
     yield Kiln(tmp_path / "home")
 
 
-def pg_bin(tool: str) -> str:
-    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{tool}"))
-    if not found:
-        pytest.fail("PostgreSQL is not installed: run scripts/setup")
-    return str(found[-1])
-
-
-def as_postgres(*argv: str) -> None:
-    result = subprocess.run(
-        ["runuser", "-u", "postgres", "--", *argv], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, f"{argv}: {result.stdout}{result.stderr}"
-
-
-@dataclass
-class Postgres:
-    """A throw-away PostgreSQL cluster on a Unix socket; each test takes databases of its own."""
-
-    sockets: Path
-    _numbers: itertools.count[int] = field(default_factory=itertools.count)
-
-    def database(self) -> str:
-        """A new, empty database, as an SQLAlchemy URL for KILN_CATALOG_URL."""
-        name = f"kiln{next(self._numbers)}"
-        as_postgres(pg_bin("createdb"), "-h", str(self.sockets), "-U", "postgres", name)
-        return f"postgresql+psycopg://postgres@/{name}?host={self.sockets}"
-
-
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
-    """One cluster for the whole session (starting one costs a few seconds).
-
-    PostgreSQL refuses to run as root, and the postgres user cannot enter pytest's private
-    temp folders: the cluster gets a folder of its own under /tmp.
-    """
-    base = Path(tempfile.mkdtemp(prefix="kiln-pg-"))
-    base.chmod(0o755)
-    data, sockets = base / "data", base / "run"
-    sockets.mkdir()
-    shutil.chown(base, "postgres", "postgres")
-    shutil.chown(sockets, "postgres", "postgres")
+    """One cluster for the whole session (starting one costs a few seconds)."""
     try:
-        as_postgres(pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
-        options = f"-k {sockets} -c listen_addresses=''"
-        as_postgres(
-            pg_bin("pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"), "-o", options, "start"
-        )
-        try:
-            yield Postgres(sockets)
-        finally:
-            as_postgres(pg_bin("pg_ctl"), "-D", str(data), "-w", "-m", "fast", "stop")
-    finally:
-        shutil.rmtree(base)
+        with cluster() as running:
+            yield running
+    except Missing as exc:
+        pytest.fail(str(exc))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -182,3 +183,32 @@ def test_no_cache_rebuilds_tiny_with_a_new_version(fresh: Kiln) -> None:
     first = fresh.json("bake", str(EXAMPLES / "tiny.toml"))
     second = fresh.json("bake", str(EXAMPLES / "tiny.toml"), "--no-cache")
     assert not second["cached"] and second["version"] == first["version"] + 1
+
+
+QUICK_PROBE = """
+import json, sys
+from kiln.cli.main import main
+sys.argv = ["kiln", "bake", "--json", sys.argv[1]]
+try:
+    main()
+finally:
+    heavy = ("sqlalchemy", "pydantic", "kiln.recipe.models", "kiln.bake.build")
+    print(json.dumps(sorted(m for m in heavy if m in sys.modules)), file=sys.stderr)
+"""
+
+
+def test_no_change_rebake_loads_neither_the_models_nor_sqlalchemy(baked: Kiln) -> None:
+    """A cache hit is answered from the memos and the catalog's plain-SQL lookup."""
+    baked.run("bake", str(EXAMPLES))  # leaves the memos, if an older bake did not
+    done = subprocess.run(
+        [sys.executable, "-c", QUICK_PROBE, str(EXAMPLES)],
+        env=baked.env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    results = json.loads(done.stdout)
+    assert all(r["cached"] for r in results)
+    images = {i["ref"]: i for i in baked.json("images")}
+    assert {r["ref"] for r in results} <= images.keys()
+    assert json.loads(done.stderr.strip().splitlines()[-1]) == []

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.postgres import Postgres
 from bench.soak import Home, at_once, leftover_entries, leftover_mounts, recipes
-from tests.integration.conftest import Kiln, Postgres
+from tests.integration.conftest import Kiln
 
 BAKES = 4
 SLEEP = 3

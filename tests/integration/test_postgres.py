@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import EXAMPLES, Kiln, Postgres
+from bench.postgres import Postgres
+from tests.integration.conftest import EXAMPLES, Kiln
 
 
 def test_catalog_in_postgresql(

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
+from bench.postgres import Postgres
 from kiln.catalog.revisions import HEAD
 from kiln.home import Home
-from tests.integration.conftest import REPO, Kiln, Postgres
+from tests.integration.conftest import REPO, Kiln
 from tests.unit.test_migrations import OPEN, differences, migrate_to
 
 OLD = "5b7c126"  # kiln 0.1.0, the release before catalog migrations

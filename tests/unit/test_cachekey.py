@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kiln.bake.cachekey import compute, inputs, tree_digest
+from kiln.bake.cachekey import compute, inputs
+from kiln.digests import tree_digest
 from kiln.recipe import load_recipe
 from kiln.recipe.lockfile import lock_path
 

@@ -14,6 +14,7 @@ from kiln import refs
 from kiln.catalog import Catalog, Image
 from kiln.catalog.db import Conflict
 from kiln.catalog.lookup import Lookup, open_sqlite, sqlite_path
+from kiln.digests import canonical_json
 from kiln.errors import BadInput, NotFound, StoreError
 from kiln.store.layout import (
     MEDIA_CONFIG,
@@ -23,7 +24,6 @@ from kiln.store.layout import (
     REF_ANNOTATION,
     Descriptor,
     Layout,
-    canonical_json,
 )
 
 

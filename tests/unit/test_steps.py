@@ -18,8 +18,8 @@ from pydantic import ValidationError
 
 from kiln import steps
 from kiln.bake import cachekey
-from kiln.bake.cachekey import materials, tree_digest
-from kiln.digests import file_sha256
+from kiln.bake.cachekey import materials
+from kiln.digests import file_sha256, tree_digest
 from kiln.errors import BadInput, KilnError, RecipeError
 from kiln.recipe import AnsibleStep, CopyStep, RunStep, load_recipe
 from kiln.recipe.models import STEP_KINDS, Recipe

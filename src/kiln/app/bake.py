@@ -2,23 +2,28 @@
 
 A recipe's parent is resolved here, through the one resolver: a recipe baked earlier in
 the same run is named by the ref that bake gave it; any other parent by the catalog.
+
+A bake whose every recipe is a cache hit is answered from the memos the last bake left
+(kiln.bake.memo), without loading the recipe models or SQLAlchemy; anything else takes
+the full path, whose modules load only then.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from kiln.app import resolve
 from kiln.app.workspace import Workspace
-from kiln.bake.bake import Parent, bake
-from kiln.bake.context import Options
-from kiln.bake.lock import LockResult, lock_one
-from kiln.bake.plan import parent_recipe, plan
+from kiln.bake import memo
+from kiln.bake.options import Options
 from kiln.bake.result import ONGOING, BakeResult
-from kiln.recipe import RecipeFile
-from kiln.recipe.lockfile import Deb
+from kiln.recipe.limits import recipe_paths
+
+if TYPE_CHECKING:
+    from kiln.bake.bake import Parent
+    from kiln.bake.lock import LockResult
+    from kiln.recipe import RecipeFile
 
 __all__ = ["ONGOING", "Options", "bake_path", "lock_path", "parent_of"]
 
@@ -28,6 +33,10 @@ T = TypeVar("T")
 
 def parent_of(workspace: Workspace, recipe: RecipeFile, ref: str | None) -> Parent | None:
     """The recipe's parent image: ``ref`` when an earlier bake of this run made it."""
+    from kiln.app import resolve
+    from kiln.bake.bake import Parent
+    from kiln.recipe.lockfile import Deb
+
     ref = ref or recipe.recipe.image.parent
     if ref is None:
         return None
@@ -42,9 +51,11 @@ def _each(
     workspace: Workspace,
     target: Path,
     one: Callable[[RecipeFile, Parent | None], tuple[T, BakeResult]],
-) -> tuple[list[T], list[RecipeFile]]:
+) -> list[T]:
     """Run ``one`` on every recipe of ``target`` in lineage order, each on its parent."""
-    ordered, named = plan(target)
+    from kiln.bake.plan import parent_recipe, plan
+
+    ordered, _named = plan(target)
     results: list[T] = []
     baked: dict[Path, str] = {}
     names: dict[str, str] = {}
@@ -53,13 +64,16 @@ def _each(
         result, made = one(recipe, parent)
         baked[recipe.path] = names[recipe.name] = made.ref
         results.append(result)
-    return results, named
+    return results
 
 
-def bake_path(
-    workspace: Workspace, target: Path, options: Options, log: Log
-) -> tuple[list[BakeResult], list[RecipeFile]]:
+def bake_path(workspace: Workspace, target: Path, options: Options, log: Log) -> list[BakeResult]:
     """Bake a recipe (with its recipe-path ancestors) or a folder of recipes."""
+    if not (options.no_cache or options.ignore_lock):
+        hits = memo.cached(workspace, recipe_paths(target), options.mirror)
+        if hits is not None:
+            return hits
+    from kiln.bake.bake import bake
 
     def one(recipe: RecipeFile, parent: Parent | None) -> tuple[BakeResult, BakeResult]:
         result = bake(workspace, recipe, parent, options, log)
@@ -73,9 +87,10 @@ def lock_path(
 ) -> list[LockResult]:
     """Lock a recipe (and its recipe-path ancestors) or a folder of recipes, in lineage
     order, baking each from its lock so its children lock against that image."""
+    from kiln.bake.lock import lock_one
 
     def one(recipe: RecipeFile, parent: Parent | None) -> tuple[LockResult, BakeResult]:
         result = lock_one(workspace, recipe, parent, update, options, log)
         return result, result.baked[-1]
 
-    return _each(workspace, target, one)[0]
+    return _each(workspace, target, one)

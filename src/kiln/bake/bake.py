@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from kiln import locks
-from kiln.bake import cachekey
+from kiln.bake import cachekey, memo
 from kiln.bake.bases import debian
-from kiln.bake.context import BuildContext, Options
+from kiln.bake.context import BuildContext
+from kiln.bake.options import Options
 from kiln.bake.result import BakeResult
 from kiln.catalog.lookup import ImageRow, Lookup
 from kiln.errors import BadInput
@@ -55,13 +56,29 @@ class Parent:
     packages: list[Deb]
 
 
-def _key(recipe: RecipeFile, parent: Parent | None, lock: Lock | None, options: Options) -> str:
+def _key(
+    recipe: RecipeFile, parent: Parent | None, lock: Lock | None, options: Options
+) -> tuple[str, memo.Entry]:
+    """The cache key; it also leaves the memo a rebake that changes nothing starts from."""
     spec = recipe.recipe.image.bootstrap
-    return cachekey.compute(
+    found = cachekey.materials(recipe)
+    document = cachekey.document(
         recipe,
         parent.image.digest if parent else None,
         use_lock=lock is not None,
         sources=debian.sources(spec, options.mirror) if spec is not None else None,
+        found=found,
+    )
+    return cachekey.key_of(document), memo.Entry(
+        path=recipe.path,
+        name=recipe.name,
+        parent=recipe.recipe.image.parent,
+        parent_path=recipe.parent_recipe_path(),
+        document={"kiln": document["kiln"], "recipe": document["recipe"]},
+        materials=[(m.key, str(m.source), m.kind, m.skip) for m in found],
+        lock_parent=lock.parent if lock is not None else None,
+        uses_lock=lock is not None,
+        sources=(spec.debian, spec.mirror, tuple(spec.components)) if spec else None,
     )
 
 
@@ -82,7 +99,8 @@ def bake(
 ) -> BakeResult:
     started = time.monotonic()
     lock = read_lock(recipe, parent, options)
-    key = _key(recipe, parent, lock, options)
+    key, entry = _key(recipe, parent, lock, options)
+    memo.remember(stores.home, recipe.digest, entry)
     hit = _cached(stores, recipe, key, options, started)
     if hit is not None:
         return hit
@@ -133,7 +151,7 @@ def resolve(
     """
     from kiln.bake import build
 
-    key = _key(recipe, parent, None, options)
+    key, _entry = _key(recipe, parent, None, options)
     build_dir, held = locks.owned_dir(stores.home.builds, f"{recipe.name}-")
     with held:
         unlocked = replace(options, ignore_lock=True, no_cache=True)

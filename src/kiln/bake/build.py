@@ -38,6 +38,7 @@ from kiln.bake.result import ONGOING, BakeResult
 from kiln.catalog.db import Conflict
 from kiln.catalog.models import Artefact, Image, Package
 from kiln.catalog.revisions import PENDING
+from kiln.digests import canonical_json
 from kiln.errors import KilnError, StepFailed, from_os_error
 from kiln.mounts import Overlay, remove_tree
 from kiln.rootpath import Root
@@ -46,7 +47,7 @@ from kiln.steps.target import Target
 from kiln.store import artefacts
 from kiln.store import layer as layers
 from kiln.store.gc import store_in_use
-from kiln.store.layout import MEDIA_CONFIG, MEDIA_MANIFEST, Descriptor, canonical_json
+from kiln.store.layout import MEDIA_CONFIG, MEDIA_MANIFEST, Descriptor
 
 # The end of a message that says what is starting (progress, not a result).
 

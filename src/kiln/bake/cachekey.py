@@ -8,9 +8,6 @@ pipeline and step kinds.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,41 +15,10 @@ from typing import Any, Literal
 from kiln import steps
 from kiln.bake import packages, seal, services
 from kiln.bake.bases import debian, imported
-from kiln.digests import file_sha256
+from kiln.digests import file_sha256, json_sha256, tree_digest
 from kiln.recipe import RecipeFile, lockfile
-from kiln.store.layout import canonical_json
 
 PIPELINE_VERSION = 1
-
-
-def tree_digest(path: Path, skip_suffixes: tuple[str, ...] = ()) -> str:
-    """Digest of a file or folder: names, types, modes, link targets and contents.
-
-    Entries whose names end with one of ``skip_suffixes`` are left out.
-    """
-    entries: list[list[Any]] = []
-
-    def entry(full: Path, rel: str) -> None:
-        st = full.lstat()
-        mode = stat.S_IMODE(st.st_mode)
-        if stat.S_ISLNK(st.st_mode):
-            entries.append([rel, "link", os.readlink(full)])
-        elif stat.S_ISDIR(st.st_mode):
-            entries.append([rel, "dir", mode])
-        else:
-            entries.append([rel, "file", mode, file_sha256(full)])
-
-    entry(path, ".")  # a file and a folder holding that file differ
-    if path.is_dir() and not path.is_symlink():
-        entries[0] = [".", "dir"]  # the top folder's own mode is not copied
-        for dirpath, dirnames, filenames in os.walk(path):
-            dirnames.sort()
-            for name in sorted(dirnames + filenames):
-                if name.endswith(skip_suffixes):
-                    continue
-                full = Path(dirpath) / name
-                entry(full, str(full.relative_to(path)))
-    return hashlib.sha256(canonical_json(entries)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -64,6 +30,8 @@ class Material:
     path: str
     kind: Literal["file", "tree"]
     digest: str
+    source: Path  # where it is read from, absolute
+    skip: tuple[str, ...] = ()  # names a tree digest leaves out
 
 
 def materials(recipe: RecipeFile) -> list[Material]:
@@ -74,15 +42,15 @@ def materials(recipe: RecipeFile) -> list[Material]:
             path = item.locate(recipe.folder, relative)
             key = f"steps[{index}].{item.label}"
             if item.kind == "file":
-                out.append(Material(key, relative, "file", file_sha256(path)))
+                out.append(Material(key, relative, "file", file_sha256(path), path))
                 continue
             shown = relative if item.kind == "tree" else _relative(path, recipe.folder)
-            out.append(Material(key, shown, "tree", tree_digest(path, skip_suffixes=item.skip)))
+            digest = tree_digest(path, skip_suffixes=item.skip)
+            out.append(Material(key, shown, "tree", digest, path, tuple(item.skip)))
     imported = recipe.recipe.image.import_
     if imported is not None:
-        out.append(
-            Material("image.import", imported, "file", file_sha256(recipe.resolve(imported)))
-        )
+        source = recipe.resolve(imported)
+        out.append(Material("image.import", imported, "file", file_sha256(source), source))
     return out
 
 
@@ -95,6 +63,48 @@ def inputs(recipe: RecipeFile) -> dict[str, str]:
     return {material.key: material.digest for material in materials(recipe)}
 
 
+def kiln_versions() -> dict[str, Any]:
+    """The versions of kiln's pipeline, stages and step kinds: a change to what any of
+    them writes into an image bumps one, and every image made with it is rebaked."""
+    return {
+        "pipeline": PIPELINE_VERSION,
+        "steps": steps.versions(),
+        "packages": packages.VERSION,
+        "services": services.VERSION,
+        "seal": seal.VERSION,
+        "debian": debian.VERSION,
+        "import": imported.VERSION,
+    }
+
+
+def document(
+    recipe: RecipeFile,
+    parent_digest: str | None,
+    *,
+    use_lock: bool = True,
+    sources: list[str] | None = None,
+    found: list[Material] | None = None,
+) -> dict[str, Any]:
+    """Everything the key is made of. ``use_lock``: the lock beside the recipe counts
+    (kiln lock's resolving bake ignores it); ``sources``: for a Debian base, the mirror
+    lines that end up in its sources.list; ``found``: the recipe's materials, if known."""
+    lock = lockfile.lock_path(recipe.path)
+    lock_digest = file_sha256(lock) if use_lock and lock.is_file() else None
+    listed = materials(recipe) if found is None else found
+    return {
+        "kiln": kiln_versions(),
+        "parent": parent_digest,
+        "recipe": recipe.recipe.model_dump(mode="json", by_alias=True),
+        "inputs": {material.key: material.digest for material in listed},
+        "lock": lock_digest,
+        "sources": sources,
+    }
+
+
+def key_of(document: dict[str, Any]) -> str:
+    return json_sha256(document)
+
+
 def compute(
     recipe: RecipeFile,
     parent_digest: str | None,
@@ -102,25 +112,5 @@ def compute(
     use_lock: bool = True,
     sources: list[str] | None = None,
 ) -> str:
-    """The key of a bake. ``use_lock``: the lock beside the recipe counts (kiln lock's
-    resolving bake ignores it); ``sources``: for a Debian base, the mirror lines that end
-    up in its sources.list."""
-    lock = lockfile.lock_path(recipe.path)
-    lock_digest = file_sha256(lock) if use_lock and lock.is_file() else None
-    document = {
-        "kiln": {
-            "pipeline": PIPELINE_VERSION,
-            "steps": steps.versions(),
-            "packages": packages.VERSION,
-            "services": services.VERSION,
-            "seal": seal.VERSION,
-            "debian": debian.VERSION,
-            "import": imported.VERSION,
-        },
-        "parent": parent_digest,
-        "recipe": recipe.recipe.model_dump(mode="json", by_alias=True),
-        "inputs": inputs(recipe),
-        "lock": lock_digest,
-        "sources": sources,
-    }
-    return hashlib.sha256(canonical_json(document)).hexdigest()
+    """The key of a bake (see :func:`document`)."""
+    return key_of(document(recipe, parent_digest, use_lock=use_lock, sources=sources))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln.bake.debcache import PackageCache
+from kiln.bake.options import Options
 from kiln.home import Home
 from kiln.mounts import Overlay
 from kiln.recipe import RecipeFile
@@ -19,14 +20,6 @@ from kiln.store.stored import StoredImage
 
 if TYPE_CHECKING:
     from kiln.catalog import Catalog
-
-
-@dataclass(frozen=True)
-class Options:
-    no_cache: bool = False
-    keep_on_error: bool = False
-    mirror: str | None = None
-    ignore_lock: bool = False  # resolve afresh against the mirror (kiln lock)
 
 
 @dataclass

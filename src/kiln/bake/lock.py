@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kiln.bake.bake import Parent, Stores, bake, resolve
-from kiln.bake.context import Options
+from kiln.bake.options import Options
 from kiln.bake.result import BakeResult
 from kiln.errors import KilnError, RecipeError
 from kiln.recipe import RecipeFile, lockfile

@@ -12,7 +12,7 @@ from pathlib import Path
 from kiln import refs
 from kiln.errors import BadInput
 from kiln.recipe import RecipeFile, load_recipes
-from kiln.recipe.load import recipe_paths
+from kiln.recipe.limits import recipe_paths
 
 
 def plan(target: Path) -> tuple[list[RecipeFile], list[RecipeFile]]:

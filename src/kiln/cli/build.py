@@ -84,7 +84,7 @@ def bake(
 
     options = Options(no_cache=no_cache, keep_on_error=on_error == "keep", mirror=mirror)
     with progress("baking", verbose) as log, opened() as workspace:
-        results, _named = bake_path(workspace, path, options, log)
+        results = bake_path(workspace, path, options, log)
     if as_json:
         data = [r.to_json() for r in results]
         print_json(data if path.is_dir() else data[-1])

@@ -184,3 +184,26 @@ def special_entries(top: Path) -> tuple[list[str], int]:
                 elif not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
                     bad.append(f"{kind_of(mode)} '{os.path.relpath(entry.path, top)}'")
     return bad, seen
+
+
+def stat_or_why(path: Path) -> os.stat_result | str:
+    """The file's stat (following symlinks), or why there is none, in words."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return os_reason(exc)
+    except ValueError:
+        return "holds a NUL character"
+
+
+def recipe_paths(target: Path) -> list[Path]:
+    """A recipe file, or every *.toml directly inside a folder."""
+    found_stat = stat_or_why(target)
+    if not isinstance(found_stat, str) and stat.S_ISDIR(found_stat.st_mode):
+        found = sorted(p for p in target.glob("*.toml") if not isinstance(stat_or_why(p), str))
+        if not found:
+            raise NotFound(f"no *.toml recipes in {target}")
+        return found
+    return [target]

@@ -84,18 +84,6 @@ def _pydantic_problems(file: str, index: LineIndex, error: ValidationError) -> l
     return problems
 
 
-def _stat(path: Path) -> os.stat_result | str:
-    """The file's stat (following symlinks), or why there is none, in words."""
-    try:
-        return os.stat(path)
-    except FileNotFoundError:
-        return "does not exist"
-    except OSError as exc:
-        return limits.os_reason(exc)
-    except ValueError:
-        return "holds a NUL character"
-
-
 def _real(path: Path) -> Path:
     """``path`` with every symlink resolved; a loop is left unresolved (stat reports it)."""
     return Path(os.path.realpath(path))
@@ -129,7 +117,7 @@ def _raw_problems(file: str, folder: Path, index: LineIndex, raw: dict[str, Any]
                 "keep inputs beside the recipe",
             )
             return
-        found = _stat(target)
+        found = limits.stat_or_why(target)
         if isinstance(found, str):
             problem(path, f"'{relative}' {found} (looked for {target})")
             return
@@ -189,7 +177,7 @@ def _raw_problems(file: str, folder: Path, index: LineIndex, raw: dict[str, Any]
     parent = image.get("parent")
     if isinstance(parent, str) and "\0" not in parent:
         if is_recipe_path(parent):
-            found = _stat(_real(folder / parent))
+            found = limits.stat_or_why(_real(folder / parent))
             if isinstance(found, str) or not stat.S_ISREG(found.st_mode):
                 why = found if isinstance(found, str) else f"is {limits.kind_of(found.st_mode)}"
                 problem(("image", "parent"), f"parent recipe '{parent}' {why}")
@@ -202,7 +190,7 @@ def _raw_problems(file: str, folder: Path, index: LineIndex, raw: dict[str, Any]
     imported = image.get("import")
     if isinstance(imported, str) and imported and "\0" not in imported:
         target = _real(folder / imported)
-        found = _stat(target)
+        found = limits.stat_or_why(target)
         if isinstance(found, str):
             problem(("image", "import"), f"'{imported}' {found} (looked for {target})")
         elif not stat.S_ISREG(found.st_mode):
@@ -291,7 +279,7 @@ def _lock_problems(recipe: Path) -> list[Problem]:
     lock = recipe.with_name(recipe.name + ".lock")
     if not os.path.lexists(lock):
         return []
-    found = _stat(lock)
+    found = limits.stat_or_why(lock)
     if isinstance(found, str):
         message = f"the lock file {found}"
     elif not stat.S_ISREG(found.st_mode):
@@ -301,17 +289,6 @@ def _lock_problems(recipe: Path) -> list[Problem]:
     else:
         return []
     return [Problem(str(lock), None, "", message)]
-
-
-def recipe_paths(target: Path) -> list[Path]:
-    """A recipe file, or every *.toml directly inside a folder."""
-    found_stat = _stat(target)
-    if not isinstance(found_stat, str) and stat.S_ISDIR(found_stat.st_mode):
-        found = sorted(p for p in target.glob("*.toml") if not isinstance(_stat(p), str))
-        if not found:
-            raise NotFound(f"no *.toml recipes in {target}")
-        return found
-    return [target]
 
 
 def load_recipes(paths: Iterable[Path]) -> list[RecipeFile]:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from kiln import locks, proc
 from kiln.atomic import write_atomic
-from kiln.store.layout import REF_ANNOTATION, Descriptor, Layout, canonical_json
+from kiln.digests import canonical_json
+from kiln.store.layout import REF_ANNOTATION, Descriptor, Layout
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 from kiln import locks
 from kiln.atomic import fsync_dir, write_atomic
-from kiln.digests import file_sha256
+from kiln.digests import canonical_json, file_sha256
 from kiln.errors import NotFound, StoreError
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -35,10 +35,6 @@ FSCK_HINT = (
     "run 'kiln fsck' to check the whole store; then rebake the image, "
     "or put the blob back from a copy of the store"
 )
-
-
-def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @dataclass(frozen=True)
