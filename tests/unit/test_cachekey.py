@@ -135,8 +135,13 @@ def change_target(recipe: Path) -> None:
     recipe.write_text(RECIPE.replace("/var/www/html/", "/srv/www/"))
 
 
+def lock_text(version: str) -> str:
+    sha = "ab" * 32
+    return f"parent -\nsource-date-epoch 1\npackage nginx-light amd64 {version} {sha}\n"
+
+
 def add_lock(recipe: Path) -> None:
-    lock_path(recipe).write_text("nginx-light=1.22.1-9\n")
+    lock_path(recipe).write_text(lock_text("1.22.1-9"))
 
 
 @pytest.mark.parametrize(
@@ -165,9 +170,9 @@ def test_key_changes_when_the_lock_file_changes(recipe: Path) -> None:
     lock = recipe.with_name("web.toml.lock")
     assert lock_path(recipe) == lock
     unlocked = key_of(recipe)
-    lock.write_text("nginx-light=1.22.1-9\n")
+    lock.write_text(lock_text("1.22.1-9"))
     first = key_of(recipe)
-    lock.write_text("nginx-light=1.22.1-10\n")
+    lock.write_text(lock_text("1.22.1-10"))
     second = key_of(recipe)
     assert len({unlocked, first, second}) == 3
     lock.unlink()

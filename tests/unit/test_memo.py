@@ -58,8 +58,8 @@ def full_bake(workspace: Workspace, folder: Path) -> dict[str, str]:
             row = ImageRow(1, "tiny", 1, digest, "", keys["tiny"], None, "", "")
             image = StoredImage("tiny:1", Descriptor(MEDIA_MANIFEST, digest, 2), {}, ())
             parent = Parent(row, image, [])
-        key, entry = _key(recipe, parent, None, Options())
-        memo.remember(workspace.home, recipe.digest, entry)
+        key, _found, entry = _key(recipe, parent, None, Options())
+        memo.remember(workspace.home, recipe.digest, None, entry)
         blob = workspace.layout.put_bytes(f'{{"v":{version}}}'.encode(), MEDIA_MANIFEST)
         with workspace.catalog.session() as session:
             session.add(

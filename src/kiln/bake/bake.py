@@ -58,27 +58,31 @@ class Parent:
 
 def _key(
     recipe: RecipeFile, parent: Parent | None, lock: Lock | None, options: Options
-) -> tuple[str, memo.Entry]:
+) -> tuple[str, list[cachekey.Material], memo.Entry]:
     """The cache key; it also leaves the memo a rebake that changes nothing starts from."""
     spec = recipe.recipe.image.bootstrap
     found = cachekey.materials(recipe)
     document = cachekey.document(
         recipe,
         parent.image.digest if parent else None,
-        use_lock=lock is not None,
+        lock=lock,
         sources=debian.sources(spec, options.mirror) if spec is not None else None,
         found=found,
     )
-    return cachekey.key_of(document), memo.Entry(
-        path=recipe.path,
-        name=recipe.name,
-        parent=recipe.recipe.image.parent,
-        parent_path=recipe.parent_recipe_path(),
-        document={"kiln": document["kiln"], "recipe": document["recipe"]},
-        materials=[(m.key, str(m.source), m.kind, m.skip) for m in found],
-        lock_parent=lock.parent if lock is not None else None,
-        uses_lock=lock is not None,
-        sources=(spec.debian, spec.mirror, tuple(spec.components)) if spec else None,
+    return (
+        cachekey.key_of(document),
+        found,
+        memo.Entry(
+            path=recipe.path,
+            name=recipe.name,
+            parent=recipe.recipe.image.parent,
+            parent_path=recipe.parent_recipe_path(),
+            document={"kiln": document["kiln"], "recipe": document["recipe"]},
+            materials=[(m.key, str(m.source), m.kind, m.skip) for m in found],
+            lock_parent=lock.parent if lock is not None else None,
+            uses_lock=lock is not None,
+            sources=(spec.debian, spec.mirror, tuple(spec.components)) if spec else None,
+        ),
     )
 
 
@@ -99,8 +103,8 @@ def bake(
 ) -> BakeResult:
     started = time.monotonic()
     lock = read_lock(recipe, parent, options)
-    key, entry = _key(recipe, parent, lock, options)
-    memo.remember(stores.home, recipe.digest, entry)
+    key, found, entry = _key(recipe, parent, lock, options)
+    memo.remember(stores.home, recipe.digest, lock.digest if lock else None, entry)
     hit = _cached(stores, recipe, key, options, started)
     if hit is not None:
         return hit
@@ -123,7 +127,7 @@ def bake(
         build_dir, held = locks.owned_dir(home.builds, f"{recipe.name}-")
         with held:  # released when the bake is over: then the folder is gone or kept
             context = _context(stores, recipe, parent, options, key, build_dir, log)
-            context.lock = lock
+            context.lock, context.materials = lock, found
             context.source_date_epoch = (
                 lock.source_date_epoch
                 if lock is not None
@@ -151,11 +155,12 @@ def resolve(
     """
     from kiln.bake import build
 
-    key, _entry = _key(recipe, parent, None, options)
+    key, found, _entry = _key(recipe, parent, None, options)
     build_dir, held = locks.owned_dir(stores.home.builds, f"{recipe.name}-")
     with held:
         unlocked = replace(options, ignore_lock=True, no_cache=True)
         context = _context(stores, recipe, parent, unlocked, key, build_dir, log)
+        context.materials = found
         context.source_date_epoch = recipe.recipe.image.source_date_epoch
         build.resolve(context)
     return Resolved(parent.image.digest if parent else None, list(context.packages))

@@ -17,6 +17,7 @@ from kiln.bake import packages, seal, services
 from kiln.bake.bases import debian, imported
 from kiln.digests import file_sha256, json_sha256, tree_digest
 from kiln.recipe import RecipeFile, lockfile
+from kiln.recipe.lockfile import Lock
 
 PIPELINE_VERSION = 1
 
@@ -81,15 +82,15 @@ def document(
     recipe: RecipeFile,
     parent_digest: str | None,
     *,
-    use_lock: bool = True,
+    lock: Lock | None,
     sources: list[str] | None = None,
     found: list[Material] | None = None,
 ) -> dict[str, Any]:
-    """Everything the key is made of. ``use_lock``: the lock beside the recipe counts
-    (kiln lock's resolving bake ignores it); ``sources``: for a Debian base, the mirror
-    lines that end up in its sources.list; ``found``: the recipe's materials, if known."""
-    lock = lockfile.lock_path(recipe.path)
-    lock_digest = file_sha256(lock) if use_lock and lock.is_file() else None
+    """Everything the key is made of. ``lock``: the lock the bake is made from (None for
+    kiln lock's resolving bake, which ignores it); ``sources``: for a Debian base, the
+    mirror lines that end up in its sources.list; ``found``: the recipe's materials, if
+    already hashed."""
+    lock_digest = lock.digest if lock is not None else None
     listed = materials(recipe) if found is None else found
     return {
         "kiln": kiln_versions(),
@@ -112,5 +113,8 @@ def compute(
     use_lock: bool = True,
     sources: list[str] | None = None,
 ) -> str:
-    """The key of a bake (see :func:`document`)."""
-    return key_of(document(recipe, parent_digest, use_lock=use_lock, sources=sources))
+    """The key of a bake (see :func:`document`); ``use_lock``: the lock beside the recipe
+    counts, if there is one."""
+    path = lockfile.lock_path(recipe.path)
+    lock = lockfile.parse(path) if use_lock and path.is_file() else None
+    return key_of(document(recipe, parent_digest, lock=lock, sources=sources))

@@ -19,6 +19,7 @@ from kiln.store.layout import Layout
 from kiln.store.stored import StoredImage
 
 if TYPE_CHECKING:
+    from kiln.bake.cachekey import Material
     from kiln.catalog import Catalog
 
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 class BuildContext:
     """One bake's state. Who writes what, in pipeline order (kiln.bake.build.STAGES):
 
-    - the caller (kiln.bake.bake): the constructor's arguments, then ``lock``,
+    - the caller (kiln.bake.bake): the constructor's arguments, then ``lock``, ``materials``,
       ``source_date_epoch`` and ``parent_packages``, before the first stage;
     - ``__post_init__``: ``root`` and ``layer_source`` (both the plain root);
     - prepare_root: ``overlay`` and ``layer_source`` (its upper dir) on a parent,
@@ -53,6 +54,7 @@ class BuildContext:
     root: Path = field(init=False)  # the tree steps change (an overlay mount, or a plain dir)
     layer_source: Path = field(init=False)  # what becomes the new layer (upper dir, or root)
     lock: Lock | None = None
+    materials: list[Material] = field(default_factory=list)  # hashed once, for key and provenance
     source_date_epoch: int | None = None
     debs: dict[tuple[str, str, str], Deb] = field(default_factory=dict)  # .debs seen in the bake
     packages: list[Deb] = field(default_factory=list)  # what the image holds, sha256 if known

@@ -85,8 +85,7 @@ def _lock_path(recipe: Path) -> Path:
     return recipe.with_name(recipe.name + ".lock")
 
 
-def _memo_path(home: Home, recipe: Path, recipe_digest: str, lock: bytes | None) -> Path:
-    lock_digest = hashlib.sha256(lock).hexdigest() if lock is not None else None
+def _memo_path(home: Home, recipe: Path, recipe_digest: str, lock_digest: str | None) -> Path:
     key = json_sha256([fingerprint(), str(recipe), recipe_digest, lock_digest])
     return home.root / "cache" / "recipes" / f"{key}.json"
 
@@ -144,13 +143,12 @@ class Entry:
         )
 
 
-def remember(home: Home, recipe_digest: str, entry: Entry) -> None:
+def remember(home: Home, recipe_digest: str, lock_digest: str | None, entry: Entry) -> None:
     """Leave the memo of a recipe whose key the full path just computed. A memo only
     saves time: one that cannot be written (a full disk) is left out, and the bake goes
     on to meet the disk itself."""
     try:
-        lock = _lock_bytes(entry.path) if entry.uses_lock else None
-        path = _memo_path(home, entry.path, recipe_digest, lock)
+        path = _memo_path(home, entry.path, recipe_digest, lock_digest)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, canonical_json(entry.to_json()))
     except (OSError, KilnError):
@@ -160,7 +158,8 @@ def remember(home: Home, recipe_digest: str, entry: Entry) -> None:
 def _recall(home: Home, recipe: Path) -> Entry | None:
     data = limits.read_regular(recipe, limits.MAX_RECIPE_BYTES, "recipe")
     lock = _lock_bytes(recipe)
-    memo = _memo_path(home, recipe, hashlib.sha256(data).hexdigest(), lock)
+    lock_digest = hashlib.sha256(lock).hexdigest() if lock is not None else None
+    memo = _memo_path(home, recipe, hashlib.sha256(data).hexdigest(), lock_digest)
     if not memo.is_file():
         return None
     entry = Entry.from_json(json.loads(memo.read_bytes()))

@@ -12,10 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kiln import __version__
-from kiln.bake import cachekey
 from kiln.bake.context import BuildContext
 from kiln.bake.sbom import purl
-from kiln.digests import file_sha256
 from kiln.recipe import lockfile
 
 MEDIA_TYPE = "application/vnd.in-toto+json"
@@ -50,9 +48,9 @@ def statement(
     lock = lockfile.lock_path(recipe.path)
     if context.lock is not None:
         dependencies.append(
-            {"name": "lock", "uri": f"file:{lock.name}", "digest": _sha(file_sha256(lock))}
+            {"name": "lock", "uri": f"file:{lock.name}", "digest": _sha(context.lock.digest)}
         )
-    for material in sorted(cachekey.materials(recipe), key=lambda m: m.key):
+    for material in sorted(context.materials, key=lambda m: m.key):
         dependencies.append(
             {
                 "name": material.key,

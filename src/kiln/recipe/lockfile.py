@@ -12,6 +12,7 @@ architecture, version and the sha256 of the .deb. The file sits beside the recip
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class Lock:
     parent: str | None  # manifest digest of the parent image, None for a base
     source_date_epoch: int
     packages: tuple[Deb, ...] = field(default=())
+    digest: str = field(default="", compare=False)  # sha256 of the file it was read from
 
     def by_key(self) -> dict[tuple[str, str, str], Deb]:
         return {deb.key: deb for deb in self.packages}
@@ -163,7 +165,7 @@ def parse(path: Path) -> Lock:
     if problems:
         raise RecipeError(problems[:50], hint=hint, what="lock file")
     assert epoch is not None
-    return Lock(parent, epoch, tuple(sorted(packages)))
+    return Lock(parent, epoch, tuple(sorted(packages)), hashlib.sha256(data).hexdigest())
 
 
 def stale(lock: Lock, packages: Iterable[str], parent_digest: str | None) -> str | None:
