@@ -378,3 +378,15 @@ def test_by_cache_key_ignores_failed_images(lookup: Lookup) -> None:
     assert lookup.by_cache_key(good.cache_key) == good
     failed_key = hashlib.sha256(b"key web:4").hexdigest()
     assert lookup.by_cache_key(failed_key) is None
+
+
+def test_a_version_number_is_never_handed_out_twice(filled: Catalog) -> None:
+    """The counter outlives the rows: gc removing the newest versions gives no number back."""
+    with filled.session() as session:
+        assert filled.next_version(session, "web") == 5
+    with filled.session() as session:
+        for row in session.query(Image).filter(Image.name == "web", Image.version >= 3):
+            session.delete(row)
+    with filled.session() as session:
+        assert filled.next_version(session, "web") == 6
+        assert filled.next_version(session, "web") == 7

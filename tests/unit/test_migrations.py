@@ -147,8 +147,12 @@ def test_a_catalog_at_the_first_revision_is_upgraded(tmp_path: Path) -> None:
     write_rows(path, 5)
     # the comparison sees what the first revision lacks: it can fail
     found = differences(url)
-    assert found[0][0] == "remove_table" and found[0][1].name == "kiln_schema"
-    assert found[1][0][:4] == ("modify_type", None, "images", "size")
+    removed = [d[1].name for d in found if isinstance(d, tuple) and d[0] == "remove_table"]
+    added = {d[1].name for d in found if isinstance(d, tuple) and d[0] == "add_table"}
+    types = [d[0][:4] for d in found if isinstance(d, list)]
+    assert removed == ["kiln_schema"]
+    assert added == {"events", "image_names", "channel_assignments", "revocations", "signatures"}
+    assert ("modify_type", None, "images", "size") in types
     result = migrate.upgrade(Catalog(url, upgrade=False))
     assert result.before.state == "behind" and result.applied == list(REVISIONS[1:])
     again = migrate.upgrade(Catalog(url, upgrade=False))

@@ -8,11 +8,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy import Engine, create_engine, event, func, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from kiln.catalog.lifecycle import ImageName
 from kiln.catalog.lookup import Lookup
 from kiln.catalog.models import Image
 from kiln.catalog.revisions import HEAD, PENDING
@@ -138,7 +139,24 @@ class Catalog:
     # queries
     @staticmethod
     def next_version(session: Session, name: str) -> int:
+        """Take the next version number of ``name``, in the caller's write transaction.
+
+        The counter in ``image_names`` only goes up (one UPDATE ... RETURNING, so two
+        PostgreSQL transactions cannot both read the same value), and it outlives the
+        rows gc removes: a number is never handed out twice. A name that is new gets a
+        row; a rival inserting it first is a unique clash, and the caller tries again.
+        """
+        taken = session.execute(
+            update(ImageName)
+            .where(ImageName.name == name)
+            .values(last_version=ImageName.last_version + 1)
+            .returning(ImageName.last_version)
+        ).scalar()
+        if taken is not None:
+            return int(taken)
         current = session.scalar(select(func.max(Image.version)).where(Image.name == name))
+        session.add(ImageName(name=name, last_version=(current or 0) + 1))
+        session.flush()
         return (current or 0) + 1
 
     @staticmethod
