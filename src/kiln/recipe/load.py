@@ -67,7 +67,9 @@ def inside(path: Path, folder: Path) -> bool:
     return path == folder or path.is_relative_to(folder)
 
 
-def _pydantic_problems(file: str, index: LineIndex, error: ValidationError) -> list[Problem]:
+def pydantic_problems(
+    file: str, index: LineIndex, error: ValidationError, reference: str = "docs/recipes.md"
+) -> list[Problem]:
     problems = []
     for item in error.errors():
         loc: list[str | int] = list(item["loc"])
@@ -77,7 +79,7 @@ def _pydantic_problems(file: str, index: LineIndex, error: ValidationError) -> l
         loc = ["import" if part == "import_" else part for part in loc]
         message = item["msg"]
         if item["type"] == "extra_forbidden":
-            message = "unknown key (check its spelling against docs/recipes.md)"
+            message = f"unknown key (check its spelling against {reference})"
         elif message.startswith("Value error, "):
             message = message[len("Value error, ") :]
         problems.append(Problem(file, index.line_of(loc), format_path(loc), message))
@@ -202,7 +204,7 @@ def _raw_problems(file: str, folder: Path, index: LineIndex, raw: dict[str, Any]
     return problems
 
 
-def _parse(file: str, data: bytes) -> tuple[str, dict[str, Any]]:
+def parse_toml(file: str, data: bytes) -> tuple[str, dict[str, Any]]:
     def fail(line: int | None, message: str) -> RecipeError:
         return RecipeError([Problem(file, line, "", message)])
 
@@ -244,7 +246,7 @@ def load_recipe(path: Path) -> RecipeFile:
         data = limits.read_regular(given, limits.MAX_RECIPE_BYTES, "recipe")
     except NotFound:
         raise NotFound(f"no recipe at {path}", hint="give the path of a .toml recipe") from None
-    text, raw = _parse(file, data)
+    text, raw = parse_toml(file, data)
 
     index = LineIndex(text)
     problems: list[Problem] = []
@@ -262,7 +264,7 @@ def load_recipe(path: Path) -> RecipeFile:
         except ValidationError as exc:
             flagged_text = {format_path(p) for p in flagged}
             problems = [
-                p for p in _pydantic_problems(file, index, exc) if p.path not in flagged_text
+                p for p in pydantic_problems(file, index, exc) if p.path not in flagged_text
             ] + problems
     if problems:
         problems.sort(key=lambda p: p.line or 0)

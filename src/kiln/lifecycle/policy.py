@@ -1,0 +1,194 @@
+"""The policy file: what a promotion needs per channel, which keys kiln trusts, what gc keeps.
+
+```toml
+# kiln.toml, beside the recipes
+[trust]
+keys = ["keys/release.pub"]     # trusted public keys (PEM), relative to this file
+require_signatures = false      # kiln run refuses an image without a valid signature
+
+[channels.staging]
+tests = true                    # a passed `kiln test` of this exact digest
+after = "dev"                   # it was in channel dev first ...
+soak = "1h"                     # ... for at least this long
+
+[channels.prod]
+tests = true
+converge = true                 # that test run also converged
+signed = true                   # a valid signature by a trusted key
+after = "staging"
+soak = "24h"
+
+[retention]                     # kiln gc; flags override
+keep_last = 5
+keep_younger_than = "30d"
+keep_channel_history = "14d"
+```
+
+It is validated like a recipe (every problem at once, with file:line and key path; exit 2).
+Which file: ``--policy PATH``, else ``KILN_POLICY``, else ``kiln.toml`` in the current
+folder, else ``$KILN_HOME/kiln.toml``; without one there are no gates, no trust policy and
+gc keeps what its flags say. Commands that apply a policy say which file they used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+
+from kiln import refs
+from kiln.errors import NotFound, Problem, RecipeError
+from kiln.home import Home
+from kiln.recipe import limits
+from kiln.recipe.load import parse_toml, pydantic_problems
+from kiln.recipe.locate import LineIndex
+from kiln.schema import Model
+
+NAME = "kiln.toml"
+MAX_POLICY_BYTES = 1 << 20
+DURATION_RE = re.compile(r"^([0-9]+)(s|m|h|d|w)$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def seconds(value: str) -> int:
+    """A duration as a policy writes it: 30s, 15m, 24h, 7d, 2w."""
+    match = DURATION_RE.match(value)
+    if not match:
+        raise ValueError(f"'{value}' is not a duration like 30s, 15m, 24h, 7d or 2w")
+    return int(match.group(1)) * UNITS[match.group(2)]
+
+
+def _duration(value: str | None) -> str | None:
+    if value is not None:
+        seconds(value)
+    return value
+
+
+class Gates(Model):
+    """What a promotion into one channel needs."""
+
+    tests: bool = False
+    converge: bool = False
+    signed: bool = False
+    after: str | None = None
+    soak: str | None = None
+
+    @field_validator("after")
+    @classmethod
+    def _after(cls, value: str | None) -> str | None:
+        if value is not None and not refs.is_channel(value):
+            raise ValueError(f"'{value}' is not a channel name (a letter first; not latest)")
+        return value
+
+    @field_validator("soak")
+    @classmethod
+    def _soak(cls, value: str | None) -> str | None:
+        return _duration(value)
+
+    @property
+    def soak_seconds(self) -> int:
+        return seconds(self.soak) if self.soak else 0
+
+
+class Trust(Model):
+    keys: tuple[str, ...] = ()
+    require_signatures: bool = False
+
+
+class Retention(Model):
+    keep_last: int | None = Field(default=None, ge=0, le=1_000_000)
+    keep_younger_than: str | None = None
+    keep_channel_history: str | None = None
+
+    @field_validator("keep_younger_than", "keep_channel_history")
+    @classmethod
+    def _durations(cls, value: str | None) -> str | None:
+        return _duration(value)
+
+
+class PolicyModel(Model):
+    trust: Trust = Trust()
+    channels: dict[str, Gates] = Field(default_factory=dict)
+    retention: Retention = Retention()
+
+    @field_validator("channels")
+    @classmethod
+    def _names(cls, value: dict[str, Gates]) -> dict[str, Gates]:
+        bad = [name for name in value if not refs.is_channel(name)]
+        if bad:
+            raise ValueError(
+                f"not channel names (a letter first, then letters, digits, - and _; "
+                f"never latest): {', '.join(map(repr, bad))}"
+            )
+        return value
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A loaded policy, or the empty one (``path`` None)."""
+
+    model: PolicyModel
+    path: Path | None = None
+    digest: str = ""  # sha256 of the file's bytes
+
+    def gates(self, channel: str) -> Gates:
+        return self.model.channels.get(channel, Gates())
+
+    @property
+    def trust(self) -> Trust:
+        return self.model.trust
+
+    @property
+    def retention(self) -> Retention:
+        return self.model.retention
+
+    def key_paths(self) -> list[Path]:
+        """The trusted keys' files, relative to the policy file's folder."""
+        folder = self.path.parent if self.path else Path.cwd()
+        return [folder / key for key in self.model.trust.keys]
+
+    def describe(self) -> dict[str, str | None]:
+        return {"path": str(self.path) if self.path else None, "digest": self.digest or None}
+
+
+def load(path: Path) -> Policy:
+    """Load and validate a policy file; RecipeError lists every problem (exit 2)."""
+    path = Path(os.path.realpath(path))
+    file = str(path)
+    try:
+        data = limits.read_regular(path, MAX_POLICY_BYTES, "policy file")
+    except NotFound:
+        raise NotFound(f"no policy file at {path}", hint=f"write one: see {NAME} in docs") from None
+    text, raw = parse_toml(file, data)
+    index = LineIndex(text)
+    problems: list[Problem] = []
+    for key_path, message, _stop in limits.value_problems(raw):
+        problems.append(
+            Problem(file, index.line_of(key_path), ".".join(map(str, key_path)), message)
+        )
+    if not problems:
+        try:
+            model = PolicyModel.model_validate(raw)
+        except ValidationError as exc:
+            problems = pydantic_problems(file, index, exc, "docs/lifecycle.md")
+    if problems:
+        problems.sort(key=lambda p: p.line or 0)
+        raise RecipeError(problems, hint="see docs/lifecycle.md for every key", what="policy file")
+    return Policy(model, path, hashlib.sha256(data).hexdigest())
+
+
+def find(home: Home, given: Path | None = None) -> Policy:
+    """The policy in force: ``given``, KILN_POLICY, ./kiln.toml, $KILN_HOME/kiln.toml."""
+    if given is not None:
+        return load(given)
+    env = os.environ.get("KILN_POLICY")
+    if env:
+        return load(Path(env))
+    for candidate in (Path.cwd() / NAME, home.root / NAME):
+        if candidate.is_file():
+            return load(candidate)
+    return Policy(PolicyModel())
