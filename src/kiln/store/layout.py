@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,10 +32,24 @@ MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"  # what kiln ca
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 CHUNK = 1 << 20
+SIGNATURE_TAG_RE = re.compile(r"^sha256-[0-9a-f]{64}\.sig$")
 FSCK_HINT = (
     "run 'kiln fsck' to check the whole store; then rebake the image, "
     "or put the blob back from a copy of the store"
 )
+
+
+def signature_tag(digest: str) -> str:
+    """cosign's tag for the signatures of manifest ``digest``: ``sha256-<hex>.sig``."""
+    algo, _, hexdigest = digest.partition(":")
+    return f"{algo}-{hexdigest}.sig"
+
+
+def image_ref(entry: dict[str, Any]) -> str | None:
+    """The image ref (name:version) an index.json entry tags; None for an artefact and for
+    a signature tag, which name no image of their own."""
+    ref = (entry.get("annotations") or {}).get(REF_ANNOTATION)
+    return None if ref is None or SIGNATURE_TAG_RE.match(ref) else str(ref)
 
 
 @dataclass(frozen=True)
@@ -241,6 +256,40 @@ class Layout:
             index["manifests"] = manifests
             self._write(self.root / "index.json", canonical_json(index))
 
+    def retag(
+        self,
+        ref: str,
+        amend: Callable[[Descriptor | None], Descriptor],
+        annotations: dict[str, str] | None = None,
+    ) -> Descriptor:
+        """Point ``ref`` at ``amend(what it names now)``, under the index lock: two writers
+        of one tag (two signers of an image) each build on the other's manifest.
+
+        ``amend`` stores the new manifest's blobs and returns its descriptor.
+        """
+        with self._locked():
+            index = self.read_index()
+            current = next(
+                (
+                    Descriptor.from_json(m)
+                    for m in index["manifests"]
+                    if (m.get("annotations") or {}).get(REF_ANNOTATION) == ref
+                ),
+                None,
+            )
+            manifest = amend(current)
+            if not self.has_blob(manifest.digest):
+                raise StoreError(f"refusing to tag {ref}: {manifest.digest} is not stored")
+            entry = manifest.to_json()
+            entry["annotations"] = {**(annotations or {}), REF_ANNOTATION: ref}
+            index["manifests"] = [
+                m
+                for m in index["manifests"]
+                if (m.get("annotations") or {}).get(REF_ANNOTATION) != ref
+            ] + [entry]
+            self._write(self.root / "index.json", canonical_json(index))
+        return manifest
+
     def untag(
         self, ref: str, referrers: Sequence[Descriptor] = (), digest: str | None = None
     ) -> None:
@@ -267,9 +316,10 @@ class Layout:
             self._write(self.root / "index.json", canonical_json(index))
 
     def refs(self) -> dict[str, Descriptor]:
+        """The images index.json tags, by name:version (signature tags are not images)."""
         out = {}
         for entry in self.read_index()["manifests"]:
-            ref = (entry.get("annotations") or {}).get(REF_ANNOTATION)
+            ref = image_ref(entry)
             if ref:
                 out[ref] = Descriptor.from_json(entry)
         return out
