@@ -9,12 +9,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.app import resolve
 from kiln.app.workspace import Workspace
-from kiln.machines import launch, manage, testing
+from kiln.machines import launch
 from kiln.machines.launch import Request, StartRequest
+
+if TYPE_CHECKING:  # they load SQLAlchemy and pydantic: not on kiln run's clock
+    from kiln.machines import manage, testing
 
 __all__ = [
     "Request",
@@ -45,18 +48,26 @@ def start(workspace: Workspace, request: StartRequest) -> launch.Launched:
 
 
 def ps(workspace: Workspace, include_removed: bool = False) -> list[dict[str, Any]]:
+    from kiln.machines import manage
+
     return manage.ps(workspace.catalog, include_removed)
 
 
 def stop(workspace: Workspace, name: str, timeout: float) -> dict[str, Any]:
+    from kiln.machines import manage
+
     return manage.stop(workspace.home, workspace.catalog, name, timeout)
 
 
 def rm(workspace: Workspace, name: str, with_volumes: bool, force: bool) -> manage.Removed:
+    from kiln.machines import manage
+
     return manage.rm(workspace.home, workspace.catalog, name, with_volumes, force)
 
 
 def exec_argv(workspace: Workspace, name: str, command: Sequence[str]) -> list[str]:
+    from kiln.machines import manage
+
     return manage.exec_argv(workspace.home, name, command)
 
 
@@ -68,6 +79,8 @@ def logs(
     follow: bool = False,
     console: bool = False,
 ) -> manage.Logs:
+    from kiln.machines import manage
+
     return manage.logs(workspace.home, name, unit=unit, lines=lines, follow=follow, console=console)
 
 
@@ -80,6 +93,8 @@ def test(
     log: Callable[[str], None] = lambda _message: None,
 ) -> testing.Report:
     """Resolve ``ref`` once, then boot, test and (optionally) re-apply in a machine."""
+    from kiln.machines import testing
+
     row, image = resolve.image_and_bytes(workspace, ref)
     return testing.run(
         workspace.home, workspace.catalog, row, image, sets, config_file, check_convergence, log
