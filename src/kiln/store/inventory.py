@@ -1,0 +1,284 @@
+"""A layer's file inventory: every path it holds and what that path was, kept from its bake.
+
+The unpacked layers under ``$KILN_HOME/layers/`` are what machines stack as overlay
+lowerdirs, and nothing stops a process on the host from editing one. An inventory says
+what a layer held when it was baked (path, type, mode, owner, size and sha256 of each
+regular file, target of each link, whiteouts and opaque folders), so ``kiln drift --deep``
+can compare a machine with its image even where a layer changed behind the overlay's back.
+
+Each layer's inventory is one blob: JSON lines, sorted by path, gzip'd (a Debian base
+holds ten thousand files; its inventory is a few hundred KiB). Its bytes depend only on the
+layer, so a layer shared by many images has one blob. The blobs are stored as an OCI
+referrer of the image, like its provenance and SBOM: outside the manifest digest, so the
+same inputs still give the same image. The referrer lists one blob per layer (annotated
+with the layer's diff_id): a child's lists its parent's blobs too, so one lookup covers the
+image. Images baked before kiln recorded inventories have none, and their children have
+none for those layers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import stat
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from kiln.digests import CHUNK, canonical_json
+from kiln.errors import StoreError
+from kiln.rootpath import Root
+from kiln.store.artefacts import KIND, MEDIA_EMPTY, SUBJECT
+from kiln.store.layout import FSCK_HINT, MEDIA_MANIFEST, Descriptor, Layout
+from kiln.store.whiteout import is_opaque
+
+ARTEFACT = "inventory"  # the artefact kind, in index.json and the catalog
+ARTIFACT_TYPE = "application/vnd.kiln.inventory.v1"
+MEDIA_TYPE = "application/vnd.kiln.inventory.v1.jsonl+gzip"  # one layer's inventory
+DIFF_ID = "org.kiln.diff_id"  # annotation of each blob: the layer it lists
+FORMAT = 1
+MAX_BYTES = 1 << 30  # what an inventory may decompress to
+
+
+@dataclass(frozen=True)
+class Node:
+    """What one path in a layer is. A listing leaves ``sha256`` empty until it is needed."""
+
+    kind: str  # file | dir | link | other | whiteout
+    mode: int = 0  # permission bits; the whole st_mode for other (a device, FIFO, socket)
+    uid: int = 0
+    gid: int = 0
+    size: int = 0  # regular files
+    sha256: str = ""  # regular files, when hashed
+    target: str = ""  # a link's target; a device's number
+    opaque: bool = False  # a folder with overlayfs' opaque mark: it hides lower layers'
+
+    def to_json(self, path: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": path, "type": self.kind}
+        if self.kind == "whiteout":
+            return out
+        out.update(mode=self.mode, uid=self.uid, gid=self.gid)
+        if self.kind == "file":
+            out.update(size=self.size, sha256=self.sha256)
+        elif self.kind == "link":
+            out["target"] = self.target
+        elif self.kind == "other":
+            out["rdev"] = self.target
+        elif self.opaque:
+            out["opaque"] = True
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Node:
+        kind = str(data["type"])
+        return cls(
+            kind=kind,
+            mode=int(data.get("mode", 0)),
+            uid=int(data.get("uid", 0)),
+            gid=int(data.get("gid", 0)),
+            size=int(data.get("size", 0)),
+            sha256=str(data.get("sha256", "")),
+            target=str(data.get("target", data.get("rdev", ""))),
+            opaque=bool(data.get("opaque", False)),
+        )
+
+
+def is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def file_sha256(fd: int, name: str) -> str:
+    """sha256 of the regular file ``name`` in the folder ``fd``, never following a link."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    file = os.open(name, flags, dir_fd=fd)
+    with os.fdopen(file, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(file).st_mode):
+            return "not a regular file any more"  # swapped while we looked
+        digest = hashlib.sha256()
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+
+def node(fd: int, name: str, st: os.stat_result, sha256: str = "") -> Node:
+    """The Node of ``name`` in folder ``fd`` from its lstat (a link is read, not followed)."""
+    mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+    if stat.S_ISREG(st.st_mode):
+        return Node("file", mode, uid, gid, st.st_size, sha256)
+    if stat.S_ISDIR(st.st_mode):
+        return Node("dir", mode, uid, gid)
+    if stat.S_ISLNK(st.st_mode):
+        return Node("link", mode, uid, gid, target=os.readlink(name, dir_fd=fd))
+    if is_whiteout(st):
+        return Node("whiteout")
+    return Node("other", st.st_mode, uid, gid, target=str(st.st_rdev))
+
+
+def _path(rel_dir: str, name: str) -> str:
+    return f"/{rel_dir}/{name}" if rel_dir else f"/{name}"
+
+
+def listing(tree: Path, hash_files: bool = False) -> dict[str, Node]:
+    """Every path below ``tree`` (as '/etc/x'), parents before children, read through
+    kiln.rootpath: no symlink is followed and no other mount entered. Files are hashed only
+    with ``hash_files``; a file hard-linked under several names is read once."""
+    out: dict[str, Node] = {}
+    hashed: dict[tuple[int, int], str] = {}
+    with Root(tree) as root:
+        for rel_dir, fd, entries in root.walk():
+            here = "/" + rel_dir if rel_dir else ""
+            if here in out and is_opaque(fd):
+                out[here] = replace(out[here], opaque=True)
+            for name, st in entries.items():
+                digest = ""
+                if hash_files and stat.S_ISREG(st.st_mode):
+                    key = (st.st_dev, st.st_ino)
+                    if key not in hashed:
+                        hashed[key] = file_sha256(fd, name)
+                    digest = hashed[key]
+                try:
+                    out[_path(rel_dir, name)] = node(fd, name, st, digest)
+                except FileNotFoundError:
+                    continue  # removed while we walked
+    return out
+
+
+def encode(diff_id: str, nodes: Mapping[str, Node]) -> bytes:
+    """The blob: a header line, then one line per path in sorted order, gzip'd with no
+    time or name in its header, so the same layer always gives the same bytes."""
+    lines = [canonical_json({"inventory": FORMAT, "diff_id": diff_id})]
+    lines += [canonical_json(nodes[path].to_json(path)) for path in sorted(nodes)]
+    return gzip.compress(b"\n".join(lines) + b"\n", compresslevel=6, mtime=0)
+
+
+def decode(data: bytes, what: str) -> tuple[str, dict[str, Node]]:
+    """(diff_id, nodes) from a blob; StoreError when it is not an inventory kiln wrote."""
+    try:
+        stream = zlib.decompressobj(wbits=31)
+        text = stream.decompress(data, MAX_BYTES)
+        if stream.unconsumed_tail:
+            raise StoreError(f"{what} decompresses to more than {MAX_BYTES} bytes")
+        lines = text.splitlines()
+        header = json.loads(lines[0])
+        if header.get("inventory") != FORMAT:
+            raise StoreError(f"{what} is inventory format {header.get('inventory')!r}, not 1")
+        nodes = {}
+        for line in lines[1:]:
+            item = json.loads(line)
+            nodes[str(item["path"])] = Node.from_json(item)
+        return str(header["diff_id"]), nodes
+    except (zlib.error, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise StoreError(f"{what} is damaged: {exc}", hint=FSCK_HINT) from None
+
+
+def record(layout: Layout, tree: Path, diff_id: str) -> Descriptor:
+    """List and hash the unpacked layer ``tree`` and store its inventory as a blob."""
+    blob = layout.put_bytes(encode(diff_id, listing(tree, hash_files=True)), MEDIA_TYPE)
+    return Descriptor(MEDIA_TYPE, blob.digest, blob.size, ((DIFF_ID, diff_id),))
+
+
+def find(layout: Layout, image_digest: str) -> dict[str, Descriptor]:
+    """The stored inventories of an image's layers: diff_id -> blob (empty if none)."""
+    for entry in layout.read_index()["manifests"]:
+        annotations = entry.get("annotations") or {}
+        if annotations.get(SUBJECT) != image_digest or annotations.get(KIND) != ARTEFACT:
+            continue
+        manifest = layout.read_json(entry["digest"])
+        found = {}
+        for blob in manifest.get("layers") or []:
+            descriptor = Descriptor.from_json(blob)
+            diff_id = dict(descriptor.annotations).get(DIFF_ID)
+            if diff_id:
+                found[diff_id] = descriptor
+        return found
+    return {}
+
+
+def attach(
+    layout: Layout, layers: Path, image: Descriptor, parent_digest: str | None, created: str
+) -> tuple[Descriptor, str]:
+    """Record the inventory of the image's top layer (unpacked under ``layers``), and store
+    the referrer listing it with the parent's; return the referrer's index entry and the
+    top layer's blob digest. Call it before the image is tagged (it is written untagged)."""
+    manifest = layout.read_json(image.digest)
+    diff_ids: list[str] = layout.read_json(manifest["config"]["digest"])["rootfs"]["diff_ids"]
+    top = diff_ids[-1]
+    inherited = find(layout, parent_digest) if parent_digest else {}
+    blobs = [inherited[d] for d in diff_ids[:-1] if d in inherited]
+    blobs.append(record(layout, layers / top.split(":", 1)[1], top))
+    empty = layout.put_bytes(b"{}", MEDIA_EMPTY)
+    referrer = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "artifactType": ARTIFACT_TYPE,
+        "config": empty.to_json(),
+        "layers": [blob.to_json() for blob in blobs],
+        "subject": image.to_json(),
+        "annotations": {"org.opencontainers.image.created": created},
+    }
+    stored = layout.put_json(referrer, MEDIA_MANIFEST)
+    entry = Descriptor(
+        MEDIA_MANIFEST,
+        stored.digest,
+        stored.size,
+        annotations=((KIND, ARTEFACT), (SUBJECT, image.digest)),
+        artifact_type=ARTIFACT_TYPE,
+    )
+    return entry, blobs[-1].digest
+
+
+def load(layout: Layout, blob: Descriptor, what: str) -> dict[str, Node]:
+    """A layer's inventory, its blob checked against its digest first."""
+    data = layout.read_bytes(blob.digest)
+    if hashlib.sha256(data).hexdigest() != blob.hex:
+        raise StoreError(f"{what}: inventory blob {blob.digest} is corrupt", hint=FSCK_HINT)
+    diff_id, nodes = decode(data, f"{what}: inventory blob {blob.digest}")
+    wanted = dict(blob.annotations).get(DIFF_ID)
+    if wanted and diff_id != wanted:
+        raise StoreError(f"{what}: inventory blob {blob.digest} lists {diff_id}, not {wanted}")
+    return nodes
+
+
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+def merge(layers: Sequence[Mapping[str, Node]]) -> dict[str, tuple[int, Node]]:
+    """The view overlayfs gives of ``layers`` (bottom first, each listed parents first):
+    path -> (index of the layer that provides it, its node). A whiteout removes a path and
+    everything below it; an opaque folder, or a non-folder over a folder, hides what the
+    layers below held under it."""
+    merged: dict[str, tuple[int, Node]] = {}
+    children: dict[str, set[str]] = {}
+
+    def drop_below(path: str) -> None:
+        for child in children.pop(path, set()):
+            merged.pop(child, None)
+            drop_below(child)
+
+    for index, nodes in enumerate(layers):
+        for path, item in nodes.items():
+            old = merged.get(path)
+            if item.kind == "whiteout":
+                if old is not None:
+                    del merged[path]
+                    children.get(_parent(path), set()).discard(path)
+                    drop_below(path)
+                continue
+            if old is not None and old[1].kind == "dir" and (item.kind != "dir" or item.opaque):
+                drop_below(path)
+            merged[path] = (index, item)
+            children.setdefault(_parent(path), set()).add(path)
+    return merged
+
+
+def walk_up(path: str) -> Iterator[str]:
+    """The folders above ``path`` ('/a/b/c' gives '/a/b', '/a'), nearest first."""
+    parent = _parent(path)
+    while parent:
+        yield parent
+        parent = _parent(parent)
