@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln.app import resolve
+from kiln.app.signing import enforce_trust
 from kiln.app.workspace import Workspace
 from kiln.machines import launch
 from kiln.machines.launch import Request, StartRequest
@@ -35,7 +36,9 @@ __all__ = [
 
 def run(workspace: Workspace, request: Request, ref: str) -> launch.Launched:
     started = time.monotonic()
-    row, image = resolve.image_and_bytes(workspace, ref)
+    row = resolve.image(workspace, ref)
+    enforce_trust(workspace, row)  # a policy requiring signatures refuses it before it boots
+    image = resolve.load(workspace, row)
     return launch.run(request, image, row.id, workspace.home, started)
 
 
@@ -43,7 +46,9 @@ def start(workspace: Workspace, request: StartRequest) -> launch.Launched:
     """Boot a stopped machine again, from the very image (by digest) it was launched from."""
     state = launch.stopped(workspace.home, request.name)
     name = state.image.partition(":")[0]
-    _row, image = resolve.image_and_bytes(workspace, f"{name}@{state.digest}")
+    row = resolve.image(workspace, f"{name}@{state.digest}")
+    enforce_trust(workspace, row)
+    image = resolve.load(workspace, row)
     return launch.start(request, image, workspace.home)
 
 

@@ -451,10 +451,11 @@ def verify(layout: Layout, digest: str, trusted: Sequence[Path]) -> Verified:
     keys = _trusted_keys(trusted)
     damage = check_image(layout, digest)
     problems = list(damage)
-    if not keys:
-        problems.append("no trusted key: give --key, or list keys in the policy's [trust]")
     layers, missing = _signature_layers(layout, digest)
     problems += missing
+    if not keys:  # every signature would be by an unknown key: say why once
+        problems.append("no trusted key: give --key, or list keys in the policy's [trust]")
+        layers = []
     signers: list[str] = []
     for number, layer in enumerate(layers):
         signer, problem = _check_signature(layout, digest, number, layer, keys)

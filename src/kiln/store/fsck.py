@@ -24,7 +24,7 @@ from kiln.home import Home
 from kiln.store.artefacts import KIND
 from kiln.store.gc import store_in_use
 from kiln.store.layer import MEDIA_TYPES, read_stream
-from kiln.store.layout import MEDIA_LAYER, MEDIA_MANIFEST, REF_ANNOTATION, Descriptor, Layout
+from kiln.store.layout import MEDIA_LAYER, MEDIA_MANIFEST, Descriptor, Layout, image_ref
 
 
 @dataclass
@@ -94,8 +94,7 @@ def _check(home: Home, layout: Layout, catalog_rows: Callable[[], CatalogRows]) 
         )
     tagged = {d.digest for d in refs.values()}
     for entry in layout.read_index()["manifests"]:
-        annotations = entry.get("annotations") or {}
-        if REF_ANNOTATION in annotations:
+        if image_ref(entry):  # a signature tag is checked as the artefact it is
             continue
         referenced |= _check_referrer(layout, entry, tagged, good, report)
     for digest in sorted(good - referenced):

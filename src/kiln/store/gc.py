@@ -19,7 +19,7 @@ from kiln import locks, proc
 from kiln.errors import StoreError
 from kiln.home import Home
 from kiln.mounts import kill_all, mounts_below, processes_in, remove_tree
-from kiln.store.layout import REF_ANNOTATION, Layout
+from kiln.store.layout import REF_ANNOTATION, Layout, image_ref
 
 
 def store_in_use(home: Home) -> AbstractContextManager[None]:
@@ -122,7 +122,7 @@ def referenced(layout: Layout) -> tuple[set[str], set[str], list[dict[str, Any]]
             continue
         annotations = entry.get("annotations") or {}
         subject = (manifest.get("subject") or {}).get("digest")
-        if REF_ANNOTATION not in annotations and subject is not None and subject not in tagged:
+        if image_ref(entry) is None and subject is not None and subject not in tagged:
             stale.append(entry)
             continue
         blobs.add(digest)

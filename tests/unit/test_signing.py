@@ -1,0 +1,412 @@
+"""Signatures: kiln writes cosign's layout (checked against a fixture written from
+cosign's SIGNATURE_SPEC.md, and verified by plain pyca/cryptography code written here from
+that spec, not by kiln's verify), verify names every way an image can fail it, and the
+trust policy's check on the clock reads nothing without a policy file."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from sqlalchemy import select
+
+from kiln.app import signing as use
+from kiln.app.workspace import Workspace
+from kiln.catalog import Image
+from kiln.catalog.lifecycle import Event, Signature
+from kiln.errors import BadInput
+from kiln.home import Home
+from kiln.lifecycle import policy, signing, trust
+from kiln.store import gc
+from kiln.store.layout import (
+    MEDIA_CONFIG,
+    MEDIA_LAYER_GZIP,
+    MEDIA_MANIFEST,
+    REF_ANNOTATION,
+    Descriptor,
+    Layout,
+    signature_tag,
+)
+
+FIXTURE = json.loads(
+    (Path(__file__).parents[1] / "fixtures" / "cosign-simple-signing.json").read_text()
+)
+PASSWORD = b"correct horse"
+
+
+def tar_gz(content: bytes) -> tuple[bytes, str]:
+    """A gzip layer holding one file, and its diff_id."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as archive:
+        info = tarfile.TarInfo("hello")
+        info.size = len(content)
+        archive.addfile(info, io.BytesIO(content))
+    plain = raw.getvalue()
+    return gzip.compress(plain, mtime=0), "sha256:" + hashlib.sha256(plain).hexdigest()
+
+
+def make_image(workspace: Workspace, name: str, content: bytes) -> Descriptor:
+    """An image of one layer in the store and the catalog, as a bake leaves it."""
+    layout = workspace.layout
+    blob, diff_id = tar_gz(content)
+    layer = layout.put_bytes(blob, MEDIA_LAYER_GZIP)
+    config = layout.put_json(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        },
+        MEDIA_CONFIG,
+    )
+    manifest = layout.put_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_MANIFEST,
+            "config": config.to_json(),
+            "layers": [layer.to_json()],
+        },
+        MEDIA_MANIFEST,
+    )
+    layout.tag(f"{name}:1", manifest)
+    with workspace.catalog.session() as session:
+        session.add(
+            Image(
+                name=name,
+                version=1,
+                digest=manifest.digest,
+                config_digest=config.digest,
+                cache_key=hashlib.sha256(content).hexdigest(),
+                recipe_path="",
+                recipe_digest="",
+                origin="scratch",
+                created=datetime.now(UTC),
+                status="ok",
+                size=layer.size,
+                seconds=0.0,
+            )
+        )
+    return manifest
+
+
+@pytest.fixture
+def workspace(home: Home, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.delenv("KILN_CATALOG_URL", raising=False)
+    monkeypatch.delenv("KILN_POLICY", raising=False)
+    monkeypatch.chdir(home.root)
+    opened = Workspace(home)
+    yield opened
+    opened.close()
+
+
+def key_pair(workspace: Workspace, name: str) -> tuple[Path, Path]:
+    made = use.generate_key(workspace, workspace.home.root / name, PASSWORD)
+    return made.private_key, made.public_key
+
+
+def blob(layout: Layout, digest: str) -> Path:
+    return layout.blob_path(digest)
+
+
+def flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+# cosign's layout
+
+
+def test_the_payload_is_cosigns_simple_signing_bytes() -> None:
+    for case in (FIXTURE["payload"], FIXTURE["payload_without_optional"]):
+        data = signing.payload(case["reference"], case["digest"], case.get("optional"))
+        assert data == case["bytes"].encode()
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == case["blob"]["digest"]
+        assert len(data) == case["blob"]["size"]
+    assert json.loads(FIXTURE["payload"]["bytes"]) == FIXTURE["payload"]["document"]
+
+
+def test_the_signature_tag_follows_cosigns_rule() -> None:
+    rule = FIXTURE["tag_rule"]
+    assert signature_tag(rule["digest"]) == rule["tag"]
+
+
+def test_a_kiln_signature_is_cosigns_layout_and_verifies_by_the_spec(
+    workspace: Workspace,
+) -> None:
+    image = make_image(workspace, "tiny", b"hello from kiln\n")
+    private, public = key_pair(workspace, "release")
+    signed = use.sign_image(workspace, "tiny", private, PASSWORD)
+
+    # tag-based discovery: sha256-<hex>.sig in index.json
+    layout_root = workspace.home.oci
+    index = json.loads((layout_root / "index.json").read_bytes())
+    tag = signature_tag(image.digest)
+    [entry] = [e for e in index["manifests"] if e["annotations"][REF_ANNOTATION] == tag]
+    assert entry["mediaType"] == FIXTURE["signature_manifest"]["mediaType"]
+    blobs = layout_root / "blobs" / "sha256"
+
+    def read(digest: str) -> bytes:
+        data = (blobs / digest.removeprefix("sha256:")).read_bytes()
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
+        return data
+
+    manifest = json.loads(read(entry["digest"]))
+    want = FIXTURE["signature_manifest"]
+    assert manifest["schemaVersion"] == want["schemaVersion"]
+    assert manifest["mediaType"] == want["mediaType"]
+    assert manifest["config"]["mediaType"] == want["config"]["mediaType"]
+    config = json.loads(read(manifest["config"]["digest"]))
+    assert config["rootfs"]["diff_ids"] == [layer["digest"] for layer in manifest["layers"]]
+    [layer] = manifest["layers"]
+    assert layer["mediaType"] == want["layers"][0]["mediaType"]
+    assert set(want["layers"][0]["annotations"]) <= set(layer["annotations"])
+
+    # the payload names this image; the signature is base64 DER ECDSA P-256 over it
+    payload = read(layer["digest"])
+    assert len(payload) == layer["size"]
+    document = json.loads(payload)
+    assert document.keys() == FIXTURE["payload"]["document"].keys()
+    critical = document["critical"]
+    assert critical["type"] == "cosign container image signature"
+    assert critical["image"]["docker-manifest-digest"] == image.digest
+    assert critical["identity"] == {"docker-reference": "tiny"}
+    signature = base64.b64decode(layer["annotations"]["dev.cosignproject.cosign/signature"])
+    decode_dss_signature(signature)  # ASN.1 DER, as the spec's example is
+    decode_dss_signature(base64.b64decode(FIXTURE["signature_example"]))
+    key = serialization.load_pem_public_key(public.read_bytes())
+    assert isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"
+    key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+    with pytest.raises(InvalidSignature):
+        key.verify(signature, payload.replace(b"tiny", b"tinx"), ec.ECDSA(hashes.SHA256()))
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert signed.key_id == "sha256:" + hashlib.sha256(der).hexdigest()
+    assert manifest["subject"]["digest"] == image.digest
+
+
+def test_a_second_signature_is_a_second_layer_of_the_same_manifest(
+    workspace: Workspace,
+) -> None:
+    image = make_image(workspace, "tiny", b"hello\n")
+    first, first_pub = key_pair(workspace, "one")
+    second, second_pub = key_pair(workspace, "two")
+    one = use.sign_image(workspace, "tiny:1", first, PASSWORD)
+    two = use.sign_image(workspace, f"tiny@{image.digest}", second, PASSWORD)
+    assert (one.signatures, two.signatures) == (1, 2)
+    tag = signature_tag(image.digest)
+    entries = [
+        e
+        for e in workspace.layout.read_index()["manifests"]
+        if (e.get("annotations") or {}).get(REF_ANNOTATION) == tag
+    ]
+    assert [e["digest"] for e in entries] == [two.signature_manifest]
+    both = signing.verify(workspace.layout, image.digest, [first_pub, second_pub])
+    assert both.ok and set(both.key_ids) == {one.key_id, two.key_id}
+    assert signing.verify(workspace.layout, image.digest, [second_pub]).key_ids == (two.key_id,)
+    assert "tiny:1" in workspace.layout.refs() and tag not in workspace.layout.refs()
+
+
+def test_signing_records_a_row_and_an_event_together(workspace: Workspace) -> None:
+    image = make_image(workspace, "tiny", b"hello\n")
+    private, _public = key_pair(workspace, "release")
+    signed = use.sign_image(workspace, "tiny", private, PASSWORD)
+    with workspace.catalog.reading() as session:
+        [row] = session.scalars(select(Signature)).all()
+        [event] = session.scalars(select(Event).where(Event.kind == "signed")).all()
+    assert (row.digest, row.key_id, row.signature_manifest) == (
+        image.digest,
+        signed.key_id,
+        signed.signature_manifest,
+    )
+    assert (event.name, event.version, event.digest) == ("tiny", 1, image.digest)
+    assert event.details()["key_id"] == signed.key_id
+
+
+# verify: every way to fail
+
+
+def test_verify_names_what_is_wrong(workspace: Workspace) -> None:
+    image = make_image(workspace, "tiny", b"hello\n")
+    other = make_image(workspace, "other", b"other\n")
+    private, public = key_pair(workspace, "release")
+    _stranger, stranger_pub = key_pair(workspace, "stranger")
+    layout = workspace.layout
+
+    unsigned = signing.verify(layout, image.digest, [public])
+    assert not unsigned.ok and unsigned.problems[0].startswith("no signature")
+
+    use.sign_image(workspace, "tiny", private, PASSWORD)
+    assert signing.verify(layout, image.digest, [public]).ok
+    unknown = signing.verify(layout, image.digest, [stranger_pub])
+    assert not unknown.ok and unknown.problems[0].startswith("unknown key")
+    nobody = signing.verify(layout, image.digest, [])
+    assert not nobody.ok and "no trusted key" in nobody.problems[0]
+
+    # the tiny signature copied to the other image's tag: a payload for another digest
+    tag_entry = next(
+        e
+        for e in layout.read_index()["manifests"]
+        if (e.get("annotations") or {}).get(REF_ANNOTATION) == signature_tag(image.digest)
+    )
+    layout.retag(signature_tag(other.digest), lambda _old: Descriptor.from_json(tag_entry))
+    moved = signing.verify(layout, other.digest, [public])
+    assert not moved.ok and moved.key_ids == ()
+    assert moved.problems[0].startswith("payload for another digest: signature 0 by sha256:")
+
+    manifest = json.loads(layout.read_bytes(image.digest))
+    for what, digest in (
+        ("layer 0", manifest["layers"][0]["digest"]),
+        ("config", manifest["config"]["digest"]),
+        ("manifest", image.digest),
+    ):
+        path = blob(layout, digest)
+        flip(path, path.stat().st_size // 2)
+        found = signing.verify(layout, image.digest, [public])
+        assert not found.ok and any(p.startswith(f"tampered {what}") for p in found.problems)
+        flip(path, path.stat().st_size // 2)
+    assert signing.verify(layout, image.digest, [public]).ok
+
+
+def test_a_bad_signature_is_told_from_an_unknown_key(workspace: Workspace) -> None:
+    image = make_image(workspace, "tiny", b"hello\n")
+    private, public = key_pair(workspace, "release")
+    signed = use.sign_image(workspace, "tiny", private, PASSWORD)
+    layout = workspace.layout
+    manifest = json.loads(layout.read_bytes(signed.signature_manifest))
+    forged = ec.generate_private_key(ec.SECP256R1()).sign(b"x", ec.ECDSA(hashes.SHA256()))
+    manifest["layers"][0]["annotations"]["dev.cosignproject.cosign/signature"] = base64.b64encode(
+        forged
+    ).decode()
+    stored = layout.put_json(manifest, MEDIA_MANIFEST)
+    layout.retag(signature_tag(image.digest), lambda _old: stored)
+    found = signing.verify(layout, image.digest, [public])
+    assert not found.ok
+    assert found.problems[0].startswith("bad signature: signature 0 does not verify with")
+
+
+# keys
+
+
+def test_keys_are_written_once_private_half_0600_and_encrypted(workspace: Workspace) -> None:
+    prefix = workspace.home.root / "keys" / "ci"
+    made = use.generate_key(workspace, prefix, PASSWORD)
+    assert made.private_key == prefix.with_name("ci.key") and made.encrypted
+    assert os.stat(made.private_key).st_mode & 0o777 == 0o600
+    assert b"ENCRYPTED PRIVATE KEY" in made.private_key.read_bytes()
+    assert made.public_key.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
+    before = made.private_key.read_bytes()
+    with pytest.raises(BadInput, match="refusing to overwrite"):
+        use.generate_key(workspace, prefix, PASSWORD)
+    assert made.private_key.read_bytes() == before
+    assert use.generate_key(workspace, prefix, PASSWORD, force=True).key_id != made.key_id
+    with pytest.raises(BadInput, match="empty password"):
+        use.generate_key(workspace, workspace.home.root / "empty", b"")
+    plain = use.generate_key(workspace, workspace.home.root / "plain", None)
+    assert not plain.encrypted and b"BEGIN PRIVATE KEY" in plain.private_key.read_bytes()
+    with pytest.raises(signing.KeyFileError, match="needs its password"):
+        signing.load_private_key(prefix.with_name("ci.key"), None)
+    with pytest.raises(signing.KeyFileError, match="wrong password"):
+        signing.load_private_key(prefix.with_name("ci.key"), b"wrong")
+    with pytest.raises(signing.KeyFileError, match="not a PEM public key"):
+        signing.load_public_key(prefix.with_name("ci.key"))
+
+
+# the trust policy
+
+
+def write_policy(folder: Path, require: bool, keys: list[Path]) -> Path:
+    path = folder / "kiln.toml"
+    listed = ", ".join(f'"{key}"' for key in keys)
+    path.write_text(f"[trust]\nkeys = [{listed}]\nrequire_signatures = {str(require).lower()}\n")
+    return path
+
+
+def test_trust_finds_the_policy_file_policy_find_does(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = workspace.home
+    assert trust.locate(home) is None and policy.find(home).path is None
+    write_policy(home.root, True, [])
+    assert trust.locate(home) == policy.find(home).path == home.root / "kiln.toml"
+    elsewhere = write_policy(tmp_path, False, [])
+    monkeypatch.setenv("KILN_POLICY", str(elsewhere))
+    assert trust.locate(home) == policy.find(home).path == elsewhere
+    assert trust.requiring(home) is None
+
+
+def test_a_policy_requiring_signatures_refuses_what_it_does_not_trust(
+    workspace: Workspace,
+) -> None:
+    image = make_image(workspace, "tiny", b"hello\n")
+    private, public = key_pair(workspace, "release")
+    _stranger, stranger_pub = key_pair(workspace, "stranger")
+    home, layout = workspace.home, workspace.layout
+    assert trust.enforce(home, layout, image.digest, "tiny:1") is None  # no policy at all
+    write_policy(home.root, False, [public])
+    assert trust.enforce(home, layout, image.digest, "tiny:1") is None
+    write_policy(home.root, True, [public])
+    with pytest.raises(signing.Untrusted, match="no signature"):
+        trust.enforce(home, layout, image.digest, "tiny:1")
+    use.sign_image(workspace, "tiny", private, PASSWORD)
+    decision = trust.enforce(home, layout, image.digest, "tiny:1")
+    assert decision is not None and decision.verified.ok
+    write_policy(home.root, True, [stranger_pub])
+    with pytest.raises(signing.Untrusted, match="unknown key"):
+        trust.enforce(home, layout, image.digest, "tiny:1")
+    (home.root / "kiln.toml").write_text("[trust]\nrequire_signature = true\n")  # a typo
+    with pytest.raises(BadInput, match="policy file has 1 problem"):
+        trust.enforce(home, layout, image.digest, "tiny:1")
+
+
+def test_without_a_policy_the_check_imports_nothing_more(home: Home, tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "from kiln.app import machines\n"
+        "from kiln.app.signing import enforce_trust\n"
+        "from kiln.app.workspace import Workspace\n"
+        "from kiln.catalog.lookup import ImageRow\n"
+        "before = set(sys.modules)\n"
+        "row = ImageRow(1, 't', 1, 'sha256:' + '0' * 64, '', '', None, '', '')\n"
+        "enforce_trust(Workspace(), row)\n"
+        "print(sorted(set(sys.modules) - before))\n"
+        "heavy = ('cryptography', 'kiln.lifecycle.')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+    )
+    env = {**os.environ, "KILN_HOME": str(home.root)}
+    env.pop("KILN_POLICY", None)
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[]", "['kiln.lifecycle.trust']"]
+
+
+# the store's own checks
+
+
+def test_gc_drops_the_signatures_of_an_image_it_no_longer_tags(workspace: Workspace) -> None:
+    image = make_image(workspace, "tiny", b"hello\n")
+    private, _public = key_pair(workspace, "release")
+    signed = use.sign_image(workspace, "tiny", private, PASSWORD)
+    blobs, _diff_ids, stale = gc.referenced(workspace.layout)
+    assert signed.signature_manifest in blobs and signed.payload in blobs and not stale
+    workspace.layout.untag("tiny:1")
+    _blobs, _diff_ids, stale = gc.referenced(workspace.layout)
+    assert [entry["digest"] for entry in stale] == [signed.signature_manifest]
+    assert image.digest not in _blobs
