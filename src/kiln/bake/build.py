@@ -44,7 +44,7 @@ from kiln.mounts import Overlay, remove_tree
 from kiln.rootpath import Root
 from kiln.sandbox import MOUNT_POINT_FILES
 from kiln.steps.target import Target
-from kiln.store import artefacts
+from kiln.store import artefacts, inventory
 from kiln.store import layer as layers
 from kiln.store.gc import store_in_use
 from kiln.store.layout import MEDIA_CONFIG, MEDIA_MANIFEST, Descriptor
@@ -279,7 +279,8 @@ def _artefacts(
     layer: Descriptor,
     stamped: datetime,
 ) -> list[tuple[Descriptor, Artefact]]:
-    """Provenance and SBOM, stored as referrers of the image manifest."""
+    """Provenance, SBOM and the layers' file inventories, stored as referrers of the image
+    manifest."""
     # cyclonedx is slow to import; a cache hit never needs it
     from kiln.bake import provenance, sbom
 
@@ -318,6 +319,15 @@ def _artefacts(
                 ),
             )
         )
+    parent = context.parent.manifest.digest if context.parent else None
+    files, top = inventory.attach(context.layout, context.home.layers, manifest, parent, created)
+    kind, media_type = inventory.ARTEFACT, inventory.MEDIA_TYPE
+    out.append(
+        (
+            files,
+            Artefact(kind=kind, media_type=media_type, manifest_digest=files.digest, digest=top),
+        )
+    )
     return out
 
 

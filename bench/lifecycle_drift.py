@@ -1,0 +1,239 @@
+"""Drift detection: `kiln drift` against AIDE and dpkg --verify on the same machine.
+
+    sudo .venv/bin/python -m bench.lifecycle_drift [--home KILN_HOME] [--runs N] [--json]
+
+A machine is booted from web; AIDE's database of its root (the overlay mount as the host
+sees it, machines/<name>/root) is made right after the boot. Then five changes are made
+inside the machine (kiln exec): a file edited, one added, one deleted, one chmod'ed and one
+written in the state volume /var/lib/web. Each side is a whole process, the median of N
+runs, in the same run:
+
+1. `kiln drift NAME --json` against `aide --check` (sha256, type, mode, owner, size and
+   link target of every file; the same paths left out as kiln leaves out: kernel and
+   runtime file systems, logs, caches, temp files, the state path; both cores given to
+   it, num_workers=2). Target: kiln >= 10x faster. kiln must report exactly the four
+   changes outside the volume.
+2. The same against `dpkg --root=ROOT --verify` (md5sums of the packages' files).
+   Reported, no target.
+3. `kiln drift NAME --deep --json` (every file the machine sees re-hashed against the
+   layers' inventories) against `aide --check`. Reported, no target.
+4. What recording a layer's inventory costs a bake: kiln.store.inventory.record on web's
+   base layer against capturing that same layer (kiln.store.layer.capture), in process.
+   Reported, no target.
+
+Without --home, examples/ is baked into a scratch KILN_HOME first (a minute or two). The
+machine is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import EXAMPLES, KILN, Row, median
+from kiln.machines.converge import VOLATILE
+from kiln.mounts import remove_tree
+from kiln.store import inventory
+from kiln.store.layer import capture
+from kiln.store.layout import Layout
+
+TARGET = 10.0
+STATE = "/var/lib/web"
+CHANGES = {  # what kiln drift must report: path -> change
+    "/etc/nginx/nginx.conf": "changed",
+    "/usr/local/bin/bench-added": "added",
+    "/etc/issue.net": "deleted",
+    "/etc/debian_version": "metadata",
+}
+MAKE_CHANGES = (
+    "echo '# tuned' >> /etc/nginx/nginx.conf"
+    " && echo hello > /usr/local/bin/bench-added"
+    " && rm /etc/issue.net"
+    " && chmod 600 /etc/debian_version"
+    f" && echo kept > {STATE}/bench-state"
+)
+
+
+def _kiln(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KILN_HOME": str(home)}
+    done = subprocess.run([*KILN, *args], env=env, capture_output=True, text=True, check=False)
+    if check and done.returncode != 0:
+        raise SystemExit(f"kiln {' '.join(args)} failed:\n{done.stderr}")
+    return done
+
+
+def _time(argv: list[str], runs: int, env: dict[str, str] | None = None) -> float:
+    """The median wall-clock seconds of ``argv`` (a non-zero exit is a finding, not a failure)."""
+    seconds = []
+    for _ in range(runs):
+        begin = time.perf_counter()
+        subprocess.run(
+            argv,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+        seconds.append(time.perf_counter() - begin)
+    return median(seconds)
+
+
+def aide_config(folder: Path, root: Path) -> Path:
+    """AIDE checking ``root`` as a machine sees it, leaving out what kiln leaves out."""
+    lines = [
+        f"database_in=file:{folder / 'aide.db'}",
+        f"database_out=file:{folder / 'aide.db.new'}",
+        f"root_prefix={root}",
+        "gzip_dbout=no",
+        "num_workers=2",
+        "report_url=stdout",
+        "Drift = ftype+p+u+g+s+l+sha256",
+        "/ Drift",
+        *(f"!{path}" for path in (*VOLATILE, STATE)),
+    ]
+    config = folder / "aide.conf"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def inventory_cost(home: Path, layer: Path, runs: int) -> tuple[float, float]:
+    """Seconds to record the layer's inventory and to capture it (medians)."""
+    scratch = Path(tempfile.mkdtemp(prefix="inventory-", dir=home / "tmp"))
+    try:
+        layout = Layout(scratch / "oci", tmp=scratch)
+        layout.init()
+        recorded, captured = [], []
+        for _ in range(runs):
+            begin = time.perf_counter()
+            inventory.record(layout, layer, f"sha256:{layer.name}")
+            recorded.append(time.perf_counter() - begin)
+            begin = time.perf_counter()
+            capture(layout, scratch, layer)
+            captured.append(time.perf_counter() - begin)
+        return median(recorded), median(captured)
+    finally:
+        shutil.rmtree(scratch)
+
+
+def measure(home: Path, runs: int) -> list[Row]:
+    name = f"bench-drift-{secrets.token_hex(3)}"
+    folder = Path(tempfile.mkdtemp(prefix="aide-", dir="/var/tmp"))
+    try:
+        config_values = ("--set", "site_title=drift", "--set", "api_token=not-a-secret")
+        _kiln(home, "run", "web", "--name", name, "--wait", *config_values)
+        root = home / "machines" / name / "root"
+        config = aide_config(folder, root)
+        subprocess.run(["aide", f"--config={config}", "--init"], capture_output=True, check=True)
+        (folder / "aide.db.new").rename(folder / "aide.db")
+        _kiln(home, "exec", name, "--", "sh", "-c", MAKE_CHANGES)
+        found: dict[str, Any] = json.loads(_kiln(home, "drift", name, "--json", check=False).stdout)
+        reported = {c["path"]: c["change"] for c in found["changes"] + found["metadata"]}
+        right = reported == CHANGES
+        if not right:
+            print(f"kiln drift reported {reported}, expected {CHANGES}", file=sys.stderr)
+        aide = subprocess.run(
+            ["aide", f"--config={config}", "--check"], capture_output=True, text=True
+        )
+        print(
+            f"aide --check exit {aide.returncode} (non-zero: it found changes); "
+            f"kiln drift found {len(reported)} changes",
+            file=sys.stderr,
+        )
+        env = {"KILN_HOME": str(home)}
+        kiln_seconds = _time([*KILN, "drift", name, "--json"], runs, env)
+        deep_seconds = _time([*KILN, "drift", name, "--deep", "--json"], runs, env)
+        aide_seconds = _time(["aide", f"--config={config}", "--check"], runs)
+        dpkg_seconds = _time(["dpkg", f"--root={root}", "--verify"], runs)
+        state = json.loads((home / "machines" / name / "machine.json").read_text())
+        recorded, captured = inventory_cost(home, Path(state["layers"][0]), runs)
+    finally:
+        _kiln(home, "rm", "--force", "--volumes", name, check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+    return [
+        Row(
+            "kiln drift (5 changes) vs aide",
+            kiln_seconds,
+            aide_seconds,
+            "aide --check",
+            "s",
+            f">= {TARGET:.0f}x",
+            right and aide_seconds / kiln_seconds >= TARGET,
+        ),
+        Row(
+            "kiln drift (5 changes) vs dpkg",
+            kiln_seconds,
+            dpkg_seconds,
+            "dpkg --verify",
+            "s",
+            "reported",
+            right,
+        ),
+        Row(
+            "kiln drift --deep vs aide",
+            deep_seconds,
+            aide_seconds,
+            "aide --check",
+            "s",
+            "reported",
+            True,
+        ),
+        Row(
+            "inventory at bake (base layer)",
+            recorded,
+            captured,
+            "its capture",
+            "s",
+            "reported",
+            True,
+        ),
+    ]
+
+
+def rows(home: Path | None = None, runs: int = 5) -> list[Row]:
+    """The rows for this script or bench/lifecycle.py; ``home`` holds a web image, else
+    examples/ is baked into a scratch store first."""
+    if shutil.which("aide") is None:
+        raise SystemExit("aide is not installed: run scripts/setup")
+    if home is not None:
+        return measure(home, runs)
+    scratch = Path(tempfile.mkdtemp(prefix="kiln-bench-", dir="/var/tmp"))
+    try:
+        examples = scratch / "examples"
+        shutil.copytree(EXAMPLES, examples, symlinks=True)
+        baked = scratch / "home"
+        _kiln(baked, "bake", str(examples))
+        return measure(baked, runs)
+    finally:
+        remove_tree(scratch)  # never crosses into a mount that is still there
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--home", type=Path, help="a KILN_HOME with a web image in it")
+    parser.add_argument("--runs", type=int, default=5, help="runs of each side (median)")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args()
+    found = rows(args.home.absolute() if args.home else None, args.runs)
+    if args.json:
+        print(json.dumps([row.__dict__ for row in found], indent=2))
+    else:
+        for row in found:
+            ratio = row.peer / row.kiln if row.kiln else float("nan")
+            print(f"{row.render()}   ({row.peer_name} / kiln = {ratio:.1f}x)")
+    if not all(row.ok for row in found):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
