@@ -350,6 +350,31 @@ def test_trust_finds_the_policy_file_policy_find_does(
     assert trust.requiring(home) is None
 
 
+def test_the_quick_read_of_trust_agrees_with_the_policy_loader(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kiln run reads [trust] without the policy's models: the same keys, and anything
+    it does not plainly understand goes to the loader, which says what is wrong."""
+    folder = tmp_path / "ops"
+    folder.mkdir()
+    write_policy(folder, True, [Path("keys/release.pub"), Path("/etc/kiln/other.pub")])
+    (tmp_path / "linked.toml").symlink_to(folder / "kiln.toml")
+    monkeypatch.setenv("KILN_POLICY", str(tmp_path / "linked.toml"))
+    found = trust.requiring(workspace.home)
+    assert found is not None
+    assert list(found.keys) == policy.load(tmp_path / "linked.toml").key_paths()
+    assert found.keys[0] == folder / "keys" / "release.pub"
+    for bad in (
+        'keys = "release.pub"\nrequire_signatures = true\n',
+        "require_signatures = true\nrequire = true\n",
+        "require_signatures = true\n[trusted]\n",
+        "require_signatures = tru\n",
+    ):
+        (folder / "kiln.toml").write_text("[trust]\n" + bad)
+        with pytest.raises(BadInput):
+            trust.requiring(workspace.home)
+
+
 def test_a_policy_requiring_signatures_refuses_what_it_does_not_trust(
     workspace: Workspace,
 ) -> None:
@@ -374,7 +399,7 @@ def test_a_policy_requiring_signatures_refuses_what_it_does_not_trust(
         trust.enforce(home, layout, image.digest, "tiny:1")
 
 
-def test_without_a_policy_the_check_imports_nothing_more(home: Home, tmp_path: Path) -> None:
+def test_the_check_on_the_clock_imports_only_what_it_needs(home: Home, tmp_path: Path) -> None:
     script = (
         "import sys\n"
         "from kiln.app import machines\n"
@@ -385,8 +410,11 @@ def test_without_a_policy_the_check_imports_nothing_more(home: Home, tmp_path: P
         "row = ImageRow(1, 't', 1, 'sha256:' + '0' * 64, '', '', None, '', '')\n"
         "enforce_trust(Workspace(), row)\n"
         "print(sorted(set(sys.modules) - before))\n"
-        "heavy = ('cryptography', 'kiln.lifecycle.')\n"
+        "heavy = ('cryptography', 'pydantic', 'kiln.lifecycle.')\n"
         "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+        "open('kiln.toml', 'w').write('[trust]\\nkeys = []\\nrequire_signatures = true\\n')\n"
+        "from kiln.lifecycle import trust\n"
+        "print(trust.requiring(Workspace().home) is not None, 'pydantic' in sys.modules)\n"
     )
     env = {**os.environ, "KILN_HOME": str(home.root)}
     env.pop("KILN_POLICY", None)
@@ -394,7 +422,7 @@ def test_without_a_policy_the_check_imports_nothing_more(home: Home, tmp_path: P
         [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["[]", "['kiln.lifecycle.trust']"]
+    assert out.stdout.splitlines() == ["[]", "['kiln.lifecycle.trust']", "True False"]
 
 
 # the store's own checks

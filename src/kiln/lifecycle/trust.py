@@ -2,10 +2,10 @@
 and whether an image meets it.
 
 ``kiln run`` and ``kiln start`` ask on the clock (time to healthy), so the question is
-answered without the policy's models (pydantic) or pyca/cryptography: with no policy
-file, it costs a few stats; with one, one read and a TOML parse. Only a policy that says
-``require_signatures = true`` is loaded in full (validated, every problem at once) and
-the image verified (kiln.lifecycle.signing), which hashes every layer blob.
+answered without the policy's models (pydantic): with no policy file it costs a few
+stats; with one, one read and a TOML parse of its ``[trust]``. Only a policy that says
+``require_signatures = true`` costs more: pyca/cryptography is imported and the image
+verified (kiln.lifecycle.signing), which hashes every layer blob.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from kiln.home import Home
 from kiln.recipe.limits import read_regular
 
 if TYPE_CHECKING:
-    from kiln.lifecycle.policy import Policy
     from kiln.lifecycle.signing import Verified
     from kiln.store.layout import Layout
 
@@ -43,31 +42,59 @@ def locate(home: Home) -> Path | None:
     return None
 
 
-def requiring(home: Home) -> Path | None:
-    """The policy file in force if it may require signatures, else None.
+@dataclass(frozen=True)
+class Required:
+    """A policy in force that requires signatures: its file and its trusted keys."""
 
-    A file that does not parse, has a table or a ``[trust]`` key the policy does not
-    know, or whose ``require_signatures`` is not plainly false or absent, is returned
-    too: loading it in full reports what is wrong (a typo never turns the check off)."""
+    path: Path
+    keys: tuple[Path, ...]  # PEM public key files, relative to the policy's folder
+
+
+def requiring(home: Home) -> Required | None:
+    """The policy in force if it requires signatures, else None.
+
+    A plain ``[trust]`` (``require_signatures`` a boolean, ``keys`` a list of strings) is
+    read here, without the policy's models; anything else (a file that does not parse, a
+    table or ``[trust]`` key the policy does not know, a value of the wrong type) goes
+    through kiln.lifecycle.policy.load, which reports what is wrong (a typo never turns
+    the check off). The rest of the file is not validated on this path."""
     path = locate(home)
     if path is None:
         return None
     try:
         raw = tomllib.loads(read_regular(path, MAX_POLICY_BYTES, "policy file").decode())
     except (KilnError, OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
-        # unreadable or malformed: the full load says why, with file:line
-        return path
+        return _loaded(path)  # the full load says why, with file:line
     trust = raw.get("trust", {})
     if raw.keys() - SECTIONS or not isinstance(trust, dict) or trust.keys() - TRUST_KEYS:
-        return path  # a misspelt key must not pass for "no signatures required"
-    return None if trust.get("require_signatures", False) is False else path
+        return _loaded(path)
+    required, keys = trust.get("require_signatures", False), trust.get("keys", [])
+    if required is False:
+        return None
+    if (
+        required is not True
+        or not isinstance(keys, list)
+        or not all(isinstance(key, str) and key and "\0" not in key for key in keys)
+    ):
+        return _loaded(path)
+    folder = Path(os.path.realpath(path)).parent  # as policy.load resolves it
+    return Required(path, tuple(folder / key for key in keys))
+
+
+def _loaded(path: Path) -> Required | None:
+    from kiln.lifecycle import policy as policies
+
+    policy = policies.load(path)  # RecipeError (exit 2) lists every problem
+    if not policy.trust.require_signatures:
+        return None
+    return Required(path, tuple(policy.key_paths()))
 
 
 @dataclass(frozen=True)
 class Decision:
     """What the trust policy said about one image (None when no policy requires it)."""
 
-    policy: Policy
+    policy: Required
     verified: Verified
 
 
@@ -76,16 +103,12 @@ def check(home: Home, layout: Layout, digest: str) -> Decision | None:
 
     None when no policy requires them; else the policy and the verification, which the
     caller refuses the image on unless ``verified.ok``."""
-    path = requiring(home)
-    if path is None:
+    required = requiring(home)
+    if required is None:
         return None
-    from kiln.lifecycle import policy as policies
     from kiln.lifecycle import signing
 
-    policy = policies.load(path)
-    if not policy.trust.require_signatures:
-        return None
-    return Decision(policy, signing.verify(layout, digest, policy.key_paths()))
+    return Decision(required, signing.verify(layout, digest, required.keys))
 
 
 def enforce(home: Home, layout: Layout, digest: str, ref: str) -> Decision | None:
