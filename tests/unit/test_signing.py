@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,27 @@ def test_a_second_signature_is_a_second_layer_of_the_same_manifest(
     assert both.ok and set(both.key_ids) == {one.key_id, two.key_id}
     assert signing.verify(workspace.layout, image.digest, [second_pub]).key_ids == (two.key_id,)
     assert "tiny:1" in workspace.layout.refs() and tag not in workspace.layout.refs()
+
+
+def test_signers_at_once_each_keep_their_signature(workspace: Workspace) -> None:
+    """The .sig manifest is rewritten under the index lock: none of them is lost."""
+    image = make_image(workspace, "tiny", b"hello\n")
+    layout = Layout(workspace.home.oci, tmp=workspace.home.tmp)
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(6)]
+    with ThreadPoolExecutor(len(keys)) as pool:
+        done = list(pool.map(lambda key: signing.sign(layout, image, "tiny", key), keys))
+    assert sorted(signed.signatures for signed in done) == list(range(1, len(keys) + 1))
+    publics = []
+    for number, key in enumerate(keys):
+        path = workspace.home.root / f"{number}.pub"
+        path.write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        publics.append(path)
+    found = signing.verify(layout, image.digest, publics)
+    assert found.ok and len(found.key_ids) == len(keys)
 
 
 def test_signing_records_a_row_and_an_event_together(workspace: Workspace) -> None:
