@@ -35,6 +35,7 @@ from kiln.bake import image, packages, seal, services
 from kiln.bake.bases import debian, imported
 from kiln.bake.context import BuildContext
 from kiln.bake.result import ONGOING, BakeResult
+from kiln.catalog import events
 from kiln.catalog.db import Conflict
 from kiln.catalog.models import Artefact, Image, Package
 from kiln.catalog.revisions import PENDING
@@ -391,6 +392,16 @@ def commit(context: BuildContext, layer: Descriptor, diff_id: str, seconds: floa
                 )
             done.artefacts = [artefact for _descriptor, artefact in artefacts]
             done.status = "ok"
+            events.record(
+                session,
+                "baked",
+                recipe.name,
+                version,
+                manifest_desc.digest,
+                parent=context.parent.ref if context.parent else None,
+                parent_named=recipe.recipe.image.parent,  # as written: base:prod, base.toml
+                cache_key=context.cache_key,
+            )
     except BaseException:
         _take_back(context, image_id, ref, manifest_desc.digest, referrers if tagged else None)
         raise

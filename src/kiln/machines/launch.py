@@ -211,7 +211,7 @@ def _record(home: Home, request: Request, image_id: int, launched: Launched) -> 
     """Record the machine, and that any earlier machine of its name is history."""
     from sqlalchemy import select
 
-    from kiln.catalog import Catalog, Machine
+    from kiln.catalog import Catalog, Machine, events
 
     catalog = Catalog(home.catalog_url)
     try:
@@ -220,6 +220,17 @@ def _record(home: Home, request: Request, image_id: int, launched: Launched) -> 
             stale = select(Machine).where(Machine.name == launched.name, Machine.removed.is_(None))
             for old in session.scalars(stale):  # its folder is gone: that machine is history
                 old.removed = now
+            name, _colon, version = launched.image.partition(":")
+            events.record(
+                session,
+                "machine_started",
+                name,
+                int(version),
+                launched.digest,
+                machine=launched.name,
+                at=now,
+                throwaway=request.throwaway,
+            )
             session.add(
                 Machine(
                     name=launched.name,
@@ -385,7 +396,7 @@ def _recorded(home: Home, name: str) -> tuple[dict[str, str], list[str]]:
 def _record_start(home: Home, state: State) -> None:
     from sqlalchemy import select
 
-    from kiln.catalog import Catalog, Machine
+    from kiln.catalog import Catalog, Machine, events
 
     catalog = Catalog(home.catalog_url)
     try:
@@ -397,6 +408,10 @@ def _record_start(home: Home, state: State) -> None:
                 row.nspawn_pid = state.nspawn.pid
                 row.leader_pid = state.leader.pid
                 row.stopped = None
+            name, _colon, version = state.image.partition(":")
+            events.record(
+                session, "machine_started", name, int(version), state.digest, machine=state.name
+            )
     finally:
         catalog.close()
 

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import select
 
 from kiln import proc
-from kiln.catalog import Catalog, Machine
+from kiln.catalog import Catalog, Machine, events
 from kiln.catalog.machines import iso
 from kiln.errors import KilnError, NotFound
 from kiln.home import Home
@@ -85,11 +85,16 @@ def ps(catalog: Catalog, include_removed: bool = False) -> list[dict[str, Any]]:
 
 
 def _mark(catalog: Catalog, name: str, **changes: Any) -> None:
+    """Set ``changes`` (stopped=, removed=) on the machine's rows, with the event."""
+    kind = "machine_removed" if "removed" in changes else "machine_stopped"
     with catalog.session() as session:
         rows = session.scalars(
             select(Machine).where(Machine.name == name, Machine.removed.is_(None))
         ).all()
         for row in rows:
+            if kind == "machine_removed" or row.stopped is None:  # not twice for one stop
+                family, _colon, version = row.image_ref.partition(":")
+                events.record(session, kind, family, int(version), row.digest, machine=name)
             for key, value in changes.items():
                 setattr(row, key, value)
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kiln.catalog import Catalog, TestRun
+from kiln.catalog import Catalog, Image, TestRun, events
 from kiln.catalog.lookup import ImageRow
 from kiln.catalog.machines import iso
 from kiln.errors import BadInput, KilnError
@@ -157,6 +157,18 @@ def _converge(
 
 def _record(catalog: Catalog, image_id: int, report: Report) -> None:
     with catalog.session() as session:
+        image = session.get(Image, image_id)
+        if image is not None:
+            events.record(
+                session,
+                "tested",
+                image.name,
+                image.version,
+                image.digest,
+                machine=report.machine,
+                ok=report.ok,
+                converge=report.converge,
+            )
         session.add(
             TestRun(
                 image_id=image_id,
