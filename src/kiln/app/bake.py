@@ -1,7 +1,8 @@
 """`kiln bake` and `kiln lock`: plan the recipes, then take each in lineage order.
 
 A recipe's parent is resolved here, through the one resolver: a recipe baked earlier in
-the same run is named by the ref that bake gave it; any other parent by the catalog.
+the same run is named by the ref that bake gave it; any other parent by the catalog (a
+channel, ``base:prod``, names what it points at now). A revoked image is never a parent.
 
 A bake whose every recipe is a cache hit is answered from the memos the last bake left
 (kiln.bake.memo), without loading the recipe models or SQLAlchemy; anything else takes
@@ -18,6 +19,7 @@ from kiln.app.workspace import Workspace
 from kiln.bake import memo
 from kiln.bake.options import Options
 from kiln.bake.result import ONGOING, BakeResult
+from kiln.catalog.lookup import Revoked
 from kiln.recipe.limits import recipe_paths
 
 if TYPE_CHECKING:
@@ -40,7 +42,10 @@ def parent_of(workspace: Workspace, recipe: RecipeFile, ref: str | None) -> Pare
     ref = ref or recipe.recipe.image.parent
     if ref is None:
         return None
-    row, image = resolve.image_and_bytes(workspace, ref)
+    try:  # usable: a revoked image (or one with a revoked ancestor) is never a parent
+        row, image = resolve.image_and_bytes(workspace, ref)
+    except Revoked as exc:
+        raise Revoked(f"{recipe.path.name}: its parent {ref}: {exc.message}", exc.hint) from None
     packages = [
         Deb(p.name, p.architecture, p.version, p.sha256) for p in workspace.lookup.packages(row.id)
     ]

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.orm import Session
 
-from kiln.app import resolve
+from kiln.app import lifecycle, resolve
 from kiln.app.workspace import Workspace
 from kiln.catalog import Catalog, Image, events
 from kiln.catalog.db import Conflict
@@ -44,8 +44,9 @@ from kiln.store.layout import MEDIA_MANIFEST, Descriptor, Layout, image_ref
 
 @contextmanager
 def _reading(workspace: Workspace, ref: str) -> Iterator[tuple[Session, Image]]:
-    """The catalog row ``ref`` resolves to, with its relations, in a read transaction."""
-    row = resolve.image(workspace, ref)
+    """The catalog row ``ref`` resolves to, with its relations, in a read transaction (a
+    revoked image too: these commands only look)."""
+    row = resolve.image(workspace, ref, usable=False)
     with workspace.catalog.reading() as session:
         image = session.get(Image, row.id)
         assert image is not None
@@ -135,6 +136,7 @@ def inspect(workspace: Workspace, ref: str) -> dict[str, Any]:
                 for a in image.artefacts
             ],
             "tests": [run.to_json() for run in latest_test_runs(session, image.id)],
+            **lifecycle.about(workspace, image.id, image.name, image.digest),
         }
 
 
@@ -164,12 +166,13 @@ def lineage(workspace: Workspace, ref: str) -> dict[str, Any]:
             **_summary(image),
             "ancestors": [_summary(a) for a in Catalog.ancestors(image)],
             "descendants": _descendants(image),
+            **lifecycle.about(workspace, image.id, image.name, image.digest),
         }
 
 
 def diff(workspace: Workspace, old_ref: str, new_ref: str) -> dict[str, Any]:
-    old, old_image = resolve.image_and_bytes(workspace, old_ref)
-    new, new_image = resolve.image_and_bytes(workspace, new_ref)
+    old, old_image = resolve.image_and_bytes(workspace, old_ref, usable=False)
+    new, new_image = resolve.image_and_bytes(workspace, new_ref, usable=False)
     files = tree.diff(old_image.layer_dirs, new_image.layer_dirs)
     lookup = workspace.lookup
     packages = lockfile.diff(_debs(lookup.packages(old.id)), _debs(lookup.packages(new.id)))

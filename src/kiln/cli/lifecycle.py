@@ -1,0 +1,338 @@
+"""Lifecycle commands: promote, channels, rollback, revoke, restore, where, history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+
+from kiln.cli.output import console, print_json, wide
+from kiln.errors import KilnError
+
+# Commands import their use cases when they run: `kiln where` stays quick on a large catalog.
+
+json_flag = click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+
+
+def _say(text: str) -> None:
+    console.print(text, highlight=False)
+
+
+def _gate_lines(gates: list[dict[str, Any]]) -> None:
+    for gate in gates:
+        state = "[green]ok[/]  " if gate["ok"] else "[red]FAIL[/]"
+        _say(f"  {state} {gate['gate']}: {escape(gate['why'])}")
+
+
+def _policy_line(policy: dict[str, Any], channel: str) -> str:
+    if policy["path"] is None:
+        return f"policy: none (no kiln.toml found: {channel} has no gates)"
+    return f"policy: {escape(policy['path'])} (sha256:{policy['digest'][:12]})"
+
+
+@click.command()
+@click.argument("ref")
+@click.argument("channel")
+@click.option("--force", is_flag=True, help="promote even if gates are unmet (recorded as forced)")
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the policy file (default: KILN_POLICY, ./kiln.toml, $KILN_HOME/kiln.toml)",
+)
+@json_flag
+def promote(ref: str, channel: str, force: bool, policy_file: Path | None, as_json: bool) -> None:
+    """Point CHANNEL of the image's name at REF, if the policy's gates for it hold.
+
+    A refused promotion lists every unmet gate and exits 1; --force promotes anyway and
+    records it as forced, with the gate results (never a revoked image)."""
+    from kiln.app import lifecycle
+    from kiln.app.workspace import with_workspace
+
+    result = with_workspace(lifecycle.promote, ref, channel, force, policy_file)
+    data = result.to_json()
+    if as_json:
+        print_json(data)
+        if not (data["promoted"] or data["unchanged"]):
+            raise SystemExit(1)
+        return
+    _say(_policy_line(data["policy"], channel))
+    _gate_lines(data["gates"])
+    if data["unchanged"]:
+        _say(f"{channel} of {data['name']} is {data['image']} already")
+        return
+    if not data["promoted"]:
+        unmet = data["unmet"]
+        hint = (
+            "a revoked image is never promoted"
+            if "revoked" in unmet
+            else "meet them, or promote with --force (recorded as forced)"
+        )
+        raise KilnError(
+            f"{data['image']} was not promoted to {channel}: "
+            f"{len(unmet)} unmet gate{'s' if len(unmet) != 1 else ''}: {', '.join(unmet)}",
+            hint=hint,
+        )
+    was = f" (was {data['previous']})" if data["previous"] else ""
+    forced = " [yellow]forced[/]" if data["forced"] else ""
+    _say(f"promoted {data['image']} to {channel}{was}{forced}")
+
+
+@click.command()
+@click.argument("name", required=False)
+@json_flag
+def channels(name: str | None, as_json: bool) -> None:
+    """List channels and what each points at; with NAME, each one's whole history."""
+    from rich.table import Table
+
+    from kiln.app import lifecycle
+    from kiln.app.workspace import with_workspace
+
+    rows = with_workspace(lifecycle.channel_list, name)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("NAME", "CHANNEL", "IMAGE", "SINCE", "BY", "ACTION", box=None)
+    for row in rows:
+        head = row["head"]
+        action = head["action"] + (" (forced)" if head["forced"] else "")
+        table.add_row(
+            row["name"],
+            row["channel"],
+            row["image"] or "-",
+            (row["since"] or "")[:19],
+            escape(head["actor"]),
+            action,
+        )
+    wide.print(table)
+    for row in rows:
+        if row["left"]:
+            _say(f"{row['name']}:{row['channel']} is empty now: {escape(row['left'])}")
+        if "history" not in row:
+            continue
+        _say(f"\n[bold]{row['name']}:{row['channel']}[/] history, newest first")
+        for step in row["history"]:
+            forced = " forced" if step["forced"] else ""
+            unmet = [g["gate"] for g in step["gates"] if not g["ok"]]
+            missed = f" (unmet: {', '.join(unmet)})" if unmet else ""
+            _say(
+                f"  {step['at']}  {step['action']:<8} {step['image'] or '-':<12} "
+                f"from {step['previous'] or '-':<12} {escape(step['actor'])}{forced}{missed}"
+            )
+
+
+@click.command()
+@click.argument("name")
+@click.argument("channel")
+@json_flag
+def rollback(name: str, channel: str, as_json: bool) -> None:
+    """Point CHANNEL of NAME back at the version it held before its current assignment
+    (again: one further back; revoked versions are stepped over)."""
+    from kiln.app import lifecycle
+    from kiln.app.workspace import with_workspace
+
+    data = with_workspace(lifecycle.rollback, name, channel)
+    if as_json:
+        print_json(data)
+        return
+    skipped = f" (stepped over revoked {', '.join(data['skipped'])})" if data["skipped"] else ""
+    _say(f"rolled {name}:{channel} back to {data['image']} from {data['previous'] or '-'}{skipped}")
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--reason", required=True, help="why: shown wherever the revocation is")
+@click.option(
+    "--at",
+    metavar="TIME",
+    help="from when (ISO 8601; UTC unless it has an offset); a future time schedules it",
+)
+@json_flag
+def revoke(ref: str, reason: str, at: str | None, as_json: bool) -> None:
+    """Withdraw an image and everything baked on it: no machine boots it, no bake builds
+    on it, no channel points at it (the channels that did are emptied)."""
+    from kiln.app import lifecycle
+    from kiln.app.workspace import with_workspace
+
+    data = with_workspace(lifecycle.revoke, ref, reason, at)
+    if as_json:
+        print_json(data)
+        return
+    when = f"from {data['effective']}" if data["scheduled"] else "now"
+    _say(f"revoked {data['image']} {when}: {escape(data['reason'])}")
+    if data["descendants"]:
+        _say(f"  with its descendants: {', '.join(data['descendants'])}")
+    for left in data["channels_left"]:
+        _say(f"  {left['name']}:{left['channel']} no longer points at {left['image']}")
+
+
+@click.command()
+@click.argument("ref")
+@json_flag
+def restore(ref: str, as_json: bool) -> None:
+    """Lift an image's revocation (its descendants come back with it)."""
+    from kiln.app import lifecycle
+    from kiln.app.workspace import with_workspace
+
+    data = with_workspace(lifecycle.restore, ref)
+    if as_json:
+        print_json(data)
+        return
+    _say(f"restored {data['image']} (was revoked: {escape(data['reason'])})")
+    for left in data["channels_left"]:
+        _say(
+            f"  {left['name']}:{left['channel']} stays empty: "
+            f"kiln rollback {left['name']} {left['channel']} points it at {left['image']} again"
+        )
+
+
+def _age(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _cell(cell: dict[str, Any] | None) -> str:
+    if cell is None:
+        return "-"
+    age = cell["age_seconds"]
+    parts = [cell["ref"]]
+    if age is not None:
+        parts.append(_age(age))
+    count = len(cell["machines"])
+    if count:
+        parts.append(f"{count} machine{'s' if count != 1 else ''}")
+    if cell["signed"]:
+        parts.append("signed")
+    text = " ".join(parts)
+    return f"[red]{text} REVOKED[/]" if cell["revoked"] else text
+
+
+def _machines_table(machines: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    drift = any("drift" in m for m in machines)
+    columns = ["MACHINE", "IMAGE", "STATE", "CHANNELS", "REVOKED", *(["DRIFT"] if drift else [])]
+    table = Table(*columns, box=None)
+    for m in machines:
+        revoked = m["revoked"]
+        row = [
+            m["name"],
+            m["image"],
+            m["state"],
+            ", ".join(m["channels"]) or "-",
+            f"[red]by {revoked['by']}: {escape(revoked['reason'])}[/]" if revoked else "-",
+        ]
+        if drift:
+            row.append("-" if m.get("drift") is None else str(m["drift"]))
+        table.add_row(*row)
+    wide.print(table)
+
+
+@click.command()
+@click.argument("target", required=False, metavar="[REF|NAME]")
+@click.option("--revoked", "revoked_only", is_flag=True, help="machines running revoked images")
+@json_flag
+def where(target: str | None, revoked_only: bool, as_json: bool) -> None:
+    """Which machines run which version, and which channels point at it.
+
+    No argument: every image name against every channel (version, age, machines,
+    signed, revoked) and every machine. --revoked exits 1 when a machine runs a revoked
+    image."""
+    from rich.table import Table
+
+    from kiln.app import lifecycle
+    from kiln.app.workspace import with_workspace
+
+    data = with_workspace(lifecycle.where, target, revoked_only)
+    if revoked_only:
+        if as_json:
+            print_json(data)
+        elif data["machines"]:
+            _machines_table(data["machines"])
+        else:
+            _say("no machine runs a revoked image")
+        if data["machines"]:
+            raise SystemExit(1)
+        return
+    if as_json:
+        print_json(data)
+        return
+    if "versions" in data:
+        for version in data["versions"]:
+            flags = [f"channels: {', '.join(version['channels'])}"] if version["channels"] else []
+            flags += ["latest"] if version.get("latest") else []
+            flags += ["signed"] if version["signed"] else []
+            if version["revoked"]:
+                revoked = version["revoked"]
+                flags.append(f"[red]revoked by {revoked['by']}: {escape(revoked['reason'])}[/]")
+            _say(f"[bold]{version['ref']}[/] {version['digest'][:19]}  {'; '.join(flags)}")
+            for m in version["machines"]:
+                _say(f"  {m['name']}  {m['state']}")
+            if not version["machines"]:
+                _say("  no machine")
+        return
+    table = Table("IMAGE", "LATEST", *[c.upper() for c in data["channels"]], box=None)
+    for row in data["images"]:
+        cells = [_cell(row["channels"][c]) for c in data["channels"]]
+        table.add_row(row["name"], _cell(row["latest"]), *cells)
+    wide.print(table)
+    if data["machines"]:
+        _say("")
+        _machines_table(data["machines"])
+
+
+def _detail(event: dict[str, Any]) -> str:
+    detail = event["detail"]
+    kind = event["kind"]
+    if kind == "promoted":
+        forced = " forced" if detail.get("forced") else ""
+        return f"to {detail.get('channel')} (was {detail.get('previous') or '-'}){forced}"
+    if kind == "rolled_back":
+        return f"{detail.get('channel')} back from {detail.get('previous') or '-'}"
+    if kind == "revoked":
+        through = f" through {detail['through']}" if detail.get("through") else ""
+        return f"{detail.get('reason', '')}{through} from {detail.get('effective')}"
+    if kind == "restored":
+        through = f" through {detail['through']}" if detail.get("through") else ""
+        return f"was revoked: {detail.get('reason', '')}{through}"
+    if kind == "tested":
+        return "passed" if detail.get("ok") else "failed"
+    if kind == "baked":
+        if not detail.get("parent"):
+            return "a base image"
+        named = detail.get("parent_named")
+        return f"on {detail['parent']}" + (f" (named {named})" if named else "")
+    if kind.startswith("machine_"):
+        return "for kiln test" if detail.get("throwaway") else ""
+    return ", ".join(f"{key}={value}" for key, value in sorted(detail.items()))
+
+
+@click.command()
+@click.argument("name")
+@json_flag
+def history(name: str, as_json: bool) -> None:
+    """Every event of an image family, oldest first: baked, tested, signed, promoted,
+    rolled back, revoked, restored, machines started, stopped, removed."""
+    from kiln.app import lifecycle
+    from kiln.app.workspace import with_workspace
+
+    events = with_workspace(lifecycle.history, name)
+    if as_json:
+        print_json(events)
+        return
+    for event in events:
+        what = event["ref"] or event["name"]
+        machine = f" {event['machine']}" if event["machine"] else ""
+        _say(
+            f"{event['at']}  {event['kind']:<16} {what:<12}{machine}  "
+            f"{escape(_detail(event))}  [dim]{escape(event['actor'])}[/]"
+        )
+
+
+def register(group: click.Group) -> None:
+    for command in (promote, channels, rollback, revoke, restore, where, history):
+        group.add_command(command)
