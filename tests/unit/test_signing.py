@@ -33,6 +33,7 @@ from kiln.catalog.lifecycle import Event, Signature
 from kiln.errors import BadInput
 from kiln.home import Home
 from kiln.lifecycle import policy, signing, trust
+from kiln.lifecycle.locate import locate
 from kiln.store import gc
 from kiln.store.layout import (
     MEDIA_CONFIG,
@@ -363,12 +364,12 @@ def test_trust_finds_the_policy_file_policy_find_does(
     workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home = workspace.home
-    assert trust.locate(home) is None and policy.find(home).path is None
+    assert locate(home) is None and policy.find(home).path is None
     write_policy(home.root, True, [])
-    assert trust.locate(home) == policy.find(home).path == home.root / "kiln.toml"
+    assert locate(home) == policy.find(home).path == home.root / "kiln.toml"
     elsewhere = write_policy(tmp_path, False, [])
     monkeypatch.setenv("KILN_POLICY", str(elsewhere))
-    assert trust.locate(home) == policy.find(home).path == elsewhere
+    assert locate(home) == policy.find(home).path == elsewhere
     assert trust.requiring(home) is None
 
 
@@ -444,7 +445,8 @@ def test_the_check_on_the_clock_imports_only_what_it_needs(home: Home, tmp_path:
         [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["[]", "['kiln.lifecycle.trust']", "True False"]
+    loaded = "['kiln.lifecycle.locate', 'kiln.lifecycle.trust']"
+    assert out.stdout.splitlines() == ["[]", loaded, "True False"]
 
 
 # the store's own checks

@@ -31,8 +31,8 @@ from kiln.catalog.models import Artefact, Package
 from kiln.catalog.revisions import OK, PENDING
 from kiln.errors import BadInput, KilnError, NotFound
 from kiln.home import Home
-from kiln.lifecycle import policy, retention
-from kiln.lifecycle.policy import Policy
+from kiln.lifecycle import retention
+from kiln.lifecycle.locate import locate
 from kiln.machines.folder import Folder, machines_dir
 from kiln.machines.folder import load as load_state
 from kiln.recipe import lockfile
@@ -275,7 +275,7 @@ def collect_garbage(
         if rules.active:
             report.items += _sweep_debs(workspace, decision, snap.recipe_paths, dry_run, notes)
     gc.sweep_bake_locks(home, dry_run)  # tiny files, not worth a line in the report
-    return Collected(report, decision, found.describe(), notes)
+    return Collected(report, decision, found, notes)
 
 
 @contextmanager
@@ -299,17 +299,27 @@ def _retention_rules(
     keep_last: int | None,
     keep_younger_than: str | None,
     keep_channel_history: str | None,
-) -> tuple[retention.Rules, Policy]:
+) -> tuple[retention.Rules, dict[str, str | None]]:
     """The flags over the policy file's ``[retention]`` (bad flags: BadInput, exit 2)."""
-    found = policy.find(workspace.home, policy_file)
-    kept = found.retention
+    path = locate(workspace.home, policy_file)
+    if path is None:  # no policy file: the flags alone, and the policy models never load
+        found: dict[str, str | None] = {"path": None, "digest": None}
+        file_rules = retention.Rules(None, None, None)
+    else:
+        from kiln.lifecycle import policy
+
+        loaded = policy.load(path)
+        found = loaded.describe()
+        kept = loaded.retention
+        file_rules = retention.Rules(
+            kept.keep_last, kept.keep_younger_than, kept.keep_channel_history
+        )
     try:
         flags = retention.Rules(keep_last, keep_younger_than, keep_channel_history)
     except ValueError as exc:
         raise BadInput(
             f"kiln gc: {exc}", hint="durations look like 30s, 15m, 24h, 7d, 2w"
         ) from None
-    file_rules = retention.Rules(kept.keep_last, kept.keep_younger_than, kept.keep_channel_history)
     return flags.over(file_rules), found
 
 
@@ -364,7 +374,7 @@ class _Dropped:
 def _retire(
     workspace: Workspace,
     rules: retention.Rules,
-    found: Policy,
+    found: dict[str, str | None],
     index: dict[str, Any],
     dry_run: bool,
     notes: list[str],
@@ -469,7 +479,10 @@ def _chunks(ids: list[int], size: int = 500) -> Iterator[list[int]]:
 
 
 def _remove_rows(
-    session: Session, snap: _Snapshot, decision: retention.Decision, found: Policy
+    session: Session,
+    snap: _Snapshot,
+    decision: retention.Decision,
+    found: dict[str, str | None],
 ) -> None:
     """Every row of the versions that go, and a "removed" event for each.
 
@@ -526,7 +539,7 @@ def _remove_rows(
             version.digest,
             by="gc",
             rules=decision.rules.to_json(),
-            policy=found.describe()["path"],
+            policy=found["path"],
             machines=sorted(set(machines_of[version.id])),
         )
 

@@ -34,32 +34,22 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator
 
 from kiln import refs
+from kiln.durations import seconds
 from kiln.errors import NotFound, Problem, RecipeError
 from kiln.home import Home
+from kiln.lifecycle.locate import NAME, locate
 from kiln.recipe import limits
 from kiln.recipe.load import parse_toml, pydantic_problems
 from kiln.recipe.locate import LineIndex
 from kiln.schema import Model
 
-NAME = "kiln.toml"
 MAX_POLICY_BYTES = 1 << 20
-DURATION_RE = re.compile(r"^([0-9]+)(s|m|h|d|w)$")
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def seconds(value: str) -> int:
-    """A duration as a policy writes it: 30s, 15m, 24h, 7d, 2w."""
-    match = DURATION_RE.match(value)
-    if not match:
-        raise ValueError(f"'{value}' is not a duration like 30s, 15m, 24h, 7d or 2w")
-    return int(match.group(1)) * UNITS[match.group(2)]
 
 
 def _duration(value: str | None) -> str | None:
@@ -182,13 +172,6 @@ def load(path: Path) -> Policy:
 
 
 def find(home: Home, given: Path | None = None) -> Policy:
-    """The policy in force: ``given``, KILN_POLICY, ./kiln.toml, $KILN_HOME/kiln.toml."""
-    if given is not None:
-        return load(given)
-    env = os.environ.get("KILN_POLICY")
-    if env:
-        return load(Path(env))
-    for candidate in (Path.cwd() / NAME, home.root / NAME):
-        if candidate.is_file():
-            return load(candidate)
-    return Policy(PolicyModel())
+    """The policy in force (kiln.lifecycle.locate), loaded; the empty one if none."""
+    path = locate(home, given)
+    return load(path) if path is not None else Policy(PolicyModel())

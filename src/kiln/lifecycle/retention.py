@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
-from kiln.lifecycle.policy import seconds
+from kiln.durations import seconds
 
 ANCESTOR_NAMES = 3  # descendants named in an "ancestor of" reason; the rest are counted
 NO_RULE = "no retention rule is set"

@@ -18,28 +18,16 @@ from typing import TYPE_CHECKING
 
 from kiln.errors import KilnError
 from kiln.home import Home
+from kiln.lifecycle.locate import locate
 from kiln.recipe.limits import read_regular
 
 if TYPE_CHECKING:
     from kiln.lifecycle.signing import Verified
     from kiln.store.layout import Layout
 
-NAME = "kiln.toml"  # kiln.lifecycle.policy.NAME, which this module must not import
 MAX_POLICY_BYTES = 1 << 20
 SECTIONS = {"trust", "channels", "retention"}  # the policy's tables (PolicyModel)
 TRUST_KEYS = {"keys", "require_signatures"}
-
-
-def locate(home: Home) -> Path | None:
-    """The policy file in force, in kiln.lifecycle.policy.find's order (KILN_POLICY,
-    ./kiln.toml, $KILN_HOME/kiln.toml), or None; nothing is read."""
-    env = os.environ.get("KILN_POLICY")
-    if env:
-        return Path(env)
-    for candidate in (Path.cwd() / NAME, home.root / NAME):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 @dataclass(frozen=True)
