@@ -282,12 +282,13 @@ def restore(workspace: Workspace, ref: str) -> dict[str, Any]:
                 exc.hint = f"name the version to restore: kiln restore {parsed.name}:VERSION"
             raise
         lifted = revocation.restore(session, lookup, image, now)
-        left = [
+        family = {image.id} | {row.id for row in lookup.descendants(image.id)}
+        left = [  # channels this revocation emptied (of the image or what is built on it)
             head.assignment
             for head in lookup.heads()
             if head.image is None
             and head.assignment.action == channels.REVOKE
-            and head.assignment.previous_id is not None
+            and head.assignment.previous_id in family
         ]
         back = lookup.by_ids([row.previous_id for row in left if row.previous_id is not None])
         usable = {i for i in back if lookup.revocation(i, now) is None}

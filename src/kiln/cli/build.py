@@ -173,6 +173,15 @@ def inspect(ref: str, provenance: bool, sbom: bool, as_json: bool) -> None:
         ("size", human_size(data["size"])),
         ("parents", " <- ".join(p["ref"] for p in data["parents"]) or "-"),
     ]
+    if data.get("parent_named"):
+        rows.append(("named as", data["parent_named"]))
+    rows.append(("channels", ", ".join(data.get("channels") or []) or "-"))
+    revoked = data.get("revoked") or data.get("revocation_scheduled")
+    if revoked:
+        when = "revoked" if data.get("revoked") else "to be revoked"
+        rows.append(
+            (when, f"{revoked['reason']} (by {revoked['by']}, from {revoked['effective']})")
+        )
     for key, value in rows:
         console.print(f"  {key:<10} {escape(str(value))}", highlight=False)
     console.print("[bold]labels[/]")
