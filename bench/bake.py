@@ -23,7 +23,6 @@ checkout.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -34,7 +33,7 @@ import time
 from pathlib import Path
 
 from bench import postgres
-from bench.common import EXAMPLES, KILN, Row, median, timed
+from bench.common import EXAMPLES, KILN, Row, median, report, timed
 from kiln.bake.bases.debian import mmdebstrap_argv, sources
 from kiln.recipe import load_recipe
 from kiln.store.layer import GZIP_LEVEL, capture, read_stream
@@ -218,11 +217,7 @@ def main() -> None:
             bench_store_size(home),
         ]
     rows = [row for row in measured if row is not None]
-    if args.json:
-        print(json.dumps([row.__dict__ for row in rows], indent=2))
-    else:
-        for row in rows:
-            print(row.render())
+    report(rows, args.json)
 
 
 if __name__ == "__main__":

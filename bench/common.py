@@ -55,3 +55,14 @@ class Row:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def report(rows: Sequence[Row], as_json: bool) -> None:
+    """Print the rows, as JSON or one line each."""
+    import json
+
+    if as_json:
+        print(json.dumps([row.__dict__ for row in rows], indent=2))
+    else:
+        for row in rows:
+            print(row.render())

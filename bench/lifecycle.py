@@ -16,11 +16,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from bench import lifecycle_drift, lifecycle_gc, lifecycle_signing, lifecycle_where
-from bench.common import Row
+from bench.common import Row, report
 
 
 def main() -> None:
@@ -38,11 +37,7 @@ def main() -> None:
     if not args.skip_drift:
         rows += lifecycle_drift.rows(None, args.runs)
         rows += lifecycle_signing.rows(None, args.runs)
-    if args.json:
-        print(json.dumps([row.__dict__ for row in rows], indent=2))
-    else:
-        for row in rows:
-            print(row.render())
+    report(rows, args.json)
     if not all(row.ok for row in rows):
         sys.exit(1)
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import random
 import sqlite3
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.common import KILN, Row, median, timed
+from bench.common import KILN, Row, median, report, timed
 from kiln.digests import canonical_json
 from kiln.home import Home
 from kiln.store import artefacts
@@ -219,11 +218,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
     rows = bench_gc(args.images, args.runs)
-    if args.json:
-        print(json.dumps([row.__dict__ for row in rows], indent=2))
-    else:
-        for row in rows:
-            print(row.render())
+    report(rows, args.json)
 
 
 if __name__ == "__main__":

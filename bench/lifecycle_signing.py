@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import EXAMPLES, KILN, Row, median, timed
+from bench.common import EXAMPLES, KILN, Row, median, report, timed
 
 PASSWORD = "bench password"
 ADDED_TARGET = 0.15
@@ -190,11 +190,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
     found = rows(args.home.absolute() if args.home else None, args.runs)
-    if args.json:
-        print(json.dumps([row.__dict__ for row in found], indent=2))
-    else:
-        for row in found:
-            print(row.render())
+    report(found, args.json)
     if not all(row.ok for row in found):
         sys.exit(1)
 

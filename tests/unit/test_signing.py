@@ -6,18 +6,14 @@ trust policy's check on the clock reads nothing without a policy file."""
 from __future__ import annotations
 
 import base64
-import gzip
 import hashlib
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -36,61 +32,31 @@ from kiln.lifecycle import policy, signing, trust
 from kiln.lifecycle.locate import locate
 from kiln.store import gc
 from kiln.store.layout import (
-    MEDIA_CONFIG,
-    MEDIA_LAYER_GZIP,
     MEDIA_MANIFEST,
     REF_ANNOTATION,
     Descriptor,
     Layout,
     signature_tag,
 )
+from tests.unit.lifecycle_rows import manifest, workspace
 
 FIXTURE = json.loads(
     (Path(__file__).parents[1] / "fixtures" / "cosign-simple-signing.json").read_text()
 )
+__all__ = ["workspace"]  # the fixture
 PASSWORD = b"correct horse"
-
-
-def tar_gz(content: bytes) -> tuple[bytes, str]:
-    """A gzip layer holding one file, and its diff_id."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as archive:
-        info = tarfile.TarInfo("hello")
-        info.size = len(content)
-        archive.addfile(info, io.BytesIO(content))
-    plain = raw.getvalue()
-    return gzip.compress(plain, mtime=0), "sha256:" + hashlib.sha256(plain).hexdigest()
 
 
 def make_image(workspace: Workspace, name: str, content: bytes) -> Descriptor:
     """An image of one layer in the store and the catalog, as a bake leaves it."""
-    layout = workspace.layout
-    blob, diff_id = tar_gz(content)
-    layer = layout.put_bytes(blob, MEDIA_LAYER_GZIP)
-    config = layout.put_json(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        },
-        MEDIA_CONFIG,
-    )
-    manifest = layout.put_json(
-        {
-            "schemaVersion": 2,
-            "mediaType": MEDIA_MANIFEST,
-            "config": config.to_json(),
-            "layers": [layer.to_json()],
-        },
-        MEDIA_MANIFEST,
-    )
-    layout.tag(f"{name}:1", manifest)
+    found, config = manifest(workspace, content)
+    workspace.layout.tag(f"{name}:1", found)
     with workspace.catalog.session() as session:
         session.add(
             Image(
                 name=name,
                 version=1,
-                digest=manifest.digest,
+                digest=found.digest,
                 config_digest=config.digest,
                 cache_key=hashlib.sha256(content).hexdigest(),
                 recipe_path="",
@@ -98,21 +64,11 @@ def make_image(workspace: Workspace, name: str, content: bytes) -> Descriptor:
                 origin="scratch",
                 created=datetime.now(UTC),
                 status="ok",
-                size=layer.size,
+                size=0,
                 seconds=0.0,
             )
         )
-    return manifest
-
-
-@pytest.fixture
-def workspace(home: Home, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.delenv("KILN_CATALOG_URL", raising=False)
-    monkeypatch.delenv("KILN_POLICY", raising=False)
-    monkeypatch.chdir(home.root)
-    opened = Workspace(home)
-    yield opened
-    opened.close()
+    return found
 
 
 def key_pair(workspace: Workspace, name: str) -> tuple[Path, Path]:

@@ -20,12 +20,10 @@ from kiln.bake.bases import debian
 from kiln.bake.context import BuildContext
 from kiln.bake.options import Options
 from kiln.bake.result import BakeResult
-from kiln.catalog.lookup import ImageRow, Lookup
+from kiln.catalog.lookup import ImageRow
 from kiln.errors import BadInput
-from kiln.home import Home
 from kiln.recipe import RecipeFile, lockfile
 from kiln.recipe.lockfile import Deb, Lock
-from kiln.store.layout import Layout
 from kiln.store.stored import StoredImage
 
 if TYPE_CHECKING:
@@ -34,15 +32,9 @@ if TYPE_CHECKING:
 Log = Callable[[str], None]
 
 
-class Stores(Protocol):
+class Stores(memo.Reads, Protocol):
     """Where a bake reads and writes: kiln.app's Workspace is one."""
 
-    @property
-    def home(self) -> Home: ...
-    @property
-    def layout(self) -> Layout: ...
-    @property
-    def lookup(self) -> Lookup: ...
     @property
     def catalog(self) -> Catalog: ...
 
