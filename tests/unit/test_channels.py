@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kiln import refs
-from kiln.app import lifecycle
+from kiln.app import lifecycle, trace
 from kiln.app.workspace import Workspace
 from kiln.catalog.lookup import AssignmentRow
 from kiln.errors import BadInput, KilnError, NotFound
@@ -55,7 +55,7 @@ def test_a_channel_ref_is_a_ref_wherever_one_is_taken(workspace: Workspace) -> N
     assert promoted.image == one
     with pytest.raises(NotFound, match="web has no channel qa"):
         workspace.lookup.image(refs.parse("web:qa"))
-    found = lifecycle.where(workspace, "web:prod")
+    found = trace.where(workspace, "web:prod")
     assert [v["ref"] for v in found["versions"]] == ["web:1"]
     assert found["versions"][0]["channels"] == ["prod", "staging"]
 

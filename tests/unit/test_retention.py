@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from kiln.app import images
+from kiln.app import gc, images
 from kiln.app.workspace import Workspace
 from kiln.catalog import Catalog, Image, Machine, Package, TestRun, events
 from kiln.catalog.lifecycle import Assignment, Event, ImageName, Revocation, Signature
@@ -388,7 +388,7 @@ def test_gc_removes_what_retention_lets_go_and_everything_that_names_it(store: S
     web2_blobs = store.layout.read_json(web2_digest)["layers"][-1]["digest"].split(":")[1]
     assert (store.layout.blobs / web2_blobs).exists()
 
-    dry = images.collect_garbage(store.workspace, dry_run=True, keep_last=1)
+    dry = gc.collect_garbage(store.workspace, dry_run=True, keep_last=1)
     why = {row["ref"]: row["reasons"] for row in dry.to_json()["retention"]["kept"]}
     assert why == {
         "base:1": ["ancestor of web:1"],
@@ -401,7 +401,7 @@ def test_gc_removes_what_retention_lets_go_and_everything_that_names_it(store: S
     dry_debs = {Path(i.path).name for i in dry.report.items if i.kind == "deb"}
     assert refs_of(store) >= {"web:2"} and store.count(TestRun) == 1  # nothing changed
 
-    done = images.collect_garbage(store.workspace, keep_last=1)
+    done = gc.collect_garbage(store.workspace, keep_last=1)
     assert [(i.kind, i.path) for i in done.report.items if i.kind in ("version", "deb")] == [
         (i.kind, i.path) for i in dry.report.items if i.kind in ("version", "deb")
     ]
@@ -431,7 +431,7 @@ def test_a_version_number_is_never_given_again_after_gc(store: Store) -> None:
     for _ in range(3):
         store.image("web")
     store.image("base")
-    images.collect_garbage(store.workspace, keep_last=0)
+    gc.collect_garbage(store.workspace, keep_last=0)
     with store.catalog.reading() as session:
         assert session.scalar(select(func.count()).select_from(Image)) == 0
         assert session.get(ImageName, "web") is not None
@@ -441,7 +441,7 @@ def test_a_version_number_is_never_given_again_after_gc(store: Store) -> None:
 def test_without_a_rule_no_version_goes(store: Store) -> None:
     store.image("web")
     store.image("web")
-    collected = images.collect_garbage(store.workspace)
+    collected = gc.collect_garbage(store.workspace)
     assert not collected.decision.rules.active
     assert collected.report.count("version") == 0 and len(refs_of(store)) == 2
 
@@ -451,13 +451,13 @@ def test_the_policy_file_sets_the_rules_and_flags_override_it(store: Store) -> N
         store.image("web")
     policy = store.recipes / "kiln.toml"
     policy.write_text("[retention]\nkeep_last = 2\n")
-    dry = images.collect_garbage(store.workspace, dry_run=True, policy_file=policy)
+    dry = gc.collect_garbage(store.workspace, dry_run=True, policy_file=policy)
     assert dry.policy["path"] == str(policy)
     assert [v.ref for v in dry.decision.removed] == ["web:1"]
-    dry = images.collect_garbage(store.workspace, dry_run=True, policy_file=policy, keep_last=1)
+    dry = gc.collect_garbage(store.workspace, dry_run=True, policy_file=policy, keep_last=1)
     assert [v.ref for v in dry.decision.removed] == ["web:1", "web:2"]
     with pytest.raises(BadInput, match="duration"):
-        images.collect_garbage(store.workspace, keep_younger_than="soon")
+        gc.collect_garbage(store.workspace, keep_younger_than="soon")
 
 
 def test_a_machine_folder_without_readable_state_holds_every_version(store: Store) -> None:
@@ -466,13 +466,13 @@ def test_a_machine_folder_without_readable_state_holds_every_version(store: Stor
     folder = store.home.root / "machines" / "starting"
     folder.mkdir(parents=True)
     (folder / "machine.json").write_text("")  # a launch that has not said its image yet
-    collected = images.collect_garbage(store.workspace, keep_last=1)
+    collected = gc.collect_garbage(store.workspace, keep_last=1)
     assert collected.report.count("version") == 0 and len(refs_of(store)) == 2
     assert any("starting" in note for note in collected.notes)
     digest = store.layout.refs()["web:1"].digest
     started = Proc(pid=1, start=0)
     save(Folder(folder), State("starting", "web:1", digest, "boot", started, started))
-    collected = images.collect_garbage(store.workspace, keep_last=1)
+    collected = gc.collect_garbage(store.workspace, keep_last=1)
     why = {row["ref"]: row["reasons"] for row in collected.to_json()["retention"]["kept"]}
     assert why == {"web:1": ["machine starting runs it"], "web:2": ["last 1 of web"]}
 
@@ -487,11 +487,11 @@ def test_gc_finishes_what_an_interrupted_gc_left_in_index_json(store: Store) -> 
         session.query(Image).filter(Image.id == web1).delete()
         events.record(session, "removed", "web", 1, digest)
     assert images.check(store.workspace).faults  # index.json names web:1, the catalog not
-    collected = images.collect_garbage(store.workspace)  # no rule needed to finish it
+    collected = gc.collect_garbage(store.workspace)  # no rule needed to finish it
     assert any("web:1" in item.path for item in collected.report.items if item.kind == "index")
     assert sorted(refs_of(store)) == ["web:2"]
     assert images.check(store.workspace).ok
     # a tag nobody removed is fsck's to report, never gc's to take
     store.layout.tag("stray:1", store.layout.refs()["web:2"])
-    images.collect_garbage(store.workspace, keep_last=1)
+    gc.collect_garbage(store.workspace, keep_last=1)
     assert "stray:1" in refs_of(store)

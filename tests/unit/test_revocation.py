@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from kiln import refs
-from kiln.app import lifecycle
+from kiln.app import lifecycle, trace
 from kiln.app.workspace import Workspace
 from kiln.catalog.lifecycle import Assignment
 from kiln.catalog.lookup import ImageRow, Revoked
@@ -147,19 +147,19 @@ def test_history_and_where_tell_of_it(workspace: Workspace) -> None:
     add_machine(workspace, "web-a", images["web:1"])
     lifecycle.promote(workspace, "web:1", "prod")
     lifecycle.revoke(workspace, "base:1", "bad base")
-    kinds = [(e["kind"], e["ref"]) for e in lifecycle.history(workspace, "web")]
+    kinds = [(e["kind"], e["ref"]) for e in trace.history(workspace, "web")]
     assert kinds == [("promoted", "web:1"), ("revoked", None)]
-    revoked = lifecycle.history(workspace, "web")[-1]["detail"]
+    revoked = trace.history(workspace, "web")[-1]["detail"]
     assert revoked["through"] == "base:1" and revoked["versions"] == [1, 2]
     lifecycle.restore(workspace, "base:1")
-    assert [e["kind"] for e in lifecycle.history(workspace, "base")] == ["revoked", "restored"]
+    assert [e["kind"] for e in trace.history(workspace, "base")] == ["revoked", "restored"]
     lifecycle.revoke(workspace, "web:1", "bad web")
-    found = lifecycle.where(workspace, "web")
+    found = trace.where(workspace, "web")
     [one] = [v for v in found["versions"] if v["ref"] == "web:1"]
     assert one["revoked"]["by"] == "web:1" and one["machines"][0]["name"] == "web-a"
     assert one["machines"][0]["state"] == "missing"  # no folder: as kiln ps shows it
-    assert lifecycle.where(workspace, revoked_only=True) == {"machines": []}  # none running
-    matrix = lifecycle.where(workspace)
+    assert trace.where(workspace, revoked_only=True) == {"machines": []}  # none running
+    matrix = trace.where(workspace)
     assert matrix["channels"] == ["prod"]
     rows = {row["name"]: row for row in matrix["images"]}
     assert rows["web"]["latest"]["ref"] == "web:3" and rows["web"]["channels"]["prod"] is None

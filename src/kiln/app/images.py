@@ -1,5 +1,5 @@
-"""The read side of the store and catalog: images, inspect, lineage, diff, export, fsck,
-and gc.
+"""The read side of the store and catalog: images, inspect, lineage, diff, export, fsck
+(gc is kiln.app.gc).
 
 Each use case takes the process's Workspace, resolves refs through the one resolver, and
 returns plain data (what ``--json`` prints), leaving rendering to the CLI.
@@ -7,39 +7,26 @@ returns plain data (what ``--json`` prints), leaving rendering to the CLI.
 
 from __future__ import annotations
 
-import gc as cyclic
 import json
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select, text, update
 from sqlalchemy.orm import Session
 
-from kiln.app import lifecycle, resolve
+from kiln.app import resolve, trace
 from kiln.app.workspace import Workspace
-from kiln.catalog import Catalog, Image, events
-from kiln.catalog.db import Conflict
-from kiln.catalog.lifecycle import Assignment, Event, Revocation, Signature
+from kiln.catalog import Catalog, Image
 from kiln.catalog.lookup import PackageRow
-from kiln.catalog.machines import Machine, TestRun, latest_test_runs
-from kiln.catalog.models import Artefact, Package
+from kiln.catalog.machines import latest_test_runs
 from kiln.catalog.revisions import OK, PENDING
-from kiln.errors import BadInput, KilnError, NotFound
-from kiln.home import Home
-from kiln.lifecycle import retention
-from kiln.lifecycle.locate import locate
-from kiln.machines.folder import Folder, machines_dir
-from kiln.machines.folder import load as load_state
+from kiln.errors import NotFound
 from kiln.recipe import lockfile
 from kiln.recipe.lockfile import Deb
-from kiln.store import export, fsck, gc, tree
+from kiln.store import export, fsck, tree
 from kiln.store.fsck import CatalogRows
-from kiln.store.layout import MEDIA_MANIFEST, Descriptor, Layout, image_ref
+from kiln.store.layout import MEDIA_MANIFEST, Descriptor
 
 
 @contextmanager
@@ -136,7 +123,7 @@ def inspect(workspace: Workspace, ref: str) -> dict[str, Any]:
                 for a in image.artefacts
             ],
             "tests": [run.to_json() for run in latest_test_runs(session, image.id)],
-            **lifecycle.about(workspace, image.id, image.name, image.digest),
+            **trace.about(workspace, image.id, image.name, image.digest),
         }
 
 
@@ -166,7 +153,7 @@ def lineage(workspace: Workspace, ref: str) -> dict[str, Any]:
             **_summary(image),
             "ancestors": [_summary(a) for a in Catalog.ancestors(image)],
             "descendants": _descendants(image),
-            **lifecycle.about(workspace, image.id, image.name, image.digest),
+            **trace.about(workspace, image.id, image.name, image.digest),
         }
 
 
@@ -212,423 +199,3 @@ def check(workspace: Workspace) -> fsck.Report:
             }
 
     return fsck.check(workspace.home, workspace.layout, rows)
-
-
-@dataclass
-class Collected:
-    """What ``kiln gc`` removed (with ``--dry-run``: would remove), and retention's decision:
-    every version kept with its reasons, every version that goes."""
-
-    report: gc.Report
-    decision: retention.Decision
-    policy: dict[str, str | None]
-    notes: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            **self.report.to_json(),
-            "retention": {**self.decision.to_json(), "policy": self.policy},
-            "notes": self.notes,
-        }
-
-
-def collect_garbage(
-    workspace: Workspace,
-    dry_run: bool = False,
-    *,
-    keep_last: int | None = None,
-    keep_younger_than: str | None = None,
-    keep_channel_history: str | None = None,
-    policy_file: Path | None = None,
-) -> Collected:
-    """`kiln gc`: what dead kiln processes left, the image versions retention lets go, and
-    bytes no image refers to.
-
-    Build folders and ``tmp/`` entries nobody holds go first (with the processes still
-    working in them and their mounts). Then, with the store lock held exclusively (no
-    bake is between capture and tag): the versions retention lets go (their catalog rows
-    and a "removed" event each in one transaction, then their tags), catalog rows of
-    unfinished bakes with their tags, then blobs, referrer entries and unpacked layers
-    that no image reaches, and package-cache files nothing needs. Without a retention
-    rule (flags or the policy's ``[retention]``) no version is removed.
-    """
-    home, layout = workspace.home, workspace.layout
-    rules, found = _retention_rules(
-        workspace, policy_file, keep_last, keep_younger_than, keep_channel_history
-    )
-    report = gc.Report(dry_run)
-    report.items += gc.sweep_owned(home.builds, "build", dry_run)
-    report.items += gc.sweep_owned(home.tmp, "tmp", dry_run)
-    notes: list[str] = []
-    with gc.store_sweep(home), _few_collections():
-        index = layout.read_index()
-        decision, dropped, snap = _retire(workspace, rules, found, index, dry_run, notes)
-        report.items += [gc.Item("version", v.ref, 0) for v in decision.removed]
-        report.items += dropped.items
-        pending = _take_back_pending(layout, workspace.catalog, dry_run, snap)
-        report.items += pending
-        if dry_run:  # what the store would hold after the untagging a real run does
-            refs = dropped.refs | {item.path for item in pending}
-            report.items += gc.sweep_store(home, layout, dry_run, refs, index)
-        else:
-            report.items += gc.sweep_store(home, layout, dry_run)
-        if rules.active:
-            report.items += _sweep_debs(workspace, decision, snap.recipe_paths, dry_run, notes)
-    gc.sweep_bake_locks(home, dry_run)  # tiny files, not worth a line in the report
-    return Collected(report, decision, found, notes)
-
-
-@contextmanager
-def _few_collections() -> Iterator[None]:
-    """Hold Python's cyclic garbage collector off: gc builds tens of thousands of small
-    objects beside a large parsed index.json, and each full collection would walk them
-    all again (it cost a 10,000-image dry run a third of its time). Nothing here makes
-    cycles that need collecting before the command ends."""
-    was = cyclic.isenabled()
-    cyclic.disable()
-    try:
-        yield
-    finally:
-        if was:
-            cyclic.enable()
-
-
-def _retention_rules(
-    workspace: Workspace,
-    policy_file: Path | None,
-    keep_last: int | None,
-    keep_younger_than: str | None,
-    keep_channel_history: str | None,
-) -> tuple[retention.Rules, dict[str, str | None]]:
-    """The flags over the policy file's ``[retention]`` (bad flags: BadInput, exit 2)."""
-    path = locate(workspace.home, policy_file)
-    if path is None:  # no policy file: the flags alone, and the policy models never load
-        found: dict[str, str | None] = {"path": None, "digest": None}
-        file_rules = retention.Rules(None, None, None)
-    else:
-        from kiln.lifecycle import policy
-
-        loaded = policy.load(path)
-        found = loaded.describe()
-        kept = loaded.retention
-        file_rules = retention.Rules(
-            kept.keep_last, kept.keep_younger_than, kept.keep_channel_history
-        )
-    try:
-        flags = retention.Rules(keep_last, keep_younger_than, keep_channel_history)
-    except ValueError as exc:
-        raise BadInput(
-            f"kiln gc: {exc}", hint="durations look like 30s, 15m, 24h, 7d, 2w"
-        ) from None
-    return flags.over(file_rules), found
-
-
-@dataclass
-class _Snapshot:
-    """The catalog rows retention decides on, read in the transaction that removes."""
-
-    versions: list[retention.Version]
-    config_digests: dict[int, str]
-    recipe_paths: dict[int, str]
-    assignments: list[retention.Assigned]
-    previous: dict[int, int]  # assignment row -> the image it replaced
-    machines: list[tuple[int, str, int, bool, bool]]  # row, name, image, stopped, removed
-
-
-SNAPSHOT = {  # plain SQL: ten thousand rows read through the ORM's types cost twice as much
-    "images": "SELECT id, name, version, digest, parent_id, created, status, config_digest,"
-    " recipe_path FROM images",
-    "assignments": "SELECT id, name, channel, image_id, at, previous_id FROM channel_assignments",
-    "machines": "SELECT id, name, image_id, stopped, removed FROM machines",
-}
-
-
-def _snapshot(session: Session) -> _Snapshot:
-    images, rows, machines = (session.execute(text(sql)).all() for sql in SNAPSHOT.values())
-    utc = retention.utc
-    return _Snapshot(
-        versions=[
-            retention.Version(i, name, version, digest, parent, utc(created), status == PENDING)
-            for i, name, version, digest, parent, created, status, _c, _r in images
-        ],
-        config_digests={row[0]: row[7] for row in images},
-        recipe_paths={row[0]: row[8] for row in images},
-        assignments=[
-            retention.Assigned(i, name, channel, image_id, utc(at))
-            for i, name, channel, image_id, at, _previous in rows
-        ],
-        previous={row[0]: row[5] for row in rows if row[5] is not None},
-        machines=[
-            (i, name, image_id, stopped is not None, removed is not None)
-            for i, name, image_id, stopped, removed in machines
-        ],
-    )
-
-
-@dataclass
-class _Dropped:
-    refs: set[str] = field(default_factory=set)  # image tags that go from index.json
-    items: list[gc.Item] = field(default_factory=list)  # tags an interrupted gc left
-
-
-def _retire(
-    workspace: Workspace,
-    rules: retention.Rules,
-    found: dict[str, str | None],
-    index: dict[str, Any],
-    dry_run: bool,
-    notes: list[str],
-) -> tuple[retention.Decision, _Dropped, _Snapshot]:
-    """Decide, then (unless ``dry_run``) remove the versions that go: catalog rows and
-    events in one write transaction, which also holds the rows decided on steady (on
-    SQLite it is the write lock); then their tags. A rival row that names a version
-    after it was read (a promotion, a machine) fails the transaction: nothing is removed
-    and gc says to run again."""
-    catalog, layout = workspace.catalog, workspace.layout
-    now = datetime.now(UTC)
-    with catalog.reading() if dry_run else catalog.session() as session:
-        snap = _snapshot(session)
-        uses = [
-            retention.Use(name, image_id, stopped)
-            for _row, name, image_id, stopped, removed in snap.machines
-            if not removed
-        ]
-        pins = _folder_uses(workspace.home, snap, uses, notes)
-        decision = retention.decide(snap.versions, snap.assignments, uses, rules, now, pins)
-        mounted = _mounted(workspace, snap, decision)
-        if mounted:
-            pins.update(mounted)
-            decision = retention.decide(snap.versions, snap.assignments, uses, rules, now, pins)
-        if not dry_run and decision.removed:
-            _remove_rows(session, snap, decision, found)
-    dropped = _Dropped({v.ref for v in decision.removed})
-    _interrupted(workspace, index, snap, dropped)
-    if not dry_run and dropped.refs:
-        layout.prune(lambda entry: image_ref(entry) in dropped.refs)
-    return decision, dropped, snap
-
-
-def _folder_uses(
-    home: Home, snap: _Snapshot, uses: list[retention.Use], notes: list[str]
-) -> dict[int, list[str]]:
-    """Machines known by their folder (``machines/<name>/machine.json``) and not (yet) by
-    a catalog row: a launch writes its state before its row. A folder whose state cannot
-    be read may be a launch that has not said its image yet: then no version goes."""
-    out: dict[int, list[str]] = defaultdict(list)
-    with_rows = {use.machine for use in uses}
-    by_ref = {v.ref: v.id for v in snap.versions}
-    by_digest: dict[str, list[int]] = defaultdict(list)
-    for version in snap.versions:
-        by_digest[version.digest].append(version.id)
-    top = machines_dir(home)
-    for path in sorted(top.iterdir()) if top.is_dir() else []:
-        folder = Folder(path)
-        if not folder.exists() or path.name in with_rows:
-            continue
-        try:
-            state = load_state(folder)
-        except KilnError:
-            notes.append(
-                f"no image version was removed: machine {path.name} has no readable state "
-                f"yet (a launch under way, or damaged: 'kiln rm {path.name}' clears it)"
-            )
-            for version in snap.versions:
-                out[version.id].append(f"machine {path.name} may be launching from it")
-            continue
-        exact = by_ref.get(state.image)
-        ids = [exact] if exact in by_digest.get(state.digest, []) else by_digest[state.digest]
-        for image_id in ids:
-            if image_id is not None:
-                out[image_id].append(f"machine {path.name} runs it")
-    return out
-
-
-def _mounted(
-    workspace: Workspace, snap: _Snapshot, decision: retention.Decision
-) -> dict[int, list[str]]:
-    """Versions about to go whose own layer a live overlay mounts: a bake that builds on
-    it (before its pending row exists), or a machine. Read only when something is
-    mounted: the configs of what would go are opened then, and only then."""
-    if not decision.removed:
-        return {}
-    layers = gc.mounted_layers(workspace.home)
-    if not layers:
-        return {}
-    out: dict[int, list[str]] = {}
-    builds = str(workspace.home.builds.resolve()) + "/"
-    for version in decision.removed:
-        try:
-            config = workspace.layout.read_json(snap.config_digests[version.id])
-            top = str(config["rootfs"]["diff_ids"][-1]).split(":", 1)[1]
-        except (KilnError, ValueError, KeyError, IndexError, TypeError):
-            continue  # fsck's to report; without a readable config there is no layer to use
-        point = layers.get(top)
-        if point is None:
-            continue
-        if point.startswith(builds):
-            bake = point[len(builds) :].split("/", 1)[0]
-            out[version.id] = [f"a bake in progress builds on it ({bake})"]
-        else:
-            out[version.id] = [f"{point} mounts its layer"]
-    return out
-
-
-def _chunks(ids: list[int], size: int = 500) -> Iterator[list[int]]:
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
-
-
-def _remove_rows(
-    session: Session,
-    snap: _Snapshot,
-    decision: retention.Decision,
-    found: dict[str, str | None],
-) -> None:
-    """Every row of the versions that go, and a "removed" event for each.
-
-    Channel history rows that name one keep their place with the image left out (the
-    event history still says which it was); rows of removed machines made from one go
-    with it (their machine_* events stay); packages, artefacts, test runs, signatures
-    and revocations go.
-    """
-    gone = {v.id for v in decision.removed}
-    ids = sorted(gone)
-    quiet = {"synchronize_session": False}
-    history = [a.id for a in snap.assignments if a.image_id in gone]
-    replaced = [row for row, image_id in snap.previous.items() if image_id in gone]
-    machine_rows = [m for m in snap.machines if m[4] and m[2] in gone]
-    for chunk in _chunks(history):
-        session.execute(
-            update(Assignment).where(Assignment.id.in_(chunk)).values(image_id=None),
-            execution_options=quiet,
-        )
-    for chunk in _chunks(replaced):
-        session.execute(
-            update(Assignment).where(Assignment.id.in_(chunk)).values(previous_id=None),
-            execution_options=quiet,
-        )
-    for chunk in _chunks([m[0] for m in machine_rows]):
-        session.execute(delete(Machine).where(Machine.id.in_(chunk)), execution_options=quiet)
-    for table in (Package, Artefact, TestRun, Signature, Revocation):
-        for chunk in _chunks(ids):
-            session.execute(delete(table).where(table.image_id.in_(chunk)), execution_options=quiet)
-    for chunk in _chunks(ids):  # a parent and its child may go in different chunks
-        session.execute(
-            update(Image).where(Image.id.in_(chunk)).values(parent_id=None),
-            execution_options=quiet,
-        )
-    for chunk in _chunks(ids):
-        done = session.execute(
-            delete(Image).where(Image.id.in_(chunk), Image.status == OK),
-            execution_options=quiet,
-        )
-        if done.rowcount != len(chunk):  # type: ignore[attr-defined]
-            raise Conflict(
-                "an image version gc was removing changed under it",
-                hint="another kiln process changed the catalog; run kiln gc again",
-            )
-    machines_of: dict[int, list[str]] = defaultdict(list)
-    for _row, name, image_id, _stopped, _removed in machine_rows:
-        machines_of[image_id].append(name)
-    for version in decision.removed:
-        events.record(
-            session,
-            "removed",
-            version.name,
-            version.version,
-            version.digest,
-            by="gc",
-            rules=decision.rules.to_json(),
-            policy=found["path"],
-            machines=sorted(set(machines_of[version.id])),
-        )
-
-
-def _interrupted(
-    workspace: Workspace, index: dict[str, Any], snap: _Snapshot, dropped: _Dropped
-) -> None:
-    """Tags a gc killed after its catalog transaction left behind: no catalog row names
-    them, and a "removed" event says that very version (name, version, digest) went.
-    A tag the catalog never knew is fsck's to report, not gc's to remove."""
-    known = {v.ref for v in snap.versions} - dropped.refs
-    tags = ((image_ref(entry), entry["digest"]) for entry in index["manifests"])
-    dangling = {
-        ref: digest
-        for ref, digest in tags
-        if ref is not None and ref not in known and ref not in dropped.refs
-    }
-    if not dangling:
-        return
-    with workspace.catalog.reading() as session:
-        went = set(
-            session.execute(
-                select(Event.name, Event.version, Event.digest).where(
-                    Event.kind == "removed", Event.digest.in_(set(dangling.values()))
-                )
-            ).all()
-        )
-    for ref, digest in sorted(dangling.items()):
-        name, _, version = ref.rpartition(":")
-        if version.isdigit() and (name, int(version), digest) in went:
-            dropped.refs.add(ref)
-            dropped.items.append(gc.Item("index", f"index.json: {ref} (removed earlier)", 0))
-
-
-def _sweep_debs(
-    workspace: Workspace,
-    decision: retention.Decision,
-    recipes: dict[int, str],
-    dry_run: bool,
-    notes: list[str],
-) -> list[gc.Item]:
-    """Package-cache files that no kept image holds (its packages rows) and no lock file
-    of a kept image's recipe names; left alone while a bake runs."""
-    home = workspace.home
-    if not any(home.debs.glob("*.deb")):
-        return []
-    running = gc.bakes_running(home)
-    if running:
-        notes.append(f"the package cache was left as it is: a bake is running ({running[0]})")
-        return []
-    kept = sorted(set(decision.kept) | {v.id for v in decision.versions.values() if v.pending})
-    needed: set[str] = set()
-    with workspace.catalog.reading() as session:
-        for chunk in _chunks(kept):
-            needed |= set(
-                session.scalars(
-                    select(Package.sha256)
-                    .where(Package.image_id.in_(chunk), Package.sha256 != "")
-                    .distinct()
-                )
-            )
-    for recipe in sorted({recipes[image_id] for image_id in kept}):
-        path = lockfile.lock_path(Path(recipe))
-        if not path.is_file():
-            continue
-        try:
-            needed |= {deb.sha256 for deb in lockfile.parse(path).packages if deb.sha256}
-        except (KilnError, OSError) as exc:
-            notes.append(
-                f"the package cache was left as it is: {path} could not be read "
-                f"({getattr(exc, 'message', exc)})"
-            )
-            return []
-    return gc.sweep_debs(home, needed, dry_run)
-
-
-def _take_back_pending(
-    layout: Layout, catalog: Catalog, dry_run: bool, snap: _Snapshot
-) -> list[gc.Item]:
-    """Rows of bakes that died between taking a version and finishing: with the sweep
-    lock held, no live bake on this store is in that window. A dry run lists those of
-    the snapshot retention decided on, without a write transaction."""
-    if dry_run:
-        pending = sorted((v for v in snap.versions if v.pending), key=lambda v: v.id)
-        return [gc.Item("image", v.ref, 0) for v in pending]
-    out = []
-    with catalog.session() as session:
-        for image in catalog.pending(session):
-            out.append(gc.Item("image", image.ref, 0))
-            layout.untag(image.ref, digest=image.digest)  # its referrers go in the sweep
-            session.delete(image)
-    return out

@@ -370,7 +370,7 @@ def gc(
 ) -> None:
     """Remove image versions retention lets go, what interrupted bakes left, and blobs,
     layers and cached packages nothing uses. Without a retention rule no version goes."""
-    from kiln.app import images as use
+    from kiln.app import gc as use
 
     collected = with_workspace(
         use.collect_garbage,

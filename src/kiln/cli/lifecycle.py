@@ -244,10 +244,10 @@ def where(target: str | None, revoked_only: bool, as_json: bool) -> None:
     image."""
     from rich.table import Table
 
-    from kiln.app import lifecycle
+    from kiln.app import trace
     from kiln.app.workspace import with_workspace
 
-    data = with_workspace(lifecycle.where, target, revoked_only)
+    data = with_workspace(trace.where, target, revoked_only)
     if revoked_only:
         if as_json:
             print_json(data)
@@ -317,10 +317,10 @@ def _detail(event: dict[str, Any]) -> str:
 def history(name: str, as_json: bool) -> None:
     """Every event of an image family, oldest first: baked, tested, signed, promoted,
     rolled back, revoked, restored, machines started, stopped, removed."""
-    from kiln.app import lifecycle
+    from kiln.app import trace
     from kiln.app.workspace import with_workspace
 
-    events = with_workspace(lifecycle.history, name)
+    events = with_workspace(trace.history, name)
     if as_json:
         print_json(events)
         return

@@ -1,0 +1,302 @@
+"""Where images run and what happened to them: `kiln where` (machines, channels, the
+environment matrix, drift per machine) and `kiln history`; and what `kiln inspect` and
+`kiln lineage` add about an image's life (channels, revocation, the parent as named).
+
+Reads ask the catalog's plain-SQL lookup, so `kiln where` over a large catalog never loads
+SQLAlchemy unless a scheduled revocation is due and its rows must be written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from kiln import refs
+from kiln.app.lifecycle import known, now_utc, settle_due
+from kiln.app.workspace import Workspace
+from kiln.catalog.lookup import Head, ImageRow, Lookup, RevocationRow, iso, moment
+from kiln.errors import KilnError
+from kiln.machines.folder import Folder, load
+from kiln.machines.process import running
+
+MACHINES = (
+    "SELECT name, image_id, image_ref, digest, folder, created, stopped, throwaway"
+    " FROM machines WHERE removed IS NULL ORDER BY name, created"
+)
+
+
+@dataclass
+class _Estate:
+    """What runs where, read once: channels, machines, revocations, signatures."""
+
+    now: datetime
+    heads: list[Head]
+    machines: list[dict[str, Any]]
+    images: dict[int, ImageRow]
+    created: dict[int, datetime]
+    revoked: dict[int, RevocationRow]
+    signed: set[int]
+
+    def channels_of(self, image_id: int) -> list[str]:
+        return sorted(
+            h.assignment.channel
+            for h in self.heads
+            if h.current is not None and h.current.id == image_id
+        )
+
+    def machines_of(self, image_id: int) -> list[dict[str, Any]]:
+        return [m for m in self.machines if m["image_id"] == image_id]
+
+    def revoked_json(self, image_id: int) -> dict[str, Any] | None:
+        found = self.revoked.get(image_id)
+        return found.to_json() if found is not None else None
+
+    def image_json(self, image_id: int) -> dict[str, Any]:
+        image = self.images[image_id]
+        created = self.created.get(image_id)
+        return {
+            "ref": image.ref,
+            "name": image.name,
+            "version": image.version,
+            "digest": image.digest,
+            "created": iso(created),
+            "age_seconds": round((self.now - created).total_seconds()) if created else None,
+            "signed": image_id in self.signed,
+            "revoked": self.revoked_json(image_id),
+            "channels": self.channels_of(image_id),
+            "machines": [m["name"] for m in self.machines_of(image_id)],
+        }
+
+
+def _machine_state(folder: str) -> str:
+    try:
+        state = load(Folder(Path(folder)))
+    except KilnError:  # a launch that did not finish, or a damaged state file
+        return "missing"
+    return "running" if running(state) else "stopped"
+
+
+def _drift(workspace: Workspace, machine: dict[str, Any]) -> int | None:
+    """How many paths the machine changed against its image (kiln drift's fast check);
+    None when it cannot be told (no folder, a launch that did not finish)."""
+    if machine["state"] not in ("running", "stopped"):
+        return None
+    from kiln.machines import drift
+
+    try:
+        return drift.scan(workspace.home, machine["name"]).total
+    except (KilnError, OSError):
+        return None
+
+
+def _estate(workspace: Workspace, family: str | None = None, drift: bool = True) -> _Estate:
+    lookup = workspace.lookup
+    now = now_utc()
+    heads = lookup.heads(family, at=now)
+    settle_due(workspace, heads)
+    machines = []
+    for name, image_id, image_ref, digest, folder, created, stopped, throwaway in lookup.rows(
+        MACHINES
+    ):
+        if family is not None and image_ref.partition(":")[0] != family:
+            continue
+        machines.append(
+            {
+                "name": name,
+                "image_id": image_id,
+                "image": image_ref,
+                "digest": digest,
+                "state": _machine_state(folder),
+                "created": iso(created),
+                "stopped": iso(stopped) if stopped is not None else None,
+                "throwaway": bool(throwaway),
+            }
+        )
+        if drift:
+            machines[-1]["drift"] = _drift(workspace, machines[-1])
+    ids = [h.current.id for h in heads if h.current is not None]
+    ids += [m["image_id"] for m in machines]
+    images = lookup.by_ids(ids)
+    created = _created(lookup, list(images))
+    revoked = lookup.revoked_images(now)
+    signed = {row[0] for row in lookup.rows("SELECT DISTINCT image_id FROM signatures")}
+    estate = _Estate(now, heads, machines, images, created, revoked, signed)
+    for machine in machines:
+        machine["channels"] = estate.channels_of(machine["image_id"])
+        machine["revoked"] = estate.revoked_json(machine["image_id"])
+    return estate
+
+
+def _created(lookup: Lookup, ids: list[int]) -> dict[int, datetime]:
+    out: dict[int, datetime] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        params = {f"i{n}": value for n, value in enumerate(chunk)}
+        sql = f"SELECT id, created FROM images WHERE id IN ({', '.join(':' + k for k in params)})"
+        out.update((row[0], moment(row[1])) for row in lookup.rows(sql, **params))
+    return out
+
+
+def _public(machine: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in machine.items() if key != "image_id"}
+
+
+def _latest(lookup: Lookup, estate: _Estate, names: list[str]) -> dict[str, int]:
+    """The newest version of each name that is not revoked, by image id (one query)."""
+    wanted = set(names)
+    out: dict[str, int] = {}
+    sql = "SELECT id, name FROM images WHERE status = 'ok' ORDER BY name, version DESC"
+    if len(wanted) == 1:
+        sql = sql.replace("WHERE", "WHERE name = :name AND")
+    for image_id, name in lookup.rows(sql, **({"name": names[0]} if len(wanted) == 1 else {})):
+        if name in wanted and name not in out and image_id not in estate.revoked:
+            out[name] = image_id
+    return out
+
+
+def where(
+    workspace: Workspace, target: str | None = None, revoked_only: bool = False
+) -> dict[str, Any]:
+    """Which machines run which version, and which channels point at it.
+
+    No target: the environment matrix (every name x every channel, plus the newest
+    version) and every machine. A NAME: each of its versions that runs somewhere or is
+    in a channel. A REF: that image. ``revoked_only``: only machines running revoked
+    images (what the command's exit code reports)."""
+    lookup = workspace.lookup
+    family = None
+    image: ImageRow | None = None
+    if target is not None:
+        parsed = refs.parse(target)
+        if ":" in target or "@" in target:
+            image = lookup.image(parsed, usable=False)
+        else:
+            known(lookup, parsed.name)
+        family = parsed.name
+    estate = _estate(workspace, family, drift=not revoked_only)
+    if image is not None:
+        estate.images.setdefault(image.id, image)
+        estate.created.update(_created(lookup, [image.id]))
+        estate.machines = [m for m in estate.machines if m["image_id"] == image.id]
+    if revoked_only:
+        machines = [
+            m for m in estate.machines if m["revoked"] is not None and m["state"] == "running"
+        ]
+        return {"machines": [_public(m) for m in machines]}
+    if family is not None:
+        ids = {image.id} if image is not None else set(estate.images)
+        latest = _latest(lookup, estate, [family]).get(family)
+        if image is None and latest is not None:
+            ids.add(latest)
+            estate.images.update(lookup.by_ids([latest]))
+            estate.created.update(_created(lookup, [latest]))
+        versions = []
+        for image_id in sorted(ids, key=lambda i: -estate.images[i].version):
+            data = estate.image_json(image_id)
+            data["latest"] = image_id == latest
+            data["machines"] = [_public(m) for m in estate.machines_of(image_id)]
+            versions.append(data)
+        return {"name": family, "versions": versions}
+    return _matrix(lookup, estate)
+
+
+def _matrix(lookup: Lookup, estate: _Estate) -> dict[str, Any]:
+    names = sorted({row[0] for row in lookup.rows("SELECT DISTINCT name FROM images")})
+    names = sorted(set(names) | {h.assignment.name for h in estate.heads})
+    channel_names = sorted({h.assignment.channel for h in estate.heads})
+    latest = _latest(lookup, estate, names)
+    missing = [i for i in latest.values() if i not in estate.images]
+    estate.images.update(lookup.by_ids(missing))
+    estate.created.update(_created(lookup, missing))
+    by_cell = {(h.assignment.name, h.assignment.channel): h for h in estate.heads}
+    rows = []
+    for name in names:
+        cells: dict[str, Any] = {}
+        for channel in channel_names:
+            head = by_cell.get((name, channel))
+            current = head.current if head is not None else None
+            if head is None or current is None:
+                cells[channel] = None
+                continue
+            cells[channel] = {**estate.image_json(current.id), "since": iso(head.assignment.at)}
+        newest = latest.get(name)
+        rows.append(
+            {
+                "name": name,
+                "latest": estate.image_json(newest) if newest is not None else None,
+                "channels": cells,
+            }
+        )
+    return {
+        "channels": channel_names,
+        "images": rows,
+        "machines": [_public(m) for m in estate.machines],
+    }
+
+
+# history
+
+
+EVENTS = (
+    "SELECT id, at, kind, name, version, digest, machine, actor, detail FROM events"
+    " WHERE name = :name ORDER BY at, id"
+)
+
+
+def history(workspace: Workspace, name: str) -> list[dict[str, Any]]:
+    """Every event of the image family ``name``, oldest first."""
+    lookup = workspace.lookup
+    settle_due(workspace, lookup.heads(name))
+    rows = lookup.rows(EVENTS, name=name)
+    if not rows:
+        known(lookup, name)
+    return [
+        {
+            "id": rid,
+            "at": iso(at),
+            "kind": kind,
+            "name": family,
+            "version": version,
+            "ref": f"{family}:{version}" if version is not None else None,
+            "digest": digest or None,
+            "machine": machine or None,
+            "actor": actor,
+            "detail": json.loads(detail or "{}"),
+        }
+        for rid, at, kind, family, version, digest, machine, actor, detail in rows
+    ]
+
+
+# what inspect and lineage add
+
+
+def about(workspace: Workspace, image_id: int, name: str, digest: str) -> dict[str, Any]:
+    """An image's standing, for inspect and lineage: revoked (and by what), the channels
+    that point at it, and its parent as its recipe named it when it was baked (a channel,
+    ``base:prod``, stays on record beside the version it meant)."""
+    lookup = workspace.lookup
+    now = now_utc()
+    found = lookup.revocations(image_id)
+    revocation = next((r for r in found if r.due(now)), None)
+    scheduled = next((r for r in found if not r.due(now)), None)
+    heads = lookup.heads(name, at=now)
+    baked = lookup.rows(
+        "SELECT detail FROM events WHERE kind = 'baked' AND name = :name AND digest = :digest"
+        " ORDER BY id DESC LIMIT 1",
+        name=name,
+        digest=digest,
+    )
+    detail = json.loads(baked[0][0]) if baked else {}
+    return {
+        "revoked": revocation.to_json() if revocation is not None else None,
+        "revocation_scheduled": scheduled.to_json() if scheduled and not revocation else None,
+        "channels": sorted(
+            h.assignment.channel
+            for h in heads
+            if h.current is not None and h.current.id == image_id
+        ),
+        "parent_named": detail.get("parent_named"),
+    }
