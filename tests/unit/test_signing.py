@@ -418,3 +418,10 @@ def test_gc_drops_the_signatures_of_an_image_it_no_longer_tags(workspace: Worksp
     _blobs, _diff_ids, stale = gc.referenced(workspace.layout)
     assert [entry["digest"] for entry in stale] == [signed.signature_manifest]
     assert image.digest not in _blobs
+
+
+def test_the_quick_read_of_trust_knows_every_table_and_key_of_the_policy() -> None:
+    """kiln run's plain read of [trust] sends anything unknown to the loader: its lists of
+    tables and keys must be the policy model's, or a valid policy would be misread."""
+    assert set(policy.PolicyModel.model_fields) == trust.SECTIONS
+    assert set(policy.Trust.model_fields) == trust.TRUST_KEYS

@@ -10,6 +10,7 @@ from pathlib import Path
 from kiln.home import Home
 
 NAME = "kiln.toml"
+MAX_POLICY_BYTES = 1 << 20  # a policy file is read whole: 1 MiB, like a recipe
 
 
 def locate(home: Home, given: Path | None = None) -> Path | None:

@@ -43,13 +43,11 @@ from kiln import refs
 from kiln.durations import seconds
 from kiln.errors import NotFound, Problem, RecipeError
 from kiln.home import Home
-from kiln.lifecycle.locate import NAME, locate
+from kiln.lifecycle.locate import MAX_POLICY_BYTES, NAME, locate
 from kiln.recipe import limits
 from kiln.recipe.load import parse_toml, pydantic_problems
 from kiln.recipe.locate import LineIndex
 from kiln.schema import Model
-
-MAX_POLICY_BYTES = 1 << 20
 
 
 def _duration(value: str | None) -> str | None:

@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING
 
 from kiln.errors import KilnError
 from kiln.home import Home
-from kiln.lifecycle.locate import locate
+from kiln.lifecycle.locate import MAX_POLICY_BYTES, locate
 from kiln.recipe.limits import read_regular
 
 if TYPE_CHECKING:
     from kiln.lifecycle.signing import Verified
     from kiln.store.layout import Layout
 
-MAX_POLICY_BYTES = 1 << 20
 SECTIONS = {"trust", "channels", "retention"}  # the policy's tables (PolicyModel)
 TRUST_KEYS = {"keys", "require_signatures"}
 

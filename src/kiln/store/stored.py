@@ -8,6 +8,7 @@ and verified first. Which image a ref names is the catalog's answer, not the sto
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ def load(home: Home, layout: Layout, ref: str, digest: str) -> StoredImage:
             hint=FSCK_HINT,
         )
     raw = layout.read_bytes(digest)
-    manifest_json: dict[str, Any] = layout.read_json(digest)
+    manifest_json: dict[str, Any] = json.loads(raw)  # read (and its digest checked) once
     config: dict[str, Any] = layout.read_json(manifest_json["config"]["digest"])
     dirs = tuple(
         unpacked.ensure(home, layout, Descriptor.from_json(blob), diff_id, f"{ref} layer {n}")
