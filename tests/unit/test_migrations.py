@@ -151,7 +151,10 @@ def test_a_catalog_at_the_first_revision_is_upgraded(tmp_path: Path) -> None:
     added = {d[1].name for d in found if isinstance(d, tuple) and d[0] == "add_table"}
     types = [d[0][:4] for d in found if isinstance(d, list)]
     assert removed == ["kiln_schema"]
-    assert added == {"events", "image_names", "channel_assignments", "revocations", "signatures"}
+    assert added == {
+        *("events", "image_names", "channel_assignments", "revocations", "signatures"),
+        *("update_sightings", "proofs", "propagations", "propagation_items"),
+    }
     assert ("modify_type", None, "images", "size") in types
     result = migrate.upgrade(Catalog(url, upgrade=False))
     assert result.before.state == "behind" and result.applied == list(REVISIONS[1:])

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from kiln.app.workspace import Workspace
 from kiln.catalog import Catalog, Image, events
 from kiln.catalog.db import Conflict
+from kiln.catalog.freshness import Proof
 from kiln.catalog.lifecycle import Assignment, Event, Revocation, Signature
 from kiln.catalog.machines import Machine, TestRun
 from kiln.catalog.models import Artefact, Package
@@ -312,8 +313,8 @@ def _remove_rows(
 
     Channel history rows that name one keep their place with the image left out (the
     event history still says which it was); rows of removed machines made from one go
-    with it (their machine_* events stay); packages, artefacts, test runs, signatures
-    and revocations go.
+    with it (their machine_* events stay); packages, artefacts, test runs, signatures,
+    revocations and rebuild proofs go.
     """
     gone = {v.id for v in decision.removed}
     ids = sorted(gone)
@@ -333,7 +334,7 @@ def _remove_rows(
         )
     for chunk in _chunks([m[0] for m in machine_rows]):
         session.execute(delete(Machine).where(Machine.id.in_(chunk)), execution_options=quiet)
-    for table in (Package, Artefact, TestRun, Signature, Revocation):
+    for table in (Package, Artefact, TestRun, Signature, Revocation, Proof):
         for chunk in _chunks(ids):
             session.execute(delete(table).where(table.image_id.in_(chunk)), execution_options=quiet)
     for chunk in _chunks(ids):  # a parent and its child may go in different chunks

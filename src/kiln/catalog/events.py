@@ -1,7 +1,8 @@
 """The event history: one append-only row per thing that happened to an image family.
 
 Kinds: baked, tested, signed, promoted, rolled_back, revoked, restored, machine_started,
-machine_stopped, machine_removed, removed (by gc). An event names its image by name,
+machine_stopped, machine_removed, removed (by gc), refreshed, propagated, proved (a
+rebuild proof, passed or not). An event names its image by name,
 version and digest, never by catalog row, so ``kiln history`` still tells it after gc.
 """
 
@@ -28,6 +29,9 @@ KINDS = (
     "machine_stopped",
     "machine_removed",
     "removed",
+    "refreshed",
+    "propagated",
+    "proved",
 )
 
 

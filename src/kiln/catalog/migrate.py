@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
+from kiln.catalog import freshness as _freshness  # noqa: F401
 from kiln.catalog import lifecycle as _lifecycle  # noqa: F401  (its tables join the metadata)
 from kiln.catalog import machines as _machines  # noqa: F401
 from kiln.catalog.db import (

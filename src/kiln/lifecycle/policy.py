@@ -17,6 +17,11 @@ converge = true                 # that test run also converged
 signed = true                   # a valid signature by a trusted key
 after = "staging"
 soak = "24h"
+max_security_age = "7d"         # no security update kiln first saw over 7 days ago pending
+proven_within = "30d"           # a passed kiln rebuild --prove no older than 30 days
+
+[freshness]
+index_max_age = "1h"            # kiln outdated fetches a cached Packages index again after this
 
 [retention]                     # kiln gc; flags override
 keep_last = 5
@@ -64,6 +69,8 @@ class Gates(Model):
     signed: bool = False
     after: str | None = None
     soak: str | None = None
+    max_security_age: str | None = None  # no security update pending longer than this
+    proven_within: str | None = None  # a passed rebuild proof no older than this
 
     @field_validator("after")
     @classmethod
@@ -72,9 +79,9 @@ class Gates(Model):
             raise ValueError(f"'{value}' is not a channel name (a letter first; not latest)")
         return value
 
-    @field_validator("soak")
+    @field_validator("soak", "max_security_age", "proven_within")
     @classmethod
-    def _soak(cls, value: str | None) -> str | None:
+    def _durations(cls, value: str | None) -> str | None:
         return _duration(value)
 
     @property
@@ -98,10 +105,27 @@ class Retention(Model):
         return _duration(value)
 
 
+class Freshness(Model):
+    """How old a cached Packages index may be before kiln outdated fetches it again."""
+
+    index_max_age: str = "1h"
+
+    @field_validator("index_max_age")
+    @classmethod
+    def _age(cls, value: str) -> str:
+        seconds(value)
+        return value
+
+    @property
+    def index_max_age_seconds(self) -> int:
+        return seconds(self.index_max_age)
+
+
 class PolicyModel(Model):
     trust: Trust = Trust()
     channels: dict[str, Gates] = Field(default_factory=dict)
     retention: Retention = Retention()
+    freshness: Freshness = Freshness()
 
     @field_validator("channels")
     @classmethod
@@ -133,6 +157,10 @@ class Policy:
     @property
     def retention(self) -> Retention:
         return self.model.retention
+
+    @property
+    def freshness(self) -> Freshness:
+        return self.model.freshness
 
     def key_paths(self) -> list[Path]:
         """The trusted keys' files, relative to the policy file's folder."""

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from kiln.lifecycle.signing import Verified
     from kiln.store.layout import Layout
 
-SECTIONS = {"trust", "channels", "retention"}  # the policy's tables (PolicyModel)
+SECTIONS = {"trust", "channels", "retention", "freshness"}  # the policy's tables (PolicyModel)
 TRUST_KEYS = {"keys", "require_signatures"}
 
 

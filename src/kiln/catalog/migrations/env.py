@@ -21,6 +21,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
+from kiln.catalog import freshness as _freshness  # noqa: F401
 from kiln.catalog import lifecycle as _lifecycle  # noqa: F401  (its tables join the metadata)
 from kiln.catalog import machines as _machines  # noqa: F401
 from kiln.catalog.models import Base
