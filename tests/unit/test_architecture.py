@@ -25,11 +25,22 @@ ALLOWED: dict[str, set[str]] = {
     "steps": set(),
     "store": set(),
     "catalog": set(),
-    "bake": {"steps", "recipe", "store", "catalog"},
+    "apt": set(),  # sources, Release files, Packages indexes, version order
+    "bake": {"steps", "recipe", "store", "catalog", "apt"},
     "machines": {"steps", "recipe", "store", "catalog"},
-    "lifecycle": {"recipe", "store", "catalog"},
+    "lifecycle": {"recipe", "store", "catalog", "apt"},
     "fleet": {"machines", "catalog", "store"},
-    "app": {"recipe", "steps", "store", "catalog", "bake", "machines", "lifecycle", "fleet"},
+    "app": {
+        "recipe",
+        "steps",
+        "store",
+        "catalog",
+        "apt",
+        "bake",
+        "machines",
+        "lifecycle",
+        "fleet",
+    },
     "cli": {"app"},
     "server": {"app"},
 }
@@ -120,6 +131,8 @@ def test_the_layout_of_the_design_is_in_the_tree() -> None:
         ("kiln/bake/x.py", "from kiln.cli import main", "bake -> cli"),
         ("kiln/x.py", "from kiln.bake.plan import plan", "ground -> bake"),
         ("kiln/machines/x.py", "from ..bake import build", "machines -> bake"),
+        ("kiln/apt/x.py", "from kiln.catalog.lookup import Lookup", "apt -> catalog"),
+        ("kiln/apt/x.py", "from kiln.bake.plan import plan", "apt -> bake"),
     ],
 )
 def test_a_forbidden_import_is_caught(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.bake.bases.apt_sources import Source, host_sources, mirror_lines
+from kiln.apt.sources import Source, host_sources, mirror_lines
 from kiln.errors import BadInput
 from kiln.rootpath import Root, lookup_ids
 

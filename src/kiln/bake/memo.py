@@ -30,8 +30,8 @@ from typing import Any, Protocol
 
 import kiln
 from kiln import refs
+from kiln.apt.sources import mirror_lines
 from kiln.atomic import write_atomic
-from kiln.bake.bases.apt_sources import mirror_lines
 from kiln.bake.result import BakeResult
 from kiln.catalog.lookup import Lookup
 from kiln.digests import canonical_json, file_sha256, input_digest, json_sha256

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln import proc
-from kiln.bake.bases.apt_sources import mirror_lines, os_codename
+from kiln.apt.sources import mirror_lines, os_codename
 from kiln.bake.context import BuildContext
 from kiln.bake.debcache import find_archived
 from kiln.digests import file_sha256

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from kiln import proc
-from kiln.bake.bases.apt_sources import mirror_lines
+from kiln.apt.sources import mirror_lines
 from kiln.bake.context import BuildContext
 from kiln.errors import BadInput
 from kiln.recipe.models import Bootstrap
