@@ -8,7 +8,7 @@ import pytest
 
 from kiln.bake.debcache import parse_filename
 from kiln.errors import RecipeError
-from kiln.recipe.lockfile import Deb, Lock, diff, lock_path, parse, write
+from kiln.recipe.lockfile import Deb, Lock, diff, lock_path, parse, rebase, write
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -94,3 +94,37 @@ def test_lock_path_and_deb_file_names() -> None:
     assert deb.filename == "login_1%3a4.13+dfsg1-1_amd64.deb"  # as apt names it
     assert parse_filename(deb.filename) == ("login", "1:4.13+dfsg1-1", "amd64")
     assert parse_filename("not-a-deb.txt") is None
+
+
+def test_rebase_takes_the_new_parents_packages_and_keeps_the_recipes_own(tmp_path: Path) -> None:
+    old_parent = [Deb("libc6", "amd64", "2.36-9", SHA_A), Deb("base-files", "amd64", "12.4", SHA_A)]
+    new_parent = [
+        Deb("libc6", "amd64", "2.36-9+deb12u4", SHA_B),
+        Deb("base-files", "amd64", "12.4+deb12u1", SHA_B),
+        Deb("tzdata", "all", "2025a", SHA_B),
+    ]
+    lock = Lock(
+        "sha256:" + "c" * 64,
+        1700000000,
+        (
+            Deb("libc6", "amd64", "2.36-9", SHA_A),  # inherited
+            Deb("nginx-light", "amd64", "1.22.1-9", SHA_A),  # the recipe's own
+        ),
+    )
+    new, changes = rebase(lock, old_parent, "sha256:" + "d" * 64, new_parent)
+    assert new.parent == "sha256:" + "d" * 64 and new.source_date_epoch == 1700000000
+    found = {d.name: d.version for d in new.packages}
+    # base-files: the old parent had it and the image did not keep it, so it stays out
+    assert found == {"libc6": "2.36-9+deb12u4", "tzdata": "2025a", "nginx-light": "1.22.1-9"}
+    assert [(o.version, n.version) for o, n in changes.changed] == [("2.36-9", "2.36-9+deb12u4")]
+    assert [d.name for d in changes.added] == ["tzdata"] and changes.removed == []
+    write(tmp_path / "web.toml.lock", new, "web.toml")
+    assert set(parse(tmp_path / "web.toml.lock").packages) == set(new.packages)
+
+
+def test_rebase_keeps_a_package_the_recipe_upgraded_over_its_parent() -> None:
+    old_parent = [Deb("openssl", "amd64", "3.0.11-1", SHA_A)]
+    new_parent = [Deb("openssl", "amd64", "3.0.13-1", SHA_B)]
+    lock = Lock(None, 1, (Deb("openssl", "amd64", "3.0.15-1", SHA_A),))
+    new, changes = rebase(lock, old_parent, "sha256:" + "d" * 64, new_parent)
+    assert [d.version for d in new.packages] == ["3.0.15-1"] and changes.empty()

@@ -233,3 +233,29 @@ def diff(old: Iterable[Deb], new: Iterable[Deb]) -> LockDiff:
             if differs(before[k], after[k])
         ],
     )
+
+
+def rebase(
+    lock: Lock, old_parent: Iterable[Deb], new_parent_digest: str, new_parent: Iterable[Deb]
+) -> tuple[Lock, LockDiff]:
+    """``lock`` moved onto a new parent: its parent digest is the new one, the packages it
+    inherited from the old parent (the same name, architecture and version) are replaced by
+    the new parent's, and the recipe's own packages are kept (one the old parent had and
+    the image no longer holds stays out). Returns the new lock and what changed."""
+    inherited = {(d.name, d.architecture, d.version) for d in old_parent}
+    had = {(d.name, d.architecture) for d in old_parent}
+    held = {(d.name, d.architecture) for d in lock.packages}
+    own = {
+        (d.name, d.architecture): d
+        for d in lock.packages
+        if (d.name, d.architecture, d.version) not in inherited
+    }
+    packages: dict[tuple[str, str], Deb] = {}
+    for deb in new_parent:
+        key = (deb.name, deb.architecture)
+        if key in had and key not in held:
+            continue  # the image removed what its old parent had
+        packages[key] = deb
+    packages.update(own)  # the recipe's own choice wins; a bake that cannot hold it fails
+    new = Lock(new_parent_digest, lock.source_date_epoch, tuple(sorted(packages.values())))
+    return new, diff(lock.packages, new.packages)
