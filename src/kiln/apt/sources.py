@@ -1,4 +1,8 @@
-"""The host's apt sources, as mirror arguments for mmdebstrap.
+"""apt sources lists: the host's (as mirror arguments for mmdebstrap) and any other's.
+
+A sources file is one-line (``sources.list``, ``*.list``) or deb822 (``*.sources``);
+:func:`parse` reads either into :class:`Source` values, whose ``line()`` is the one-line
+form kiln hands a private apt (``signed-by`` and ``trusted=yes`` kept).
 
 mmdebstrap falls back to its own default mirror when given none; kiln instead uses the
 host's sources (one-line .list files and deb822 .sources files), with the host's codename
@@ -24,10 +28,13 @@ class Source:
     suite: str
     components: tuple[str, ...]
     signed_by: str | None = None
+    trusted: bool = False  # [trusted=yes]: apt takes the suite unsigned
 
     def line(self) -> str:
-        options = f"[signed-by={self.signed_by}] " if self.signed_by else ""
-        return f"deb {options}{self.uri} {self.suite} {' '.join(self.components)}"
+        words = [f"signed-by={self.signed_by}"] if self.signed_by else []
+        words += ["trusted=yes"] if self.trusted else []
+        options = f"[{' '.join(words)}] " if words else ""
+        return f"deb {options}{self.uri} {self.suite} {' '.join(self.components)}".rstrip()
 
 
 def _one_line(text: str) -> list[Source]:
@@ -46,7 +53,15 @@ def _one_line(text: str) -> list[Source]:
             rest = match.group(2)
         fields = rest.split()
         if len(fields) >= 2:
-            out.append(Source(fields[0], fields[1], tuple(fields[2:]), options.get("signed-by")))
+            out.append(
+                Source(
+                    fields[0],
+                    fields[1],
+                    tuple(fields[2:]),
+                    options.get("signed-by"),
+                    options.get("trusted") == "yes",
+                )
+            )
     return out
 
 
@@ -76,9 +91,20 @@ def _deb822(text: str) -> list[Source]:
                         suite,
                         tuple(fields.get("components", "main").split()),
                         fields.get("signed-by") or None,
+                        fields.get("trusted", "").lower() == "yes",
                     )
                 )
     return out
+
+
+def parse(name: str, text: str) -> list[Source]:
+    """The ``deb`` sources of one file, by its name: one-line ``.list`` (and
+    ``sources.list``) or deb822 ``.sources``; other names hold none (apt ignores them)."""
+    if name.endswith(".sources"):
+        return _deb822(text)
+    if name.endswith(".list"):
+        return _one_line(text)
+    return []
 
 
 def host_sources(etc_apt: Path = ETC_APT) -> list[Source]:
