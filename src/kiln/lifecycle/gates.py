@@ -150,12 +150,32 @@ def not_revoked(candidate: Candidate) -> tuple[bool, str] | None:
     return True, "not revoked"
 
 
+def fresh(candidate: Candidate) -> tuple[bool, str] | None:
+    """No security update for the image pending longer than ``max_security_age`` (the
+    cached Packages indexes of its own apt sources; kiln.lifecycle.freshness)."""
+    if candidate.gates.max_security_age is None:
+        return None
+    from kiln.home import Home
+    from kiln.lifecycle import freshness
+
+    home = Home(candidate.layout.root.parent)  # the layout is KILN_HOME's oci/
+    return freshness.security_gate(
+        candidate.lookup,
+        home,
+        candidate.layout,
+        candidate.image,
+        candidate.gates.max_security_age,
+        candidate.now,
+    )
+
+
 GATES: dict[str, Check] = {
     "revoked": not_revoked,
     "tests": tests,
     "converge": converge,
     "signed": signed,
     "soak": soak,
+    "fresh": fresh,
 }
 UNFORCEABLE = frozenset({"revoked"})
 

@@ -1,0 +1,240 @@
+"""Freshness, decided: which of an image's packages have a newer version in the suites its
+own apt sources name, which of those come from a security suite, since when kiln knows
+of each, and the ``max_security_age`` gate.
+
+- An image's sources are its own ``/etc/apt`` files (kiln.apt.image), read once per image
+  digest (an image never changes) and kept under ``cache/apt-indexes/images/``; an image
+  that names none falls back to the host's sources.
+- The newest version any of those suites offers wins, for the package's architecture or
+  ``all``, compared in Debian order (kiln.apt.versions); it is an update when it is newer
+  than the installed one.
+- Packages indexes carry no dates, so kiln records when it first sees each newer version
+  in a suite (``update_sightings``: one row per package, architecture, version and suite,
+  never changed); ``max_security_age`` measures from there.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kiln.apt import indexes
+from kiln.apt.image import Layers, image_sources
+from kiln.apt.indexes import Available, View
+from kiln.apt.sources import host_sources
+from kiln.apt.versions import compare
+from kiln.atomic import write_atomic
+from kiln.catalog.lookup import ImageRow, Lookup, iso, moment
+from kiln.durations import seconds
+from kiln.home import Home
+from kiln.store.layout import Layout
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+SOURCES_FORMAT = 1
+SIGHTINGS = "SELECT package, architecture, version, suite, first_seen FROM update_sightings"
+Key = tuple[str, str, str, str]  # package, architecture, version, suite
+
+
+@dataclass(frozen=True)
+class Update:
+    """A package of an image with a newer version in its sources."""
+
+    package: str
+    architecture: str  # as installed
+    installed: str
+    available: Available
+    first_seen: datetime | None = None
+
+    @property
+    def security(self) -> bool:
+        return self.available.security
+
+    @property
+    def key(self) -> Key:
+        a = self.available
+        return (a.package, a.architecture, a.version, a.suite)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "package": self.package,
+            "architecture": self.architecture,
+            "installed": self.installed,
+            "available": self.available.version,
+            "suite": self.available.suite,
+            "security": self.available.security,
+            "first_seen": iso(self.first_seen),
+        }
+
+
+def updates(installed: Iterable[tuple[str, str, str]], view: View) -> list[Update]:
+    """(name, architecture, version) installed -> the updates ``view`` offers, by name."""
+    out = []
+    for name, architecture, version in installed:
+        best = view.best(name, architecture)
+        if best is not None and compare(best.version, version) > 0:
+            out.append(Update(name, architecture, version, best))
+    return sorted(out, key=lambda u: (u.package, u.architecture))
+
+
+# --- an image's sources ---
+
+
+def cache_root(home: Home) -> Path:
+    return indexes.cache_root(home.root)
+
+
+def _sources_file(home: Home, digest: str) -> Path:
+    return cache_root(home) / "images" / f"{digest.partition(':')[2]}.json"
+
+
+@functools.cache
+def _host_lines() -> tuple[str, ...]:
+    return tuple(sorted({source.line() for source in host_sources()}))
+
+
+def host_lines() -> list[str]:
+    """The host's sources lines: what an image that names none is checked against."""
+    return list(_host_lines())
+
+
+def cached_lines(home: Home, digest: str) -> tuple[list[str], bool] | None:
+    """The image's sources lines as kept (``own`` False: the host's), or None."""
+    try:
+        data = json.loads(_sources_file(home, digest).read_bytes())
+        if data.get("format") != SOURCES_FORMAT:
+            return None
+        own = bool(data["own"])
+        lines = [str(line) for line in data["lines"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (lines, True) if own else (host_lines(), False)
+
+
+def image_lines(home: Home, layout: Layout, image: ImageRow) -> tuple[list[str], bool]:
+    """The image's own sources lines (True), else the host's (False), read from its layers
+    the first time and kept by digest."""
+    found = cached_lines(home, image.digest)
+    if found is not None:
+        return found
+    from kiln.store import stored
+
+    loaded = stored.load(home, layout, image.ref, image.digest)
+    keyrings = cache_root(home) / "keyrings"
+    sources, files = image_sources(Layers(loaded.layer_dirs), keyrings)
+    lines = sorted({source.line() for source in sources})
+    write_atomic(
+        _sources_file(home, image.digest),
+        json.dumps(
+            {"format": SOURCES_FORMAT, "own": bool(lines), "lines": lines, "files": files}
+        ).encode(),
+    )
+    return (lines, True) if lines else (host_lines(), False)
+
+
+# --- first sightings ---
+
+
+def sightings(lookup: Lookup) -> dict[Key, datetime]:
+    return {(p, a, v, s): moment(at) for p, a, v, s, at in lookup.rows(SIGHTINGS)}
+
+
+def with_first_seen(found: Sequence[Update], seen: dict[Key, datetime]) -> list[Update]:
+    return [replace(u, first_seen=seen.get(u.key)) for u in found]
+
+
+def record(session: Session, found: Iterable[Update], now: datetime) -> int:
+    """Insert the sightings not recorded yet, in the caller's write transaction; a rival
+    inserting the same row at once is no error (its time stands). Returns rows offered."""
+    from kiln.catalog.freshness import Sighting
+
+    rows = {
+        u.key: {
+            "package": u.key[0],
+            "architecture": u.key[1],
+            "version": u.key[2],
+            "suite": u.key[3],
+            "security": u.security,
+            "first_seen": now,
+        }
+        for u in found
+    }
+    if not rows:
+        return 0
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    values = list(rows.values())
+    for start in range(0, len(values), 200):
+        statement = insert(Sighting).values(values[start : start + 200])
+        session.execute(
+            statement.on_conflict_do_nothing(
+                index_elements=["package", "architecture", "version", "suite"]
+            )
+        )
+    return len(values)
+
+
+# --- the gate ---
+
+
+def _ago(seconds_: float) -> str:
+    from kiln.lifecycle.gates import span
+
+    return span(seconds_)
+
+
+def security_gate(
+    lookup: Lookup,
+    home: Home,
+    layout: Layout,
+    image: ImageRow,
+    max_age: str | None,
+    now: datetime,
+) -> tuple[bool, str] | None:
+    """``max_security_age``: no security update for the image that kiln first saw longer
+    ago than ``max_age``; None when the channel does not ask. Cached indexes only: a
+    promotion never fetches."""
+    if max_age is None:
+        return None
+    limit = seconds(max_age)
+    lines, _own = image_lines(home, layout, image)
+    view = indexes.cached(indexes.cache_root(home.root), lines)
+    again = f"kiln outdated {image.ref} --refresh"
+    if view is None:
+        return False, f"no Packages index of {image.ref}'s apt sources is cached: {again}"
+    if (now - view.checked).total_seconds() > limit:
+        return False, (
+            f"the cached Packages indexes of {image.ref}'s sources are from {iso(view.checked)},"
+            f" older than max_security_age {max_age}: {again}"
+        )
+    pending = [u for u in updates(_installed(lookup, image), view) if u.security]
+    pending = with_first_seen(pending, sightings(lookup))
+    late = [u for u in pending if u.first_seen and (now - u.first_seen).total_seconds() > limit]
+    if late:
+        late.sort(key=lambda u: u.first_seen or now)
+        u = late[0]
+        assert u.first_seen is not None
+        more = f" (and {len(late) - 1} more)" if len(late) > 1 else ""
+        return False, (
+            f"{image.ref} has {u.package} {u.installed}, and {u.available.version} from "
+            f"{u.available.suite} (a security update) was first seen {iso(u.first_seen)}, "
+            f"{_ago((now - u.first_seen).total_seconds())} ago, over max_security_age "
+            f"{max_age}{more}: kiln refresh {image.name}"
+        )
+    what = f"{len(pending)} newer" if pending else "none"
+    return True, (
+        f"no security update pending longer than {max_age} ({what}; indexes of {iso(view.checked)})"
+    )
+
+
+def _installed(lookup: Lookup, image: ImageRow) -> list[tuple[str, str, str]]:
+    return [(p.name, p.architecture, p.version) for p in lookup.packages(image.id)]
