@@ -20,6 +20,7 @@ the catalog.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import random
 import shlex
@@ -42,6 +43,9 @@ from kiln.catalog.revisions import PENDING
 from kiln.digests import canonical_json
 from kiln.errors import KilnError, StepFailed, from_os_error
 from kiln.mounts import Overlay, remove_tree
+from kiln.recipe import lockfile
+from kiln.recipe.limits import MAX_LOCK_BYTES, read_regular
+from kiln.recipe.lockfile import Lock
 from kiln.rootpath import Root
 from kiln.sandbox import MOUNT_POINT_FILES
 from kiln.steps.target import Target
@@ -198,6 +202,10 @@ def resolve(context: BuildContext) -> None:
 def bake(context: BuildContext) -> BakeResult:
     started = time.monotonic()
     stages: dict[str, float] = {}
+    if context.source_date_epoch is None:
+        # Unlocked and unstamped: stamp it with when it started, which the lock it keeps
+        # says, so a rebuild from that lock can make the same bytes (kiln rebuild --prove).
+        context.source_date_epoch = int(context.started.timestamp())
     context.build_dir.mkdir(parents=True, exist_ok=True)  # the caller owns it (kiln.locks)
     with _BuildFolder(context) as folder:
         _run_stages(context, STAGES, stages)
@@ -307,6 +315,9 @@ def _artefacts(
             ).encode(),
         ),
     ]
+    lock = _lock_text(context)
+    if lock is not None:
+        documents.append((artefacts.LOCK, artefacts.MEDIA_LOCK, lock))
     out = []
     created = stamped.strftime("%Y-%m-%dT%H:%M:%SZ")
     for kind, media_type, data in documents:
@@ -330,6 +341,29 @@ def _artefacts(
         )
     )
     return out
+
+
+def _lock_text(context: BuildContext) -> bytes | None:
+    """The lock the image was baked from, kept so it can be rebuilt from it later: the lock
+    file's own bytes, or for an unlocked bake the lock its packages resolved to. None when
+    a package's .deb was never seen (an imported base): such an image has no lock."""
+    lock = context.lock
+    if lock is not None and not lockfile.lock_path(context.recipe.path).is_file():
+        return lock.render(context.recipe.path.name).encode()  # handed over, not read (a proof)
+    if lock is not None:
+        path = lockfile.lock_path(context.recipe.path)
+        data = read_regular(path, MAX_LOCK_BYTES, "lock file")
+        if hashlib.sha256(data).hexdigest() != lock.digest:
+            raise KilnError(
+                f"{path} changed while {context.recipe.name} was being baked from it",
+                hint="bake again",
+            )
+        return data
+    if context.source_date_epoch is None or not all(d.sha256 for d in context.packages):
+        return None
+    parent = context.parent.manifest.digest if context.parent else None
+    resolved = Lock(parent, context.source_date_epoch, tuple(sorted(context.packages)))
+    return resolved.render(context.recipe.path.name).encode()
 
 
 def commit(context: BuildContext, layer: Descriptor, diff_id: str, seconds: float) -> BakeResult:

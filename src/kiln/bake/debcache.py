@@ -154,12 +154,13 @@ class PackageCache:
             try:
                 proc.run(["apt-get", *options, "download", *names], cwd=base / "download")
             except proc.CommandError as exc:
-                raise KilnError(
-                    "the mirror does not have every locked package that is missing from the "
-                    f"package cache:\n{proc.tail(exc.output, 10)}",
-                    hint="point --mirror (or KILN_MIRROR) at a mirror or snapshot that has "
-                    "them, or re-resolve with 'kiln lock --update'",
-                ) from None
+                # apt stops at the first version it cannot find: ask for each one
+                gone = [
+                    deb
+                    for deb, name in zip(missing, names, strict=True)
+                    if not _served(options, name)
+                ]
+                raise Unserved(gone, proc.tail(exc.output, 10)) from None
             got = self.harvest(base / "download")
         for deb in missing:
             fetched = got.get(deb.key)
@@ -206,6 +207,34 @@ class PackageCache:
             f" {hashlib.sha256(index).hexdigest()} {len(index)} Packages\n"
         )
         return f"deb [trusted=yes] copy://{folder} ./"
+
+
+class Unserved(KilnError):
+    """The mirror does not serve these locked versions (every one of them is listed)."""
+
+    def __init__(self, debs: list[Deb], output: str) -> None:
+        self.debs = debs
+        listed = "".join(f"\n  {d.name} {d.version} ({d.architecture})" for d in debs)
+        what = (
+            f"the mirror no longer serves {len(debs)} locked package"
+            f"{'s' if len(debs) != 1 else ''} missing from the package cache:{listed}"
+            if debs
+            else f"the locked packages could not be downloaded:\n{output}"
+        )
+        super().__init__(
+            what,
+            hint="point --mirror (or KILN_MIRROR) at a mirror or snapshot that has "
+            "them, or re-resolve with 'kiln lock --update'",
+        )
+
+
+def _served(options: list[str], name: str) -> bool:
+    """Whether the private apt's lists know ``name`` (name[:arch]=version)."""
+    try:
+        shown = proc.output(["apt-cache", *options, "show", name])
+    except proc.CommandError:
+        return False
+    return bool(shown.strip())
 
 
 def host_arch() -> str:

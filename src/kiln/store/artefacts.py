@@ -1,4 +1,4 @@
-"""Artefacts about an image (provenance, SBOM), stored as OCI 1.1 referrers.
+"""Artefacts about an image (provenance, SBOM, its lock), stored as OCI 1.1 referrers.
 
 Each artefact is a manifest whose ``subject`` is the image manifest, with an empty config
 and the document as its one layer. index.json lists it without a ref name, annotated with
@@ -7,13 +7,18 @@ the subject and the kind, so finding an image's artefacts needs no scan of the b
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
-from kiln.store.layout import MEDIA_MANIFEST, Descriptor, Layout
+from kiln.errors import StoreError
+from kiln.store.layout import FSCK_HINT, MEDIA_MANIFEST, Descriptor, Layout
 
 MEDIA_EMPTY = "application/vnd.oci.empty.v1+json"
 SUBJECT = "org.kiln.subject"
 KIND = "org.kiln.artefact"
+LOCK = "lock"  # the lock an image was baked from, as the text of a lock file
+MEDIA_LOCK = "application/vnd.kiln.lock.v1+text"
 
 
 def put(
@@ -42,10 +47,22 @@ def put(
 
 
 def find(layout: Layout, subject_digest: str, kind: str) -> bytes | None:
-    """The document of the given kind about ``subject_digest``, if stored."""
+    """The document of the given kind about ``subject_digest``, if stored; the artefact
+    manifest and the document are each checked against their digests first."""
     for entry in layout.read_index()["manifests"]:
         annotations = entry.get("annotations") or {}
         if annotations.get(SUBJECT) == subject_digest and annotations.get(KIND) == kind:
-            manifest = layout.read_json(entry["digest"])
-            return layout.read_bytes(manifest["layers"][0]["digest"])
+            manifest = json.loads(_verified(layout, entry["digest"], f"the {kind} manifest"))
+            return _verified(layout, manifest["layers"][0]["digest"], f"the {kind} document")
     return None
+
+
+def _verified(layout: Layout, digest: str, what: str) -> bytes:
+    data = layout.read_bytes(digest)
+    actual = hashlib.sha256(data).hexdigest()
+    if f"sha256:{actual}" != digest:
+        raise StoreError(
+            f"{what} {digest} in {layout.blobs} is corrupt (its content hashes to sha256:{actual})",
+            hint=FSCK_HINT,
+        )
+    return data
