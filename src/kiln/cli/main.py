@@ -11,7 +11,17 @@ import click
 from rich.markup import escape
 
 from kiln import __version__
-from kiln.cli import build, catalog, drift, freshness, lifecycle, machines, proof, signing
+from kiln.cli import (
+    build,
+    catalog,
+    drift,
+    freshness,
+    lifecycle,
+    machines,
+    proof,
+    propagate,
+    signing,
+)
 from kiln.cli.output import err
 from kiln.errors import KilnError, disk_full, from_os_error, space_hint
 
@@ -29,6 +39,7 @@ drift.register(cli)
 catalog.register(cli)
 lifecycle.register(cli)
 signing.register(cli)
+propagate.register(cli)
 proof.register(cli)
 freshness.register(cli)
 
