@@ -146,7 +146,7 @@ def rebuild(
     """Rebuild ``ref`` and its parent chain from scratch and record whether it reproduced."""
     if not prove:
         raise BadInput(
-            "kiln rebuild only proves for now: it bakes the image and its parents again in a "
+            "kiln rebuild needs --prove for now: it bakes the image and its parents again in a "
             "fresh KILN_HOME from their stored locks and compares the digests",
             hint=f"kiln rebuild {ref} --prove",
         )
@@ -157,7 +157,7 @@ def rebuild(
     result = Result(row.ref, row.digest, package_cache, _chain(workspace, row))
     options = Options(no_cache=True, mirror=mirror)
     for link in result.chain:
-        result.inputs += _check_inputs(link, options)
+        result.inputs += check_inputs(link, options)
     if not result.inputs:
         _rebake(workspace, result, options, log)
     result.seconds = time.monotonic() - started
@@ -210,7 +210,7 @@ def _parse_lock(workspace: Workspace, text: bytes, row: ImageRow) -> Lock:
 # inputs
 
 
-def _check_inputs(link: Link, options: Options) -> list[Changed]:
+def check_inputs(link: Link, options: Options) -> list[Changed]:
     """What of the recipe and its inputs is not what the image was baked from."""
     from kiln.bake import cachekey
     from kiln.recipe import load_recipe
@@ -220,7 +220,7 @@ def _check_inputs(link: Link, options: Options) -> list[Changed]:
     expected = f"sha256:{row.recipe_digest}"
     try:
         data = read_regular(path, MAX_RECIPE_BYTES, "recipe")
-    except RecipeError:
+    except BadInput:  # not there, not a regular file, too large
         return [Changed(str(path), "recipe", path.name, expected, None)]
     found = f"sha256:{hashlib.sha256(data).hexdigest()}"
     if found != expected:
@@ -228,7 +228,7 @@ def _check_inputs(link: Link, options: Options) -> list[Changed]:
     recorded = recorded_inputs(link.provenance)
     try:
         recipe = load_recipe(path)
-    except RecipeError as exc:
+    except BadInput as exc:
         gone = [
             Changed(str(path), key, rel, f"sha256:{digest}", None)
             for key, (rel, digest) in sorted(recorded.items())
@@ -274,6 +274,7 @@ def _rebake(workspace: Workspace, result: Result, options: Options, log: Log) ->
                 log(f"rebuilding {len(result.chain)} image(s) in {folder}")
                 if result.package_cache:
                     _lend_debs(workspace.home, scratch.home, result.chain)
+                _fetch_debs(scratch.home, result.chain, options)
                 parent: Parent | None = None
                 for link in result.chain:
                     recipe = _copy_recipe(link, folder / "recipes")
@@ -319,6 +320,27 @@ def _lend_debs(real: Home, scratch: Home, chain: list[Link]) -> None:
                 raise
             shutil.copyfile(path, copy)
         os.link(copy, target.by_name / deb.filename)
+
+
+def _fetch_debs(scratch: Home, chain: list[Link], options: Options) -> None:
+    """Every locked .deb of the chain not in the scratch cache, fetched from the mirror in
+    one go before any bake, so each version the mirror lacks is named, whichever image of
+    the chain locked it. The root's Debian suite (or the host's) says where to look."""
+    from kiln.apt.sources import mirror_lines, os_codename
+    from kiln.bake.bases import debian
+    from kiln.bake.debcache import PackageCache
+    from kiln.recipe import load_recipe
+
+    cache = PackageCache(scratch.debs)
+    wanted = {deb for link in chain for deb in link.lock.packages}
+    if all(cache.has(deb) for deb in wanted):
+        return
+    spec = load_recipe(Path(chain[0].row.recipe_path)).recipe.image.bootstrap
+    if spec is not None:
+        lines = debian.fetch_sources(spec, options.mirror)
+    else:
+        lines = mirror_lines(os_codename(Path("/")) or "stable", options.mirror)
+    cache.fetch(wanted, lines, scratch.tmp)
 
 
 def _copy_recipe(link: Link, top: Path) -> RecipeFile:
@@ -486,6 +508,6 @@ def _record(workspace: Workspace, result: Result) -> None:
                 at=result.at,
                 ok=ok,
                 rebuilt=link.rebuilt or None,
-                of=None if mine else result.ref,
                 package_cache=result.package_cache,
+                **({} if mine else {"of": result.ref}),
             )

@@ -169,6 +169,15 @@ def fresh(candidate: Candidate) -> tuple[bool, str] | None:
     )
 
 
+def proven(candidate: Candidate) -> tuple[bool, str] | None:
+    """A passed ``kiln rebuild --prove`` of this exact digest, no older than
+    ``proven_within`` (kiln.lifecycle.proofs)."""
+    from kiln.lifecycle import proofs
+
+    gates = candidate.gates
+    return proofs.proven(candidate.lookup, candidate.image, gates.proven_within, candidate.now)
+
+
 GATES: dict[str, Check] = {
     "revoked": not_revoked,
     "tests": tests,
@@ -176,6 +185,7 @@ GATES: dict[str, Check] = {
     "signed": signed,
     "soak": soak,
     "fresh": fresh,
+    "proven": proven,
 }
 UNFORCEABLE = frozenset({"revoked"})
 
