@@ -9,7 +9,7 @@ SQLAlchemy unless a scheduled revocation is due and its rows must be written.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,6 @@ from kiln.app.lifecycle import known, now_utc, settle_due
 from kiln.app.workspace import Workspace
 from kiln.catalog.lookup import Head, ImageRow, Lookup, RevocationRow, iso, moment
 from kiln.errors import KilnError
-from kiln.lifecycle import proofs
 from kiln.machines.folder import Folder, load
 from kiln.machines.process import running
 
@@ -40,7 +39,7 @@ class _Estate:
     created: dict[int, datetime]
     revoked: dict[int, RevocationRow]
     signed: set[int]
-    proofs: dict[int, dict[str, Any]] = field(default_factory=dict)  # the newest of each
+    fresh: Any = None  # kiln.app.freshness.Summaries, when any image's sources are cached
 
     def channels_of(self, image_id: int) -> list[str]:
         return sorted(
@@ -70,7 +69,7 @@ class _Estate:
             "revoked": self.revoked_json(image_id),
             "channels": self.channels_of(image_id),
             "machines": [m["name"] for m in self.machines_of(image_id)],
-            "proof": self.proofs.get(image_id),
+            "freshness": self.fresh.of(image) if self.fresh is not None else None,
         }
 
 
@@ -127,11 +126,21 @@ def _estate(workspace: Workspace, family: str | None = None, drift: bool = True)
     revoked = lookup.revoked_images(now)
     signed = {row[0] for row in lookup.rows("SELECT DISTINCT image_id FROM signatures")}
     estate = _Estate(now, heads, machines, images, created, revoked, signed)
-    estate.proofs = proofs.latest(lookup)
+    estate.fresh = _freshness(workspace)
     for machine in machines:
         machine["channels"] = estate.channels_of(machine["image_id"])
         machine["revoked"] = estate.revoked_json(machine["image_id"])
     return estate
+
+
+def _freshness(workspace: Workspace) -> Any:
+    """Pending updates per image from cached indexes (kiln.app.freshness), loaded only
+    when kiln outdated has read some image's sources (cache/apt-indexes/images/)."""
+    if not (workspace.home.root / "cache" / "apt-indexes" / "images").is_dir():
+        return None
+    from kiln.app.freshness import Summaries
+
+    return Summaries(workspace)
 
 
 def _created(lookup: Lookup, ids: list[int]) -> dict[int, datetime]:

@@ -207,16 +207,32 @@ def _cell(cell: dict[str, Any] | None) -> str:
         parts.append(f"{count} machine{'s' if count != 1 else ''}")
     if cell["signed"]:
         parts.append("signed")
-    parts += _proof_flag(cell.get("proof"))
     text = " ".join(parts)
     return f"[red]{text} REVOKED[/]" if cell["revoked"] else text
 
 
-def _proof_flag(proof: dict[str, Any] | None) -> list[str]:
-    """An image's last rebuild proof, as kiln where shows it."""
-    if proof is None:
-        return []
-    return [f"proven {proof['at'][:10]}" if proof["ok"] else f"proof failed {proof['at'][:10]}"]
+def _freshness(fresh: dict[str, Any] | None) -> str | None:
+    """Pending updates from the cached indexes: '2 security, 1 other', 'fresh', or None."""
+    if fresh is None:
+        return None
+    if not (fresh["security"] or fresh["other"]):
+        return "fresh"
+    security = f"[red]{fresh['security']} security[/]" if fresh["security"] else ""
+    other = f"{fresh['other']} other" if fresh["other"] else ""
+    return ", ".join(part for part in (security, other) if part)
+
+
+def _row_freshness(row: dict[str, Any], channels: list[str]) -> str:
+    """The FRESHNESS column: each image of the row once (latest, then channel heads)."""
+    cells = [row["latest"], *[row["channels"][c] for c in channels]]
+    seen: dict[str, str] = {}
+    for cell in cells:
+        text = _freshness(cell["freshness"]) if cell is not None else None
+        if cell is not None and text is not None and cell["ref"] not in seen:
+            seen[cell["ref"]] = text
+    if len(seen) == 1:
+        return next(iter(seen.values()))
+    return "; ".join(f"{ref} {text}" for ref, text in seen.items()) or "-"
 
 
 def _machines_table(machines: list[dict[str, Any]]) -> None:
@@ -274,7 +290,8 @@ def where(target: str | None, revoked_only: bool, as_json: bool) -> None:
             flags = [f"channels: {', '.join(version['channels'])}"] if version["channels"] else []
             flags += ["latest"] if version.get("latest") else []
             flags += ["signed"] if version["signed"] else []
-            flags += _proof_flag(version.get("proof"))
+            fresh = _freshness(version.get("freshness"))
+            flags += [f"updates: {fresh}"] if fresh is not None else []
             if version["revoked"]:
                 revoked = version["revoked"]
                 flags.append(f"[red]revoked by {revoked['by']}: {escape(revoked['reason'])}[/]")
@@ -285,9 +302,12 @@ def where(target: str | None, revoked_only: bool, as_json: bool) -> None:
                 _say("  no machine")
         return
     table = Table("IMAGE", "LATEST", *[c.upper() for c in data["channels"]], box=None)
+    table.add_column("FRESHNESS")
     for row in data["images"]:
         cells = [_cell(row["channels"][c]) for c in data["channels"]]
-        table.add_row(row["name"], _cell(row["latest"]), *cells)
+        table.add_row(
+            row["name"], _cell(row["latest"]), *cells, _row_freshness(row, data["channels"])
+        )
     wide.print(table)
     if data["machines"]:
         _say("")
@@ -315,9 +335,6 @@ def _detail(event: dict[str, Any]) -> str:
             return "a base image"
         named = detail.get("parent_named")
         return f"on {detail['parent']}" + (f" (named {named})" if named else "")
-    if kind == "proved":
-        what = "rebuilt to the same digest" if detail.get("ok") else "rebuild proof failed"
-        return what + (f" (proving {detail['of']})" if detail.get("of") else "")
     if kind.startswith("machine_"):
         return "for kiln test" if detail.get("throwaway") else ""
     return ", ".join(f"{key}={value}" for key, value in sorted(detail.items()))
