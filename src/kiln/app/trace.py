@@ -9,7 +9,7 @@ SQLAlchemy unless a scheduled revocation is due and its rows must be written.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from kiln.app.lifecycle import known, now_utc, settle_due
 from kiln.app.workspace import Workspace
 from kiln.catalog.lookup import Head, ImageRow, Lookup, RevocationRow, iso, moment
 from kiln.errors import KilnError
+from kiln.lifecycle import proofs
 from kiln.machines.folder import Folder, load
 from kiln.machines.process import running
 
@@ -40,6 +41,7 @@ class _Estate:
     revoked: dict[int, RevocationRow]
     signed: set[int]
     fresh: Any = None  # kiln.app.freshness.Summaries, when any image's sources are cached
+    proofs: dict[int, dict[str, Any]] = field(default_factory=dict)  # the newest of each
 
     def channels_of(self, image_id: int) -> list[str]:
         return sorted(
@@ -70,6 +72,7 @@ class _Estate:
             "channels": self.channels_of(image_id),
             "machines": [m["name"] for m in self.machines_of(image_id)],
             "freshness": self.fresh.of(image) if self.fresh is not None else None,
+            "proof": self.proofs.get(image_id),
         }
 
 
@@ -127,6 +130,7 @@ def _estate(workspace: Workspace, family: str | None = None, drift: bool = True)
     signed = {row[0] for row in lookup.rows("SELECT DISTINCT image_id FROM signatures")}
     estate = _Estate(now, heads, machines, images, created, revoked, signed)
     estate.fresh = _freshness(workspace)
+    estate.proofs = proofs.latest(lookup)
     for machine in machines:
         machine["channels"] = estate.channels_of(machine["image_id"])
         machine["revoked"] = estate.revoked_json(machine["image_id"])

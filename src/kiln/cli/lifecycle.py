@@ -207,8 +207,16 @@ def _cell(cell: dict[str, Any] | None) -> str:
         parts.append(f"{count} machine{'s' if count != 1 else ''}")
     if cell["signed"]:
         parts.append("signed")
+    parts += _proof_flag(cell.get("proof"))
     text = " ".join(parts)
     return f"[red]{text} REVOKED[/]" if cell["revoked"] else text
+
+
+def _proof_flag(proof: dict[str, Any] | None) -> list[str]:
+    """An image's last rebuild proof, as kiln where shows it."""
+    if proof is None:
+        return []
+    return [f"proven {proof['at'][:10]}" if proof["ok"] else f"proof failed {proof['at'][:10]}"]
 
 
 def _freshness(fresh: dict[str, Any] | None) -> str | None:
@@ -292,6 +300,7 @@ def where(target: str | None, revoked_only: bool, as_json: bool) -> None:
             flags += ["signed"] if version["signed"] else []
             fresh = _freshness(version.get("freshness"))
             flags += [f"updates: {fresh}"] if fresh is not None else []
+            flags += _proof_flag(version.get("proof"))
             if version["revoked"]:
                 revoked = version["revoked"]
                 flags.append(f"[red]revoked by {revoked['by']}: {escape(revoked['reason'])}[/]")
@@ -335,6 +344,9 @@ def _detail(event: dict[str, Any]) -> str:
             return "a base image"
         named = detail.get("parent_named")
         return f"on {detail['parent']}" + (f" (named {named})" if named else "")
+    if kind == "proved":
+        what = "rebuilt to the same digest" if detail.get("ok") else "rebuild proof failed"
+        return what + (f" (proving {detail['of']})" if detail.get("of") else "")
     if kind.startswith("machine_"):
         return "for kiln test" if detail.get("throwaway") else ""
     return ", ".join(f"{key}={value}" for key, value in sorted(detail.items()))
