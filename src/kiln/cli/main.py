@@ -20,6 +20,7 @@ from kiln.cli import (
     machines,
     proof,
     propagate,
+    refresh,
     signing,
 )
 from kiln.cli.output import err
@@ -40,6 +41,7 @@ catalog.register(cli)
 lifecycle.register(cli)
 signing.register(cli)
 propagate.register(cli)
+refresh.register(cli)
 proof.register(cli)
 freshness.register(cli)
 

@@ -259,3 +259,22 @@ def rebase(
     packages.update(own)  # the recipe's own choice wins; a bake that cannot hold it fails
     new = Lock(new_parent_digest, lock.source_date_epoch, tuple(sorted(packages.values())))
     return new, diff(lock.packages, new.packages)
+
+
+def bump(lock: Lock, newer: Iterable[Deb]) -> tuple[Lock, LockDiff]:
+    """``lock`` with some packages moved to newer .debs (kiln refresh): each of ``newer``
+    replaces the locked package of its name and architecture (of its name alone when the
+    lock holds that name once: a package may move to or from ``all``); one the lock does
+    not hold is not added, and nothing else changes (parent, SOURCE_DATE_EPOCH). Returns
+    the new lock and what changed."""
+    chosen = {(d.name, d.architecture): d for d in lock.packages}
+    names: dict[str, list[tuple[str, str]]] = {}
+    for key in chosen:
+        names.setdefault(key[0], []).append(key)
+    for deb in newer:
+        held = names.get(deb.name, [])
+        key = (deb.name, deb.architecture) if len(held) != 1 else held[0]
+        if key in chosen:
+            chosen[key] = deb
+    new = Lock(lock.parent, lock.source_date_epoch, tuple(sorted(chosen.values())))
+    return new, diff(lock.packages, new.packages)
