@@ -76,7 +76,7 @@ def indexes_cache(home: Path, at: datetime) -> None:
         "bookworm": ("Debian", [_paragraph(n, f"1.{n % 5}-1") for n in range(POOL)]),
         "bookworm-security": (
             "Debian-Security",
-            [_paragraph(n, f"1.{n % 5}-1+deb12u1") for n in range(0, POOL, POOL // SECURITY)],
+            [_paragraph(n, "1.9-1+deb12u1") for n in range(0, POOL, POOL // SECURITY)],
         ),
     }
     targets = []

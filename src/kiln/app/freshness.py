@@ -185,25 +185,24 @@ def image_updates(
     found = [freshness.image_lines(workspace.home, workspace.layout, row) for row in images]
     views = _views(workspace, [lines for lines, _own in found], refresh, offline, max_age, now)
     packages = _packages(lookup, [row.id for row in images])
+    seen = freshness.sightings(lookup)
     out = []
     for row, (lines, own) in zip(images, found, strict=True):
         view = views.get(tuple(sorted(set(lines))))
-        pending = freshness.updates(packages[row.id], view) if view is not None else []
+        pending = freshness.updates(packages[row.id], view, seen) if view is not None else []
         out.append(ImageUpdates(row, sorted(channels.get(row.id, [])), lines, own, view, pending))
-    seen = freshness.sightings(lookup)
-    new = [u for item in out for u in item.updates if u.key not in seen]
-    if record and new:
+    if record and any(u.first_seen is None for item in out for u in item.updates):
         by_view: dict[datetime, list[Update]] = {}
         for item in out:
             if item.view is not None:
-                fresh = [u for u in item.updates if u.key not in seen]
+                fresh = [u for u in item.updates if u.first_seen is None]
                 by_view.setdefault(item.view.checked, []).extend(fresh)
         with workspace.catalog.session() as session:
             for checked, updates in sorted(by_view.items()):
                 freshness.record(session, updates, checked)
         seen = freshness.sightings(lookup)
-    for item in out:
-        item.updates = freshness.with_first_seen(item.updates, seen)
+        for item in out:
+            item.updates = freshness.with_first_seen(item.updates, seen)
     return out
 
 

@@ -32,7 +32,7 @@ import json
 import lzma
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -94,9 +94,18 @@ class View:
     checked: datetime
     suites: list[Suite]
     packages: dict[str, list[list[Any]]]  # name -> [[arch, version, suite#, file, sha, size]]
+    _best: dict[tuple[str, str], Available | None] = field(default_factory=dict, repr=False)
 
     def best(self, package: str, architecture: str) -> Available | None:
         """The newest version of ``package`` for ``architecture`` (or ``all``)."""
+        key = (package, architecture)
+        try:
+            return self._best[key]
+        except KeyError:
+            found = self._best[key] = self._find(package, architecture)
+            return found
+
+    def _find(self, package: str, architecture: str) -> Available | None:
         entries = self.packages.get(package)
         if not entries:
             return None

@@ -9,6 +9,7 @@ in ``-security`` (``bookworm-security``, and mirrors or local repositories named
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ class Release:
     suite: str = ""
     codename: str = ""
 
-    @property
+    @functools.cached_property
     def security(self) -> bool:
         return self.label == SECURITY_LABEL or any(
             name.endswith(SECURITY_SUFFIX) for name in (self.suite, self.codename)

@@ -8,31 +8,67 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from kiln.cli.output import console, print_json, wide
+from kiln.cli.output import console, wide
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    """The report as JSON, one image per line: a thousand images with their updates are
+    encoded by the standard library's C encoder (an indented dump takes seconds)."""
+    import json
+    import sys
+
+    images = data["images"]
+    rest = {key: value for key, value in data.items() if key != "images"}
+    out = ['{\n  "images": [']
+    out += [
+        "    " + json.dumps(image, sort_keys=True) + ("," if n < len(images) - 1 else "")
+        for n, image in enumerate(images)
+    ]
+    out.append("  ]" + ("," if rest else ""))
+    body = json.dumps(rest, indent=2, sort_keys=True)[1:-1].strip("\n")
+    out += [body, "}"] if rest else ["}"]
+    sys.stdout.write("\n".join(out) + "\n")
 
 
 def _say(text: str) -> None:
     console.print(text, highlight=False)
 
 
-def _table(images: list[dict[str, Any]]) -> None:
-    from rich.table import Table
+RICH_ROWS = 1000  # past this many rows rich takes seconds: plain aligned columns instead
+COLUMNS = ("IMAGE", "CHANNELS", "PACKAGE", "INSTALLED", "AVAILABLE", "SUITE")
 
-    table = Table("IMAGE", "CHANNELS", "PACKAGE", "INSTALLED", "AVAILABLE", "SUITE", box=None)
+
+def _rows(images: list[dict[str, Any]]) -> list[tuple[list[str], bool]]:
+    out = []
     for image in images:
         channels = ", ".join(image["channels"]) or "-"
-        for update in image["updates"]:
-            suite = escape(update["suite"])
-            if update["security"]:
-                suite = f"[red]{suite} (security)[/]"
-            table.add_row(
-                image["ref"],
-                channels,
-                escape(update["package"]),
-                escape(update["installed"]),
-                escape(update["available"]),
-                suite,
-            )
+        for u in image["updates"]:
+            suite = u["suite"] + (" (security)" if u["security"] else "")
+            row = [image["ref"], channels, u["package"], u["installed"], u["available"], suite]
+            out.append((row, bool(u["security"])))
+    return out
+
+
+def _table(images: list[dict[str, Any]]) -> None:
+    rows = _rows(images)
+    if len(rows) > RICH_ROWS:
+        import sys
+
+        widths = [max(len(c), *(len(r[n]) for r, _ in rows)) for n, c in enumerate(COLUMNS)]
+        lines = [" ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)).rstrip()]
+        lines += [
+            " ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r, _ in rows
+        ]
+        sys.stdout.write("\n".join(lines) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(*COLUMNS, box=None)
+    for row, security in rows:
+        cells = [escape(cell) for cell in row]
+        if security:
+            cells[-1] = f"[red]{cells[-1]}[/]"
+        table.add_row(*cells)
     wide.print(table)
 
 
@@ -64,7 +100,7 @@ def outdated(
         raise BadInput("--refresh fetches and --offline never does: give one of them")
     data = with_workspace(freshness.outdated, list(targets), refresh, offline, policy_file)
     if as_json:
-        print_json(data)
+        _print_json(data)
     else:
         images = data["images"]
         stale = [i for i in images if i["sources"]["checked"] is None]

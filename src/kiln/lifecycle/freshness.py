@@ -69,17 +69,26 @@ class Update:
             "available": self.available.version,
             "suite": self.available.suite,
             "security": self.available.security,
-            "first_seen": iso(self.first_seen),
+            "first_seen": _iso(self.first_seen) if self.first_seen else None,
         }
 
 
-def updates(installed: Iterable[tuple[str, str, str]], view: View) -> list[Update]:
-    """(name, architecture, version) installed -> the updates ``view`` offers, by name."""
+def updates(
+    installed: Iterable[tuple[str, str, str]],
+    view: View,
+    seen: dict[Key, datetime] | None = None,
+) -> list[Update]:
+    """(name, architecture, version) installed -> the updates ``view`` offers, by name;
+    with ``seen`` (kiln's first sightings), each with its ``first_seen``."""
     out = []
+    best_of = view.best
     for name, architecture, version in installed:
-        best = view.best(name, architecture)
+        best = best_of(name, architecture)
         if best is not None and compare(best.version, version) > 0:
-            out.append(Update(name, architecture, version, best))
+            first = None
+            if seen is not None:
+                first = seen.get((best.package, best.architecture, best.version, best.suite))
+            out.append(Update(name, architecture, version, best, first))
     return sorted(out, key=lambda u: (u.package, u.architecture))
 
 
@@ -142,7 +151,20 @@ def image_lines(home: Home, layout: Layout, image: ImageRow) -> tuple[list[str],
 
 
 def sightings(lookup: Lookup) -> dict[Key, datetime]:
-    return {(p, a, v, s): moment(at) for p, a, v, s, at in lookup.rows(SIGHTINGS)}
+    """Every first sighting kiln recorded (one time object per distinct time)."""
+    times: dict[Any, datetime] = {}
+    out = {}
+    for p, a, v, s, at in lookup.rows(SIGHTINGS):
+        when = times.get(at)
+        if when is None:
+            when = times[at] = moment(at)
+        out[(p, a, v, s)] = when
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso(moment_: datetime) -> str | None:
+    return iso(moment_)
 
 
 def with_first_seen(found: Sequence[Update], seen: dict[Key, datetime]) -> list[Update]:
@@ -216,8 +238,8 @@ def security_gate(
             f"the cached Packages indexes of {image.ref}'s sources are from {iso(view.checked)},"
             f" older than max_security_age {max_age}: {again}"
         )
-    pending = [u for u in updates(_installed(lookup, image), view) if u.security]
-    pending = with_first_seen(pending, sightings(lookup))
+    found = updates(_installed(lookup, image), view, sightings(lookup))
+    pending = [u for u in found if u.security]
     late = [u for u in pending if u.first_seen and (now - u.first_seen).total_seconds() > limit]
     if late:
         late.sort(key=lambda u: u.first_seen or now)
