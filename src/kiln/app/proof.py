@@ -180,6 +180,12 @@ def _chain(workspace: Workspace, row: ImageRow) -> list[Link]:
     for image in reversed(rows):
         text = artefacts.find(layout, image.digest, artefacts.LOCK)
         if text is None:
+            if any(not p.sha256 for p in workspace.lookup.packages(image.id)):
+                raise BadInput(
+                    f"{image.ref} keeps no lock: some of its packages came without a .deb "
+                    "(an imported base), so it cannot be rebuilt from one",
+                    hint="bake it on a Debian base (bootstrap) to have images a proof rebuilds",
+                )
             raise BadInput(
                 f"{image.ref} was baked before kiln kept locks: rebake it",
                 hint=f"kiln bake --no-cache {image.recipe_path}, then prove the new version",
