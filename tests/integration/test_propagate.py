@@ -3,6 +3,7 @@
     base -> pbase -> pa (locked)
                   -> pb -> pc -> pd
                         -> pe
+                  -> pf (pins pbase's first version)
 
 pbase's run step writes a marker whose text each test changes: that is the base change.
 Each test bakes it, then propagates it to staging (whose gate wants a passed kiln test),
@@ -34,7 +35,7 @@ RECIPES = {
     "pd": ("pc", ["test -s /etc/pd"], "pd"),
     "pe": ("pb", [], "pe"),  # no [tests] of its own
 }
-ORDER = [(1, "pa"), (1, "pb"), (2, "pc"), (2, "pe"), (3, "pd")]
+ORDER = [(1, "pa"), (1, "pb"), (1, "pf"), (2, "pc"), (2, "pe"), (3, "pd")]
 
 
 def recipe(name: str, mark: str = "one", fail: bool = False) -> str:
@@ -57,6 +58,10 @@ class Lineage:
 
     def write(self, name: str, mark: str = "one", fail: bool = False) -> None:
         (self.folder / f"{name}.toml").write_text(recipe(name, mark, fail))
+
+    def pin(self, parent: str) -> None:
+        text = f'[image]\nname = "pf"\nparent = "{parent}"   # pinned\n\n'
+        (self.folder / "pf.toml").write_text(text + '[[steps]]\nrun = "echo f > /etc/pf"\n')
 
     def change_base(self, mark: str) -> dict[str, Any]:
         self.write("pbase", mark)
@@ -94,13 +99,19 @@ def lineage(baked: Kiln, tmp_path_factory: pytest.TempPathFactory) -> Lineage:
     found = Lineage(baked, folder, policy)
     for name in RECIPES:
         found.write(name)
-    baked.json("bake", str(folder))
+    [first] = [r for r in baked.json("bake", str(folder)) if r["name"] == "pbase"]
+    found.pin(first["ref"])
+    baked.run("bake", str(folder / "pf.toml"))
     baked.run("lock", str(folder / "pa.toml"))
     return found
 
 
 def items(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {item["name"]: item for item in data["items"]}
+
+
+def pick(found: dict[str, dict[str, Any]], *leave: str) -> dict[str, dict[str, Any]]:
+    return {name: item for name, item in found.items() if name not in leave}
 
 
 def test_a_base_change_reaches_every_child_in_order_as_the_plan_said(lineage: Lineage) -> None:
@@ -112,7 +123,8 @@ def test_a_base_change_reaches_every_child_in_order_as_the_plan_said(lineage: Li
     old = planned["pa"]["reason"].split(": ")[1].split(" -> ")[0]
     assert planned["pa"]["reason"] == f"pbase changed: {old} -> {origin['ref']}"
     assert planned["pc"]["reason"] == "its parent pb is in wave 1"
-    assert not any(i["pinned"] for i in plan["items"])
+    assert [i["name"] for i in plan["items"] if i["pinned"]] == ["pf"]
+    assert planned["pf"]["pin"].startswith("its recipe pins its parent by version: pbase:")
 
     code, run = lineage.propagate("--parallel", "2")
     assert code == 0 and run["state"] == "done" and not run["continued"]
@@ -121,9 +133,10 @@ def test_a_base_change_reaches_every_child_in_order_as_the_plan_said(lineage: Li
     assert [(i["position"], i["wave"], i["name"]) for i in run["items"]] == [
         (i["position"], i["wave"], i["name"]) for i in plan["items"]
     ]
-    assert {i["state"] for i in run["items"]} == {"promoted"}
+    assert {i["state"] for i in run["items"] if i["name"] != "pf"} == {"promoted"}
+    assert done["pf"]["state"] == "pinned" and done["pf"]["ref"] is None
     # each on its rebuilt parent: the origin for wave 1, the parent's new image after
-    for name, item in done.items():
+    for name, item in pick(done, "pf").items():
         parent = origin["digest"] if item["wave"] == 1 else done[item["parent"]]["digest"]
         assert lineage.parent_digest(item["ref"]) == parent, name
         assert lineage.staging(name) == item["ref"]
@@ -164,6 +177,7 @@ def test_failures_stop_the_run_and_a_failed_childs_descendants_are_skipped(
         "pc": "failed",  # failure 2: nothing new starts
         "pe": "planned",  # left for the next run
         "pd": "skipped",  # its parent failed
+        "pf": "pinned",
     }
     assert "kiln test of pc:" in done["pc"]["detail"]["error"]
     assert done["pd"]["detail"]["error"] == "its parent pc failed"
@@ -221,7 +235,7 @@ def test_a_killed_run_is_continued_without_redoing_what_was_done(lineage: Lineag
         code, run = lineage.propagate()
         assert code == 0 and run["continued"] and run["propagation"] == propagation
         done = items(run)
-        assert {i["state"] for i in run["items"]} == {"promoted"}
+        assert {i["state"] for i in run["items"] if i["name"] != "pf"} == {"promoted"}
         # what was done before the kill was not done again: the same versions
         assert done["pa"]["ref"] == cut["pa"][1] and done["pb"]["ref"] == pb_before
         versions = [i["version"] for i in kiln.json("images") if i["name"] == "pa"]
@@ -232,3 +246,19 @@ def test_a_killed_run_is_continued_without_redoing_what_was_done(lineage: Lineag
         for machine in kiln.json("ps"):  # a test machine the kill left behind
             if machine["name"].startswith(("test-pa-", "test-pc-", "test-pd-", "test-pe-")):
                 kiln.run("rm", "--force", "--volumes", machine["name"], check=False)
+        # and the build the kill cut short (its mounted root); no version goes without a rule
+        swept = kiln.json("gc")
+        assert swept["removed"]["version"] == 0, swept
+
+
+def test_include_pinned_moves_the_pin_and_recipes_come_from_a_folder(lineage: Lineage) -> None:
+    origin = lineage.change_base("four")
+    code, run = lineage.propagate("--include-pinned", "--recipes", str(lineage.folder))
+    assert code == 0 and not run["continued"]
+    done = items(run)
+    assert {i["state"] for i in run["items"]} == {"promoted"}
+    assert done["pf"]["detail"]["pin_moved"]["to"] == origin["ref"]
+    assert f'parent = "{origin["ref"]}"   # pinned' in (lineage.folder / "pf.toml").read_text()
+    assert lineage.parent_digest(done["pf"]["ref"]) == origin["digest"]
+    again = lineage.kiln.json("propagate", "pbase", "--to", "staging", "--dry-run")
+    assert again["items"] == []  # everything is on the origin now
