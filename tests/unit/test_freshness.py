@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -220,7 +221,7 @@ def layer(tmp_path: Path, name: str, files: dict[str, bytes | str]) -> Path:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         if content == "whiteout":
-            os.mknod(path, 0o600 | 0o020000, os.makedev(0, 0))
+            os.mknod(path, stat.S_IFCHR, os.makedev(0, 0))
         elif isinstance(content, str) and content.startswith("->"):
             path.symlink_to(content[2:])
         else:
@@ -229,6 +230,12 @@ def layer(tmp_path: Path, name: str, files: dict[str, bytes | str]) -> Path:
     return root
 
 
+ROOT = pytest.mark.skipif(
+    os.geteuid() != 0, reason="overlay whiteouts need mknod and trusted.* xattrs (root)"
+)
+
+
+@ROOT
 def test_an_image_s_sources_are_its_merged_layers_never_the_host_s(tmp_path: Path) -> None:
     host_secret = tmp_path / "host.list"
     host_secret.write_text("deb http://host.invalid/ secret main\n")
@@ -269,6 +276,31 @@ def test_an_image_s_sources_are_its_merged_layers_never_the_host_s(tmp_path: Pat
         "bookworm-security",
     }
     assert "/etc/apt/sources.list" not in files
+
+
+@ROOT
+def test_an_opaque_folder_hides_the_sources_below_it(tmp_path: Path) -> None:
+    lower = layer(
+        tmp_path,
+        "lower",
+        {
+            "etc/apt/sources.list.d/old.list": "deb http://old.example/ bookworm main\n",
+            "etc/apt/sources.list.d/kept.sources": "Types: deb\nURIs: http://x/\nSuites: y\n",
+        },
+    )
+    middle = layer(
+        tmp_path, "middle", {"etc/apt/sources.list.d/new.list": "deb http://new.example/ b main\n"}
+    )
+    os.setxattr(middle / "etc/apt/sources.list.d", "trusted.overlay.opaque", b"y")
+    top = layer(
+        tmp_path,
+        "top",
+        {"etc/apt/sources.list": "->sources.list.d/new.list", "etc/apt/sources.list.d/x": ""},
+    )
+    sources, files = image_sources(Layers([lower, middle, top]), tmp_path / "keyrings")
+    assert [s.uri for s in sources] == ["http://new.example/", "http://new.example/"]
+    assert files == ["/etc/apt/sources.list", "/etc/apt/sources.list.d/new.list"]
+    assert Layers([lower, middle, top]).listdir("etc/apt/sources.list.d") == ["new.list", "x"]
 
 
 def packages(workspace: Workspace, image: ImageRow, rows: list[tuple[str, str, str]]) -> None:

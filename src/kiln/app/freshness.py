@@ -252,7 +252,5 @@ class Summaries:
         if view is None:
             return None
         installed = _packages(self.workspace.lookup, [image.id])[image.id]
-        pending = freshness.updates(installed, view)
-        security = sum(1 for u in pending if u.security)
-        other = len(pending) - security
+        security, other = freshness.counts(installed, view)
         return {"security": security, "other": other, "checked": iso(view.checked)}

@@ -95,6 +95,8 @@ class View:
     suites: list[Suite]
     packages: dict[str, list[list[Any]]]  # name -> [[arch, version, suite#, file, sha, size]]
     _best: dict[tuple[str, str], Available | None] = field(default_factory=dict, repr=False)
+    # (name, arch, installed version) -> 0 current, 1 an update, 2 a security update
+    pending: dict[tuple[str, str, str], int] = field(default_factory=dict, repr=False)
 
     def best(self, package: str, architecture: str) -> Available | None:
         """The newest version of ``package`` for ``architecture`` (or ``all``)."""

@@ -92,6 +92,26 @@ def updates(
     return sorted(out, key=lambda u: (u.package, u.architecture))
 
 
+def counts(installed: Iterable[tuple[str, str, str]], view: View) -> tuple[int, int]:
+    """(security, other): how many of ``installed`` have an update, as :func:`updates`
+    finds them, answered once per package, architecture and version for the view."""
+    memo = view.pending
+    security = other = 0
+    for row in installed:
+        code = memo.get(row)
+        if code is None:
+            best = view.best(row[0], row[1])
+            code = 0
+            if best is not None and compare(best.version, row[2]) > 0:
+                code = 2 if best.security else 1
+            memo[row] = code
+        if code == 2:
+            security += 1
+        elif code == 1:
+            other += 1
+    return security, other
+
+
 # --- an image's sources ---
 
 
