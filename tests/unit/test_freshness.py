@@ -26,7 +26,7 @@ from kiln.apt.release import parse as parse_release
 from kiln.catalog import Package
 from kiln.catalog.freshness import Sighting
 from kiln.catalog.lookup import ImageRow
-from kiln.errors import BadInput
+from kiln.errors import BadInput, KilnError
 from kiln.lifecycle import freshness
 from tests.unit.lifecycle_rows import add_image, workspace, write_policy
 
@@ -376,3 +376,29 @@ def test_the_fresh_gate(workspace: Workspace, tmp_path: Path) -> None:
     with workspace.catalog.session() as session:
         session.execute(update(Sighting).values(first_seen=datetime.now(UTC)))
     assert lifecycle.promote(workspace, "app:2", "prod", policy_file=policy).promoted
+
+
+def test_a_stale_index_cannot_pass_the_gate(workspace: Workspace, tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, '[channels.prod]\nmax_security_age = "1h"\n')
+    app = add_image(workspace, "app", 1)
+    packages(workspace, app, [("libc6", "amd64", "2.36-9+deb12u10")])
+    sources_of(workspace, app)
+    fake_fetch(
+        freshness.cache_root(workspace.home),
+        {"bookworm": [], "bookworm-security": [paragraph("libc6", "2.36-9+deb12u10")]},
+        datetime.now(UTC) - timedelta(hours=2),
+    )
+    refused = lifecycle.promote(workspace, "app:1", "prod", policy_file=policy)
+    assert [o.gate for o in refused.unmet] == ["fresh"]
+    assert "older than max_security_age 1h" in refused.unmet[0].why
+    assert "kiln outdated app:1 --refresh" in refused.unmet[0].why
+
+
+def test_a_repository_that_does_not_answer_is_an_error(tmp_path: Path) -> None:
+    lines = ["deb [trusted=yes] http://127.0.0.1:9/ bookworm main"]  # discard: nobody listens
+    with pytest.raises(KilnError, match="apt could not fetch") as caught:
+        indexes.view(tmp_path, lines, 3600, datetime.now(UTC))
+    assert "--offline" in (caught.value.hint or "")
+    assert indexes.view(tmp_path, lines, 3600, datetime.now(UTC), offline=True) is None
+    with pytest.raises(BadInput, match="not an apt sources line"):
+        indexes.view(tmp_path, ["rm -rf /"], 3600, datetime.now(UTC))
