@@ -143,9 +143,9 @@ def test_unchanged_inputs_pass_and_changed_or_missing_ones_are_named(tmp_path: P
     (recipe.parent / "hello").write_text("#!/bin/sh\necho changed\n")
     [changed] = proof.check_inputs(link, Options())
     assert (changed.what, changed.path) == ("steps[0].copy", "hello")
-    assert changed.expected == recorded["steps[0].copy"][1]
+    assert changed.expected == f"sha256:{recorded['steps[0].copy'][1]}"
     [now] = [m for m in cachekey.materials(load_recipe(recipe)) if m.key == "steps[0].copy"]
-    assert changed.found == now.digest != changed.expected
+    assert changed.found == f"sha256:{now.digest}" != changed.expected
     assert changed.to_json()["state"] == "changed"
 
     (recipe.parent / "site" / "index.html").unlink()

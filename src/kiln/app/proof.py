@@ -47,6 +47,7 @@ from kiln.store import artefacts
 
 if TYPE_CHECKING:
     from kiln.bake.bake import Parent
+    from kiln.bake.cachekey import Material
     from kiln.bake.options import Options
     from kiln.recipe import RecipeFile
 
@@ -241,28 +242,34 @@ def check_inputs(link: Link, options: Options) -> list[Changed]:
             if not os.path.lexists(path.parent / rel)
         ]
         return gone or [Changed(str(path), "recipe folder", path.name, expected, str(exc))]
-    now = [(m.key, m.path, m.digest) for m in cachekey.materials(recipe)]
+    found_now = cachekey.materials(recipe)
+    now = [(m.key, m.path, m.digest) for m in found_now]
     changed = changed_inputs(str(path), recorded, now)
     if changed:
         return changed
-    key = _key(recipe, _parent_digest(link), link.lock if link.locked else None, options)
+    # kiln's own step and pipeline versions and a base's Debian sources count here too
+    keyed = link.lock if link.locked else None
+    key = _key(recipe, link.lock.parent, keyed, options, found_now)
     if key != row.cache_key:
         return [Changed(str(path), "cache key", path.name, row.cache_key, key)]
     return []
 
 
-def _parent_digest(link: Link) -> str | None:
-    return link.lock.parent
-
-
-def _key(recipe: RecipeFile, parent: str | None, lock: Lock | None, options: Options) -> str:
+def _key(
+    recipe: RecipeFile,
+    parent: str | None,
+    lock: Lock | None,
+    options: Options,
+    found: list[Material],
+) -> str:
     """The cache key a bake of ``recipe`` on ``parent`` keyed by ``lock`` has (kiln.bake)."""
     from kiln.bake import cachekey
     from kiln.bake.bases import debian
 
     spec = recipe.recipe.image.bootstrap
     sources = debian.sources(spec, options.mirror) if spec is not None else None
-    return cachekey.key_of(cachekey.document(recipe, parent, lock=lock, sources=sources))
+    document = cachekey.document(recipe, parent, lock=lock, sources=sources, found=found)
+    return cachekey.key_of(document)
 
 
 # the rebuild
@@ -273,36 +280,36 @@ def _rebake(workspace: Workspace, result: Result, options: Options, log: Log) ->
     from kiln.mounts import remove_tree
 
     folder, held = locks.owned_dir(workspace.home.tmp, "proof-")
+    scratch = Workspace(_Scratch(folder / "home"))
     try:
-        with held:
-            scratch = Workspace(_Scratch(folder / "home"))
-            try:
-                log(f"rebuilding {len(result.chain)} image(s) in {folder}")
-                if result.package_cache:
-                    _lend_debs(workspace.home, scratch.home, result.chain)
-                _fetch_debs(scratch.home, result.chain, options)
-                parent: Parent | None = None
-                for link in result.chain:
-                    recipe = _copy_recipe(link, folder / "recipes")
-                    made = _bake_one(scratch, recipe, parent, link, options, log)
-                    link.rebuilt = made.digest
-                    link.ok = made.digest == link.row.digest
-                    if not link.ok:
-                        link.diff = _diff(workspace, link.row, scratch, made.ref)
-                        break
-                    parent = _parent(scratch, recipe, made.ref)
-                for link in result.chain:
-                    if not link.rebuilt:
-                        link.note = "not rebuilt: an ancestor did not reproduce"
-            except Unserved as exc:
-                result.unserved = list(exc.debs)
-                result.error = exc.message
-            except KilnError as exc:
-                result.error = exc.message + (f" ({exc.hint})" if exc.hint else "")
-            finally:
-                scratch.close()
+        log(f"rebuilding {len(result.chain)} image(s) in {folder}")
+        if result.package_cache:
+            _lend_debs(workspace.home, scratch.home, result.chain)
+        _fetch_debs(scratch.home, result.chain, options)
+        parent: Parent | None = None
+        for link in result.chain:
+            recipe = _copy_recipe(link, folder / "recipes")
+            made = _bake_one(scratch, recipe, parent, link, options, log)
+            link.rebuilt = made.digest
+            link.ok = made.digest == link.row.digest
+            if not link.ok:
+                link.diff = _diff(workspace, link.row, scratch, made.ref)
+                break
+            parent = _parent(scratch, recipe, made.ref)
+        for link in result.chain:
+            if not link.rebuilt:
+                link.note = "not rebuilt: an ancestor did not reproduce"
+    except Unserved as exc:
+        result.unserved = list(exc.debs)
+        result.error = exc.message
+    except KilnError as exc:
+        result.error = exc.message + (f" ({exc.hint})" if exc.hint else "")
     finally:
-        remove_tree(folder)
+        try:
+            scratch.close()
+            remove_tree(folder)  # while it is still held: kiln gc never takes it meanwhile
+        finally:
+            held.release()
 
 
 def _lend_debs(real: Home, scratch: Home, chain: list[Link]) -> None:
@@ -319,13 +326,16 @@ def _lend_debs(real: Home, scratch: Home, chain: list[Link]) -> None:
         if not path.is_file() or file_sha256(path) != deb.sha256:
             continue  # fetched from the mirror by the bake, like any missing package
         copy = target.path(deb.sha256)
+        if copy.exists():
+            continue
         try:
             os.link(path, copy)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
             shutil.copyfile(path, copy)
-        os.link(copy, target.by_name / deb.filename)
+        if not (target.by_name / deb.filename).exists():
+            os.link(copy, target.by_name / deb.filename)
 
 
 def _fetch_debs(scratch: Home, chain: list[Link], options: Options) -> None:
@@ -350,50 +360,46 @@ def _fetch_debs(scratch: Home, chain: list[Link], options: Options) -> None:
 
 
 def _copy_recipe(link: Link, top: Path) -> RecipeFile:
-    """The recipe and the inputs its bake recorded, copied under ``top`` at their own
-    absolute paths (so a parent named by a relative recipe path is found), with the stored
-    lock beside it; the copy is checked against the record again."""
+    """The recipe and its inputs copied under ``top`` at their own absolute paths (so a
+    parent named by a relative recipe path is found too), with the stored lock beside a
+    locked recipe; the copy is checked against the record again.
+
+    What is copied is what the loader finds the recipe reads (inside its folder, as it
+    checks), never a path read from the stored provenance."""
     from kiln.bake import cachekey
     from kiln.recipe import load_recipe
 
-    original = Path(link.row.recipe_path)
-    home = top / str(original.parent).lstrip("/")
-    home.mkdir(parents=True, exist_ok=True)
-    copy = home / original.name
-    shutil.copyfile(original, copy)
-    for rel, _digest in recorded_inputs(link.provenance).values():
-        source = original.parent / rel
-        target = home / rel
+    original = load_recipe(Path(os.path.realpath(link.row.recipe_path)))
+    folder = original.folder
+
+    def place(source: Path) -> Path:
+        target = top / str(source).lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    copy = place(original.path)
+    shutil.copyfile(original.path, copy)
+    for material in cachekey.materials(original):
+        source = material.source
+        if not source.is_relative_to(folder):
+            raise KilnError(f"{original.path}: {material.key} reads {source}, outside {folder}")
         if source.is_dir() and not source.is_symlink():
-            shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
+            shutil.copytree(source, place(source), symlinks=True, dirs_exist_ok=True)
         else:
-            shutil.copy2(source, target, follow_symlinks=False)
-    parent = _named_parent(original)
-    if parent is not None and not (top / str(parent).lstrip("/")).exists():
-        (top / str(parent.parent).lstrip("/")).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(parent, top / str(parent).lstrip("/"))
+            shutil.copy2(source, place(source), follow_symlinks=False)
+    parent = original.parent_recipe_path()
+    if parent is not None and not place(parent).exists():
+        shutil.copyfile(parent, place(parent))
     if link.locked:
-        (home / lockfile.lock_path(copy).name).write_bytes(link.lock_text)
+        lockfile.lock_path(copy).write_bytes(link.lock_text)
     recipe = load_recipe(copy)
     if recipe.digest != link.row.recipe_digest:
-        raise KilnError(f"{original} changed while it was being copied", hint="prove it again")
+        raise KilnError(f"{original.path} changed while it was being copied", hint="prove it again")
     now = [(m.key, m.path, m.digest) for m in cachekey.materials(recipe)]
-    changed = changed_inputs(str(original), recorded_inputs(link.provenance), now)
+    changed = changed_inputs(str(original.path), recorded_inputs(link.provenance), now)
     if changed:
         raise KilnError(changed[0].line() + " (while it was being copied)", hint="prove it again")
     return recipe
-
-
-def _named_parent(recipe: Path) -> Path | None:
-    """The parent recipe file a recipe names by path, read from its [image] table."""
-    import tomllib
-
-    image = tomllib.loads(recipe.read_text()).get("image", {})
-    parent = image.get("parent") if isinstance(image, dict) else None
-    if isinstance(parent, str) and parent.endswith(".toml"):
-        return Path(os.path.realpath(recipe.parent / parent))
-    return None
 
 
 def _parent(scratch: Workspace, recipe: RecipeFile, ref: str) -> Parent:
@@ -419,9 +425,8 @@ def _bake_one(
 
     lock = link.lock
     found = cachekey.materials(recipe)
-    key = _key(
-        recipe, parent.image.digest if parent else None, lock if link.locked else None, options
-    )
+    keyed = lock if link.locked else None
+    key = _key(recipe, parent.image.digest if parent else None, keyed, options, found)
     build_dir, held = locks.owned_dir(scratch.home.builds, f"{recipe.name}-")
     with held:
         context = BuildContext(

@@ -114,10 +114,10 @@ def changed_inputs(
     for key, (path, digest) in sorted(recorded.items()):
         current = found.get(key)
         if current is None:
-            out.append(Changed(recipe, key, path, digest, None))
-        elif current[1] != digest:
-            out.append(Changed(recipe, key, current[0], digest, current[1]))
+            out.append(Changed(recipe, key, path, f"sha256:{digest}", None))
+        elif current[1] != digest or current[0] != path:
+            out.append(Changed(recipe, key, current[0], f"sha256:{digest}", f"sha256:{current[1]}"))
     for key in sorted(found.keys() - recorded.keys()):
         path, digest = found[key]
-        out.append(Changed(recipe, key, path, "nothing", digest))
+        out.append(Changed(recipe, key, path, "nothing", f"sha256:{digest}"))
     return out
