@@ -113,10 +113,15 @@ def test_an_index_keeps_the_newest_of_each_and_skips_what_is_malformed() -> None
             paragraph("badver", "x1.0"),
             paragraph("badsha", "1.0", sha="zz"),
             "Package: evil\nVersion: 1.0\nArchitecture: all\nFilename: ../../etc/shadow\n",
+            paragraph("long", "1.0")
+            + "Description: "
+            + "x" * (indexes.MAX_LINE - len("Description: "))
+            + "Version: 9.9\n",
         ]
     )
     found = indexes.parse_packages(io.BytesIO(text.encode()), "Packages")
-    assert set(found) == {"libc6", "tool", "evil"} - {"evil"}
+    assert set(found) == {"libc6", "tool", "long"}
+    assert found["long"]["amd64"][0] == "1.0"  # not the Version in the long line's tail
     assert found["libc6"]["amd64"][0] == "2.36-9+deb12u10"
     assert found["tool"]["all"][0] == "1.0~rc1"
 

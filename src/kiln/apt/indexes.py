@@ -275,11 +275,15 @@ def paragraphs(handle: io.BufferedIOBase, where: str) -> Iterator[dict[bytes, by
     total = 0
     count = 0
     fields: dict[bytes, bytes] = {}
+    cut = False  # the line before was longer than MAX_LINE: this is the rest of it
     while True:
         line = handle.readline(MAX_LINE)
         total += len(line)
         if total > MAX_INDEX:
             raise BadInput(f"{where} is larger than {MAX_INDEX} bytes: not read")
+        was_cut, cut = cut, bool(line) and not line.endswith(b"\n")
+        if was_cut:
+            continue  # never read a field out of the middle of a long line
         if not line or line in (b"\n", b"\r\n"):
             if fields:
                 count += 1

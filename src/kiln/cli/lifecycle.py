@@ -299,7 +299,7 @@ def where(target: str | None, revoked_only: bool, as_json: bool) -> None:
             flags += ["latest"] if version.get("latest") else []
             flags += ["signed"] if version["signed"] else []
             fresh = _freshness(version.get("freshness"))
-            flags += [f"updates: {fresh}"] if fresh is not None else []
+            flags += [f"updates: {fresh}" if fresh != "fresh" else "up to date"] if fresh else []
             flags += _proof_flag(version.get("proof"))
             if version["revoked"]:
                 revoked = version["revoked"]
@@ -311,12 +311,13 @@ def where(target: str | None, revoked_only: bool, as_json: bool) -> None:
                 _say("  no machine")
         return
     table = Table("IMAGE", "LATEST", *[c.upper() for c in data["channels"]], box=None)
-    table.add_column("FRESHNESS")
-    for row in data["images"]:
+    pending = [_row_freshness(row, data["channels"]) for row in data["images"]]
+    shown = any(text != "-" for text in pending)  # once kiln outdated has read some image
+    if shown:
+        table.add_column("FRESHNESS")
+    for row, text in zip(data["images"], pending, strict=True):
         cells = [_cell(row["channels"][c]) for c in data["channels"]]
-        table.add_row(
-            row["name"], _cell(row["latest"]), *cells, _row_freshness(row, data["channels"])
-        )
+        table.add_row(row["name"], _cell(row["latest"]), *cells, *([text] if shown else []))
     wide.print(table)
     if data["machines"]:
         _say("")
