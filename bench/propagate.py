@@ -7,7 +7,8 @@ images (default 10,000): a root name ``base`` with an old version and a new one 
 change), and N/2 - 1 other names of two versions each in a lineage of depth 6 (each
 level's names built on the level above's, the newest versions all still on the old
 base), every image with its ``baked`` event naming its parent as a recipe would (one name
-in fifty pins a version), and a recipe file per name in a scratch folder. Each side is a
+in fifty pins a version), and a recipe file per name in a scratch folder (one in ten
+edited since its bake, so the plan reads its parent from the file). Each side is a
 whole process, the median of N runs:
 
 1. `kiln propagate base --dry-run --json` (every name of the lineage in the plan, waves
@@ -18,6 +19,7 @@ whole process, the median of N runs:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sqlite3
@@ -33,6 +35,7 @@ from kiln.catalog import Catalog
 DEPTH = 6
 VERSIONS = 2  # per name
 PIN_EVERY = 50  # one name in this many pins its parent's version
+CHANGED_EVERY = 10  # one recipe in this many was edited since its newest version's bake
 TARGET_SECONDS = 1.0
 
 
@@ -52,14 +55,16 @@ def synthetic(home: Path, recipes: Path, images: int) -> int:
     events: list[tuple[object, ...]] = []
     ids: dict[tuple[str, int], int] = {}
 
-    def add(name: str, version: int, parent: int | None, named: str | None) -> None:
+    def add(
+        name: str, version: int, parent: int | None, named: str | None, recipe: str = "0" * 64
+    ) -> None:
         image = len(rows) + 1
         ids[(name, version)] = image
         digest = f"sha256:{image:064x}"
         at = _stamp(now - timedelta(minutes=images - image))
         rows.append(
             (image, name, version, digest, digest, parent, f"{image:064x}",
-             str(recipes / f"{name}.toml"), "0" * 64, "parent" if parent else "bootstrap",
+             str(recipes / f"{name}.toml"), recipe, "parent" if parent else "bootstrap",
              at, "ok", 1 << 20, 1.0)
         )  # fmt: skip
         detail = json.dumps({"parent": None, "parent_named": named, "cache_key": f"{image:x}"})
@@ -73,10 +78,14 @@ def synthetic(home: Path, recipes: Path, images: int) -> int:
         for number, name in enumerate(here):
             parent = above[number % len(above)]
             pinned = number % PIN_EVERY == 0
+            named = f"{parent}:1" if pinned else parent
+            text = f'[image]\nname = "{name}"\nparent = "{named}"\n'
+            (recipes / f"{name}.toml").write_text(text)
+            if number % CHANGED_EVERY == 0:  # edited since: its parent is read from the file
+                text += "# edited\n"
+            digest = hashlib.sha256(text.encode()).hexdigest()
             for version in range(1, VERSIONS + 1):
-                named = f"{parent}:1" if pinned else parent
-                add(name, version, ids[(parent, 1 if level == 1 else VERSIONS)], named)
-            (recipes / f"{name}.toml").write_text(f'[image]\nname = "{name}"\n')
+                add(name, version, ids[(parent, 1 if level == 1 else VERSIONS)], named, digest)
             planned += 1
         above = here
     add("base", 2, None, None)  # the change

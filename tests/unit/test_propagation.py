@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
+from pathlib import Path
 
+from kiln.app.propagate import Parents
+from kiln.catalog.lookup import Lookup
 from kiln.lifecycle.propagation import Plan, Row, plan
 
 
@@ -162,3 +168,23 @@ def test_ten_thousand_images_of_depth_six_plan_in_well_under_a_second() -> None:
     found = plan(rows.rows, origin, named={})
     assert time.perf_counter() - start < 0.5
     assert len(found.items) == 6 * per_level and max(i.wave for i in found.items) == 6
+
+
+def test_the_parent_a_recipe_names_is_the_recorded_one_until_the_recipe_changes(
+    tmp_path: Path,
+) -> None:
+    recipe = tmp_path / "web.toml"
+    baked_text = '[image]\nname = "web"\nparent = "base:1"\n'
+    recipe.write_text(baked_text)
+    row = Row(2, "web", 1, 1, "sha256:" + "2" * 64, str(recipe), "ok",
+              hashlib.sha256(baked_text.encode()).hexdigest())  # fmt: skip
+    events = [("web", 1, json.dumps({"parent_named": "base:1"})), ("web", 0, "not json")]
+    lookup = Lookup(lambda _sql, _params: events)
+    assert Parents(lookup, {"web": row})["web"] == "base:1"  # as the bake recorded it
+    recipe.write_text('[image]\nname = "web"\nparent = "base"   # follows now\n')
+    assert Parents(lookup, {"web": row})["web"] == "base"  # edited since: read from the file
+    recipe.write_text("[image\n")
+    assert Parents(lookup, {"web": row})["web"] is None  # its bake will say what is wrong
+    recipe.unlink()
+    os.mkfifo(recipe)
+    assert Parents(lookup, {"web": row})["web"] == "base:1"  # not read, not waited on

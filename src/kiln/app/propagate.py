@@ -27,11 +27,13 @@ as "booted degraded"); bakes, whose nspawn runs no systemd, still run N at once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import stat
 import threading
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,7 +62,9 @@ RUNNING, DONE = "running", "done"
 MAX_PARALLEL = 64
 BOOTS = threading.Lock()  # one test machine booting at a time (see above)
 
-IMAGES = "SELECT id, name, version, parent_id, digest, recipe_path, status FROM images"
+IMAGES = (
+    "SELECT id, name, version, parent_id, digest, recipe_path, status, recipe_digest FROM images"
+)
 BAKED_EVENTS = "SELECT name, version, detail FROM events WHERE kind = 'baked'"
 
 
@@ -76,7 +80,7 @@ def _stamp(moment: datetime | None = None) -> str:
 # the plan
 
 
-def _named(lookup: Lookup, latest: dict[str, Row]) -> dict[str, str | None]:
+def _recorded(lookup: Lookup, latest: dict[str, Row]) -> dict[str, str | None]:
     """Each name's parent as the recipe of its newest version named it (its bake's event)."""
     wanted = {(row.name, row.version) for row in latest.values()}
     out: dict[str, str | None] = {}
@@ -89,6 +93,68 @@ def _named(lookup: Lookup, latest: dict[str, Row]) -> dict[str, str | None]:
             value = None
         out[name] = value if isinstance(value, str) else None
     return out
+
+
+def _small_file(path: str) -> bytes | None:
+    """A regular file's bytes, None unless it is one of at most a recipe's size (one
+    open: no FIFO waited on, no device read, no path resolved component by component)."""
+    from kiln.recipe.limits import MAX_RECIPE_BYTES
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode) or found.st_size > MAX_RECIPE_BYTES:
+            return None
+        data = os.read(fd, MAX_RECIPE_BYTES + 1)
+        return data if len(data) <= MAX_RECIPE_BYTES else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+class Parents(Mapping[str, str | None]):
+    """Each name's parent as its recipe names it now, found when the plan asks (only for
+    the names it holds): what the newest version's bake recorded, unless the recipe file
+    changed since (its sha256 is not the one baked); then the file's own ``parent``,
+    read as TOML alone, bounded like any recipe (one that does not read says nothing:
+    its bake reports why)."""
+
+    def __init__(self, lookup: Lookup, latest: dict[str, Row]) -> None:
+        self._latest = latest
+        self._recorded = _recorded(lookup, latest)
+        self._found: dict[str, str | None] = {}
+
+    def __getitem__(self, name: str) -> str | None:
+        if name not in self._found:
+            self._found[name] = self._read(name)
+        return self._found[name]
+
+    def _read(self, name: str) -> str | None:
+        row = self._latest.get(name)
+        if row is None:
+            raise KeyError(name)
+        recorded = self._recorded.get(name)
+        data = _small_file(row.recipe_path)
+        if data is None:
+            return recorded  # a recipe that is gone is the plan's to report
+        if hashlib.sha256(data).hexdigest() == row.recipe_digest:
+            return recorded
+        try:
+            image = tomllib.loads(data.decode()).get("image")
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
+            return None
+        parent = image.get("parent") if isinstance(image, dict) else None
+        return parent if isinstance(parent, str) else None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._latest)
+
+    def __len__(self) -> int:
+        return len(self._latest)
 
 
 def _folder(folder: Path) -> tuple[dict[str, str], dict[str, str | None]]:
@@ -115,7 +181,13 @@ def _folder(folder: Path) -> tuple[dict[str, str], dict[str, str | None]]:
 
 def _row(image: ImageRow) -> Row:
     return Row(
-        image.id, image.name, image.version, image.parent_id, image.digest, image.recipe_path
+        image.id,
+        image.name,
+        image.version,
+        image.parent_id,
+        image.digest,
+        image.recipe_path,
+        recipe_digest=image.recipe_digest,
     )
 
 
@@ -135,18 +207,15 @@ def make_plan(
     origin = resolve.image(workspace, ref)
     rows = [Row(*row) for row in lookup.rows(IMAGES)]
     latest = propagation.newest(rows)
-    named = _named(lookup, latest)
+    named: Mapping[str, str | None] = Parents(lookup, latest)
     folder: dict[str, str] | None = None
     if recipes is not None:
-        folder, written = _folder(recipes)
-        named.update(written)
-    heads: dict[tuple[str, str], int] = {}
-    if any(propagation.channel_of(value) for value in named.values()):
-        heads = {
-            (head.name, head.channel): head.image_id
-            for head in lookup.head_rows()
-            if head.image_id is not None
-        }
+        folder, named = _folder(recipes)
+    heads = {
+        (head.name, head.channel): head.image_id
+        for head in lookup.head_rows()
+        if head.image_id is not None
+    }
     return propagation.plan(
         rows,
         _row(origin),

@@ -40,6 +40,7 @@ class Row:
     digest: str
     recipe_path: str
     status: str = OK
+    recipe_digest: str = ""  # sha256 of the recipe file it was baked from
 
     @property
     def ref(self) -> str:
