@@ -125,6 +125,8 @@ def test_a_gone_recipe_is_reported_and_the_rest_planned() -> None:
     found = plan(rows.rows, origin, named={}, exists=lambda path: not path.endswith("web.toml"))
     problems = {item.name: item.problem for item in found.items}
     assert problems == {"api": "", "web": "its recipe is gone: /recipes/web.toml", "shop": ""}
+    renamed = plan(rows.rows, origin, named={}, recipes={"web": "/r/x.toml", "api": "/r/x.toml"})
+    assert renamed.items[1].problem == "its recipe /r/x.toml is api's too: one was renamed"
     folder = plan(rows.rows, origin, named={}, recipes={"web": "/elsewhere/web.toml"})
     assert folder.items[1].recipe == "/elsewhere/web.toml"
     assert folder.items[0].problem == "no recipe of api in the recipes folder"

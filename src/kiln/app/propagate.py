@@ -367,7 +367,12 @@ def _open_run(workspace: Workspace, plan: Plan, options: Options) -> Run:
                     }
                 ),
             )
+            recipes: set[str] = set()
             for item in plan.items:
+                # a recipe renamed since makes only its new name (one row per recipe); the
+                # old name's row keeps the path in words: it is skipped, saying why
+                recipe = f"{item.recipe} ({item.name})" if item.recipe in recipes else item.recipe
+                recipes.add(item.recipe)
                 detail: dict[str, Any] = {"current": item.current, "parent_named": item.named}
                 if item.pinned:
                     detail["pin"] = item.pin
@@ -380,7 +385,7 @@ def _open_run(workspace: Workspace, plan: Plan, options: Options) -> Run:
                         position=item.position,
                         wave=item.wave,
                         name=item.name,
-                        recipe=item.recipe,
+                        recipe=recipe,
                         parent=item.parent,
                         reason=item.reason,
                         state=PINNED if item.pinned else PLANNED,
@@ -575,6 +580,8 @@ def _item(
         steps: dict[str, Any] = {}
         started = _stamp()
         task.ref = task.digest = ""
+        for earlier in ("lock_rebased", "pin_moved"):  # of an attempt before this one
+            task.detail.pop(earlier, None)
         _commit(workspace, run, task, BAKING, started=started, ended=None, error=None, steps=steps)
         try:
             recipe_path = Path(task.recipe)
@@ -594,6 +601,8 @@ def _item(
             log(f"{task.name}: baking {recipe_path}")
             results = bake_path(workspace, recipe_path, BakeOptions(), _stages(log))
             result = results[-1]
+            if result.name != task.name:
+                raise Stop(f"its recipe {recipe_path} makes {result.name} now, not {task.name}")
             task.ref, task.digest = result.ref, result.digest
             steps["bake"].update(ended=_stamp(), cached=result.cached, seconds=result.seconds)
             _commit(workspace, run, task, BAKED, steps=steps)

@@ -223,6 +223,7 @@ def plan(
 
     order = sorted(stale, key=lambda name: (wave[name], name))
     items: dict[str, Item] = {}
+    makes: dict[str, str] = {}  # recipe -> the first name planned from it
     for position, name in enumerate(order, start=1):
         row = latest[name]
         above = parent_name[name]
@@ -246,6 +247,9 @@ def plan(
             problem = f"no recipe of {name} in the recipes folder"
         elif not exists(recipe):
             problem = f"its recipe is gone: {recipe}"
+        elif recipe in makes:  # a recipe renamed since its bake: it makes one of them now
+            problem = f"its recipe {recipe} is {makes[recipe]}'s too: one was renamed"
+        makes.setdefault(recipe, name)
         items[name] = Item(
             position=position,
             wave=wave[name],
