@@ -59,12 +59,20 @@ def _run_table(data: dict[str, Any]) -> None:
 
 @click.command()
 @click.argument("ref")
-@click.option("--to", "channel", help="promote each rebuilt image to CHANNEL through its gates")
-@click.option("--parallel", type=int, default=1, show_default=True, help="items at once")
+@click.option(
+    "--to",
+    "channel",
+    metavar="CHANNEL",
+    help="promote each rebuilt image to CHANNEL through its gates",
+)
+@click.option(
+    "--parallel", type=int, default=1, metavar="N", show_default=True, help="images at once"
+)
 @click.option(
     "--max-failures",
     type=int,
     default=1,
+    metavar="K",
     show_default=True,
     help="after this many failures nothing new starts",
 )
@@ -100,8 +108,8 @@ def propagate(
     """Rebake the images built on an earlier version of REF's name, in lineage order.
 
     Each is baked on its rebuilt parent, tested, and with --to promoted through the
-    channel's gates. A run cut short is continued by the next one. Exit 1 when an item
-    failed or was skipped."""
+    channel's gates. A run cut short is continued by the next one. Exit 1 when an image
+    failed, was skipped or was left planned."""
     from kiln.app import propagate as use_case
     from kiln.app.workspace import with_workspace
 
