@@ -407,3 +407,41 @@ def test_a_repository_that_does_not_answer_is_an_error(tmp_path: Path) -> None:
     assert indexes.view(tmp_path, lines, 3600, datetime.now(UTC), offline=True) is None
     with pytest.raises(BadInput, match="not an apt sources line"):
         indexes.view(tmp_path, ["rm -rf /"], 3600, datetime.now(UTC))
+
+
+def test_a_point_release_past_the_security_fix_is_still_a_security_update(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    view = fake_fetch(
+        freshness.cache_root(workspace.home),
+        {
+            "bookworm": [paragraph("libc6", "2.36-9+deb12u14")],
+            "bookworm-security": [paragraph("libc6", "2.36-9+deb12u10")],
+        },
+        datetime.now(UTC),
+    )
+    [old] = freshness.updates([("libc6", "amd64", "2.36-9+deb12u4")], view)
+    assert old.available.version == "2.36-9+deb12u14" and old.available.suite == "bookworm"
+    assert old.security and old.fix is not None and old.fix.version == "2.36-9+deb12u10"
+    assert old.to_json()["security_suite"] == "bookworm-security"
+    [newer] = freshness.updates([("libc6", "amd64", "2.36-9+deb12u12")], view)
+    assert not newer.security  # it holds the fix: what is left is a point release
+    assert freshness.counts(
+        [("libc6", "amd64", "2.36-9+deb12u4"), ("libc6", "amd64", "2.36-9+deb12u12")], view
+    ) == (1, 1)
+    # the gate measures from when the fix was first seen, not the point release
+    with workspace.catalog.session() as session:
+        freshness.record(session, [old], datetime.now(UTC) - timedelta(hours=2))
+    with workspace.catalog.session() as session:
+        session.execute(
+            update(Sighting)
+            .where(Sighting.suite == "bookworm")
+            .values(first_seen=datetime.now(UTC))
+        )
+    policy = write_policy(tmp_path, '[channels.prod]\nmax_security_age = "1h"\n')
+    app = add_image(workspace, "app", 1)
+    packages(workspace, app, [("libc6", "amd64", "2.36-9+deb12u4")])
+    sources_of(workspace, app)
+    refused = lifecycle.promote(workspace, "app:1", "prod", policy_file=policy)
+    assert [o.gate for o in refused.unmet] == ["fresh"]
+    assert "2.36-9+deb12u10 from bookworm-security" in refused.unmet[0].why

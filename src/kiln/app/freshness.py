@@ -191,11 +191,11 @@ def image_updates(
         view = views.get(tuple(sorted(set(lines))))
         pending = freshness.updates(packages[row.id], view, seen) if view is not None else []
         out.append(ImageUpdates(row, sorted(channels.get(row.id, [])), lines, own, view, pending))
-    if record and any(u.first_seen is None for item in out for u in item.updates):
+    if record and any(u.unseen for item in out for u in item.updates):
         by_view: dict[datetime, list[Update]] = {}
         for item in out:
             if item.view is not None:
-                fresh = [u for u in item.updates if u.first_seen is None]
+                fresh = [u for u in item.updates if u.unseen]
                 by_view.setdefault(item.view.checked, []).extend(fresh)
         with workspace.catalog.session() as session:
             for checked, updates in sorted(by_view.items()):

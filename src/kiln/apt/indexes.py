@@ -13,7 +13,9 @@ image's own apt would; kiln then reads what apt kept:
   under the index file's size and mtime, so a warm run never parses a big index again;
 - all of them merged into ``view.json``: per package and architecture the newest version
   any suite offers, and from which suite (a security suite first when two offer the same
-  version). That file is all a warm ``kiln outdated`` or ``kiln where`` reads.
+  version), and the newest any security suite offers (a point release may carry a newer
+  version than the security suite's fix, which is still a security update for an image
+  older than that fix). That file is all a warm ``kiln outdated`` or ``kiln where`` reads.
 
 An index is fetched again when the last fetch is older than the policy's
 ``[freshness] index_max_age``; ``refresh`` forces a fetch and ``offline`` never fetches.
@@ -44,7 +46,7 @@ from kiln.apt.release import parse as parse_release
 from kiln.atomic import write_atomic
 from kiln.errors import BadInput, KilnError
 
-FORMAT = 1  # of parsed/*.json and view.json
+FORMAT = 2  # of parsed/*.json and view.json
 MAX_INDEX = 512 << 20  # Debian's amd64 main index is about 45 MiB
 MAX_PARAGRAPHS = 1_000_000
 MAX_LINE = 64 << 10
@@ -94,21 +96,23 @@ class View:
     checked: datetime
     suites: list[Suite]
     packages: dict[str, list[list[Any]]]  # name -> [[arch, version, suite#, file, sha, size]]
-    _best: dict[tuple[str, str], Available | None] = field(default_factory=dict, repr=False)
+    security: dict[str, list[list[Any]]]  # the same, from security suites alone
+    _best: dict[tuple[str, str, bool], Available | None] = field(default_factory=dict, repr=False)
     # (name, arch, installed version) -> 0 current, 1 an update, 2 a security update
     pending: dict[tuple[str, str, str], int] = field(default_factory=dict, repr=False)
 
-    def best(self, package: str, architecture: str) -> Available | None:
-        """The newest version of ``package`` for ``architecture`` (or ``all``)."""
-        key = (package, architecture)
+    def best(self, package: str, architecture: str, security: bool = False) -> Available | None:
+        """The newest version of ``package`` for ``architecture`` (or ``all``) any suite
+        offers; with ``security``, any security suite."""
+        key = (package, architecture, security)
         try:
             return self._best[key]
         except KeyError:
-            found = self._best[key] = self._find(package, architecture)
+            found = self._best[key] = self._find(package, architecture, security)
             return found
 
-    def _find(self, package: str, architecture: str) -> Available | None:
-        entries = self.packages.get(package)
+    def _find(self, package: str, architecture: str, security: bool) -> Available | None:
+        entries = (self.security if security else self.packages).get(package)
         if not entries:
             return None
         found: list[Any] | None = None
@@ -362,21 +366,28 @@ def build_view(folder: Path, lines: tuple[str, ...]) -> View | None:
     at, targets = found
     suites: list[Suite] = []
     merged: dict[str, dict[str, list[Any]]] = {}
+    security: dict[str, dict[str, list[Any]]] = {}
     for number, (index, release_file, repo) in enumerate(targets):
         release = _release(release_file)
         suites.append(Suite(release, repo, index.name))
         for name, by_arch in _parsed(folder, index).items():
-            into = merged.setdefault(name, {})
             for arch, (version, filename, sha256, size) in by_arch.items():
+                entry = [arch, version, number, filename, sha256, size]
+                into = merged.setdefault(name, {})
                 have = into.get(arch)
                 order = versions.compare(version, have[1]) if have is not None else 1
                 if order > 0 or (
                     order == 0 and have is not None and release.security
                     and not suites[have[2]].release.security
                 ):  # fmt: skip
-                    into[arch] = [arch, version, number, filename, sha256, size]
+                    into[arch] = entry
+                if release.security:
+                    mine = security.setdefault(name, {})
+                    if arch not in mine or versions.compare(version, mine[arch][1]) > 0:
+                        mine[arch] = entry
     packages = {name: list(by_arch.values()) for name, by_arch in merged.items()}
-    view = View(folder, lines, at, suites, packages)
+    fixes = {name: list(by_arch.values()) for name, by_arch in security.items()}
+    view = View(folder, lines, at, suites, packages, fixes)
     write_atomic(
         folder / "view.json",
         json.dumps(
@@ -387,6 +398,7 @@ def build_view(folder: Path, lines: tuple[str, ...]) -> View | None:
                 "suites": [{"release": s.release.to_json(), "uri": s.uri, "index": s.index}
                            for s in suites],
                 "packages": packages,
+                "security": fixes,
             }
         ).encode(),
     )  # fmt: skip
@@ -409,6 +421,7 @@ def load_view(folder: Path) -> View | None:
             datetime.fromisoformat(data["checked"]),
             suites,
             data["packages"],
+            data["security"],
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

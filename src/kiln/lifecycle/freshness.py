@@ -42,33 +42,55 @@ SIGHTINGS = "SELECT package, architecture, version, suite, first_seen FROM updat
 Key = tuple[str, str, str, str]  # package, architecture, version, suite
 
 
+def key_of(available: Available) -> Key:
+    return (available.package, available.architecture, available.version, available.suite)
+
+
 @dataclass(frozen=True)
 class Update:
-    """A package of an image with a newer version in its sources."""
+    """A package of an image with a newer version in its sources.
+
+    ``available`` is the newest version any suite offers; ``fix`` the newest a security
+    suite offers when that too is newer than the installed one (the same as
+    ``available`` unless a later point release carries an even newer version): the
+    update is a security update exactly when there is a ``fix``. ``first_seen`` and
+    ``fix_seen``: when kiln first saw each."""
 
     package: str
     architecture: str  # as installed
     installed: str
     available: Available
     first_seen: datetime | None = None
+    fix: Available | None = None
+    fix_seen: datetime | None = None
 
     @property
     def security(self) -> bool:
-        return self.available.security
+        return self.fix is not None
 
     @property
     def key(self) -> Key:
-        a = self.available
-        return (a.package, a.architecture, a.version, a.suite)
+        return key_of(self.available)
+
+    @property
+    def keys(self) -> list[Key]:
+        return [self.key] + ([key_of(self.fix)] if self.fix and self.fix != self.available else [])
+
+    @property
+    def unseen(self) -> bool:
+        return self.first_seen is None or (self.fix is not None and self.fix_seen is None)
 
     def to_json(self) -> dict[str, Any]:
+        fix = self.fix
         return {
             "package": self.package,
             "architecture": self.architecture,
             "installed": self.installed,
             "available": self.available.version,
             "suite": self.available.suite,
-            "security": self.available.security,
+            "security": fix is not None,
+            "security_version": fix.version if fix is not None else None,
+            "security_suite": fix.suite if fix is not None else None,
             "first_seen": _iso(self.first_seen) if self.first_seen else None,
         }
 
@@ -82,13 +104,16 @@ def updates(
     with ``seen`` (kiln's first sightings), each with its ``first_seen``."""
     out = []
     best_of = view.best
+    seen = seen or {}
     for name, architecture, version in installed:
         best = best_of(name, architecture)
-        if best is not None and compare(best.version, version) > 0:
-            first = None
-            if seen is not None:
-                first = seen.get((best.package, best.architecture, best.version, best.suite))
-            out.append(Update(name, architecture, version, best, first))
+        if best is None or compare(best.version, version) <= 0:
+            continue
+        fix = best if best.security else best_of(name, architecture, True)
+        if fix is not None and compare(fix.version, version) <= 0:
+            fix = None
+        fixed = seen.get(key_of(fix)) if fix is not None else None
+        out.append(Update(name, architecture, version, best, seen.get(key_of(best)), fix, fixed))
     return sorted(out, key=lambda u: (u.package, u.architecture))
 
 
@@ -103,7 +128,8 @@ def counts(installed: Iterable[tuple[str, str, str]], view: View) -> tuple[int, 
             best = view.best(row[0], row[1])
             code = 0
             if best is not None and compare(best.version, row[2]) > 0:
-                code = 2 if best.security else 1
+                fix = best if best.security else view.best(row[0], row[1], True)
+                code = 2 if fix is not None and compare(fix.version, row[2]) > 0 else 1
             memo[row] = code
         if code == 2:
             security += 1
@@ -188,7 +214,14 @@ def _iso(moment_: datetime) -> str | None:
 
 
 def with_first_seen(found: Sequence[Update], seen: dict[Key, datetime]) -> list[Update]:
-    return [replace(u, first_seen=seen.get(u.key)) for u in found]
+    return [
+        replace(
+            u,
+            first_seen=seen.get(u.key),
+            fix_seen=seen.get(key_of(u.fix)) if u.fix is not None else None,
+        )
+        for u in found
+    ]
 
 
 def record(session: Session, found: Iterable[Update], now: datetime) -> int:
@@ -197,15 +230,16 @@ def record(session: Session, found: Iterable[Update], now: datetime) -> int:
     from kiln.catalog.freshness import Sighting
 
     rows = {
-        u.key: {
-            "package": u.key[0],
-            "architecture": u.key[1],
-            "version": u.key[2],
-            "suite": u.key[3],
-            "security": u.security,
+        key: {
+            "package": key[0],
+            "architecture": key[1],
+            "version": key[2],
+            "suite": key[3],
+            "security": u.fix is not None and key == key_of(u.fix),
             "first_seen": now,
         }
         for u in found
+        for key in u.keys
     }
     if not rows:
         return 0
@@ -260,16 +294,16 @@ def security_gate(
         )
     found = updates(_installed(lookup, image), view, sightings(lookup))
     pending = [u for u in found if u.security]
-    late = [u for u in pending if u.first_seen and (now - u.first_seen).total_seconds() > limit]
+    late = [u for u in pending if u.fix_seen and (now - u.fix_seen).total_seconds() > limit]
     if late:
-        late.sort(key=lambda u: u.first_seen or now)
+        late.sort(key=lambda u: u.fix_seen or now)
         u = late[0]
-        assert u.first_seen is not None
+        assert u.fix is not None and u.fix_seen is not None
         more = f" (and {len(late) - 1} more)" if len(late) > 1 else ""
         return False, (
-            f"{image.ref} has {u.package} {u.installed}, and {u.available.version} from "
-            f"{u.available.suite} (a security update) was first seen {iso(u.first_seen)}, "
-            f"{_ago((now - u.first_seen).total_seconds())} ago, over max_security_age "
+            f"{image.ref} has {u.package} {u.installed}, and {u.fix.version} from "
+            f"{u.fix.suite} (a security update) was first seen {iso(u.fix_seen)}, "
+            f"{_ago((now - u.fix_seen).total_seconds())} ago, over max_security_age "
             f"{max_age}{more}: kiln refresh {image.name}"
         )
     what = f"{len(pending)} newer" if pending else "none"
