@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from bench.postgres import Postgres
 from tests.integration.aptrepo import AptRepo, served, write_recipes
 from tests.integration.conftest import Kiln
 
@@ -127,3 +128,32 @@ def test_outdated_security_order_where_and_gate(fresh_images: Fresh) -> None:
     why = next(g["why"] for g in result["gates"] if g["gate"] == "fresh")
     assert "kiln-demo" in why and "1.0+deb12u1" in why and "bookworm-security" in why
     assert "kiln refresh fresh-app" in why
+
+
+def test_first_sightings_in_postgresql(postgres: Postgres) -> None:
+    """The insert that lets a rival's row stand is PostgreSQL's ON CONFLICT as well."""
+    from datetime import UTC, datetime, timedelta
+
+    from kiln.apt.indexes import Available
+    from kiln.catalog import Catalog
+    from kiln.lifecycle import freshness
+
+    catalog = Catalog(postgres.database())
+    try:
+        fix = Available(
+            "libc6", "amd64", "2.36-9+deb12u7", "bookworm-security", True, "", "", 0, ""
+        )
+        newest = Available("libc6", "amd64", "2.36-9+deb12u14", "bookworm", False, "", "", 0, "")
+        update = freshness.Update("libc6", "amd64", "2.36-9+deb12u4", newest, fix=fix)
+        early = datetime.now(UTC) - timedelta(days=2)
+        with catalog.session() as session:
+            assert freshness.record(session, [update], early) == 2
+        with catalog.session() as session:
+            freshness.record(session, [update], datetime.now(UTC))
+        seen = freshness.sightings(catalog.lookup())
+        assert set(seen) == {freshness.key_of(fix), freshness.key_of(newest)}
+        assert all(abs((at - early).total_seconds()) < 1 for at in seen.values())
+        [found] = freshness.with_first_seen([update], seen)
+        assert found.fix_seen is not None and not found.unseen
+    finally:
+        catalog.close()
