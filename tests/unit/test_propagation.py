@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kiln.app.propagate import Parents
 from kiln.catalog.lookup import Lookup
-from kiln.lifecycle.propagation import Plan, Row, plan
+from kiln.lifecycle.propagation import Plan, Row, moved_pin, plan
 
 
 class Rows:
@@ -190,3 +190,20 @@ def test_the_parent_a_recipe_names_is_the_recorded_one_until_the_recipe_changes(
     recipe.unlink()
     os.mkfifo(recipe)
     assert Parents(lookup, {"web": row})["web"] == "base:1"  # not read, not waited on
+
+
+def test_a_pin_moves_alone_or_not_at_all() -> None:
+    text = '# web\n[image]\nname = "web"\nparent = "base:3"   # pinned: see ops\n\n[tests]\n'
+    moved = moved_pin(text, 4, "base:3", "base:4")
+    assert moved == text.replace("base:3", "base:4")
+    single = text.replace('"base:3"', "'base:3'")
+    assert moved_pin(single, 4, "base:3", "base:4") == single.replace("base:3", "base:4")
+    assert moved_pin(text, 2, "base:3", "base:4") is None  # not on that line
+    twice = text.replace("# pinned: see ops", '# "base:3"')
+    assert moved_pin(twice, 4, "base:3", "base:4") is None  # which one?
+    escaped = '[image]\nname = "web"\nparent = "base\\u003a3"\n'
+    assert moved_pin(escaped, 3, "base:3", "base:4") is None  # not written plainly
+    triple = '[image]\nname = "web"\nparent = """base:3"""\n'  # checked: only the pin moved
+    assert moved_pin(triple, 3, "base:3", "base:4") == triple.replace("base:3", "base:4")
+    other = '[image]\nname = "web"\nparent = "base:3"\ndescription = "base:3"\n'
+    assert moved_pin(other, 3, "base:3", "base:4") == other.replace("base:3", "base:4", 1)

@@ -521,34 +521,30 @@ def _rebase_lock(
 
 def _move_pin(workspace: Workspace, task: Task, tasks: dict[str, Task], pin: str) -> dict[str, str]:
     """Point a recipe that pins its parent by version or digest at the rebuilt parent:
-    only the parent's value on its line changes, and the result is checked to parse."""
+    only the parent's value on its line changes (kiln.lifecycle.propagation.moved_pin)."""
     from kiln.atomic import write_atomic
     from kiln.recipe import load_recipe
+    from kiln.recipe.limits import MAX_RECIPE_BYTES, read_regular
 
     path = Path(task.recipe)
     recipe = load_recipe(path)
-    written = recipe.recipe.image.parent
-    if written != pin:
+    if recipe.recipe.image.parent != pin:
         return {}  # the recipe was changed since the plan: it says what it says
     ref = refs.parse(pin)
     after = tasks.get(task.after) if task.after else None
     target = resolve.image(workspace, after.ref if after is not None else ref.name)
     new = f"{target.name}@{target.digest}" if ref.digest else target.ref
-    line = recipe.lines.line_of(("image", "parent"))
-    text = path.read_text()
-    lines = text.splitlines(keepends=True)
-    quoted = [f'"{pin}"', f"'{pin}'"]
-    index = (line or 0) - 1
-    if not 0 <= index < len(lines) or not any(q in lines[index] for q in quoted):
+    try:
+        text = read_regular(path, MAX_RECIPE_BYTES, "recipe").decode()
+    except UnicodeDecodeError:
+        text = ""
+    changed = propagation.moved_pin(text, recipe.lines.line_of(("image", "parent")), pin, new)
+    if changed is None:
         raise Stop(
-            f"{path}: the parent {pin} is not written on one line as a plain string",
+            f"{path}: its parent {pin} could not be moved to {new} by changing that value "
+            "alone (it is not written once, as a plain string on its line)",
             hint=f'write parent = "{new}" yourself, then run kiln propagate again',
         )
-    quote = next(q for q in quoted if q in lines[index])
-    lines[index] = lines[index].replace(quote, quote[0] + new + quote[0], 1)
-    changed = "".join(lines)
-    if tomllib.loads(changed).get("image", {}).get("parent") != new:
-        raise Stop(f"{path}: moving its parent pin to {new} would change more than the pin")
     write_atomic(path, changed.encode())
     return {"from": pin, "to": new}
 
