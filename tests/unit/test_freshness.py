@@ -445,3 +445,12 @@ def test_a_point_release_past_the_security_fix_is_still_a_security_update(
     refused = lifecycle.promote(workspace, "app:1", "prod", policy_file=policy)
     assert [o.gate for o in refused.unmet] == ["fresh"]
     assert "2.36-9+deb12u10 from bookworm-security" in refused.unmet[0].why
+
+
+def test_a_symlink_loop_or_a_huge_sources_file_is_bad_input(tmp_path: Path) -> None:
+    looped = layer(tmp_path, "loop", {"etc/apt/sources.list": "->/etc/apt/sources.list"})
+    with pytest.raises(BadInput, match="too many symlinks"):
+        image_sources(Layers([looped]), tmp_path / "keyrings")
+    huge = layer(tmp_path, "huge", {"etc/apt/sources.list": "#" * (2 << 20)})
+    with pytest.raises(BadInput, match="larger than"):
+        image_sources(Layers([huge]), tmp_path / "keyrings")

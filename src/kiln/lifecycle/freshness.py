@@ -31,6 +31,7 @@ from kiln.apt.versions import compare
 from kiln.atomic import write_atomic
 from kiln.catalog.lookup import ImageRow, Lookup, iso, moment
 from kiln.durations import seconds
+from kiln.errors import BadInput
 from kiln.home import Home
 from kiln.store.layout import Layout
 
@@ -182,7 +183,14 @@ def image_lines(home: Home, layout: Layout, image: ImageRow) -> tuple[list[str],
 
     loaded = stored.load(home, layout, image.ref, image.digest)
     keyrings = cache_root(home) / "keyrings"
-    sources, files = image_sources(Layers(loaded.layer_dirs), keyrings)
+    try:
+        sources, files = image_sources(Layers(loaded.layer_dirs), keyrings)
+    except BadInput as exc:  # a symlink loop, a sources file too big: the image's doing
+        raise BadInput(
+            f"{image.ref}: its apt sources cannot be read: {exc.message}",
+            hint=f"kiln outdated the other images by name; fix the sources in "
+            f"{image.name}'s recipe",
+        ) from None
     lines = sorted({source.line() for source in sources})
     write_atomic(
         _sources_file(home, image.digest),
