@@ -46,6 +46,8 @@ def _run_table(data: dict[str, Any]) -> None:
     for item in data["items"]:
         detail = item["detail"]
         note = detail.get("error") or detail.get("pin") or item["reason"]
+        if item["state"] == "planned" and data["stopped"]:
+            note = f"not started: the run stopped at --max-failures ({item['reason']})"
         table.add_row(
             str(item["wave"]),
             str(item["position"]),
