@@ -115,5 +115,8 @@ def test_refresh_bakes_tests_and_promotes_a_security_update_once(refreshable: Se
     assert image["ref"] not in (None, new) and image["steps"]["test"]["ok"] is False
     assert "promote" not in image["steps"]
     assert staging(kiln) == new, "a failing test stops the promotion"
+    told = [e for e in kiln.json("history", "refresh-app") if e["kind"] == "refreshed"]
+    assert [e["detail"]["state"] for e in told] == ["refreshed", "failed"]
+    assert told[-1]["ref"] == image["ref"] and "kiln test" in told[-1]["detail"]["error"]
     table = kiln.run("refresh", "refresh-app", "--policy", str(refreshable.policy), check=False)
     assert table.returncode == 1 and "failed" in table.stdout

@@ -254,17 +254,20 @@ def _test_and_promote(workspace: Workspace, owner: Owner, options: Options, log:
 
 
 def _record(workspace: Workspace, owner: Owner, options: Options) -> None:
+    """A ``refreshed`` event: of the new version, or of the name when the refresh failed
+    before its bake made one."""
     from kiln.catalog import events
 
-    assert owner.ref is not None and owner.digest is not None
-    name, _, version = owner.ref.partition(":")
+    version = int(owner.ref.partition(":")[2]) if owner.ref else None
     with workspace.catalog.session() as session:
         events.record(
             session,
             "refreshed",
-            name,
-            int(version),
-            owner.digest,
+            owner.image.name,
+            version,
+            owner.digest or "",
+            state=owner.state,
+            error=owner.error,
             previous=owner.image.ref,
             updates=[u.to_json() for u in owner.sorted_updates],
             security_only=options.security_only,
@@ -336,30 +339,34 @@ def refresh(
         reached: set[str] = set()
         for owner in todo:
             name = owner.image.name
+            if name in reached and owner.state != FAILED:
+                owner.state = PROPAGATED  # its own events are the propagation's
+                continue
+            if owner.state != FAILED:
+                try:
+                    _bake(workspace, owner, locked[name], log)
+                    _test_and_promote(workspace, owner, options, log)
+                    new = owner.digest != owner.image.digest
+                    owner.state = REFRESHED if new else UNCHANGED  # unchanged: its lock held
+                except (KilnError, OSError) as exc:  # the updates; its children may not
+                    owner.state, owner.error = FAILED, _message(exc)
             if owner.state == FAILED:
                 log(f"{name}: failed: {owner.error}")
-                continue
-            if name in reached:
-                owner.state = PROPAGATED
+            if owner.state != UNCHANGED:
+                _record(workspace, owner, options)
+            if owner.state == FAILED:
                 continue
             try:
-                _bake(workspace, owner, locked[name], log)
-                _test_and_promote(workspace, owner, options, log)
-                if owner.digest != owner.image.digest:
-                    _record(workspace, owner, options)
-                    owner.state = REFRESHED
-                else:  # the lock held the updates already: what is built on it may not
-                    owner.state = UNCHANGED
                 reached |= _propagate(workspace, owner, options, log)
             except (KilnError, OSError) as exc:
-                owner.state, owner.error = FAILED, _message(exc)
-                log(f"{name}: failed: {owner.error}")
+                owner.error = _message(exc)
+                log(f"{name}: {owner.error}")
     return {
         "security_only": options.security_only,
         "channel": options.promote,
         "outdated": sum(1 for item in found if item.updates),
         "images": [owner.to_json() for owner in todo],
-        "ok": all(owner.state != FAILED for owner in todo),
+        "ok": all(owner.state != FAILED and owner.error is None for owner in todo),
     }
 
 
