@@ -24,6 +24,18 @@ TESTS = (
 )
 
 
+CHILD = """[image]
+name = "refresh-child"
+parent = "refresh-app"
+
+[[steps]]
+run = "cp /usr/share/kiln-patch/VERSION /etc/kiln-patch-seen"
+
+[tests]
+commands = ["cmp /usr/share/kiln-patch/VERSION /etc/kiln-patch-seen"]
+"""
+
+
 @dataclass
 class Setup:
     kiln: Kiln
@@ -48,6 +60,9 @@ def refreshable(baked: Kiln, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         app.write_text(app.read_text().replace('"refresh-base.toml"', '"refresh-base"') + TESTS)
         [locked] = baked.json("lock", str(app))
         assert locked["state"] == "created"
+        child = app.with_name("refresh-child.toml")
+        child.write_text(CHILD)
+        baked.json("bake", str(child))
         policy = scratch / "kiln.toml"
         policy.write_text('[channels.staging]\ntests = true\nmax_security_age = "7d"\n')
         yield Setup(baked, repo, app, policy)
@@ -65,9 +80,9 @@ def versions(kiln: Kiln, ref: str) -> dict[str, str]:
     return {p["name"]: p["version"] for p in kiln.json("inspect", ref)["packages"]}
 
 
-def staging(kiln: Kiln) -> str | None:
+def staging(kiln: Kiln, name: str = "refresh-app") -> str | None:
     heads = {(c["name"], c["channel"]): c["image"] for c in kiln.json("channels")}
-    return heads.get(("refresh-app", "staging"))
+    return heads.get((name, "staging"))
 
 
 def test_refresh_bakes_tests_and_promotes_a_security_update_once(refreshable: Setup) -> None:
@@ -97,6 +112,13 @@ def test_refresh_bakes_tests_and_promotes_a_security_update_once(refreshable: Se
     assert staging(kiln) == new
     [event] = [e for e in kiln.json("history", "refresh-app") if e["kind"] == "refreshed"]
     assert event["ref"] == new and event["detail"]["previous"] == before
+
+    # what is built on it follows, by propagation: rebaked on the new version, tested, promoted
+    [item] = image["propagation"]["items"]
+    assert (item["name"], item["state"]) == ("refresh-child", "promoted")
+    assert kiln.json("inspect", item["ref"])["parents"][0]["ref"] == new
+    assert versions(kiln, item["ref"])["kiln-patch"] == "1.0+deb12u1"
+    assert staging(kiln, "refresh-child") == item["ref"]
 
     code, again = refresh(refreshable, "--security-only", "--promote", "staging")
     assert code == 0 and again["images"] == [], "a second refresh does nothing"
