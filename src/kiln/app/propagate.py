@@ -565,7 +565,13 @@ def _gate_text(gates: list[dict[str, Any]]) -> str:
 
 
 def _item(
-    home: Home, run: Run, task: Task, tasks: dict[str, Task], options: Options, log: Log
+    home: Home,
+    run: Run,
+    task: Task,
+    tasks: dict[str, Task],
+    options: Options,
+    converge: bool,
+    log: Log,
 ) -> str:
     """Rebake, test and promote one item; every state change committed as it happens."""
     from kiln.app import lifecycle, machines
@@ -605,17 +611,22 @@ def _item(
             log(f"{task.name}: baked {result.ref}{' (cache hit)' if result.cached else ''}")
             steps["test"] = {"started": _stamp()}
             with BOOTS:
-                report = machines.test(workspace, result.ref)
+                report = machines.test(workspace, result.ref, check_convergence=converge)
             failing = [r.command for r in report.results if not r.ok]
             steps["test"].update(
                 ended=_stamp(),
+                converge=report.converge,
                 ok=report.ok,
                 machine=report.machine,
                 commands=len(report.results),
                 failed=failing,
             )
             if not report.ok:
-                why = report.error or f"{len(failing)} failing: {'; '.join(failing)}"
+                why = report.error or (
+                    f"{len(failing)} failing: {'; '.join(failing)}"
+                    if failing
+                    else f"it did not converge: {len(report.changes)} paths changed"
+                )
                 raise Stop(f"kiln test of {result.ref} failed: {why}")
             health = "its tests" if report.results else "a healthy boot (no [tests] commands)"
             _commit(workspace, run, task, TESTED, steps=steps)
@@ -711,6 +722,11 @@ def _execute(workspace: Workspace, run: Run, options: Options, log: Log) -> None
             log(line)
 
     tasks = {task.name: task for task in run.tasks}
+    converge = False  # the channel's gates want a converged test: run that one
+    if run.channel is not None:
+        from kiln.lifecycle import policy
+
+        converge = policy.find(workspace.home, options.policy_file).gates(run.channel).converge
     waves: dict[int, list[Task]] = {}
     for task in run.tasks:
         waves.setdefault(task.wave, []).append(task)
@@ -739,7 +755,9 @@ def _execute(workspace: Workspace, run: Run, options: Options, log: Log) -> None
             while (ready and not run.stopped) or running:
                 while ready and not run.stopped and len(running) < options.parallel:
                     task = ready.pop(0)
-                    future = pool.submit(_item, workspace.home, run, task, tasks, options, say)
+                    future = pool.submit(
+                        _item, workspace.home, run, task, tasks, options, converge, say
+                    )
                     running[future] = task
                 finished, _pending = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
