@@ -19,10 +19,8 @@ Items of one wave run in threads: bake and test change no process-wide state (no
 environment or signal handler; their commands are subprocesses; shared resources are
 flocks, which two threads contend for like two processes), and each thread opens its
 own Workspace, so no catalog connection or session is shared between threads. The test
-machines of a run boot one at a time (:data:`BOOTS`): machines that one kiln boots side
-by side share the cgroup systemd-nspawn's ``--keep-unit`` leaves them in, and their
-systemds then fail each other's early units now and then (a few boots in thirty, seen
-as "booted degraded"); bakes, whose nspawn runs no systemd, still run N at once.
+machines of a run boot one at a time (kiln.app.verify.BOOTS); bakes, whose nspawn runs
+no systemd, still run N at once.
 """
 
 from __future__ import annotations
@@ -41,7 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln import locks, refs
-from kiln.app import resolve
+from kiln.app import resolve, verify
+from kiln.app.verify import stamp as _stamp
 from kiln.app.workspace import Workspace, opened
 from kiln.catalog.lookup import ImageRow, Lookup
 from kiln.errors import BadInput, KilnError, from_os_error
@@ -60,7 +59,6 @@ PLANNED, BAKING, BAKED, TESTED, PROMOTED = "planned", "baking", "baked", "tested
 FAILED, SKIPPED, PINNED = "failed", "skipped", "pinned"
 RUNNING, DONE = "running", "done"
 MAX_PARALLEL = 64
-BOOTS = threading.Lock()  # one test machine booting at a time (see above)
 
 IMAGES = (
     "SELECT id, name, version, parent_id, digest, recipe_path, status, recipe_digest FROM images"
@@ -70,11 +68,6 @@ BAKED_EVENTS = "SELECT name, version, detail FROM events WHERE kind = 'baked'"
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _stamp(moment: datetime | None = None) -> str:
-    """A time in an item's detail: UTC, to the microsecond (parallel items overlap)."""
-    return (moment or _now()).replace(tzinfo=None).isoformat()
 
 
 # the plan
@@ -560,10 +553,6 @@ def _stages(log: Log) -> Log:
     return say
 
 
-def _gate_text(gates: list[dict[str, Any]]) -> str:
-    return "; ".join(f"{g['gate']}: {g['why']}" for g in gates if not g["ok"])
-
-
 def _item(
     home: Home,
     run: Run,
@@ -574,7 +563,6 @@ def _item(
     log: Log,
 ) -> str:
     """Rebake, test and promote one item; every state change committed as it happens."""
-    from kiln.app import lifecycle, machines
     from kiln.app.bake import Options as BakeOptions
     from kiln.app.bake import bake_path
 
@@ -609,41 +597,15 @@ def _item(
             steps["bake"].update(ended=_stamp(), cached=result.cached, seconds=result.seconds)
             _commit(workspace, run, task, BAKED, steps=steps)
             log(f"{task.name}: baked {result.ref}{' (cache hit)' if result.cached else ''}")
-            steps["test"] = {"started": _stamp()}
-            with BOOTS:
-                report = machines.test(workspace, result.ref, check_convergence=converge)
-            failing = [r.command for r in report.results if not r.ok]
-            steps["test"].update(
-                ended=_stamp(),
-                converge=report.converge,
-                ok=report.ok,
-                machine=report.machine,
-                commands=len(report.results),
-                failed=failing,
-            )
-            if not report.ok:
-                why = report.error or (
-                    f"{len(failing)} failing: {'; '.join(failing)}"
-                    if failing
-                    else f"it did not converge: {len(report.changes)} paths changed"
-                )
-                raise Stop(f"kiln test of {result.ref} failed: {why}")
-            health = "its tests" if report.results else "a healthy boot (no [tests] commands)"
+            steps["test"] = {}
+            passed = verify.test(workspace, result.ref, converge, steps["test"])
             _commit(workspace, run, task, TESTED, steps=steps)
-            log(f"{task.name}: tested {result.ref}: {health} passed")
+            log(f"{task.name}: tested {result.ref}: {passed} passed")
             if run.channel is None:
                 return TESTED
-            steps["promote"] = {"started": _stamp()}
-            promotion = lifecycle.promote(
-                workspace, result.ref, run.channel, policy_file=options.policy_file
-            )
-            data = promotion.to_json()
-            steps["promote"].update(ended=_stamp(), gates=data["gates"])
-            if not (data["promoted"] or data["unchanged"]):
-                raise Stop(
-                    f"{result.ref} was not promoted to {run.channel}: unmet gates "
-                    f"{', '.join(data['unmet'])}: {_gate_text(data['gates'])}"
-                )
+            promoted: dict[str, Any] = {}
+            steps["promote"] = promoted
+            verify.promote(workspace, result.ref, run.channel, options.policy_file, promoted)
             _commit(workspace, run, task, PROMOTED, steps=steps)
             log(f"{task.name}: promoted {result.ref} to {run.channel}")
             return PROMOTED
@@ -722,11 +684,7 @@ def _execute(workspace: Workspace, run: Run, options: Options, log: Log) -> None
             log(line)
 
     tasks = {task.name: task for task in run.tasks}
-    converge = False  # the channel's gates want a converged test: run that one
-    if run.channel is not None:
-        from kiln.lifecycle import policy
-
-        converge = policy.find(workspace.home, options.policy_file).gates(run.channel).converge
+    converge = verify.converge_wanted(workspace, run.channel, options.policy_file)
     waves: dict[int, list[Task]] = {}
     for task in run.tasks:
         waves.setdefault(task.wave, []).append(task)

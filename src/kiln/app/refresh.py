@@ -227,30 +227,19 @@ def _bake(workspace: Workspace, owner: Owner, locked: bool, log: Log) -> None:
 
 
 def _test_and_promote(workspace: Workspace, owner: Owner, options: Options, log: Log) -> None:
-    from kiln.app import lifecycle, machines
+    from kiln.app import verify
 
     assert owner.ref is not None
-    report = machines.test(workspace, owner.ref)
-    failing = [r.command for r in report.results if not r.ok]
-    owner.steps["test"] = {"ok": report.ok, "machine": report.machine, "failed": failing}
-    if not report.ok:
-        why = report.error or f"{len(failing)} failing: {'; '.join(failing)}"
-        raise KilnError(f"kiln test of {owner.ref} failed: {why}", hint="nothing was promoted")
-    log(f"{owner.image.name}: tested {owner.ref}: passed")
-    if options.promote is None:
-        return
-    promotion = lifecycle.promote(
-        workspace, owner.ref, options.promote, policy_file=options.policy_file
-    )
-    data = promotion.to_json()
-    owner.steps["promote"] = {"channel": options.promote, "gates": data["gates"]}
-    if not (data["promoted"] or data["unchanged"]):
-        unmet = "; ".join(f"{g['gate']}: {g['why']}" for g in data["gates"] if not g["ok"])
-        raise KilnError(
-            f"{owner.ref} was not promoted to {options.promote}: {unmet}",
-            hint=f"meet the gates, then: kiln promote {owner.ref} {options.promote}",
+    converge = verify.converge_wanted(workspace, options.promote, options.policy_file)
+    owner.steps["test"] = {}
+    passed = verify.test(workspace, owner.ref, converge, owner.steps["test"])
+    log(f"{owner.image.name}: tested {owner.ref}: {passed} passed")
+    if options.promote is not None:
+        owner.steps["promote"] = {}
+        verify.promote(
+            workspace, owner.ref, options.promote, options.policy_file, owner.steps["promote"]
         )
-    log(f"{owner.image.name}: promoted {owner.ref} to {options.promote}")
+        log(f"{owner.image.name}: promoted {owner.ref} to {options.promote}")
 
 
 def _record(workspace: Workspace, owner: Owner, options: Options) -> None:
