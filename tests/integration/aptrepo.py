@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -71,6 +73,7 @@ class AptRepo:
     arch: str = field(default_factory=host_arch)
     port: int = 0
     debs: dict[str, list[Path]] = field(default_factory=dict)  # suite -> its .debs
+    stamp: float = 0.0  # the mtime the last index was given
 
     @property
     def url(self) -> str:
@@ -120,6 +123,12 @@ class AptRepo:
             f"Codename: {suite}\nDate: {date}\nArchitectures: {self.arch}\nComponents: main\n"
             "SHA256:\n" + "\n".join(sums) + "\n"
         )
+        # a new index is a second newer than the one before: apt asks If-Modified-Since,
+        # which HTTP answers to the second, so a change within the same second looks like
+        # none
+        self.stamp = max(time.time(), self.stamp + 1.0)
+        for written in (dists / "Release", binary / "Packages", binary / "Packages.gz"):
+            os.utime(written, (self.stamp, self.stamp))
 
 
 class Quiet(SimpleHTTPRequestHandler):

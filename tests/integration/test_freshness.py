@@ -23,6 +23,7 @@ class Fresh:
     kiln: Kiln
     repo: AptRepo
     folder: Path
+    ref: str  # the fresh-app image
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,9 @@ def fresh_images(baked: Kiln, tmp_path_factory: pytest.TempPathFactory) -> Itera
         repo.add("bookworm", "kiln-tilde", "1.0")
         repo.add("bookworm", "kiln-epoch", "1:1.0")
         write_recipes(scratch / "recipes", repo, PACKAGES)
-        baked.json("bake", str(scratch / "recipes"))
-        yield Fresh(baked, repo, scratch)
+        results = baked.json("bake", str(scratch / "recipes"))
+        [app] = [r["ref"] for r in results if r["name"] == "fresh-app"]
+        yield Fresh(baked, repo, scratch, app)
 
 
 def outdated(kiln: Kiln, *args: str) -> tuple[int, dict[str, Any]]:
@@ -53,9 +55,7 @@ def updates_of(data: dict[str, Any], ref: str) -> dict[str, dict[str, Any]]:
 
 
 def test_outdated_security_order_where_and_gate(fresh_images: Fresh) -> None:
-    kiln, repo = fresh_images.kiln, fresh_images.repo
-    app = kiln.json("images")
-    ref = next(f"{i['name']}:{i['version']}" for i in app if i["name"] == "fresh-app")
+    kiln, repo, ref = fresh_images.kiln, fresh_images.repo, fresh_images.ref
 
     code, data = outdated(kiln, "fresh-app", "fresh-base")
     assert code == 0, data
