@@ -14,6 +14,8 @@ whole process, the median of R runs:
 
 1. `kiln outdated --json --offline` against `kiln --version`. Target: <= 2.0 s absolute.
 2. `kiln outdated --offline` (the table). Reported.
+3. `kiln where --json`: the matrix with every image's freshness cell (cached indexes only).
+   Target: <= 1.0 s.
 """
 
 from __future__ import annotations
@@ -171,12 +173,15 @@ def rows(images: int = 1_000, packages: int = 200, runs: int = 5) -> list[Row]:
         floor = median([timed([*KILN, "--version"], env) for _ in range(runs)])
         warm = median([_outdated(as_json, env) for _ in range(runs)])
         table = median([_outdated([*KILN, "outdated", "--offline"], env) for _ in range(runs)])
+        where = median([timed([*KILN, "where", "--json"], env) for _ in range(runs)])
         label = f"{images:,} images x {packages}"
         return [
             Row(f"kiln outdated --json ({label})", warm, floor, "kiln --version", "s",
                 f"<= {TARGET_SECONDS:g} s", warm <= TARGET_SECONDS),
             Row(f"kiln outdated, table ({label})", table, floor, "kiln --version", "s",
                 "reported", True),
+            Row(f"kiln where --json, {images:,} fresh cells", where, floor, "kiln --version", "s",
+                "<= 1 s", where <= 1.0),
         ]  # fmt: skip
     finally:
         shutil.rmtree(scratch)
