@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from kiln.app import lifecycle
 from kiln.app.workspace import Workspace
 from kiln.apt import indexes, versions
+from kiln.apt import packages as packages_index
 from kiln.apt.image import Layers, image_sources
 from kiln.apt.indexes import View
 from kiln.apt.release import MAX_RELEASE
@@ -115,11 +116,11 @@ def test_an_index_keeps_the_newest_of_each_and_skips_what_is_malformed() -> None
             "Package: evil\nVersion: 1.0\nArchitecture: all\nFilename: ../../etc/shadow\n",
             paragraph("long", "1.0")
             + "Description: "
-            + "x" * (indexes.MAX_LINE - len("Description: "))
+            + "x" * (packages_index.MAX_LINE - len("Description: "))
             + "Version: 9.9\n",
         ]
     )
-    found = indexes.parse_packages(io.BytesIO(text.encode()), "Packages")
+    found = packages_index.parse_packages(io.BytesIO(text.encode()), "Packages")
     assert set(found) == {"libc6", "tool", "long"}
     assert found["long"]["amd64"][0] == "1.0"  # not the Version in the long line's tail
     assert found["libc6"]["amd64"][0] == "2.36-9+deb12u10"
@@ -128,13 +129,13 @@ def test_an_index_keeps_the_newest_of_each_and_skips_what_is_malformed() -> None
 
 def test_an_index_past_its_bounds_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     many = "\n".join(paragraph(f"p{n}", "1.0") for n in range(20)).encode()
-    monkeypatch.setattr(indexes, "MAX_PARAGRAPHS", 10)
+    monkeypatch.setattr(packages_index, "MAX_PARAGRAPHS", 10)
     with pytest.raises(BadInput, match="more than 10 paragraphs"):
-        indexes.parse_packages(io.BytesIO(many), "Packages")
-    monkeypatch.setattr(indexes, "MAX_PARAGRAPHS", 1000)
-    monkeypatch.setattr(indexes, "MAX_INDEX", 500)
+        packages_index.parse_packages(io.BytesIO(many), "Packages")
+    monkeypatch.setattr(packages_index, "MAX_PARAGRAPHS", 1000)
+    monkeypatch.setattr(packages_index, "MAX_INDEX", 500)
     with pytest.raises(BadInput, match="larger than 500 bytes"):
-        indexes.parse_packages(io.BytesIO(many), "Packages")
+        packages_index.parse_packages(io.BytesIO(many), "Packages")
 
 
 LINES = (
