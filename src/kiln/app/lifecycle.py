@@ -87,6 +87,12 @@ def promote(
     parsed = refs.parse(ref)
     found = policy.find(workspace.home, policy_file)
     layout = workspace.layout
+    if found.gates(channel).max_security_age is not None:
+        # the fresh gate reads the image's apt sources from its layers the first time:
+        # do that now, not inside the write transaction (on SQLite, the catalog's lock)
+        from kiln.lifecycle import freshness
+
+        freshness.image_lines(workspace.home, layout, workspace.lookup.image(parsed, usable=False))
     with workspace.catalog.session() as session:
         lookup = channels.reader(session)
         now = now_utc()
@@ -95,7 +101,7 @@ def promote(
         head = lookup.head(image.name, channel, now)
         current = head.current if head is not None else None
         candidate = gates.Candidate(
-            image, channel, found.gates(channel), found, lookup, layout, now
+            image, channel, found.gates(channel), found, lookup, layout, workspace.home, now
         )
         result = Promotion(image, channel, gates.evaluate(candidate), found.describe())
         result.previous = current.ref if current is not None else None

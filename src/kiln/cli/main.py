@@ -40,10 +40,10 @@ drift.register(cli)
 catalog.register(cli)
 lifecycle.register(cli)
 signing.register(cli)
+freshness.register(cli)
+proof.register(cli)
 propagate.register(cli)
 refresh.register(cli)
-proof.register(cli)
-freshness.register(cli)
 
 
 def _report(exc: KilnError) -> None:

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from kiln.catalog.lookup import ImageRow, Lookup, iso
+from kiln.home import Home
 from kiln.lifecycle import channels, signing
 from kiln.lifecycle.policy import Gates, Policy
 from kiln.store.layout import Layout
@@ -31,6 +32,7 @@ class Candidate:
     policy: Policy
     lookup: Lookup
     layout: Layout
+    home: Home  # KILN_HOME, whose caches a check may read (never fetches into)
     now: datetime
 
 
@@ -155,13 +157,11 @@ def fresh(candidate: Candidate) -> tuple[bool, str] | None:
     cached Packages indexes of its own apt sources; kiln.lifecycle.freshness)."""
     if candidate.gates.max_security_age is None:
         return None
-    from kiln.home import Home
     from kiln.lifecycle import freshness
 
-    home = Home(candidate.layout.root.parent)  # the layout is KILN_HOME's oci/
     return freshness.security_gate(
         candidate.lookup,
-        home,
+        candidate.home,
         candidate.layout,
         candidate.image,
         candidate.gates.max_security_age,
