@@ -47,7 +47,6 @@ from kiln.store import artefacts
 
 if TYPE_CHECKING:
     from kiln.bake.bake import Parent
-    from kiln.bake.cachekey import Material
     from kiln.bake.options import Options
     from kiln.recipe import RecipeFile
 
@@ -220,6 +219,7 @@ def _parse_lock(workspace: Workspace, text: bytes, row: ImageRow) -> Lock:
 def check_inputs(link: Link, options: Options) -> list[Changed]:
     """What of the recipe and its inputs is not what the image was baked from."""
     from kiln.bake import cachekey
+    from kiln.bake.bake import key_document
     from kiln.recipe import load_recipe
 
     row = link.row
@@ -249,27 +249,10 @@ def check_inputs(link: Link, options: Options) -> list[Changed]:
         return changed
     # kiln's own step and pipeline versions and a base's Debian sources count here too
     keyed = link.lock if link.locked else None
-    key = _key(recipe, link.lock.parent, keyed, options, found_now)
+    key = cachekey.key_of(key_document(recipe, link.lock.parent, keyed, options, found_now))
     if key != row.cache_key:
         return [Changed(str(path), "cache key", path.name, row.cache_key, key)]
     return []
-
-
-def _key(
-    recipe: RecipeFile,
-    parent: str | None,
-    lock: Lock | None,
-    options: Options,
-    found: list[Material],
-) -> str:
-    """The cache key a bake of ``recipe`` on ``parent`` keyed by ``lock`` has (kiln.bake)."""
-    from kiln.bake import cachekey
-    from kiln.bake.bases import debian
-
-    spec = recipe.recipe.image.bootstrap
-    sources = debian.sources(spec, options.mirror) if spec is not None else None
-    document = cachekey.document(recipe, parent, lock=lock, sources=sources, found=found)
-    return cachekey.key_of(document)
 
 
 # the rebuild
@@ -421,27 +404,16 @@ def _bake_one(
     """One bake in the scratch home from the stored lock, keyed as the original bake was
     (by its lock file, or without one for an image baked unlocked)."""
     from kiln.bake import build, cachekey
-    from kiln.bake.context import BuildContext
+    from kiln.bake.bake import build_context, key_document
 
     lock = link.lock
     found = cachekey.materials(recipe)
     keyed = lock if link.locked else None
-    key = _key(recipe, parent.image.digest if parent else None, keyed, options, found)
+    parent_digest = parent.image.digest if parent else None
+    key = cachekey.key_of(key_document(recipe, parent_digest, keyed, options, found))
     build_dir, held = locks.owned_dir(scratch.home.builds, f"{recipe.name}-")
     with held:
-        context = BuildContext(
-            home=scratch.home,
-            layout=scratch.layout,
-            catalog=scratch.catalog,
-            recipe=recipe,
-            options=options,
-            cache_key=key,
-            parent=parent.image if parent else None,
-            parent_id=parent.row.id if parent else None,
-            build_dir=build_dir,
-            log=lambda message: log(f"{recipe.name}: {message}"),
-        )
-        context.parent_packages = list(parent.packages) if parent else []
+        context = build_context(scratch, recipe, parent, options, key, build_dir, log)
         context.lock, context.materials = lock, found
         context.source_date_epoch = lock.source_date_epoch
         return build.bake(context)

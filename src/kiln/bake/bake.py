@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kiln import locks
 from kiln.bake import cachekey, memo
@@ -48,19 +48,31 @@ class Parent:
     packages: list[Deb]
 
 
+def key_document(
+    recipe: RecipeFile,
+    parent_digest: str | None,
+    lock: Lock | None,
+    options: Options,
+    found: list[cachekey.Material],
+) -> dict[str, Any]:
+    """What the cache key of ``recipe`` on ``parent_digest`` keyed by ``lock`` hashes."""
+    spec = recipe.recipe.image.bootstrap
+    return cachekey.document(
+        recipe,
+        parent_digest,
+        lock=lock,
+        sources=debian.sources(spec, options.mirror) if spec is not None else None,
+        found=found,
+    )
+
+
 def _key(
     recipe: RecipeFile, parent: Parent | None, lock: Lock | None, options: Options
 ) -> tuple[str, list[cachekey.Material], memo.Entry]:
     """The cache key; it also leaves the memo a rebake that changes nothing starts from."""
     spec = recipe.recipe.image.bootstrap
     found = cachekey.materials(recipe)
-    document = cachekey.document(
-        recipe,
-        parent.image.digest if parent else None,
-        lock=lock,
-        sources=debian.sources(spec, options.mirror) if spec is not None else None,
-        found=found,
-    )
+    document = key_document(recipe, parent.image.digest if parent else None, lock, options, found)
     return (
         cachekey.key_of(document),
         found,
@@ -118,7 +130,7 @@ def bake(
 
         build_dir, held = locks.owned_dir(home.builds, f"{recipe.name}-")
         with held:  # released when the bake is over: then the folder is gone or kept
-            context = _context(stores, recipe, parent, options, key, build_dir, log)
+            context = build_context(stores, recipe, parent, options, key, build_dir, log)
             context.lock, context.materials = lock, found
             context.source_date_epoch = (
                 lock.source_date_epoch
@@ -151,14 +163,14 @@ def resolve(
     build_dir, held = locks.owned_dir(stores.home.builds, f"{recipe.name}-")
     with held:
         unlocked = replace(options, ignore_lock=True, no_cache=True)
-        context = _context(stores, recipe, parent, unlocked, key, build_dir, log)
+        context = build_context(stores, recipe, parent, unlocked, key, build_dir, log)
         context.materials = found
         context.source_date_epoch = recipe.recipe.image.source_date_epoch
         build.resolve(context)
     return Resolved(parent.image.digest if parent else None, list(context.packages))
 
 
-def _context(
+def build_context(
     stores: Stores,
     recipe: RecipeFile,
     parent: Parent | None,
