@@ -11,13 +11,12 @@ import click
 from rich.markup import escape
 
 from kiln.app.workspace import opened, with_workspace
-from kiln.cli.output import console, err, human_size, print_json, wide
+from kiln.cli.output import console, err, human_size, json_flag, policy_option, print_json, wide
 from kiln.errors import BadInput
 
 # Commands import their services when they run, so `kiln --help` and a cache-hit bake
 # load only what they use.
 
-json_flag = click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
 mirror_option = click.option(
     "--mirror",
     envvar="KILN_MIRROR",
@@ -352,13 +351,7 @@ SUMMED = {
     metavar="D",
     help="keep every version a channel pointed at within D (a channel's head always stays)",
 )
-@click.option(
-    "--policy",
-    "policy_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="the policy file whose [retention] applies (default: KILN_POLICY, ./kiln.toml, "
-    "$KILN_HOME/kiln.toml); the flags above override its keys",
-)
+@policy_option("whose [retention] applies; the flags above override its keys")
 @json_flag
 def gc(
     dry_run: bool,

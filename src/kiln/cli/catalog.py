@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kiln.cli.output import console, print_json
-
-json_flag = click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+from kiln.cli.output import console, json_flag, print_json
 
 STATES = {
     "empty": "empty: kiln creates its tables on first use",

@@ -10,7 +10,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from kiln.cli.output import console, err, print_json
+from kiln.cli.output import console, err, json_flag, print_json
 
 SIGNS = {"added": "+", "changed": "~", "deleted": "-", "metadata": "m"}
 
@@ -55,7 +55,7 @@ def _render(data: dict[str, Any]) -> None:
     help="also re-hash every file the machine sees against the file inventories recorded "
     "when its image's layers were baked (catches layers edited behind the overlay's back)",
 )
-@click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+@json_flag
 def drift(name: str | None, every: bool, deep: bool, as_json: bool) -> None:
     """Files a machine added, changed or deleted against its image.
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from kiln.cli.output import console, wide
+from kiln.cli.output import console, json_flag, policy_option, wide
 
 
 def _print_json(data: dict[str, Any]) -> None:
@@ -76,14 +76,8 @@ def _table(images: list[dict[str, Any]]) -> None:
 @click.argument("targets", nargs=-1, metavar="[NAME|REF...]")
 @click.option("--refresh", is_flag=True, help="fetch every Packages index again first")
 @click.option("--offline", is_flag=True, help="never fetch: the cached indexes only")
-@click.option(
-    "--policy",
-    "policy_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="the policy file ([freshness] index_max_age; default: KILN_POLICY, ./kiln.toml, "
-    "$KILN_HOME/kiln.toml)",
-)
-@click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+@policy_option("whose [freshness] index_max_age applies")
+@json_flag
 def outdated(
     targets: tuple[str, ...], refresh: bool, offline: bool, policy_file: Path | None, as_json: bool
 ) -> None:

@@ -8,12 +8,10 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from kiln.cli.output import console, print_json, wide
+from kiln.cli.output import console, json_flag, policy_option, print_json, wide
 from kiln.errors import KilnError
 
 # Commands import their use cases when they run: `kiln where` stays quick on a large catalog.
-
-json_flag = click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
 
 
 def _say(text: str) -> None:
@@ -36,12 +34,7 @@ def _policy_line(policy: dict[str, Any], channel: str) -> str:
 @click.argument("ref")
 @click.argument("channel")
 @click.option("--force", is_flag=True, help="promote even if gates are unmet (recorded as forced)")
-@click.option(
-    "--policy",
-    "policy_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="the policy file (default: KILN_POLICY, ./kiln.toml, $KILN_HOME/kiln.toml)",
-)
+@policy_option()
 @json_flag
 def promote(ref: str, channel: str, force: bool, policy_file: Path | None, as_json: bool) -> None:
     """Point CHANNEL of the image's name at REF, if the policy's gates for it hold.

@@ -10,11 +10,10 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from kiln.cli.output import console, err, print_json, wide
+from kiln.cli.output import console, err, json_flag, print_json, wide
 
 # Commands import their services when they run: `kiln run` is on the clock (time to healthy).
 
-json_flag = click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
 set_option = click.option(
     "--set",
     "sets",

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
+import click
 from rich.console import Console
 
 console = Console(soft_wrap=True)
@@ -24,6 +27,20 @@ def _wide() -> Console:
 
 
 wide = _wide()
+
+F = TypeVar("F", bound=Callable[..., Any])
+json_flag = click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+
+
+def policy_option(what: str = "") -> Callable[[F], F]:
+    """``--policy FILE``: the policy file a command applies (``what``: which part of it)."""
+    return click.option(
+        "--policy",
+        "policy_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=f"the policy file{' ' + what if what else ''} (default: KILN_POLICY, "
+        "./kiln.toml, $KILN_HOME/kiln.toml)",
+    )
 
 
 def print_json(value: Any) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from kiln.cli.build import json_flag, mirror_option, progress, verbose_flag
-from kiln.cli.output import console, print_json
+from kiln.cli.build import mirror_option, progress, verbose_flag
+from kiln.cli.output import console, json_flag, print_json
 
 
 def _say(text: str) -> None:

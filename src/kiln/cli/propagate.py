@@ -10,7 +10,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from kiln.cli.output import err, wide
+from kiln.cli.output import err, json_flag, policy_option, wide
 
 # The use case loads when the command runs: a dry run over a large catalog stays quick.
 
@@ -89,13 +89,8 @@ def _run_table(data: dict[str, Any]) -> None:
     is_flag=True,
     help="also rebake images whose recipe pins a parent by version or digest (the pin moves)",
 )
-@click.option(
-    "--policy",
-    "policy_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="the policy file (default: KILN_POLICY, ./kiln.toml, $KILN_HOME/kiln.toml)",
-)
-@click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+@policy_option()
+@json_flag
 def propagate(
     ref: str,
     channel: str | None,

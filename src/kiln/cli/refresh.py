@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from kiln.cli.output import console, err, print_json
+from kiln.cli.output import console, err, json_flag, policy_option, print_json
 
 
 def _summary(image: dict[str, Any]) -> str:
@@ -57,14 +57,8 @@ def _summary(image: dict[str, Any]) -> str:
     help="propagation: stop after K failures",
 )
 @click.option("--fetch", is_flag=True, help="fetch every Packages index now, whatever its age")
-@click.option(
-    "--policy",
-    "policy_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="the policy file (gates, [freshness]; default: KILN_POLICY, ./kiln.toml, "
-    "$KILN_HOME/kiln.toml)",
-)
-@click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+@policy_option("whose gates and [freshness] apply")
+@json_flag
 def refresh(
     names: tuple[str, ...],
     security_only: bool,

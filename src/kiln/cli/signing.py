@@ -9,10 +9,9 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from kiln.cli.output import console, print_json
+from kiln.cli.output import console, json_flag, policy_option, print_json
 from kiln.errors import BadInput
 
-json_flag = click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
 PASSWORD_ENV = "KILN_KEY_PASSWORD"
 
 
@@ -114,13 +113,7 @@ def sign(ref: str, key_file: Path | None, as_json: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="a trusted public key (PEM; repeatable) [default: the policy's [trust] keys]",
 )
-@click.option(
-    "--policy",
-    "policy_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="the policy file whose [trust] keys to use [default: KILN_POLICY, ./kiln.toml, "
-    "$KILN_HOME/kiln.toml]",
-)
+@policy_option("whose [trust] keys to use")
 @json_flag
 def verify(ref: str, keys: tuple[Path, ...], policy_file: Path | None, as_json: bool) -> None:
     """Check that REF carries a valid signature by a trusted key over its own digest, and
