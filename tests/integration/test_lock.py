@@ -20,6 +20,7 @@ from google.protobuf import json_format
 from in_toto_attestation.v1 import statement_pb2
 from in_toto_attestation.v1.statement import Statement
 
+from tests.integration.aptrepo import build_deb
 from tests.integration.conftest import EXAMPLES, Kiln
 
 UNREACHABLE = "http://127.0.0.1:9/debian"  # the discard port: nothing listens there
@@ -111,25 +112,6 @@ def test_locked_rebuild_needs_no_mirror(locked: tuple[Kiln, Path], rebuilt: Kiln
     assert digests == {name: latest(kiln, name)["digest"] for name in ("tiny", "base", "web")}
 
 
-def build_deb(folder: Path, version: str) -> Path:
-    tree = folder / f"kiln-demo-{version}"
-    (tree / "DEBIAN").mkdir(parents=True)
-    (tree / "DEBIAN" / "control").write_text(
-        f"Package: kiln-demo\nVersion: {version}\nArchitecture: all\n"
-        "Maintainer: kiln tests <tests@localhost>\nDescription: a package for lock tests\n"
-    )
-    (tree / "usr/share/kiln-demo").mkdir(parents=True)
-    (tree / "usr/share/kiln-demo/VERSION").write_text(version + "\n")
-    deb = folder / f"kiln-demo_{version}_all.deb"
-    subprocess.run(
-        ["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)],
-        check=True,
-        capture_output=True,
-    )
-    shutil.rmtree(tree)
-    return deb
-
-
 def index_repo(folder: Path) -> None:
     paragraphs = []
     for deb in sorted(folder.glob("*.deb")):
@@ -149,7 +131,7 @@ def demo_repo(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """A small apt repository served over HTTP on loopback."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    build_deb(repo, "1.0")
+    build_deb(repo, "kiln-demo", "1.0")
     index_repo(repo)
     handler = partial(SimpleHTTPRequestHandler, directory=str(repo))
     handler.log_message = lambda *args: None  # type: ignore[attr-defined]
@@ -176,7 +158,7 @@ def test_lock_update_reports_a_real_upgrade(
     demo = {p[1]: p for p in lock_lines(tmp_path / "demo.toml.lock")}["kiln-demo"]
     assert demo[2:4] == ["all", "1.0"]
 
-    build_deb(repo, "1.1")
+    build_deb(repo, "kiln-demo", "1.1")
     index_repo(repo)
     update = kiln.run("lock", "--update", str(recipe), "--mirror", mirror)
     assert "~ kiln-demo 1.0 -> 1.1 (all)" in update.stdout
