@@ -3,16 +3,24 @@
 Every .deb that passes through is kept in the package cache by sha256. With a lock, the
 packages come from a flat repository built from the cache (fetched by exact version only
 when missing), so a locked bake needs no mirror, and the result is checked against the lock.
+
+Which packages apt marked automatically installed (``/var/lib/apt/extended_states``) is
+part of the image: an unlocked bake lets apt mark the dependencies it pulls in, a locked
+one names every package to apt and then marks them as the lock says (its ``auto`` words).
+Either way kiln writes the file itself at the end, in one canonical order, so the same
+marks give the same bytes.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kiln import proc
@@ -21,12 +29,12 @@ from kiln.bake.context import BuildContext
 from kiln.bake.debcache import find_archived
 from kiln.digests import file_sha256
 from kiln.errors import BadInput, KilnError
-from kiln.recipe.lockfile import Deb, Lock
+from kiln.recipe.lockfile import ARCHITECTURE, PACKAGE_NAME, Deb, Lock
 from kiln.rootpath import DIR, Root
 from kiln.sandbox import APT_OPTIONS, Bind
 from kiln.store.apply import apply_tar
 
-VERSION = 2
+VERSION = 3  # 3: apt's automatic marks written in canonical order, set from the lock
 HOST_ARCHIVES = Path("/var/cache/apt/archives")
 REPO = "/run/kiln/repo"  # where a bake's own apt sources are bound inside the root
 
@@ -58,12 +66,13 @@ def install(context: BuildContext, packages: tuple[str, ...]) -> None:
     if lock is not None:
         have = {deb.key for deb in context.parent_packages}
         wanted = [deb for deb in lock.packages if deb.key not in have]
-        if not wanted:
-            return
-        if not has_apt(context.root):
+        if wanted and not has_apt(context.root):
             unpack_locked(context, wanted)
-        else:
+            return
+        if wanted:
             apt_locked(context, lock, wanted)
+        if (wanted or packages) and has_apt(context.root):
+            mark_locked(context, wanted, packages)
         return
     if not packages:
         return
@@ -76,43 +85,63 @@ def install(context: BuildContext, packages: tuple[str, ...]) -> None:
 def _apt_script(options: list[str], packages: list[str]) -> str:
     opts = " ".join(APT_OPTIONS + options)
     return (
-        f"mkdir -p {REPO}/lists/partial && apt-get {opts} update && "
+        f"mkdir -p {REPO}/lists/partial {REPO}/archives/partial && apt-get {opts} update && "
         f"apt-get {opts} install --yes {' '.join(packages)}"
     )
 
 
-def _private_sources(context: BuildContext, lines: list[str]) -> tuple[list[str], Bind]:
-    """apt options reading only ``lines`` (a folder bound at REPO), never the image's lists."""
+def _private_state(context: BuildContext) -> tuple[list[str], Bind]:
+    """apt options keeping its lists and downloads in a folder of the bake's own (bound at
+    REPO): the image's /var/lib/apt/lists and /var/cache/apt/archives stay as its parent
+    left them, in a locked bake as in an unlocked one, so both make the same bytes."""
     folder = context.build_dir / "apt"
     folder.mkdir(exist_ok=True)
-    (folder / "sources.list").write_text("\n".join(lines) + "\n")
     options = [
         "-o",
-        f"Dir::Etc::SourceList={REPO}/sources.list",
-        "-o",
-        "Dir::Etc::SourceParts=-",
-        "-o",
         f"Dir::State::Lists={REPO}/lists",
+        "-o",
+        f"Dir::Cache::Archives={REPO}/archives",
     ]
     return options, Bind(folder, REPO, readonly=False)
 
 
+def _private_sources(context: BuildContext, lines: list[str]) -> tuple[list[str], Bind]:
+    """apt options reading only ``lines`` (a folder bound at REPO), never the image's lists."""
+    options, bind = _private_state(context)
+    (bind.source / "sources.list").write_text("\n".join(lines) + "\n")
+    options += [
+        "-o",
+        f"Dir::Etc::SourceList={REPO}/sources.list",
+        "-o",
+        "Dir::Etc::SourceParts=-",
+    ]
+    return options, bind
+
+
 def apt_unlocked(context: BuildContext, packages: tuple[str, ...]) -> None:
-    sandbox = context.sandbox
-    options: list[str] = []
     if context.options.mirror:
-        options, bind = _private_sources(context, fetch_lines(context))
-        sandbox = sandbox.with_binds(bind, *_file_binds(fetch_lines(context)))
-    else:
-        sandbox.run(["apt-get", *APT_OPTIONS, "update"])
-    if options:
-        sandbox.run(["/bin/sh", "-c", _apt_script(options, list(packages))])
-    else:
-        sandbox.run(["apt-get", *APT_OPTIONS, "install", "--yes", *packages])
-    with _image_folder(context.root, "/var/cache/apt/archives", debs_only=True) as archives:
-        if archives is not None:
-            context.debs.update(context.cache.harvest(archives))
-    sandbox.run(["apt-get", "clean"])  # the seal removes the lists
+        lines = fetch_lines(context)
+        options, bind = _private_sources(context, lines)
+        sandbox = context.sandbox.with_binds(bind, *_file_binds(lines))
+    else:  # the image's own sources
+        options, bind = _private_state(context)
+        sandbox = context.sandbox.with_binds(bind)
+    sandbox.run(["/bin/sh", "-c", _apt_script(options, list(packages))])
+    _harvest(context, bind.source / "archives")
+
+
+def _harvest(context: BuildContext, folder: Path) -> None:
+    """Move the .debs apt downloaded into ``folder`` into the package cache. The image's
+    scripts could write there while apt ran: a symlink (the folder, or a ``*.deb`` in it)
+    must never lead the cache to a host file, so the folder must be a real one and each
+    ``*.deb`` that is not a regular file is removed first."""
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    with Root(folder) as archives:
+        for name in archives.listdir():
+            if name.endswith(".deb") and not stat.S_ISREG(archives.lstat(name).st_mode):
+                archives.remove(name)
+    context.debs.update(context.cache.harvest(folder))
 
 
 def _file_binds(lines: list[str]) -> list[Bind]:
@@ -199,11 +228,9 @@ def unpack(context: BuildContext, packages: tuple[str, ...]) -> None:
 
 
 @contextmanager
-def _image_folder(root: Path, path: str, debs_only: bool = False) -> Iterator[Path | None]:
+def _image_folder(root: Path, path: str) -> Iterator[Path | None]:
     """A folder of the image, resolved inside it and held open, as a path host tools can
-    use (None when the image has none). With ``debs_only``, a ``*.deb`` in it that is not
-    a regular file (a symlink to a host file, say) is removed first, so none is read or
-    moved into the package cache."""
+    use (None when the image has none)."""
     with Root(root) as image:
         try:
             fd = image.open(path, DIR)
@@ -211,10 +238,6 @@ def _image_folder(root: Path, path: str, debs_only: bool = False) -> Iterator[Pa
             yield None
             return
         try:
-            for name in os.listdir(fd) if debs_only else []:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                if name.endswith(".deb") and not stat.S_ISREG(st.st_mode):
-                    image.remove(f"{path}/{name}")
             yield Path(f"/proc/{os.getpid()}/fd/{fd}")
         finally:
             os.close(fd)
@@ -251,8 +274,192 @@ def installed(root: Path) -> list[tuple[str, str, str]]:
     return sorted(out)
 
 
+EXTENDED_STATES = "/var/lib/apt/extended_states"
+MAX_EXTENDED_STATES = 8 << 20  # ~100,000 marks; a real system has a few thousand
+FIELD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+KNOWN_FIELDS = ("Package", "Architecture", "Auto-Installed")
+
+
+@dataclass
+class Mark:
+    """One stanza of apt's extended_states: a package (by name and architecture, as apt
+    names it: an ``all`` package under the native architecture), whether apt installed it
+    automatically, and any other fields in their order (kept, as apt keeps them)."""
+
+    package: str
+    architecture: str
+    auto: bool
+    extra: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.package, self.architecture)
+
+
+def parse_extended_states(data: bytes, where: str, native: str) -> dict[tuple[str, str], Mark]:
+    """apt's extended_states, read as the hostile text it may be (a step can write it):
+    every stanza must name a valid package, architecture (apt's default: ``native``) and an
+    Auto-Installed of 0 or 1; anything else is an error naming ``where`` and the line."""
+
+    def bad(number: int, message: str) -> KilnError:
+        return KilnError(
+            f"{where}:{number}: {message}",
+            hint="apt writes stanzas of 'Package:', 'Architecture:' and 'Auto-Installed:' "
+            "lines; fix or remove the step that wrote this file (apt-mark changes it safely)",
+        )
+
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        raise bad(data.count(b"\n", 0, exc.start) + 1, "not UTF-8 text") from None
+    marks: dict[tuple[str, str], Mark] = {}
+    stanza: list[tuple[int, str, str]] = []
+
+    def close(end: int) -> None:
+        if not stanza:
+            return
+        fields = {name: value for _number, name, value in stanza}
+        first = stanza[0][0]
+        package = fields.get("Package")
+        if package is None:
+            raise bad(first, "a stanza without a Package field")
+        if not PACKAGE_NAME.fullmatch(package):
+            raise bad(first, f"{package!r} is not a Debian package name")
+        architecture = fields.get("Architecture", native)
+        if not ARCHITECTURE.fullmatch(architecture):
+            raise bad(first, f"{package}: {architecture!r} is not a Debian architecture")
+        auto = fields.get("Auto-Installed", "0")
+        if auto not in ("0", "1"):
+            raise bad(first, f"{package}: Auto-Installed is {auto!r}, not 0 or 1")
+        extra = [(name, value) for _n, name, value in stanza if name not in KNOWN_FIELDS]
+        mark = Mark(package, architecture, auto == "1", extra)
+        if mark.key in marks:
+            raise bad(first, f"{package} ({architecture}) has a second stanza")
+        marks[mark.key] = mark
+        stanza.clear()
+
+    lines = text.split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            close(number)
+            continue
+        if "\0" in line or not line.isprintable():
+            raise bad(number, "a line holds only printable text (no NUL or control bytes)")
+        if line[0] in " \t":
+            if not stanza:
+                raise bad(number, "a continuation line outside a field")
+            at, name, value = stanza[-1]
+            if name in KNOWN_FIELDS:
+                raise bad(number, f"{name} holds one line")
+            stanza[-1] = (at, name, value + "\n" + line)
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not FIELD.fullmatch(name):
+            raise bad(number, f"expected 'Field: value', not {line[:60]!r}")
+        if any(name == other for _n, other, _v in stanza):
+            raise bad(number, f"{name} twice in one stanza")
+        stanza.append((number, name, value.strip()))
+    close(len(lines))
+    return marks
+
+
+def render_extended_states(marks: Iterable[Mark]) -> bytes:
+    """The canonical file: stanzas sorted by (Package, Architecture) in apt's own layout;
+    a package marked manual with nothing else to say has no stanza (apt drops those too)."""
+    out = []
+    for mark in sorted(marks, key=lambda m: m.key):
+        if not mark.auto and not mark.extra:
+            continue
+        out.append(f"Package: {mark.package}\nArchitecture: {mark.architecture}\n")
+        out.append(f"Auto-Installed: {1 if mark.auto else 0}\n")
+        out.extend(f"{name}: {value}\n" for name, value in mark.extra)
+        out.append("\n")
+    return "".join(out).encode()
+
+
+def native_architecture(debs: Iterable[Deb]) -> str:
+    """The architecture apt files an ``all`` package under: dpkg's own, else the most
+    common one, else the host's."""
+    debs = list(debs)
+    for deb in debs:
+        if deb.name == "dpkg" and deb.architecture != "all":
+            return deb.architecture
+    counts = Counter(deb.architecture for deb in debs if deb.architecture != "all")
+    if counts:
+        return counts.most_common(1)[0][0]
+    return proc.output(["dpkg", "--print-architecture"]).strip()
+
+
+def apt_key(deb: Deb, native: str) -> tuple[str, str]:
+    """Where apt keeps the mark of ``deb``."""
+    return (deb.name, native if deb.architecture == "all" else deb.architecture)
+
+
+def read_marks(image: Root, where: str, native: str) -> tuple[dict[tuple[str, str], Mark], bytes]:
+    """The root's marks and the file's bytes (none when it has no file)."""
+    try:
+        data = image.read_bytes(EXTENDED_STATES, MAX_EXTENDED_STATES)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}, b""
+    except BadInput as exc:
+        raise KilnError(
+            f"{where}: {exc.message}", hint="a step made it too large or not a regular file"
+        ) from None
+    return parse_extended_states(data, where, native), data
+
+
+def write_marks(image: Root, marks: Iterable[Mark], before: bytes) -> None:
+    """Write the canonical file when it differs from what the root holds (so a child that
+    changed no mark copies nothing up); no stanza at all means no file, as in a fresh root."""
+    data = render_extended_states(marks)
+    if not data:
+        if image.exists(EXTENDED_STATES):
+            image.remove(EXTENDED_STATES)
+        return
+    if data == before:
+        return
+    image.mkdirs(EXTENDED_STATES.rsplit("/", 1)[0])
+    image.write_file(EXTENDED_STATES, data, 0o644)
+
+
+def _where(context: BuildContext) -> str:
+    return f"{context.recipe.name}: {EXTENDED_STATES}"
+
+
+def mark_locked(context: BuildContext, wanted: Iterable[Deb], named: Iterable[str] = ()) -> None:
+    """After a locked install (every package named to apt, so none marked): the marks an
+    unlocked install would have left. Each package this bake installed is marked as its
+    lock line says; one the parent holds keeps the parent's mark, unless the recipe names
+    it (apt marks a package it is asked for manual, installed or not)."""
+    lock = context.lock
+    assert lock is not None
+    native = native_architecture(lock.packages)
+    with Root(context.root) as image:
+        marks, before = read_marks(image, _where(context), native)
+        apply_lock_marks(marks, wanted, named, native)
+        write_marks(image, marks.values(), before)
+
+
+def apply_lock_marks(
+    marks: dict[tuple[str, str], Mark], wanted: Iterable[Deb], named: Iterable[str], native: str
+) -> None:
+    """:func:`mark_locked`'s decision, on the marks read from the root."""
+    for deb in wanted:
+        key = apt_key(deb, native)
+        if deb.auto:
+            marks.setdefault(key, Mark(key[0], key[1], True)).auto = True
+        elif key in marks:
+            marks[key].auto = False
+    for name in named:
+        package, _, qualifier = name.split("=", 1)[0].partition(":")
+        key = (package, qualifier or native)
+        if key in marks:
+            marks[key].auto = False
+
+
 def record(context: BuildContext) -> None:
-    """What the image holds, with each .deb's sha256 where kiln has seen the file."""
+    """What the image holds, with each .deb's sha256 where kiln has seen the file and
+    apt's automatic mark; apt's extended_states is rewritten in canonical order."""
     codename = os_codename(context.root)
     context.distro = f"debian-{codename}" if codename else None
     if not has_dpkg(context.root):
@@ -261,8 +468,14 @@ def record(context: BuildContext) -> None:
         return
     known = {deb.key: deb for deb in context.parent_packages}
     known.update(context.debs)
+    debs = [known.get(key) or Deb(key[0], key[2], key[1], "") for key in installed(context.root)]
+    native = native_architecture(debs)
+    with Root(context.root) as image:
+        marks, before = read_marks(image, _where(context), native)
+        write_marks(image, marks.values(), before)
     context.packages = [
-        known.get(key) or Deb(key[0], key[2], key[1], "") for key in installed(context.root)
+        replace(deb, auto=(mark := marks.get(apt_key(deb, native))) is not None and mark.auto)
+        for deb in debs
     ]
 
 

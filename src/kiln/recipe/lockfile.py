@@ -4,10 +4,12 @@
     parent sha256:9ad2...
     source-date-epoch 1764086400
     package adduser all 3.134 0c3e...
+    package libffi8 amd64 3.4.4-1 9d1b... auto
 
 One ``package`` line per Debian package in the image (base images included): name,
-architecture, version and the sha256 of the .deb. The file sits beside the recipe as
-``<recipe>.toml.lock``; it is part of the bake's cache key.
+architecture, version and the sha256 of the .deb, then ``auto`` when apt marked it
+automatically installed (pulled in as a dependency) in the bake that resolved it. The file
+sits beside the recipe as ``<recipe>.toml.lock``; it is part of the bake's cache key.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -35,16 +37,19 @@ PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]{0,254}")
 ARCHITECTURE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 VERSION = re.compile(r"(?:[0-9]{1,10}:)?[A-Za-z0-9][A-Za-z0-9.+~-]{0,254}")
 EPOCH = re.compile(r"[0-9]{1,12}")
+AUTO = "auto"  # the last word of a package line apt marked automatically installed
 
 
 @dataclass(frozen=True, order=True)
 class Deb:
-    """One Debian package file: identity and content digest."""
+    """One Debian package file: identity and content digest; ``auto`` when apt marked it
+    automatically installed, which is no part of its identity (equality, order, key)."""
 
     name: str
     architecture: str
     version: str
     sha256: str
+    auto: bool = field(default=False, compare=False)
 
     @property
     def filename(self) -> str:
@@ -83,7 +88,8 @@ class Lock:
         lines.append(f"parent {self.parent or '-'}")
         lines.append(f"source-date-epoch {self.source_date_epoch}")
         for deb in sorted(self.packages, key=lambda d: (d.name, d.architecture)):
-            lines.append(f"package {deb.name} {deb.architecture} {deb.version} {deb.sha256}")
+            auto = " auto" if deb.auto else ""
+            lines.append(f"package {deb.name} {deb.architecture} {deb.version} {deb.sha256}{auto}")
         return "\n".join(lines) + "\n"
 
 
@@ -139,8 +145,8 @@ def parse(path: Path) -> Lock:
             epoch = int(fields[0])
             if epoch > MAX_EPOCH:
                 problem(number, f"source-date-epoch {epoch} is after the year 9999")
-        elif word == "package" and len(fields) == 4:
-            name, arch, version, digest = fields
+        elif word == "package" and (len(fields) == 4 or (len(fields) == 5 and fields[4] == AUTO)):
+            name, arch, version, digest = fields[:4]
             if not PACKAGE_NAME.fullmatch(name):
                 problem(number, f"{name!r} is not a Debian package name")
             elif not ARCHITECTURE.fullmatch(arch):
@@ -153,12 +159,12 @@ def parse(path: Path) -> Lock:
                 problem(number, f"{name} ({arch}) is locked twice")
             else:
                 seen.add((name, arch))
-                packages.append(Deb(name, arch, version, digest))
+                packages.append(Deb(name, arch, version, digest, auto=len(fields) == 5))
         else:
             problem(
                 number,
                 "expected 'parent DIGEST', 'source-date-epoch SECONDS' or "
-                "'package NAME ARCH VERSION SHA256'",
+                "'package NAME ARCH VERSION SHA256 [auto]'",
             )
     if epoch is None:
         problem(0, "the lock has no source-date-epoch line")
@@ -250,12 +256,13 @@ def rebase(
         for d in lock.packages
         if (d.name, d.architecture, d.version) not in inherited
     }
+    marks = {(d.name, d.architecture): d.auto for d in lock.packages}
     packages: dict[tuple[str, str], Deb] = {}
     for deb in new_parent:
         key = (deb.name, deb.architecture)
         if key in had and key not in held:
             continue  # the image removed what its old parent had
-        packages[key] = deb
+        packages[key] = replace(deb, auto=marks.get(key, deb.auto))  # apt's mark in the image
     packages.update(own)  # the recipe's own choice wins; a bake that cannot hold it fails
     new = Lock(new_parent_digest, lock.source_date_epoch, tuple(sorted(packages.values())))
     return new, diff(lock.packages, new.packages)
@@ -275,6 +282,6 @@ def bump(lock: Lock, newer: Iterable[Deb]) -> tuple[Lock, LockDiff]:
         held = names.get(deb.name, [])
         key = (deb.name, deb.architecture) if len(held) != 1 else held[0]
         if key in chosen:
-            chosen[key] = deb
+            chosen[key] = replace(deb, auto=chosen[key].auto)  # a newer version, same mark
     new = Lock(lock.parent, lock.source_date_epoch, tuple(sorted(chosen.values())))
     return new, diff(lock.packages, new.packages)

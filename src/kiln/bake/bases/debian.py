@@ -2,7 +2,8 @@
 
 Unlocked, mmdebstrap resolves against the mirror and every .deb it installs is kept in
 the package cache. Locked, it installs from a flat repository of exactly the locked
-packages (built from the cache), and the image's sources.list still names the real mirror.
+packages (built from the cache), and the image's sources.list still names the real mirror;
+the packages the lock says apt installed automatically are then marked so.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from pathlib import Path
 from kiln import proc
 from kiln.apt.sources import mirror_lines
 from kiln.bake.context import BuildContext
+from kiln.bake.packages import mark_locked
 from kiln.errors import BadInput
 from kiln.recipe.models import Bootstrap
 
-VERSION = 4
+VERSION = 5  # 5: a locked base marks its packages automatically installed as its lock says
 UNSAFE_IO = "etc/dpkg/dpkg.cfg.d/kiln-unsafe-io"
 
 
@@ -98,4 +100,7 @@ def bootstrap(context: BuildContext) -> None:
     names = sorted({deb.name for deb in lock.packages})
     argv = mmdebstrap_argv(spec, tuple(names), context.root, [repo_line])
     proc.run([argv[0], keep_sources, *unsafe_io, *argv[1:]], env=env, echo=True)
+    # apt was asked for every package, so it marked none: mark them as the unlocked
+    # bootstrap the lock was resolved from left them
+    mark_locked(context, lock.packages)
     context.debs.update({deb.key: deb for deb in lock.packages})
