@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -14,6 +15,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 KILN = [sys.executable, "-m", "kiln.cli.main"]
+INSERT_IMAGES = (
+    "INSERT INTO images (id, name, version, digest, config_digest, parent_id, cache_key,"
+    " recipe_path, recipe_digest, origin, created, status, size, seconds)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def insert_images(db: sqlite3.Connection, rows: Sequence[Sequence[object]]) -> None:
+    """Image rows of a synthetic catalog, each a tuple in the images table's column order."""
+    db.executemany(INSERT_IMAGES, rows)
 
 
 def timed(argv: Sequence[str], env: dict[str, str] | None = None) -> float:

@@ -32,7 +32,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.common import KILN, Row, median, timed
+from bench.common import KILN, Row, insert_images, median, timed
 from kiln.apt import indexes
 from kiln.catalog import Catalog
 
@@ -123,12 +123,7 @@ def synthetic(home: Path, images: int, packages: int) -> None:
                 assignments.append(
                     (f"img{name}", "prod", image_id, None, "promote", _stamp(now), "bench", 0, "[]")
                 )
-    db.executemany(
-        "INSERT INTO images (id, name, version, digest, config_digest, parent_id, cache_key,"
-        " recipe_path, recipe_digest, origin, created, status, size, seconds)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
-    )
+    insert_images(db, rows)
     db.executemany(
         "INSERT INTO image_names (name, last_version) VALUES (?, 2)",
         [(f"img{name}",) for name in range(names)],

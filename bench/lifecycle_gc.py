@@ -21,7 +21,7 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.common import KILN, Row, median, report, timed
+from bench.common import KILN, Row, insert_images, median, report, timed
 from kiln.digests import canonical_json
 from kiln.home import Home
 from kiln.store import artefacts
@@ -143,12 +143,7 @@ def synthetic(home: Home, images: int, now: datetime) -> int:
             machines.append((f"{name}-1", ids[(name, 50)], f"{name}:50", removed))
     db = sqlite3.connect(home.root / "catalog.db")
     with db:
-        db.executemany(
-            "INSERT INTO images (id, name, version, digest, config_digest, parent_id, cache_key,"
-            " recipe_path, recipe_digest, origin, created, status, size, seconds)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+        insert_images(db, rows)
         db.executemany(
             "INSERT INTO packages (image_id, name, version, architecture, sha256)"
             " VALUES (?, ?, ?, ?, ?)",

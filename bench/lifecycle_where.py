@@ -28,7 +28,7 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.common import KILN, Row, median, timed
+from bench.common import KILN, Row, insert_images, median, timed
 from kiln.catalog import Catalog
 
 NAMES = 100
@@ -73,12 +73,7 @@ def synthetic(home: Path, images: int) -> None:
                  "parent" if parent else "bootstrap", created, "ok", 1 << 20, 1.0)
             )  # fmt: skip
             next_id += 1
-    db.executemany(
-        "INSERT INTO images (id, name, version, digest, config_digest, parent_id, cache_key,"
-        " recipe_path, recipe_digest, origin, created, status, size, seconds)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
-    )
+    insert_images(db, rows)
     db.executemany(
         "INSERT INTO image_names (name, last_version) VALUES (?, ?)",
         [(f"img{name}", per_name) for name in range(NAMES)],

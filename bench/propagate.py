@@ -33,7 +33,7 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.common import KILN, Row, median, report, timed
+from bench.common import KILN, Row, insert_images, median, report, timed
 from kiln.catalog import Catalog
 
 DEPTH = 6
@@ -94,12 +94,7 @@ def synthetic(home: Path, recipes: Path, images: int) -> int:
         above = here
     add("base", 2, None, None)  # the change
     db = sqlite3.connect(home / "catalog.db")
-    db.executemany(
-        "INSERT INTO images (id, name, version, digest, config_digest, parent_id, cache_key,"
-        " recipe_path, recipe_digest, origin, created, status, size, seconds)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
-    )
+    insert_images(db, rows)
     db.executemany(
         "INSERT INTO events (at, kind, name, version, digest, machine, actor, detail)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
