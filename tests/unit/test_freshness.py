@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from kiln.app import lifecycle
 from kiln.app.workspace import Workspace
@@ -24,7 +24,7 @@ from kiln.apt.image import Layers, image_sources
 from kiln.apt.indexes import View
 from kiln.apt.release import MAX_RELEASE
 from kiln.apt.release import parse as parse_release
-from kiln.catalog import Package
+from kiln.catalog import Image, Package
 from kiln.catalog.freshness import Sighting
 from kiln.catalog.lookup import ImageRow
 from kiln.errors import BadInput, KilnError
@@ -455,3 +455,47 @@ def test_a_symlink_loop_or_a_huge_sources_file_is_bad_input(tmp_path: Path) -> N
     huge = layer(tmp_path, "huge", {"etc/apt/sources.list": "#" * (2 << 20)})
     with pytest.raises(BadInput, match="larger than"):
         image_sources(Layers([huge]), tmp_path / "keyrings")
+
+
+def test_gc_takes_the_cache_of_images_that_are_gone_and_only_that(
+    workspace: Workspace,
+) -> None:
+    """kiln gc removes what kiln outdated keeps for images no longer in the catalog, and
+    the indexes and keyrings only they used; the host's indexes and the kept images' stay."""
+    from kiln.app.gc import collect_garbage
+
+    home = workspace.home
+    kept, gone = add_image(workspace, "kept", 1), add_image(workspace, "gone", 1)
+    root = freshness.cache_root(home)
+    keyring = root / "keyrings" / ("a" * 64 + ".gpg")
+    other_key = root / "keyrings" / ("b" * 64 + ".gpg")
+    own = [f"deb [signed-by={keyring}] http://127.0.0.1:9/debian bookworm main"]
+    theirs = [f"deb [signed-by={other_key}] http://127.0.0.1:9/other bookworm main"]
+    for image, lines in ((kept, own), (gone, theirs)):
+        path = root / "images" / f"{image.digest.partition(':')[2]}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"format": 1, "own": True, "lines": lines, "files": []}))
+    for lines in (own, theirs, freshness.host_lines()):
+        folder = indexes.folder_of(root, lines)
+        folder.mkdir(parents=True)
+        (folder / "view.json").write_text("{}")
+    keyring.parent.mkdir(parents=True)
+    for key in (keyring, other_key):
+        key.write_bytes(b"key")
+    with workspace.catalog.session() as session:  # the version gc let go earlier
+        session.execute(delete(Image).where(Image.id == gone.id))
+
+    going = set(freshness.unused(home, {kept.digest}))
+    assert going == {
+        root / "images" / f"{gone.digest.partition(':')[2]}.json",
+        indexes.folder_of(root, theirs),
+        other_key,
+    }
+    dry = collect_garbage(workspace, dry_run=True)
+    assert {i.path for i in dry.report.items if i.kind == "apt-index"} == {str(p) for p in going}
+    assert all(p.exists() for p in going)
+    collect_garbage(workspace)
+    assert not any(p.exists() for p in going)
+    assert indexes.folder_of(root, own).is_dir() and keyring.is_file()
+    assert indexes.folder_of(root, freshness.host_lines()).is_dir()
+    assert freshness.cached_lines(home, kept.digest) == (own, True)

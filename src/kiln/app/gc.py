@@ -9,6 +9,7 @@ tags, referrers, blobs, unpacked layers and cached packages follow under the sto
 from __future__ import annotations
 
 import gc as cyclic
+import shutil
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from typing import Any
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.orm import Session
 
+from kiln import locks
 from kiln.app.workspace import Workspace
 from kiln.catalog import Catalog, Image, events
 from kiln.catalog.db import Conflict
@@ -99,6 +101,7 @@ def collect_garbage(
             report.items += gc.sweep_store(home, layout, dry_run)
         if rules.active:
             report.items += _sweep_debs(workspace, decision, snap.recipe_paths, dry_run, notes)
+        report.items += _sweep_freshness(workspace, decision, dry_run)
     gc.sweep_bake_locks(home, dry_run)  # tiny files, not worth a line in the report
     return Collected(report, decision, found, notes)
 
@@ -439,6 +442,32 @@ def _sweep_debs(
             )
             return []
     return gc.sweep_debs(home, needed, dry_run)
+
+
+def _sweep_freshness(
+    workspace: Workspace, decision: retention.Decision, dry_run: bool
+) -> list[gc.Item]:
+    """kiln outdated's cache (kiln.lifecycle.freshness.unused): what no image left needs.
+    An index folder being fetched into (its lock held) is left for the next gc."""
+    from kiln.lifecycle import freshness
+
+    gone = {v.id for v in decision.removed}
+    rows = workspace.lookup.rows("SELECT id, digest FROM images")
+    kept = {digest for image_id, digest in rows if image_id not in gone}
+    out = []
+    for path in freshness.unused(workspace.home, kept):
+        size = gc.size_of(path)
+        if path.is_dir():
+            held = locks.hold(path / "lock", wait=False)
+            if held is None:
+                continue
+            with held:
+                if not dry_run:
+                    shutil.rmtree(path)
+        elif not dry_run:
+            path.unlink(missing_ok=True)
+        out.append(gc.Item("apt-index", str(path), size))
+    return out
 
 
 def _take_back_pending(

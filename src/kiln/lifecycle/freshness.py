@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -137,6 +137,39 @@ def counts(installed: Iterable[tuple[str, str, str]], view: View) -> tuple[int, 
         elif code == 1:
             other += 1
     return security, other
+
+
+# --- what gc may remove ---
+
+
+def unused(home: Home, digests: Collection[str]) -> list[Path]:
+    """The entries of this cache no image in ``digests`` needs: the sources kept for images
+    no longer there, and the index folders and keyrings that no kept image's sources
+    (nor the host's, for images that name none) use."""
+    root = cache_root(home)
+    out: list[Path] = []
+    wanted = [host_lines()]
+    for path in sorted((root / "images").glob("*.json")):
+        digest = f"sha256:{path.stem}"
+        if digest not in digests:
+            out.append(path)
+            continue
+        found = cached_lines(home, digest)
+        if found is not None:
+            wanted.append(found[0])
+    folders = {indexes.key(lines) for lines in wanted if lines}
+    keyrings = {
+        word.partition("signed-by=")[2].rstrip("]")
+        for lines in wanted
+        for line in lines
+        for word in line.split()
+        if "signed-by=" in word
+    }
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        if path.is_dir() and len(path.name) == 64 and path.name not in folders:
+            out.append(path)
+    out += [p for p in sorted((root / "keyrings").glob("*")) if str(p) not in keyrings]
+    return out
 
 
 # --- an image's sources ---

@@ -53,7 +53,7 @@ def sweep_bake_locks(home: Home, dry_run: bool) -> int:
 
 @dataclass(slots=True)
 class Item:
-    kind: str  # build | tmp | blob | layer | index | image | version | deb
+    kind: str  # build | tmp | blob | layer | index | image | version | deb | apt-index
     path: str
     bytes: int
     processes: list[int] = field(default_factory=list)  # killed before removal
