@@ -67,7 +67,7 @@ def test_lock_is_sorted_reviewable_text(locked: tuple[Kiln, Path]) -> None:
         (p["name"], p["architecture"], p["version"]) for p in web["packages"]
     }, "the locked bake holds exactly the locked versions"
     debs = kiln.home / "cache" / "debs"
-    for _word, name, _arch, _version, sha in packages[:5]:
+    for _word, name, _arch, _version, sha, *_auto in packages[:5]:
         cached = debs / f"{sha}.deb"
         assert hashlib.sha256(cached.read_bytes()).hexdigest() == sha, name
 
