@@ -69,7 +69,7 @@ class Item:
         }
 
 
-KINDS = ("build", "tmp", "blob", "layer", "index", "image", "version", "deb")
+KINDS = ("build", "tmp", "blob", "layer", "index", "image", "version", "deb", "apt-index")
 
 
 @dataclass
