@@ -12,6 +12,7 @@ from kiln.bake.debcache import parse_filename
 from kiln.bake.packages import (
     MAX_EXTENDED_STATES,
     apply_lock_marks,
+    downloads_only,
     native_architecture,
     parse_extended_states,
     read_marks,
@@ -142,6 +143,10 @@ def test_rebase_keeps_a_package_the_recipe_upgraded_over_its_parent() -> None:
     assert [d.version for d in new.packages] == ["3.0.15-1"] and changes.empty()
 
 
+def sample_adduser() -> Deb:
+    return Deb("adduser", "all", "3.134", SHA_B)
+
+
 def test_the_auto_word_round_trips_and_takes_no_part_in_identity(tmp_path: Path) -> None:
     path = tmp_path / "web.toml.lock"
     lock = Lock(None, 1, (Deb("libffi8", "amd64", "3.4.4-1", SHA_A, auto=True), sample_adduser()))
@@ -153,10 +158,6 @@ def test_the_auto_word_round_trips_and_takes_no_part_in_identity(tmp_path: Path)
     assert Deb("a", "all", "1", SHA_A, auto=True) == Deb("a", "all", "1", SHA_A)
     assert len({Deb("a", "all", "1", SHA_A, auto=True), Deb("a", "all", "1", SHA_A)}) == 1
     assert diff(lock.packages, again.packages).empty()
-
-
-def sample_adduser() -> Deb:
-    return Deb("adduser", "all", "3.134", SHA_B)
 
 
 def test_a_lock_without_auto_words_still_parses_and_a_wrong_last_word_is_an_error(
@@ -317,3 +318,22 @@ def test_a_locked_bake_marks_what_it_installed_as_its_lock_says() -> None:
     }
     assert native_architecture([Deb("dpkg", "arm64", "1.21", SHA_A), *wanted]) == "arm64"
     assert native_architecture([Deb("x", "all", "1", SHA_A), *wanted]) == "amd64"
+
+
+def test_only_real_downloads_are_harvested(tmp_path: Path) -> None:
+    """What a bake's apt downloaded sits in a folder the image's scripts could write to:
+    a *.deb that is a symlink (to a host file) or a folder goes; a symlinked folder is
+    not harvested at all."""
+    secret = tmp_path / "secret"
+    secret.write_text("host file")
+    archives = tmp_path / "archives"
+    (archives / "partial").mkdir(parents=True)
+    (archives / "real_1.0_all.deb").write_bytes(b"!<arch>\n")
+    (archives / "link_1.0_all.deb").symlink_to(secret)
+    (archives / "dir_1.0_all.deb").mkdir()
+    assert downloads_only(archives)
+    assert sorted(p.name for p in archives.iterdir()) == ["partial", "real_1.0_all.deb"]
+    assert secret.read_text() == "host file"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.symlink_to(archives)
+    assert not downloads_only(elsewhere) and not downloads_only(tmp_path / "missing")

@@ -34,7 +34,9 @@ from kiln.rootpath import DIR, Root
 from kiln.sandbox import APT_OPTIONS, Bind
 from kiln.store.apply import apply_tar
 
-VERSION = 3  # 3: apt's automatic marks written in canonical order, set from the lock
+# 3: apt's automatic marks set from the lock and written sorted; apt's lists and downloads
+# kept out of the image
+VERSION = 3
 HOST_ARCHIVES = Path("/var/cache/apt/archives")
 REPO = "/run/kiln/repo"  # where a bake's own apt sources are bound inside the root
 
@@ -131,17 +133,23 @@ def apt_unlocked(context: BuildContext, packages: tuple[str, ...]) -> None:
 
 
 def _harvest(context: BuildContext, folder: Path) -> None:
-    """Move the .debs apt downloaded into ``folder`` into the package cache. The image's
-    scripts could write there while apt ran: a symlink (the folder, or a ``*.deb`` in it)
-    must never lead the cache to a host file, so the folder must be a real one and each
-    ``*.deb`` that is not a regular file is removed first."""
+    """Move the .debs apt downloaded into ``folder`` into the package cache."""
+    if downloads_only(folder):
+        context.debs.update(context.cache.harvest(folder))
+
+
+def downloads_only(folder: Path) -> bool:
+    """Whether ``folder`` (where a bake's apt downloaded) can be harvested, once each
+    ``*.deb`` in it that is not a regular file is removed. The image's scripts could write
+    there while apt ran: a symlink (the folder, or a ``*.deb`` in it) must never lead the
+    package cache to a host file."""
     if folder.is_symlink() or not folder.is_dir():
-        return
+        return False
     with Root(folder) as archives:
         for name in archives.listdir():
             if name.endswith(".deb") and not stat.S_ISREG(archives.lstat(name).st_mode):
                 archives.remove(name)
-    context.debs.update(context.cache.harvest(folder))
+    return True
 
 
 def _file_binds(lines: list[str]) -> list[Bind]:
