@@ -90,8 +90,16 @@ def lock_one(
         )
     diff = lockfile.diff(old.packages, new.packages) if old is not None else None
     if old is not None and diff is not None and diff.empty() and old.parent == new.parent:
-        state = "unchanged"
-        new = old  # keep the epoch, so the locked image stays the same
+        # the same packages: keep the epoch, so the locked image stays the same, and write
+        # the lock again only when apt's automatic marks differ (a lock older than them)
+        marks = {(d.name, d.architecture, d.auto) for d in new.packages}
+        if marks == {(d.name, d.architecture, d.auto) for d in old.packages}:
+            state, new = "unchanged", old
+        else:
+            state = "updated"
+            new = Lock(old.parent, old.source_date_epoch, new.packages)
+            lockfile.write(path, new, recipe.path.name)
+            log(f"{recipe.name}: {path.name} now records which packages apt marked automatic")
     else:
         state = "updated" if old is not None else "created"
         lockfile.write(path, new, recipe.path.name)
