@@ -3,7 +3,8 @@
 A :class:`Sandbox` is a value: the root, binds and environment. Build steps use
 :meth:`Sandbox.run`; machines boot a root with systemd as PID 1 from :class:`Boot`'s
 command line. The host has no system bus, so containers are never registered with
-machined (``--keep-unit --register=no``).
+machined (``--keep-unit --register=no``); each nspawn starts in a cgroup of its own
+(kiln.cgroups), so no two share one.
 
 nspawn makes a mount point in the root for every bind whose target is missing (the
 controller's virtualenv is bound at its host path, so its folders would name the build
@@ -12,12 +13,13 @@ host). :meth:`Sandbox.run` removes the ones it made, and only those, once the co
 
 from __future__ import annotations
 
+import secrets
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln import proc
+from kiln import cgroups, proc
 from kiln.rootpath import Root, parts
 
 BUILD_HOSTNAME = "kiln-build"
@@ -86,9 +88,12 @@ class Sandbox:
     ) -> str:
         """Run ``command`` in the root; its output lines are echoed (kiln.proc.echo_to)."""
         created = self.missing_mount_points()
+        group = f"build-{secrets.token_hex(6)}"  # its own cgroup (kiln.cgroups)
         try:
-            result = proc.run(self.argv(command, env=env), capture=capture, echo=True)
+            argv = cgroups.enter(group, self.argv(command, env=env))
+            result = proc.run(argv, capture=capture, echo=True)
         finally:
+            cgroups.remove(group)
             self.remove_mount_points(created)
         return result.stdout.decode(errors="replace") if result.stdout else ""
 
@@ -119,6 +124,11 @@ class Sandbox:
                     root.remove(rel)
 
 
+def machine_cgroup(name: str) -> str:
+    """A machine's own cgroup (kiln.cgroups), named after it."""
+    return f"machine-{name}"
+
+
 @dataclass(frozen=True)
 class Boot:
     root: Path
@@ -127,6 +137,10 @@ class Boot:
     credentials: Mapping[str, int] = field(default_factory=dict)  # id -> readable fd
     private_network: bool = True
     host_resolv_conf: bool = False  # steps reach the package mirror as in a bake
+
+    @property
+    def cgroup(self) -> str:
+        return machine_cgroup(self.name)
 
     def argv(self) -> list[str]:
         """Boot with a private network (loopback only) by default; the console goes to

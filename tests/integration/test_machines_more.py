@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from kiln import cgroups
+from kiln.sandbox import machine_cgroup
 from tests.integration.conftest import Kiln
 
 
@@ -112,6 +114,10 @@ def test_rm_force_kills_a_machine_that_will_not_stop(
     data = row(baked, name)
     nspawn, leader = data["nspawn_pid"], data["leader_pid"]
     assert isinstance(nspawn, int) and isinstance(leader, int)
+    # the machine runs in a cgroup of its own, shared with no other machine or bake
+    own = cgroups.folders(machine_cgroup(name))
+    assert own, "this host has a cgroup hierarchy systemd uses"
+    assert f"/kiln/{machine_cgroup(name)}/payload" in Path(f"/proc/{leader}/cgroup").read_text()
     folder = baked.home / "machines" / name
     (folder / "machine.json").write_text("{damaged")  # and kiln lost track of it
 
@@ -127,6 +133,7 @@ def test_rm_force_kills_a_machine_that_will_not_stop(
         assert not Path(f"/proc/{pid}").exists() or "Z" in _state(pid), f"pid {pid} lives"
     assert not folder.exists()
     assert name not in {m["name"] for m in baked.json("ps")}
+    assert not any(path.exists() for path in own), "its cgroup went with it"
 
 
 def _state(pid: int) -> str:

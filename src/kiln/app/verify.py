@@ -16,9 +16,10 @@ from typing import Any
 from kiln.app.workspace import Workspace
 from kiln.errors import KilnError
 
-# Machines one kiln process boots side by side share the cgroup systemd-nspawn's
-# --keep-unit leaves them in, and their systemds then fail each other's early units now
-# and then ("booted degraded"): the test machines of one process boot one at a time.
+# The test machines of one process boot one at a time. Machines booted side by side used to
+# share one cgroup and fail each other's early units now and then ("booted degraded");
+# each has its own now (kiln.cgroups), and 32 boots four at a time all came up, but one at
+# a time is what the propagation tests have run on.
 BOOTS = threading.Lock()
 
 

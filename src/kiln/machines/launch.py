@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kiln import proc
+from kiln import cgroups, proc
 from kiln.errors import BadInput, KilnError, StoreError
 from kiln.home import Home
 from kiln.machines import config, health, nspawn, process, volumes
@@ -129,7 +129,8 @@ def _start(boot: Boot, console: Path, secret_values: dict[str, str]) -> subproce
     pipes = {key: os.pipe() for key in secret_values}
     boot = dataclasses.replace(boot, credentials={key: r for key, (r, _w) in pipes.items()})
     try:
-        child = proc.spawn_detached(boot.argv(), console, pass_fds=[r for r, _w in pipes.values()])
+        argv = cgroups.enter(boot.cgroup, boot.argv())  # a cgroup no other machine shares
+        child = proc.spawn_detached(argv, console, pass_fds=[r for r, _w in pipes.values()])
     finally:
         for r, _w in pipes.values():
             os.close(r)

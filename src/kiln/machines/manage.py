@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from kiln import proc
+from kiln import cgroups, proc
 from kiln.catalog import Catalog, Machine, events
 from kiln.catalog.machines import iso
 from kiln.errors import KilnError, NotFound
@@ -28,6 +28,7 @@ from kiln.home import Home
 from kiln.machines import enter, process
 from kiln.machines.folder import Folder, State, load
 from kiln.mounts import remove_tree
+from kiln.sandbox import machine_cgroup
 
 STOP_TIMEOUT = 30.0
 PROPAGATE = Path("/run/systemd/nspawn/propagate")
@@ -99,10 +100,12 @@ def _mark(catalog: Catalog, name: str, **changes: Any) -> None:
                 setattr(row, key, value)
 
 
-def _forget_propagate_dir(name: str) -> None:
-    """nspawn leaves an empty /run/systemd/nspawn/propagate/<name> when /run is no tmpfs."""
+def _forget_nspawn_leftovers(name: str) -> None:
+    """What nspawn leaves of a machine that stopped: an empty
+    /run/systemd/nspawn/propagate/<name> when /run is no tmpfs, and its cgroup."""
     with contextlib.suppress(OSError):
         (PROPAGATE / name).rmdir()
+    cgroups.remove(machine_cgroup(name))
 
 
 def halt(folder: Folder, state: State, timeout: float = STOP_TIMEOUT) -> bool:
@@ -120,7 +123,7 @@ def halt(folder: Folder, state: State, timeout: float = STOP_TIMEOUT) -> bool:
                     "does not stop, even after SIGKILL",
                     hint="its overlay stays mounted; look at the process with ps",
                 )
-        _forget_propagate_dir(state.name)
+    _forget_nspawn_leftovers(state.name)
     if folder.root.is_mount():
         proc.run(["umount", str(folder.root)])
     return was_running
@@ -137,7 +140,7 @@ def force_halt(folder: Folder, state: State | None) -> bool:
             "(stuck in the kernel, in state D)",
             hint="its overlay stays mounted; kiln rm --force again once they are gone",
         )
-    _forget_propagate_dir(folder.name)
+    _forget_nspawn_leftovers(folder.name)
     if folder.root.is_mount():
         proc.run(["umount", str(folder.root)])
     return was_running
