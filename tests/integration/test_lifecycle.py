@@ -28,8 +28,9 @@ WEB_CONFIG = ("--set", "site_title=Lifecycle", "--set", "api_token=secret")
 
 @pytest.fixture
 def own(baked: Kiln, tmp_path: Path) -> Iterator[Kiln]:
-    """A KILN_HOME of the test's own holding what ``baked`` holds; its machines are
-    removed afterwards, even when the test failed with them running."""
+    """A KILN_HOME of the test's own holding the images ``baked`` holds, with no channel
+    yet (other modules promote in the shared store); its machines are removed afterwards,
+    even when the test failed with them running."""
     home = tmp_path / "home"
     home.mkdir()
     for folder in ("oci", "layers", "cache"):
@@ -38,6 +39,8 @@ def own(baked: Kiln, tmp_path: Path) -> Iterator[Kiln]:
     source = sqlite3.connect(baked.home / "catalog.db")
     target = sqlite3.connect(home / "catalog.db")
     source.backup(target)
+    with target:
+        target.execute("DELETE FROM channel_assignments")
     source.close()
     target.close()
     kiln = Kiln(home)
