@@ -317,8 +317,6 @@ def refresh(
             workspace, images, refresh=options.fetch, policy_file=options.policy_file
         )
         todo = owners(workspace, found, options.security_only)
-        if not todo:
-            log("nothing outdated" + (" (security)" if options.security_only else ""))
         locked: dict[str, bool] = {}
         for owner in todo:  # every lock first: a child is rebaked once, on its new parent
             try:

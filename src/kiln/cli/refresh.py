@@ -98,7 +98,8 @@ def refresh(
         for image in data["images"]:
             console.print(_summary(image), highlight=False, soft_wrap=True)
         if not data["images"]:
-            console.print("nothing outdated: nothing to refresh", highlight=False)
+            what = "no security update pending" if security_only else "nothing outdated"
+            console.print(f"{what}: nothing to refresh", highlight=False)
     if not data["ok"]:
         sys.exit(1)
 
