@@ -27,6 +27,15 @@ def insert_images(db: sqlite3.Connection, rows: Sequence[Sequence[object]]) -> N
     db.executemany(INSERT_IMAGES, rows)
 
 
+def kiln(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run kiln on KILN_HOME ``home``, output captured; a failure stops the bench."""
+    env = {**os.environ, "KILN_HOME": str(home)}
+    done = subprocess.run([*KILN, *args], env=env, capture_output=True, text=True, check=False)
+    if check and done.returncode != 0:
+        raise SystemExit(f"kiln {' '.join(args)} failed:\n{done.stderr}")
+    return done
+
+
 def timed(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
     """Wall-clock seconds of one run of argv (output discarded; failure raises)."""
     start = time.perf_counter()

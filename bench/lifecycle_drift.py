@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import EXAMPLES, KILN, Row, median
+from bench.common import EXAMPLES, KILN, Row, kiln, median
 from kiln.machines.converge import VOLATILE
 from kiln.mounts import remove_tree
 from kiln.store import inventory
@@ -61,14 +61,6 @@ MAKE_CHANGES = (
     " && chmod 600 /etc/debian_version"
     f" && echo kept > {STATE}/bench-state"
 )
-
-
-def _kiln(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KILN_HOME": str(home)}
-    done = subprocess.run([*KILN, *args], env=env, capture_output=True, text=True, check=False)
-    if check and done.returncode != 0:
-        raise SystemExit(f"kiln {' '.join(args)} failed:\n{done.stderr}")
-    return done
 
 
 def _time(argv: list[str], runs: int, env: dict[str, str] | None = None) -> float:
@@ -129,13 +121,13 @@ def measure(home: Path, runs: int) -> list[Row]:
     folder = Path(tempfile.mkdtemp(prefix="aide-", dir="/var/tmp"))
     try:
         config_values = ("--set", "site_title=drift", "--set", "api_token=not-a-secret")
-        _kiln(home, "run", "web", "--name", name, "--wait", *config_values)
+        kiln(home, "run", "web", "--name", name, "--wait", *config_values)
         root = home / "machines" / name / "root"
         config = aide_config(folder, root)
         subprocess.run(["aide", f"--config={config}", "--init"], capture_output=True, check=True)
         (folder / "aide.db.new").rename(folder / "aide.db")
-        _kiln(home, "exec", name, "--", "sh", "-c", MAKE_CHANGES)
-        found: dict[str, Any] = json.loads(_kiln(home, "drift", name, "--json", check=False).stdout)
+        kiln(home, "exec", name, "--", "sh", "-c", MAKE_CHANGES)
+        found: dict[str, Any] = json.loads(kiln(home, "drift", name, "--json", check=False).stdout)
         reported = {c["path"]: c["change"] for c in found["changes"] + found["metadata"]}
         right = reported == CHANGES
         if not right:
@@ -156,7 +148,7 @@ def measure(home: Path, runs: int) -> list[Row]:
         state = json.loads((home / "machines" / name / "machine.json").read_text())
         recorded, captured = inventory_cost(home, Path(state["layers"][0]), runs)
     finally:
-        _kiln(home, "rm", "--force", "--volumes", name, check=False)
+        kiln(home, "rm", "--force", "--volumes", name, check=False)
         shutil.rmtree(folder, ignore_errors=True)
     return [
         Row(
@@ -210,7 +202,7 @@ def rows(home: Path | None = None, runs: int = 5) -> list[Row]:
         examples = scratch / "examples"
         shutil.copytree(EXAMPLES, examples, symlinks=True)
         baked = scratch / "home"
-        _kiln(baked, "bake", str(examples))
+        kiln(baked, "bake", str(examples))
         return measure(baked, runs)
     finally:
         remove_tree(scratch)  # never crosses into a mount that is still there

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import EXAMPLES, KILN, median
+from bench.common import EXAMPLES, kiln, median
 from kiln.home import Home
 from kiln.mounts import remove_tree
 
@@ -72,20 +71,12 @@ def configure_on_demand(home: Path, name: str) -> dict[str, float]:
     return marks
 
 
-def _kiln(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KILN_HOME": str(home)}
-    done = subprocess.run([*KILN, *args], env=env, capture_output=True, text=True, check=False)
-    if check and done.returncode != 0:
-        raise SystemExit(f"kiln {' '.join(args)} failed:\n{done.stderr}")
-    return done
-
-
 def baked_boot(home: Path, ref: str, name: str) -> float:
     sets = [arg for value in CONFIG for arg in ("--set", value)]
     begin = time.perf_counter()
-    _kiln(home, "run", ref, "--name", name, *sets, "--wait")
+    kiln(home, "run", ref, "--name", name, *sets, "--wait")
     seconds = time.perf_counter() - begin
-    _kiln(home, "rm", "--volumes", name)
+    kiln(home, "rm", "--volumes", name)
     return seconds
 
 
@@ -98,7 +89,7 @@ def on_demand_boot(home: Path, name: str) -> tuple[float, dict[str, float]]:
         check=False,
     )
     seconds = time.perf_counter() - begin
-    _kiln(home, "rm", "--volumes", name)
+    kiln(home, "rm", "--volumes", name)
     if done.returncode != 0:
         raise SystemExit(f"configure on demand failed:\n{done.stdout}\n{done.stderr}")
     marks: dict[str, float] = json.loads(done.stdout)
@@ -106,7 +97,7 @@ def on_demand_boot(home: Path, name: str) -> tuple[float, dict[str, float]]:
 
 
 def measure(home: Path, runs: int) -> dict[str, Any]:
-    baked = _kiln(home, "bake", str(EXAMPLES), "--json")
+    baked = kiln(home, "bake", str(EXAMPLES), "--json")
     web = next(r["ref"] for r in json.loads(baked.stdout) if r["name"] == "web")
     baked_boot(home, web, "bench-warm")  # pages the layers in, as a running host has them
     on_demand, marks = on_demand_boot(home, "bench-on-demand")
@@ -162,7 +153,7 @@ def main() -> None:
     finally:
         machines = folder / "home" / "machines"
         for machine in machines.iterdir() if machines.is_dir() else []:
-            _kiln(folder / "home", "rm", "--volumes", machine.name, check=False)
+            kiln(folder / "home", "rm", "--volumes", machine.name, check=False)
         remove_tree(folder)  # never crosses into a mount that is still there
     print(json.dumps(data, indent=2) if args.json else render(data))
     if not data["ok"]:

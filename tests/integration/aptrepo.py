@@ -67,6 +67,18 @@ def build_deb(folder: Path, package: str, version: str, arch: str = "all") -> Pa
     return deb
 
 
+def paragraph(deb: Path, filename: str) -> str:
+    """The Packages paragraph of ``deb``, found at ``filename`` below the repository."""
+    control = subprocess.run(
+        ["dpkg-deb", "--field", str(deb)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    data = deb.read_bytes()
+    return (
+        f"{control}\nFilename: {filename}\nSize: {len(data)}\n"
+        f"SHA256: {hashlib.sha256(data).hexdigest()}\n"
+    )
+
+
 @dataclass
 class AptRepo:
     root: Path
@@ -97,14 +109,7 @@ class AptRepo:
     def index(self, suite: str) -> None:
         paragraphs = []
         for deb in sorted(self.debs.get(suite, [])):
-            control = subprocess.run(
-                ["dpkg-deb", "--field", str(deb)], capture_output=True, text=True, check=True
-            ).stdout.strip()
-            data = deb.read_bytes()
-            paragraphs.append(
-                f"{control}\nFilename: {deb.relative_to(self.root)}\nSize: {len(data)}\n"
-                f"SHA256: {hashlib.sha256(data).hexdigest()}\n"
-            )
+            paragraphs.append(paragraph(deb, str(deb.relative_to(self.root))))
         packages = "\n".join(paragraphs).encode()
         dists = self.root / "dists" / suite
         binary = dists / "main" / f"binary-{self.arch}"

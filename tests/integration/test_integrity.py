@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import Kiln
+from tests.tamper import flip_byte
 
 GIB = 1 << 30
 SKIP = {"machines", "builds", "tmp", "cache"}  # what a copy of the store does not need
@@ -53,14 +54,6 @@ def inside_file_data(blob: Path) -> tuple[str, int]:
         files = [m for m in archive if m.isreg() and m.size >= 64 and not m.sparse]
     member = max(files, key=lambda m: m.size)
     return member.name, member.offset_data + member.size // 2
-
-
-def flip_byte(path: Path, offset: int) -> None:
-    with path.open("r+b") as handle:
-        handle.seek(offset)
-        byte = handle.read(1)
-        handle.seek(offset)
-        handle.write(bytes([byte[0] ^ 0x01]))
 
 
 def child_recipe(folder: Path, parent: str) -> Path:

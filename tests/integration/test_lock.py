@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from in_toto_attestation.v1 import statement_pb2
 from in_toto_attestation.v1.statement import Statement
 
-from tests.integration.aptrepo import build_deb
+from tests.integration.aptrepo import build_deb, paragraph
 from tests.integration.conftest import EXAMPLES, Kiln
 
 UNREACHABLE = "http://127.0.0.1:9/debian"  # the discard port: nothing listens there
@@ -113,16 +113,8 @@ def test_locked_rebuild_needs_no_mirror(locked: tuple[Kiln, Path], rebuilt: Kiln
 
 
 def index_repo(folder: Path) -> None:
-    paragraphs = []
-    for deb in sorted(folder.glob("*.deb")):
-        control = subprocess.run(
-            ["dpkg-deb", "--field", str(deb)], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        data = deb.read_bytes()
-        paragraphs.append(
-            f"{control}\nFilename: ./{deb.name}\nSize: {len(data)}\n"
-            f"SHA256: {hashlib.sha256(data).hexdigest()}\n"
-        )
+    """A flat repository's Packages file: every .deb in ``folder``."""
+    paragraphs = [paragraph(deb, f"./{deb.name}") for deb in sorted(folder.glob("*.deb"))]
     (folder / "Packages").write_text("\n".join(paragraphs))
 
 

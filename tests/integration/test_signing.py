@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import Kiln
+from tests.tamper import flip_byte
 
 SKIP = {"machines", "builds", "tmp", "cache", "layers"}
 PASSWORD = "integration password"
@@ -75,14 +76,6 @@ def write_policy(store: Kiln, name: str, key: Path) -> Path:
     path = store.home.parent / f"{name}.toml"
     path.write_text(f'[trust]\nkeys = ["{key}"]\nrequire_signatures = true\n')
     return path
-
-
-def flip_byte(path: Path, offset: int) -> None:
-    with path.open("r+b") as handle:
-        handle.seek(offset)
-        byte = handle.read(1)
-        handle.seek(offset)
-        handle.write(bytes([byte[0] ^ 0x01]))
 
 
 def top_layer(store: Kiln, ref: str) -> dict[str, Any]:
