@@ -68,7 +68,7 @@ def test_outdated_security_order_where_and_gate(fresh_images: Fresh) -> None:
     repo.add("bookworm", "kiln-tilde", "1.0~rc2")
     repo.add("bookworm", "kiln-epoch", "2.0")
     repo.add("bookworm-security", "kiln-demo", "1.0+deb12u1")
-    code, data = outdated(kiln, "fresh-app", "--refresh")
+    code, data = outdated(kiln, "fresh-app", "--fetch")
     assert code == 1
     found = updates_of(data, ref)
     assert set(found) == {"kiln-demo"}, found
@@ -79,7 +79,7 @@ def test_outdated_security_order_where_and_gate(fresh_images: Fresh) -> None:
 
     # an upgrade only in bookworm is not a security one; an epoch orders it
     repo.add("bookworm", "kiln-epoch", "1:1.1")
-    code, data = outdated(kiln, "fresh-app", "--refresh")
+    code, data = outdated(kiln, "fresh-app", "--refresh")  # --fetch's old spelling
     assert code == 1
     found = updates_of(data, ref)
     assert set(found) == {"kiln-demo", "kiln-epoch"}

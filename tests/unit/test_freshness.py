@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -397,7 +398,7 @@ def test_a_stale_index_cannot_pass_the_gate(workspace: Workspace, tmp_path: Path
     refused = lifecycle.promote(workspace, "app:1", "prod", policy_file=policy)
     assert [o.gate for o in refused.unmet] == ["fresh"]
     assert "older than max_security_age 1h" in refused.unmet[0].why
-    assert "kiln outdated app:1 --refresh" in refused.unmet[0].why
+    assert "kiln outdated app:1 --fetch" in refused.unmet[0].why
 
 
 def test_a_repository_that_does_not_answer_is_an_error(tmp_path: Path) -> None:
@@ -499,3 +500,38 @@ def test_gc_takes_the_cache_of_images_that_are_gone_and_only_that(
     assert indexes.folder_of(root, own).is_dir() and keyring.is_file()
     assert indexes.folder_of(root, freshness.host_lines()).is_dir()
     assert freshness.cached_lines(home, kept.digest) == (own, True)
+
+
+def kiln_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "KILN_POLICY")}
+    env["KILN_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "kiln.cli.main", *args],
+        env=env,
+        cwd=home.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_fetch_is_the_one_flag_that_fetches_the_indexes_now(tmp_path: Path) -> None:
+    """kiln outdated --fetch, as kiln refresh --fetch; --refresh, its old name, still works
+    (and says so), out of sight in the help."""
+    from kiln.cli.main import cli
+
+    home = tmp_path / "home"
+    fetched = kiln_cli(home, "outdated", "--fetch")
+    assert fetched.returncode == 0, fetched.stderr
+    assert "0 images checked: none outdated" in fetched.stdout
+    both = kiln_cli(home, "outdated", "--fetch", "--offline")
+    assert both.returncode == 2 and "--fetch fetches and --offline never does" in both.stderr
+    old = kiln_cli(home, "outdated", "--refresh", "--json")
+    assert old.returncode == 0, old.stderr
+    assert json.loads(old.stdout) == {"images": [], "outdated": 0}
+    assert "--refresh is now called --fetch" in old.stderr
+    for name in ("outdated", "refresh"):
+        command = cli.commands[name]
+        shown = {o for p in command.params if not getattr(p, "hidden", False) for o in p.opts}
+        assert "--fetch" in shown and "--refresh" not in shown, name

@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from kiln.cli.output import console, json_flag, policy_option, wide
+from kiln.cli.output import console, err, json_flag, policy_option, wide
 
 
 def _print_json(data: dict[str, Any]) -> None:
@@ -74,12 +74,18 @@ def _table(images: list[dict[str, Any]]) -> None:
 
 @click.command()
 @click.argument("targets", nargs=-1, metavar="[NAME|REF...]")
-@click.option("--refresh", is_flag=True, help="fetch every Packages index again first")
+@click.option("--fetch", is_flag=True, help="fetch every Packages index now, whatever its age")
+@click.option("--refresh", "refresh_alias", is_flag=True, hidden=True)  # --fetch's old name
 @click.option("--offline", is_flag=True, help="never fetch: the cached indexes only")
 @policy_option("whose [freshness] index_max_age applies")
 @json_flag
 def outdated(
-    targets: tuple[str, ...], refresh: bool, offline: bool, policy_file: Path | None, as_json: bool
+    targets: tuple[str, ...],
+    fetch: bool,
+    refresh_alias: bool,
+    offline: bool,
+    policy_file: Path | None,
+    as_json: bool,
 ) -> None:
     """Packages in images that have a newer version in the suites the image's own apt
     sources name (the host's when it names none); security updates marked.
@@ -90,9 +96,12 @@ def outdated(
     from kiln.app.workspace import with_workspace
     from kiln.errors import BadInput
 
-    if refresh and offline:
-        raise BadInput("--refresh fetches and --offline never does: give one of them")
-    data = with_workspace(freshness.outdated, list(targets), refresh, offline, policy_file)
+    if refresh_alias:
+        err.print("kiln outdated: --refresh is now called --fetch", highlight=False)
+    fetch = fetch or refresh_alias
+    if fetch and offline:
+        raise BadInput("--fetch fetches and --offline never does: give one of them")
+    data = with_workspace(freshness.outdated, list(targets), fetch, offline, policy_file)
     if as_json:
         _print_json(data)
     else:

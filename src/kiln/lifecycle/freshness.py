@@ -325,7 +325,7 @@ def security_gate(
     limit = seconds(max_age)
     lines, _own = image_lines(home, layout, image)
     view = indexes.cached(indexes.cache_root(home.root), lines)
-    again = f"kiln outdated {image.ref} --refresh"
+    again = f"kiln outdated {image.ref} --fetch"
     if view is None:
         return False, f"no Packages index of {image.ref}'s apt sources is cached: {again}"
     if (now - view.checked).total_seconds() > limit:
