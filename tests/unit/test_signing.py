@@ -306,6 +306,30 @@ def test_keys_are_written_once_private_half_0600_and_encrypted(workspace: Worksp
         signing.load_public_key(prefix.with_name("ci.key"))
 
 
+def test_a_prefix_in_a_missing_folder_is_refused_and_nothing_is_made(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    prefix = tmp_path / "nowhere" / "sub" / "ci"
+    with pytest.raises(BadInput, match="does not exist") as caught:
+        use.generate_key(workspace, prefix, PASSWORD)
+    assert caught.value.exit_code == 2 and str(prefix.parent) in caught.value.message
+    assert not (tmp_path / "nowhere").exists()
+    made = use.generate_key(workspace, None, PASSWORD)  # the default folder kiln owns
+    assert made.private_key == workspace.home.root / "keys" / "kiln.key"
+
+
+def test_signing_with_the_public_half_names_the_private_one(workspace: Workspace) -> None:
+    private, public = key_pair(workspace, "ci")
+    with pytest.raises(signing.KeyFileError, match="is the public half of the key") as caught:
+        signing.load_private_key(public, PASSWORD)
+    assert caught.value.message.endswith(f"sign with the private key {private}")
+    assert caught.value.exit_code == 2
+    copied = workspace.home.root / "ci.pem"
+    copied.write_bytes(public.read_bytes())
+    with pytest.raises(signing.KeyFileError, match=r"ci\.pem is the public half"):
+        signing.load_private_key(copied, None)
+
+
 # the trust policy
 
 

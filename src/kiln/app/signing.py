@@ -56,9 +56,11 @@ def generate_key(
     workspace: Workspace, prefix: Path | None, password: bytes | None, force: bool = False
 ) -> KeyMade:
     """Write PREFIX.key (encrypted with ``password``; None only for --no-password) and
-    PREFIX.pub, each atomically; an existing file is kept unless ``force``."""
+    PREFIX.pub, each atomically; an existing file is kept unless ``force``. A folder
+    that is not there is made only when it is kiln's own (``$KILN_HOME/keys``)."""
     from kiln.lifecycle import signing
 
+    own = default_prefix(workspace.home).parent.absolute()  # kiln's own folder: made here
     prefix = (prefix or default_prefix(workspace.home)).absolute()
     private = prefix.with_name(prefix.name + PRIVATE_SUFFIX)
     public = prefix.with_name(prefix.name + PUBLIC_SUFFIX)
@@ -70,9 +72,14 @@ def generate_key(
         )
     if password is not None and not password:
         raise BadInput("an empty password: give one, or --no-password for an unencrypted key")
-    pair = signing.generate(password)
     if not prefix.parent.is_dir():
+        if prefix.parent != own:  # a folder named by hand is the caller's to make
+            raise BadInput(
+                f"the folder {prefix.parent} of --output {prefix} does not exist",
+                hint=f"make it first (mkdir -m 700 {prefix.parent}), or name another PREFIX",
+            )
         prefix.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    pair = signing.generate(password)
     # the temp file is 0600 from its creation (mkstemp), so the key is never readable
     write_atomic(private, pair.private_pem, mode=0o600)
     write_atomic(public, pair.public_pem, mode=0o644)

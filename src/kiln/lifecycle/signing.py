@@ -147,12 +147,29 @@ def load_public_key(path: Path) -> EllipticCurvePublicKey:
     return key
 
 
+def _not_public(path: Path, data: bytes) -> None:
+    """Refuse the public half of a key pair where the private one is needed, naming it."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        serialization.load_pem_public_key(data)
+    except (ValueError, TypeError):
+        return
+    private = path.with_suffix(".key")
+    named = f" {private}" if path.suffix == ".pub" else " (PREFIX.key beside PREFIX.pub)"
+    raise KeyFileError(
+        f"{path} is the public half of the key: sign with the private key{named}",
+        hint="the public half is for kiln verify --key and the policy's [trust] keys",
+    )
+
+
 def load_private_key(path: Path, password: bytes | None) -> EllipticCurvePrivateKey:
     """A PEM private key (PKCS#8, encrypted unless made with --no-password)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     data = _read_key_file(path)
+    _not_public(path, data)
     try:
         key = serialization.load_pem_private_key(data, password=password or None)
     except TypeError:  # encrypted without a password, or a password for a plain key
