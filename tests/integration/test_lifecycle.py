@@ -229,7 +229,9 @@ def test_revoking_base_blocks_baking_and_running_web_and_empties_channels(
     own.run("stop", "lc-web")
     start = refused(own, "start", "lc-web", "--set", "api_token=secret")
     assert "revoked through base:1" in start.stderr
-    assert own.json("where", "--revoked") == {"machines": []}  # stopped now
+    listed = own.json("where", "--revoked")
+    assert listed["machines"] == []  # stopped now
+    assert [r["image"] for r in listed["revoked"]] == ["base:1"]
     looked = own.json("inspect", "web:1")  # looking at a revoked image is fine
     assert looked["revoked"]["by"] == "base:1"
 

@@ -158,9 +158,51 @@ def test_history_and_where_tell_of_it(workspace: Workspace) -> None:
     [one] = [v for v in found["versions"] if v["ref"] == "web:1"]
     assert one["revoked"]["by"] == "web:1" and one["machines"][0]["name"] == "web-a"
     assert one["machines"][0]["state"] == "missing"  # no folder: as kiln ps shows it
-    assert trace.where(workspace, revoked_only=True) == {"machines": []}  # none running
+    listed = trace.where(workspace, revoked_only=True)
+    assert listed["machines"] == []  # none running
+    assert [(r["image"], r["reason"]) for r in listed["revoked"]] == [("web:1", "bad web")]
     matrix = trace.where(workspace)
     assert matrix["channels"] == ["prod"]
     rows = {row["name"]: row for row in matrix["images"]}
     assert rows["web"]["latest"]["ref"] == "web:3" and rows["web"]["channels"]["prod"] is None
     assert matrix["machines"][0]["revoked"]["reason"] == "bad web"
+
+
+def test_restoring_a_name_lifts_what_revoking_the_name_revoked(workspace: Workspace) -> None:
+    images = family(workspace)
+    first = lifecycle.revoke(workspace, "web", "bad build")
+    second = lifecycle.revoke(workspace, "web", "bad too")
+    assert (first["image"], second["image"]) == ("web:3", "web:2")
+    lifecycle.revoke(workspace, "base:1", "bad base")  # another name's: web's stay apart
+    assert lifecycle.restore(workspace, "web")["image"] == "web:2"
+    lookup = workspace.lookup
+    assert lookup.revocation(images["web:3"].id) is not None  # the earlier revoke holds
+    assert lookup.revocation(images["web:2"].id).ref == "base:1"  # type: ignore[union-attr]
+    assert lifecycle.restore(workspace, "web:latest")["image"] == "web:3"
+    with pytest.raises(KilnError, match="no version of web is revoked") as caught:
+        lifecycle.restore(workspace, "web")
+    assert caught.value.hint is not None and "kiln where --revoked" in caught.value.hint
+    done = lifecycle.restore(workspace, "base")
+    assert done["image"] == "base:1" and lookup.revocation(images["app:1"].id) is None
+
+
+def test_where_revoked_lists_every_revocation_the_restore_hint_points_at(
+    workspace: Workspace,
+) -> None:
+    family(workspace)
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    lifecycle.revoke(workspace, "base:1", "bad base")
+    lifecycle.revoke(workspace, "web:3", "end of support", later)
+    with pytest.raises(KilnError, match="is not revoked") as caught:
+        lifecycle.restore(workspace, "base:2")
+    assert caught.value.hint is not None and "'kiln where --revoked'" in caught.value.hint
+    listed = trace.where(workspace, revoked_only=True)["revoked"]
+    assert [(r["image"], r["scheduled"], r["descendants"]) for r in listed] == [
+        ("base:1", False, ["app:1", "mid:1", "web:1", "web:2"]),
+        ("web:3", True, []),
+    ]
+    only = trace.where(workspace, "app", revoked_only=True)["revoked"]
+    assert [r["image"] for r in only] == ["base:1"]
+    assert [r["image"] for r in trace.where(workspace, "web:3", revoked_only=True)["revoked"]] == [
+        "web:3"
+    ]

@@ -271,6 +271,9 @@ def revoke(workspace: Workspace, ref: str, reason: str, at: str | None = None) -
 
 
 def restore(workspace: Workspace, ref: str) -> dict[str, Any]:
+    """Lift a revocation: the image's own (a version, a digest, a channel's image), or,
+    for a bare NAME, the newest revocation made on a version of it (``kiln revoke NAME``
+    after ``kiln revoke NAME`` is lifted one at a time, newest first)."""
     from kiln.lifecycle import channels, revocation
 
     parsed = refs.parse(ref)
@@ -278,12 +281,17 @@ def restore(workspace: Workspace, ref: str) -> dict[str, Any]:
     with workspace.catalog.session() as session:
         lookup = channels.reader(session)
         revocation.settle(session, lookup, now)
-        try:
+        if parsed.newest:  # a name: what the newest revoke of one of its versions revoked
+            last = revocation.last_revoked(lookup, parsed.name)
+            if last is None:
+                known(lookup, parsed.name)
+                raise KilnError(
+                    f"no version of {parsed.name} is revoked",
+                    hint="'kiln where --revoked' lists what is revoked",
+                )
+            image = last
+        else:
             image = lookup.image(parsed, usable=False)
-        except KilnError as exc:
-            if parsed.newest:
-                exc.hint = f"name the version to restore: kiln restore {parsed.name}:VERSION"
-            raise
         lifted = revocation.restore(session, lookup, image, now)
         family = {image.id} | {row.id for row in lookup.descendants(image.id)}
         left = [  # channels this revocation emptied (of the image or what is built on it)

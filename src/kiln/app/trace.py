@@ -181,8 +181,9 @@ def where(
 
     No target: the environment matrix (every name x every channel, plus the newest
     version) and every machine. A NAME: each of its versions that runs somewhere or is
-    in a channel. A REF: that image. ``revoked_only``: only machines running revoked
-    images (what the command's exit code reports)."""
+    in a channel. A REF: that image. ``revoked_only``: every revocation not restored
+    (of the NAME or REF, when one is given) and the machines running revoked images (what
+    the command's exit code reports)."""
     lookup = workspace.lookup
     family = None
     image: ImageRow | None = None
@@ -199,10 +200,18 @@ def where(
         estate.created.update(_created(lookup, [image.id]))
         estate.machines = [m for m in estate.machines if m["image_id"] == image.id]
     if revoked_only:
+        from kiln.lifecycle import revocation
+
         machines = [
             m for m in estate.machines if m["revoked"] is not None and m["state"] == "running"
         ]
-        return {"machines": [_public(m) for m in machines]}
+        listed = revocation.standing(lookup, estate.now, family)
+        if image is not None:
+            listed = [s for s in listed if image.ref in (s.revocation.ref, *s.descendants)]
+        return {
+            "revoked": [found.to_json() for found in listed],
+            "machines": [_public(m) for m in machines],
+        }
     if family is not None:
         ids = {image.id} if image is not None else set(estate.images)
         latest = _latest(lookup, estate, [family]).get(family)

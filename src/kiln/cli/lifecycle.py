@@ -257,16 +257,39 @@ def _machines_table(machines: list[dict[str, Any]]) -> None:
     wide.print(table)
 
 
+def _revoked_table(revoked: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    if not revoked:
+        _say("nothing is revoked")
+        return
+    table = Table("REVOKED", "FROM", "REASON", "BY", "WITH IT", box=None)
+    for found in revoked:
+        when = (found["effective"] or "") + (" (scheduled)" if found["scheduled"] else "")
+        with_it = ", ".join(found["descendants"]) or "-"
+        table.add_row(
+            found["image"], when, escape(found["reason"]), escape(found["actor"]), with_it
+        )
+    wide.print(table)
+    _say("")
+
+
 @click.command()
 @click.argument("target", required=False, metavar="[REF|NAME]")
-@click.option("--revoked", "revoked_only", is_flag=True, help="machines running revoked images")
+@click.option(
+    "--revoked",
+    "revoked_only",
+    is_flag=True,
+    help="what is revoked (each revocation and what inherits it) and the machines "
+    "still running revoked images",
+)
 @json_flag
 def where(target: str | None, revoked_only: bool, as_json: bool) -> None:
     """Which machines run which version, and which channels point at it.
 
     No argument: every image name against every channel (version, age, machines,
-    signed, revoked) and every machine. --revoked exits 1 when a machine runs a revoked
-    image."""
+    signed, revoked) and every machine. --revoked lists every revocation not restored
+    and exits 1 when a machine runs a revoked image."""
     from rich.table import Table
 
     from kiln.app import trace
@@ -276,10 +299,12 @@ def where(target: str | None, revoked_only: bool, as_json: bool) -> None:
     if revoked_only:
         if as_json:
             print_json(data)
-        elif data["machines"]:
-            _machines_table(data["machines"])
         else:
-            _say("no machine runs a revoked image")
+            _revoked_table(data["revoked"])
+            if data["machines"]:
+                _machines_table(data["machines"])
+            else:
+                _say("no machine runs a revoked image")
         if data["machines"]:
             raise SystemExit(1)
         return

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from kiln.actor import actor
 from kiln.catalog import events
 from kiln.catalog.lifecycle import Revocation
-from kiln.catalog.lookup import ImageRow, Lookup, RevocationRow, iso
+from kiln.catalog.lookup import REVOCATIONS, ImageRow, Lookup, RevocationRow, iso
 from kiln.errors import BadInput, KilnError
 from kiln.lifecycle import channels
 
@@ -129,6 +129,51 @@ def revoke(
     return done
 
 
+LAST_OF_NAME = (
+    "SELECT r.image_id FROM revocations r JOIN images i ON i.id = r.image_id"
+    " WHERE i.name = :name AND r.restored IS NULL ORDER BY r.created DESC, r.id DESC LIMIT 1"
+)
+
+
+def last_revoked(lookup: Lookup, name: str) -> ImageRow | None:
+    """The version of ``name`` the newest revocation still unrestored was made on (what
+    ``kiln revoke NAME`` revoked last: lifting it restores exactly what it revoked)."""
+    found = lookup.rows(LAST_OF_NAME, name=name)
+    return lookup.by_id(found[0][0]) if found else None
+
+
+@dataclass(frozen=True)
+class Standing:
+    """One revocation not restored: of ``image`` itself, inherited by ``descendants``."""
+
+    revocation: RevocationRow
+    descendants: list[str]
+    scheduled: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image": self.revocation.ref,
+            "reason": self.revocation.reason,
+            "effective": iso(self.revocation.effective),
+            "scheduled": self.scheduled,
+            "actor": self.revocation.actor,
+            "descendants": self.descendants,
+        }
+
+
+def standing(lookup: Lookup, now: datetime, name: str | None = None) -> list[Standing]:
+    """Every revocation not restored (in force or scheduled), oldest first, with the
+    images that inherit it; ``name``: those that reach an image of that name."""
+    out = []
+    for row in lookup.rows(REVOCATIONS):
+        found = RevocationRow.of(row)
+        below = [d.ref for d in lookup.descendants(found.image_id)]
+        names = {found.ref.rpartition(":")[0]} | {ref.rpartition(":")[0] for ref in below}
+        if name is None or name in names:
+            out.append(Standing(found, below, not found.due(now)))
+    return out
+
+
 def restore(session: Session, lookup: Lookup, image: ImageRow, now: datetime) -> RevocationRow:
     """Lift the image's own revocation (in force or scheduled); its descendants are usable
     again with it. Channels it left stay as they are: a rollback brings one back."""
@@ -140,7 +185,9 @@ def restore(session: Session, lookup: Lookup, image: ImageRow, now: datetime) ->
                 f"{image.ref} is not revoked itself: it inherits {inherited[0].ref}'s revocation",
                 hint=f"kiln restore {inherited[0].ref}",
             )
-        raise KilnError(f"{image.ref} is not revoked", hint="'kiln where --revoked' lists what is")
+        raise KilnError(
+            f"{image.ref} is not revoked", hint="'kiln where --revoked' lists what is revoked"
+        )
     for found in own:
         row = session.get(Revocation, found.id)
         assert row is not None
