@@ -1,4 +1,5 @@
-"""Lifecycle commands: promote, channels, rollback, revoke, restore, where, history."""
+"""Lifecycle commands: promote, channels, rollback, revoke, restore, where (history:
+kiln.cli.history)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
+from kiln.cli.history import history
 from kiln.cli.output import console, json_flag, policy_option, print_json, wide
 from kiln.errors import KilnError
 
@@ -340,57 +342,6 @@ def where(target: str | None, revoked_only: bool, as_json: bool) -> None:
     if data["machines"]:
         _say("")
         _machines_table(data["machines"])
-
-
-def _detail(event: dict[str, Any]) -> str:
-    detail = event["detail"]
-    kind = event["kind"]
-    if kind == "promoted":
-        forced = " forced" if detail.get("forced") else ""
-        return f"to {detail.get('channel')} (was {detail.get('previous') or '-'}){forced}"
-    if kind == "rolled_back":
-        return f"{detail.get('channel')} back from {detail.get('previous') or '-'}"
-    if kind == "revoked":
-        through = f" through {detail['through']}" if detail.get("through") else ""
-        return f"{detail.get('reason', '')}{through} from {detail.get('effective')}"
-    if kind == "restored":
-        through = f" through {detail['through']}" if detail.get("through") else ""
-        return f"was revoked: {detail.get('reason', '')}{through}"
-    if kind == "tested":
-        return "passed" if detail.get("ok") else "failed"
-    if kind == "baked":
-        if not detail.get("parent"):
-            return "a base image"
-        named = detail.get("parent_named")
-        return f"on {detail['parent']}" + (f" (named {named})" if named else "")
-    if kind == "proved":
-        what = "rebuilt to the same digest" if detail.get("ok") else "rebuild proof failed"
-        return what + (f" (proving {detail['of']})" if detail.get("of") else "")
-    if kind.startswith("machine_"):
-        return "for kiln test" if detail.get("throwaway") else ""
-    return ", ".join(f"{key}={value}" for key, value in sorted(detail.items()))
-
-
-@click.command()
-@click.argument("name")
-@json_flag
-def history(name: str, as_json: bool) -> None:
-    """Every event of an image family, oldest first: baked, tested, signed, promoted,
-    rolled back, revoked, restored, machines started, stopped, removed."""
-    from kiln.app import trace
-    from kiln.app.workspace import with_workspace
-
-    events = with_workspace(trace.history, name)
-    if as_json:
-        print_json(events)
-        return
-    for event in events:
-        what = event["ref"] or event["name"]
-        machine = f" {event['machine']}" if event["machine"] else ""
-        _say(
-            f"{event['at']}  {event['kind']:<16} {what:<12}{machine}  "
-            f"{escape(_detail(event))}  [dim]{escape(event['actor'])}[/]"
-        )
 
 
 def register(group: click.Group) -> None:
