@@ -6,6 +6,12 @@ output, and the command as a person could paste it into a shell.
 A command run with ``echo=True`` (build steps, package installs) can also be watched live:
 inside :func:`echo_to`, each line of its merged output goes to the callback as it arrives
 (``kiln bake -v``); :func:`prefixed` labels the lines of one stage or step.
+
+A command whose output is a stream (tar writing a layer, zstd decompressing an archive) is
+started with :func:`reading`, one that is fed a stream (tar unpacking a layer) with
+:func:`feeding`: the block moves the bytes through one pipe while a thread drains stderr,
+keeping its last lines, so a child that writes much to stderr (tar's "socket ignored" for
+each of 20,000 sockets) never blocks in a full pipe while the block waits for the other one.
 """
 
 from __future__ import annotations
@@ -13,17 +19,21 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from pathlib import Path
+from typing import IO
 
 from kiln.errors import KilnError, disk_full, space_hint
 
 TAIL_LINES = 25
 ECHO_KEEP = 400  # lines of an echoed command kept for its error message
 ECHO_LINE_MAX = 64 << 10  # a longer line arrives in pieces
+STDERR_KEEP = 200  # lines of a streaming command's stderr kept for its error message
+DRAIN_CHUNK = 1 << 20
 
 Echo = Callable[[str], None]
 _echo: ContextVar[tuple[Echo, str] | None] = ContextVar("kiln_echo", default=None)
@@ -166,6 +176,114 @@ def output(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> str:
     if result.returncode != 0:
         raise CommandError(argv, result.returncode, result.stderr.decode(errors="replace"))
     return result.stdout.decode()
+
+
+class Streaming:
+    """A child started by :func:`reading` or :func:`feeding`: its pipe for the block, and,
+    once the block is left, its exit code and the last lines of its stderr."""
+
+    def __init__(self, argv: Sequence[str], child: subprocess.Popen[bytes]) -> None:
+        self.argv = list(argv)
+        self.returncode: int | None = None
+        self._child = child
+        self._kept: deque[bytes] = deque(maxlen=STDERR_KEEP)
+        assert child.stderr is not None
+        self._drain = threading.Thread(target=self._keep, args=(child.stderr,), daemon=True)
+        self._drain.start()
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        """The child's stdout (:func:`reading`), buffered: ``read(n)`` returns n bytes
+        until the end."""
+        assert self._child.stdout is not None
+        return self._child.stdout
+
+    @property
+    def stdin(self) -> IO[bytes]:
+        """The child's stdin (:func:`feeding`)."""
+        assert self._child.stdin is not None
+        return self._child.stdin
+
+    @property
+    def errors(self) -> str:
+        """The last :data:`STDERR_KEEP` lines the child wrote to stderr."""
+        return b"".join(self._kept).decode(errors="replace")
+
+    def _keep(self, stream: IO[bytes]) -> None:
+        while line := stream.readline(ECHO_LINE_MAX):
+            self._kept.append(line)
+
+
+@contextmanager
+def reading(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, check: bool = True
+) -> Iterator[Streaming]:
+    """Run argv with its stdout a pipe the block reads (``streaming.stdout``), stdin closed.
+
+    When the block ends, what the child still writes is read and dropped and its exit code
+    taken (``streaming.returncode``); with ``check``, a failure raises :class:`CommandError`
+    with the tail of its stderr. When the block raises, the child is killed.
+    """
+    child = subprocess.Popen(
+        list(argv),
+        env=environment(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    with _streaming(Streaming(argv, child), child, check) as streaming:
+        yield streaming
+        while streaming.stdout.read(DRAIN_CHUNK):
+            pass
+
+
+@contextmanager
+def feeding(
+    argv: Sequence[str],
+    *,
+    stdout: IO[bytes],
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+) -> Iterator[Streaming]:
+    """Run argv with its stdin a pipe the block writes (``streaming.stdin``) and its stdout
+    going to the file ``stdout``.
+
+    When the block ends, the pipe is closed and the exit code taken, as :func:`reading`
+    does; when the block raises, the child is killed.
+    """
+    child = subprocess.Popen(
+        list(argv),
+        env=environment(env),
+        stdin=subprocess.PIPE,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+    )
+    with _streaming(Streaming(argv, child), child, check) as streaming:
+        yield streaming
+        with suppress(BrokenPipeError):  # the child stopped reading: its exit code says why
+            streaming.stdin.close()
+
+
+@contextmanager
+def _streaming(
+    streaming: Streaming, child: subprocess.Popen[bytes], check: bool
+) -> Iterator[Streaming]:
+    try:
+        try:
+            yield streaming
+        except BaseException:
+            child.kill()
+            raise
+        finally:
+            streaming.returncode = child.wait()
+            streaming._drain.join()  # stderr ends with the child
+    finally:
+        for pipe in (child.stdin, child.stdout, child.stderr):
+            if pipe is not None:
+                with suppress(BrokenPipeError):
+                    pipe.close()
+    if check and streaming.returncode != 0:
+        raise CommandError(streaming.argv, streaming.returncode, streaming.errors)
 
 
 def spawn_detached(

@@ -7,7 +7,10 @@ import gzip
 import hashlib
 import os
 import random
+import signal
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -139,3 +142,56 @@ def test_an_unknown_media_type_is_refused(home: Home, tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="not a tar layer"):
         layer.unpack(layout_of(home), odd, tmp_path / "out", "odd layer", captured.diff_id)
     assert not (tmp_path / "out").exists()
+
+
+def children_reading(tree: Path) -> list[int]:
+    """PIDs of our child processes whose argv names ``tree`` (a tar left blocked)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and str(tree).encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_tree_of_20000_sockets_is_captured_though_tar_warns_of_each(
+    home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tar writes "socket ignored" to stderr for each: far more than a pipe holds."""
+    tree = make_tree(tmp_path / "tree")
+    (tree / "run").mkdir()
+    monkeypatch.chdir(tree / "run")  # short relative names: a socket path has 108 bytes
+    for number in range(20_000):
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(f"s{number}")  # the socket file stays after the socket is closed
+    monkeypatch.chdir(tmp_path)
+    result: list[layer.CapturedLayer | BaseException] = []
+
+    def capture() -> None:
+        try:
+            result.append(layer.capture(layout_of(home), home.tmp, tree))
+        except BaseException as exc:
+            result.append(exc)
+
+    worker = threading.Thread(target=capture, daemon=True)
+    worker.start()
+    worker.join(timeout=60)  # it takes about a second
+    if worker.is_alive():
+        for pid in children_reading(tree):  # let the stuck capture end
+            os.kill(pid, signal.SIGKILL)
+        worker.join(timeout=30)
+        pytest.fail("the capture hung: tar blocked writing to a full stderr pipe")
+    [captured] = result
+    assert isinstance(captured, layer.CapturedLayer), captured
+    blob = layout_of(home).blob_path(captured.descriptor.digest).read_bytes()
+    names = subprocess.run(
+        ["tar", "--list", "--gzip"], input=blob, check=True, stdout=subprocess.PIPE
+    ).stdout.decode()
+    assert "./run/" in names.splitlines() and "s1" not in names and "./bin/tool" in names
+    assert leftovers(home) == []

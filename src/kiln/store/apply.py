@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
+from kiln import proc
 from kiln.errors import BadInput
 from kiln.rootpath import Root
 from kiln.store import whiteout
@@ -46,26 +46,29 @@ def apply_tar(tarball: Path, dest: Path) -> None:
 def _members(tarball: Path) -> Iterator[tarfile.TarFile]:
     with tarball.open("rb") as raw:
         zstd = raw.read(4) == ZSTD_MAGIC
-    child = None
-    stream: IO[bytes]
-    if zstd:
-        child = subprocess.Popen(
-            ["zstd", "-dc", "--", str(tarball)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    if not zstd:
+        with tarball.open("rb") as stream, _archive(tarball, stream) as archive:
+            yield archive
+        return
+    unzstd = ["zstd", "-dc", "--", str(tarball)]
+    with proc.reading(unzstd, check=False) as child, _archive(tarball, child.stdout) as archive:
+        yield archive
+    if child.returncode != 0:  # a tar that ends early in a broken stream is no whole layer
+        said = proc.tail(child.errors, 5)
+        raise BadInput(
+            f"{tarball} does not decompress: zstd exited {child.returncode}"
+            + (f"\n{said}" if said else ""),
+            hint=f"zstd -t {tarball} tests it; fetch or export the archive again",
         )
-        assert child.stdout is not None
-        stream = child.stdout
-    else:
-        stream = tarball.open("rb")
+
+
+@contextmanager
+def _archive(tarball: Path, stream: IO[bytes]) -> Iterator[tarfile.TarFile]:
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as archive:
             yield archive
     except tarfile.TarError as exc:
         raise BadInput(f"{tarball} is not a readable tar archive: {exc}") from None
-    finally:
-        stream.close()
-        if child is not None:
-            child.kill()
-            child.wait()
 
 
 def _path(tarball: Path, member: tarfile.TarInfo) -> str:

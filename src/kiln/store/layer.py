@@ -28,7 +28,6 @@ import gzip
 import hashlib
 import io
 import os
-import subprocess
 import tempfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -151,29 +150,16 @@ def _stream(layout: Layout, tmp_dir: Path, argv: list[str]) -> CapturedLayer:
     writer = layout.writer(tmp_dir)
     diff = hashlib.sha256()
     compress = compressor()
-    child = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        env=proc.environment(),
-    )
-    assert child.stdout is not None and child.stderr is not None
     try:
-        read = child.stdout.read  # buffered: whole 1 MiB chunks until the end, and the
-        # compressor's output depends on how its input is cut, so the cut must not vary
-        while chunk := read(CHUNK):
-            diff.update(chunk)
-            if out := compress.compress(chunk):
-                writer.write(out)
-        writer.write(compress.flush())
-        errors = child.stderr.read().decode(errors="replace")
-        code = child.wait()
-        if code != 0:
-            raise proc.CommandError(argv, code, errors)
+        with proc.reading(argv) as tar:  # its stderr drained apart: warnings never block it
+            read = tar.stdout.read  # buffered: whole 1 MiB chunks until the end, and the
+            # compressor's output depends on how its input is cut, so the cut must not vary
+            while chunk := read(CHUNK):
+                diff.update(chunk)
+                if out := compress.compress(chunk):
+                    writer.write(out)
+            writer.write(compress.flush())
     except BaseException:
-        child.kill()
-        child.wait()
         writer.abort()
         raise
     descriptor = writer.commit(MEDIA_LAYER_GZIP)
@@ -237,29 +223,15 @@ def _extract(
         "--read-full-records",
         "--verbose",  # the names say whether whiteouts came along
     ]
-    with (
-        tempfile.TemporaryFile(dir=dest.parent) as listing,
-        tempfile.TemporaryFile(dir=dest.parent) as output,
-    ):
-        child = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=listing, stderr=output, env=proc.environment()
-        )
-        assert child.stdin is not None
-        try:
-            fed = _feed(source, child.stdin.fileno(), blob)
-            child.stdin.close()
-            code = child.wait()
-        except BaseException:
-            child.kill()
-            child.wait()
-            raise
+    with tempfile.TemporaryFile(dir=dest.parent) as listing:
+        with proc.feeding(argv, stdout=listing, check=False) as tar:
+            fed = _feed(source, tar.stdin.fileno(), blob)
         check_stream(fed, blob, diff_id, what)
-        if code != 0:
-            output.seek(0)
-            text = proc.tail(output.read().decode(errors="replace"))
+        if tar.returncode != 0:
+            text = proc.tail(tar.errors)
             raise StoreError(
-                f"{what}: unpacking blob {blob.digest} into {dest} failed (tar exited {code})"
-                + (f"\n{text}" if text else ""),
+                f"{what}: unpacking blob {blob.digest} into {dest} failed "
+                f"(tar exited {tar.returncode})" + (f"\n{text}" if text else ""),
                 hint=f"check the space and permissions of {dest.parent}",
             )
         listing.seek(0)
