@@ -35,6 +35,7 @@ from pathlib import Path
 from bench.common import KILN, Row, insert_images, median, timed
 from kiln.apt import indexes
 from kiln.catalog import Catalog
+from kiln.lifecycle.freshness import SOURCES_FORMAT
 
 POOL = 20_000
 SECURITY = 1_000
@@ -102,7 +103,7 @@ def synthetic(home: Path, images: int, packages: int) -> None:
     rows, pkgs, assignments = [], [], []
     sources = indexes.cache_root(home) / "images"
     sources.mkdir(parents=True)
-    own = json.dumps({"format": 1, "own": True, "lines": sorted(LINES), "files": []})
+    own = json.dumps({"format": SOURCES_FORMAT, "own": True, "lines": sorted(LINES), "files": []})
     image_id = 0
     for name in range(names):
         for version in (1, 2):

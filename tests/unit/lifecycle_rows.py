@@ -33,13 +33,22 @@ def workspace(home: Home, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspace
     opened.close()
 
 
-def manifest(workspace: Workspace, content: bytes) -> tuple[Descriptor, Descriptor]:
-    """A one-layer image in the store: its manifest and config descriptors."""
+def manifest(
+    workspace: Workspace, content: bytes, files: dict[str, bytes] | None = None
+) -> tuple[Descriptor, Descriptor]:
+    """A one-layer image in the store (``hello``, and ``files`` by path, their folders
+    made): its manifest and config descriptors."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as archive:
-        info = tarfile.TarInfo("hello")
-        info.size = len(content)
-        archive.addfile(info, io.BytesIO(content))
+        folders = sorted({str(p) for path in files or {} for p in Path(path).parents} - {"."})
+        for folder in folders:
+            entry = tarfile.TarInfo(folder)
+            entry.type, entry.mode = tarfile.DIRTYPE, 0o755
+            archive.addfile(entry)
+        for name, data in {"hello": content, **(files or {})}.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            archive.addfile(info, io.BytesIO(data))
     plain = raw.getvalue()
     layout = workspace.layout
     layer = layout.put_bytes(gzip.compress(plain, mtime=0), MEDIA_LAYER_GZIP)
@@ -71,13 +80,15 @@ def add_image(
     parent: ImageRow | None = None,
     *,
     stored: bool = False,
+    files: dict[str, bytes] | None = None,
 ) -> ImageRow:
-    """An image row as a bake leaves it (``stored``: its bytes in the store too)."""
+    """An image row as a bake leaves it (``stored``: its bytes in the store too, with
+    ``files`` in its layer)."""
     content = f"{name}:{version}".encode()
     digest = "sha256:" + hashlib.sha256(content).hexdigest()
     config_digest = digest
     if stored:
-        found, config = manifest(workspace, content)
+        found, config = manifest(workspace, content, files)
         digest, config_digest = found.digest, config.digest
         workspace.layout.tag(f"{name}:{version}", found)
     with workspace.catalog.session() as session:

@@ -270,7 +270,7 @@ def test_an_image_s_sources_are_its_merged_layers_never_the_host_s(tmp_path: Pat
             "etc/apt/sources.list.d/trusted.list": "deb [trusted=yes] http://t.example/ x main\n",
         },
     )
-    sources, files = image_sources(Layers([lower, upper]), tmp_path / "keyrings")
+    sources, files, _dropped = image_sources(Layers([lower, upper]), tmp_path / "keyrings")
     lines = sorted(s.line() for s in sources)
     assert not any("deb.example" in line or "old.example" in line for line in lines)
     assert not any("host.invalid" in line or "file:" in line for line in lines)
@@ -304,7 +304,7 @@ def test_an_opaque_folder_hides_the_sources_below_it(tmp_path: Path) -> None:
         "top",
         {"etc/apt/sources.list": "->sources.list.d/new.list", "etc/apt/sources.list.d/x": ""},
     )
-    sources, files = image_sources(Layers([lower, middle, top]), tmp_path / "keyrings")
+    sources, files, _dropped = image_sources(Layers([lower, middle, top]), tmp_path / "keyrings")
     assert [s.uri for s in sources] == ["http://new.example/", "http://new.example/"]
     assert files == ["/etc/apt/sources.list", "/etc/apt/sources.list.d/new.list"]
     assert Layers([lower, middle, top]).listdir("etc/apt/sources.list.d") == ["new.list", "x"]
@@ -320,7 +320,11 @@ def sources_of(workspace: Workspace, image: ImageRow) -> None:
     """The image's sources as the first read of its layers keeps them."""
     path = freshness._sources_file(workspace.home, image.digest)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"format": 1, "own": True, "lines": list(LINES), "files": []}))
+    path.write_text(
+        json.dumps(
+            {"format": freshness.SOURCES_FORMAT, "own": True, "lines": list(LINES), "files": []}
+        )
+    )
 
 
 def test_first_sightings_are_recorded_once(workspace: Workspace) -> None:
@@ -345,6 +349,7 @@ def test_first_sightings_are_recorded_once(workspace: Workspace) -> None:
 def test_the_fresh_gate(workspace: Workspace, tmp_path: Path) -> None:
     policy = write_policy(
         tmp_path,
+        "[channels.dev]\n\n"
         '[channels.staging]\nmax_security_age = "7d"\n\n[channels.prod]\nmax_security_age = "1h"\n',
     )
     app = add_image(workspace, "app", 1)
@@ -475,8 +480,12 @@ def test_gc_takes_the_cache_of_images_that_are_gone_and_only_that(
     for image, lines in ((kept, own), (gone, theirs)):
         path = root / "images" / f"{image.digest.partition(':')[2]}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"format": 1, "own": True, "lines": lines, "files": []}))
-    for lines in (own, theirs, freshness.host_lines()):
+        path.write_text(
+            json.dumps(
+                {"format": freshness.SOURCES_FORMAT, "own": True, "lines": lines, "files": []}
+            )
+        )
+    for lines in (own, theirs, freshness.host_lines(home)):
         folder = indexes.folder_of(root, lines)
         folder.mkdir(parents=True)
         (folder / "view.json").write_text("{}")
@@ -498,7 +507,7 @@ def test_gc_takes_the_cache_of_images_that_are_gone_and_only_that(
     collect_garbage(workspace)
     assert not any(p.exists() for p in going)
     assert indexes.folder_of(root, own).is_dir() and keyring.is_file()
-    assert indexes.folder_of(root, freshness.host_lines()).is_dir()
+    assert indexes.folder_of(root, freshness.host_lines(home)).is_dir()
     assert freshness.cached_lines(home, kept.digest) == (own, True)
 
 

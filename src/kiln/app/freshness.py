@@ -42,6 +42,8 @@ class ImageUpdates:
     they came from (``view.folder``, ``view.lines``, ``view.checked``), or None when no
     index of the image's sources is cached and none was fetched (``offline``).
     ``own_sources``: False when the image names no apt sources and the host's were used.
+    ``notes``: the image's sources lines left out for want of their keyring
+    (kiln.lifecycle.freshness.notes).
     """
 
     image: ImageRow
@@ -50,6 +52,7 @@ class ImageUpdates:
     own_sources: bool
     view: View | None
     updates: list[Update] = field(default_factory=list)
+    notes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def security(self) -> list[Update]:
@@ -70,6 +73,7 @@ class ImageUpdates:
                 "checked": iso(self.view.checked) if self.view is not None else None,
             },
             "updates": [u.to_json() for u in self.updates],
+            "notes": self.notes,
             "counts": {
                 "updates": len(self.updates),
                 "security": security,
@@ -190,7 +194,10 @@ def image_updates(
     for row, (lines, own) in zip(images, found, strict=True):
         view = views.get(tuple(sorted(set(lines))))
         pending = freshness.updates(packages[row.id], view, seen) if view is not None else []
-        out.append(ImageUpdates(row, sorted(channels.get(row.id, [])), lines, own, view, pending))
+        notes = freshness.notes(workspace.home, row.digest)
+        out.append(
+            ImageUpdates(row, sorted(channels.get(row.id, [])), lines, own, view, pending, notes)
+        )
     if record and any(u.unseen for item in out for u in item.updates):
         by_view: dict[datetime, list[Update]] = {}
         for item in out:

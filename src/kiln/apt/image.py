@@ -12,20 +12,22 @@ kiln's apt read the host's files.
 A ``signed-by`` keyring the image names is the image's file, not the host's: it is
 copied out (bounded, by content) to ``keyrings/<sha256>`` beside the index cache and the
 line names that copy, so the private apt checks the suite with the key the image's own
-apt would use.
+apt would use. A deb822 ``Signed-By`` key block is kept there the same way. A line whose
+keyring the image does not hold (or whose key block is not one) is left out, as the
+image's own apt could not check it either, and said so: :class:`Dropped`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from kiln.apt.sources import Source, parse
-from kiln.atomic import write_atomic
+from kiln.apt.sources import Source, keep_inline_key, keep_keyring, parse
 from kiln.errors import BadInput, KilnError
 from kiln.rootpath import PATH, Root
 
@@ -142,6 +144,25 @@ class Layers:
         return sorted(names)
 
 
+@dataclass(frozen=True)
+class Dropped:
+    """A sources line of the image left out: its keyring is not in the image (``keyring``,
+    the path it names), or its inline key block is no key (``keyring``: "inline")."""
+
+    file: str  # /etc/apt/sources.list.d/NAME
+    keyring: str
+    source: str  # the line, without its signed-by
+
+    def to_json(self) -> dict[str, str]:
+        return {"file": self.file, "keyring": self.keyring, "source": self.source}
+
+
+class ImageSources(NamedTuple):
+    sources: list[Source]
+    files: list[str]  # the files read, as the image names them
+    dropped: list[Dropped]
+
+
 def _keyring(layers: Layers, path: str, keyrings: Path) -> str | None:
     """The image's keyring file at ``path``, copied to ``keyrings`` by content."""
     if not path.startswith("/"):
@@ -149,16 +170,16 @@ def _keyring(layers: Layers, path: str, keyrings: Path) -> str | None:
     data = layers.read(path, MAX_KEYRING)
     if data is None:
         return None
-    suffix = ".asc" if data.lstrip().startswith(b"-----BEGIN") else ".gpg"
-    target = keyrings / f"{hashlib.sha256(data).hexdigest()}{suffix}"
-    if not target.is_file():
-        write_atomic(target, data)
-    return str(target)
+    return str(keep_keyring(keyrings, data))
 
 
-def image_sources(layers: Layers, keyrings: Path) -> tuple[list[Source], list[str]]:
-    """The image's apt sources (signed-by rewritten to copied keyrings), and the files
-    they were read from."""
+def _unsigned(source: Source) -> str:
+    return Source(source.uri, source.suite, source.components, None, source.trusted).line()
+
+
+def image_sources(layers: Layers, keyrings: Path) -> ImageSources:
+    """The image's apt sources (signed-by rewritten to copied keyrings), the files they
+    were read from, and the lines left out for want of their keyring."""
     files = [SOURCES_LIST] if layers.read(SOURCES_LIST) is not None else []
     files += [
         f"{SOURCES_PARTS}/{name}"
@@ -166,6 +187,7 @@ def image_sources(layers: Layers, keyrings: Path) -> tuple[list[Source], list[st
         if name.endswith((".list", ".sources"))
     ]
     sources: list[Source] = []
+    dropped: list[Dropped] = []
     for rel in files[:MAX_FILES]:
         data = layers.read(rel)
         if data is None:
@@ -173,15 +195,22 @@ def image_sources(layers: Layers, keyrings: Path) -> tuple[list[Source], list[st
         for source in parse(rel, data.decode(errors="replace")):
             if not source.uri.startswith(SCHEMES):
                 continue  # file:, copy:, cdrom: would have kiln's apt read the host's files
+            if source.inline_key:
+                kept = keep_inline_key(source, keyrings)
+                if kept is None:
+                    dropped.append(Dropped("/" + rel, "inline", _unsigned(source)))
+                else:
+                    sources.append(kept)
+                continue
             signed = source.signed_by
-            if signed and signed.startswith("-----BEGIN"):
-                continue  # an inline key (deb822): kept out rather than misread
             if signed:
                 copied = _keyring(layers, signed, keyrings)
                 if copied is None and signed.startswith("/"):
-                    continue  # apt in the image could not check it either
+                    # apt in the image could not check it either
+                    dropped.append(Dropped("/" + rel, signed, _unsigned(source)))
+                    continue
                 signed = copied or signed
             sources.append(
                 Source(source.uri, source.suite, source.components, signed, source.trusted)
             )
-    return sources, ["/" + f for f in files]
+    return ImageSources(sources, ["/" + f for f in files], dropped)

@@ -4,6 +4,12 @@ A sources file is one-line (``sources.list``, ``*.list``) or deb822 (``*.sources
 :func:`parse` reads either into :class:`Source` values, whose ``line()`` is the one-line
 form kiln hands a private apt (``signed-by`` and ``trusted=yes`` kept).
 
+A deb822 ``Signed-By`` may hold the key itself, an ASCII-armoured public key block over
+several lines (sources.list(5)); a one-line ``signed-by=`` names only files and
+fingerprints, so :func:`keep_inline_key` writes such a key to a keyring file of its own
+(``<sha256>.asc``: apt reads a keyring as armoured by that suffix, as binary otherwise)
+and the line names that file.
+
 mmdebstrap falls back to its own default mirror when given none; kiln instead uses the
 host's sources (one-line .list files and deb822 .sources files), with the host's codename
 swapped for the suite a recipe asks for. A mirror setting replaces them with one URL.
@@ -11,15 +17,20 @@ swapped for the suite a recipe asks for. A mirror setting replaces them with one
 
 from __future__ import annotations
 
+import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from kiln.atomic import write_atomic
 from kiln.errors import BadInput
 from kiln.rootpath import Root
 
 ETC_APT = Path("/etc/apt")
 APT_LISTS = Path("/var/lib/apt/lists")
+KEY_BEGIN = "-----BEGIN PGP PUBLIC KEY BLOCK-----"
+KEY_END = "-----END PGP PUBLIC KEY BLOCK-----"
+MAX_INLINE_KEY = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -27,10 +38,19 @@ class Source:
     uri: str
     suite: str
     components: tuple[str, ...]
-    signed_by: str | None = None
+    signed_by: str | None = None  # keyring paths or fingerprints, or an inline key block
     trusted: bool = False  # [trusted=yes]: apt takes the suite unsigned
 
+    @property
+    def inline_key(self) -> bool:
+        """``signed_by`` is a key block itself (deb822), not where keys are."""
+        return self.signed_by is not None and self.signed_by.lstrip().startswith("-----BEGIN")
+
     def line(self) -> str:
+        """The one-line form; a source with an inline key has none until the key is kept
+        as a file (:func:`keep_inline_key`)."""
+        if self.inline_key:
+            raise ValueError("an inline Signed-By key has no one-line form: keep it as a file")
         words = [f"signed-by={self.signed_by}"] if self.signed_by else []
         words += ["trusted=yes"] if self.trusted else []
         options = f"[{' '.join(words)}] " if words else ""
@@ -65,20 +85,37 @@ def _one_line(text: str) -> list[Source]:
     return out
 
 
+def _signed_by(lines: list[str]) -> str:
+    """A Signed-By value: keyring paths and fingerprints on one line, or an armoured key
+    block with its lines kept (a continuation line of one ``.`` is an empty line)."""
+    words = [line.strip() for line in lines]
+    if not any(word.startswith("-----BEGIN") for word in words):
+        return " ".join(word for word in words if word)
+    while words and not words[0]:
+        words.pop(0)
+    return "\n".join("" if word == "." else word for word in words) + "\n"
+
+
 def _deb822(text: str) -> list[Source]:
     out = []
     for paragraph in re.split(r"\n\s*\n", text):
-        fields: dict[str, str] = {}
+        values: dict[str, list[str]] = {}
         key = ""
         for line in paragraph.splitlines():
             if line.startswith("#") or not line.strip():
                 continue
             if line[0].isspace() and key:
-                fields[key] += " " + line.strip()
+                values[key].append(line)
                 continue
             key, _, value = line.partition(":")
             key = key.strip().lower()
-            fields[key] = value.strip()
+            values[key] = [value]
+        fields = {
+            name: _signed_by(lines)
+            if name == "signed-by"
+            else " ".join(part.strip() for part in lines if part.strip())
+            for name, lines in values.items()
+        }
         if "deb" not in fields.get("types", "").split():
             continue
         if fields.get("enabled", "yes").lower() == "no":
@@ -95,6 +132,35 @@ def _deb822(text: str) -> list[Source]:
                     )
                 )
     return out
+
+
+def keep_keyring(keyrings: Path, data: bytes) -> Path:
+    """``data`` as a keyring file in ``keyrings``, named by its sha256 (mode 0644: apt
+    reads keyrings as its own unprivileged user); ``.asc`` when armoured."""
+    suffix = ".asc" if data.lstrip().startswith(b"-----BEGIN") else ".gpg"
+    target = keyrings / f"{hashlib.sha256(data).hexdigest()}{suffix}"
+    if not target.is_file():
+        write_atomic(target, data, mode=0o644)
+    return target
+
+
+def keep_inline_key(source: Source, keyrings: Path) -> Source | None:
+    """``source`` with its inline key kept as a keyring file in ``keyrings`` and named by
+    ``signed-by``; None when the block is not one armoured public key. Other sources are
+    returned as they are."""
+    if not source.inline_key:
+        return source
+    assert source.signed_by is not None
+    block = source.signed_by.strip()
+    lines = block.splitlines()
+    if (
+        len(block) > MAX_INLINE_KEY
+        or lines[0] != KEY_BEGIN
+        or lines[-1] != KEY_END
+        or lines.count(KEY_BEGIN) != 1
+    ):
+        return None
+    return replace(source, signed_by=str(keep_keyring(keyrings, (block + "\n").encode())))
 
 
 def parse(name: str, text: str) -> list[Source]:
@@ -188,7 +254,8 @@ def mirror_lines(
         return [mirror]
     if mirror:
         return [f"deb {mirror} {suite} {' '.join(components)}"]
-    debian = [s for s in host_sources(etc_apt) if is_debian(s, lists)]
+    # an inline key has no file a bootstrap's apt could name: such a source is left out
+    debian = [s for s in host_sources(etc_apt) if not s.inline_key and is_debian(s, lists)]
     if not debian:
         raise BadInput(
             f"no Debian apt sources on this host (looked in {etc_apt})",

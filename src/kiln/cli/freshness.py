@@ -118,6 +118,9 @@ def outdated(
                 )
         for image in stale:
             _say(f"{image['ref']}: no index of its sources is cached (run without --offline)")
+        for image in images:
+            for note in image["notes"]:
+                _say(f"{image['ref']}: note: {escape(note['message'])}")
         if not data["outdated"]:
             _say(f"{len(images)} image{'s' if len(images) != 1 else ''} checked: none outdated")
     if data["outdated"]:

@@ -4,7 +4,9 @@ of each, and the ``max_security_age`` gate.
 
 - An image's sources are its own ``/etc/apt`` files (kiln.apt.image), read once per image
   digest (an image never changes) and kept under ``cache/apt-indexes/images/``; an image
-  that names none falls back to the host's sources.
+  that names none falls back to the host's sources. A line left out for want of its
+  keyring is kept there too, and said (:func:`notes`), with whether the host's sources
+  stood in for the image's.
 - The newest version any of those suites offers wins, for the package's architecture or
   ``all``, compared in Debian order (kiln.apt.versions); it is an update when it is newer
   than the installed one.
@@ -24,9 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln.apt import indexes
-from kiln.apt.image import Layers, image_sources
+from kiln.apt.image import Dropped, Layers, image_sources
 from kiln.apt.indexes import Available, View
-from kiln.apt.sources import host_sources
+from kiln.apt.sources import host_sources, keep_inline_key
 from kiln.apt.versions import compare
 from kiln.atomic import write_atomic
 from kiln.catalog.lookup import ImageRow, Lookup, iso, moment
@@ -38,7 +40,7 @@ from kiln.store.layout import Layout
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-SOURCES_FORMAT = 1
+SOURCES_FORMAT = 2
 SIGHTINGS = "SELECT package, architecture, version, suite, first_seen FROM update_sightings"
 Key = tuple[str, str, str, str]  # package, architecture, version, suite
 
@@ -148,7 +150,7 @@ def unused(home: Home, digests: Collection[str]) -> list[Path]:
     (nor the host's, for images that name none) use."""
     root = cache_root(home)
     out: list[Path] = []
-    wanted = [host_lines()]
+    wanted = [host_lines(home)]
     for path in sorted((root / "images").glob("*.json")):
         digest = f"sha256:{path.stem}"
         if digest not in digests:
@@ -183,27 +185,75 @@ def _sources_file(home: Home, digest: str) -> Path:
     return cache_root(home) / "images" / f"{digest.partition(':')[2]}.json"
 
 
+def _keyrings(home: Home) -> Path:
+    return cache_root(home) / "keyrings"
+
+
 @functools.cache
-def _host_lines() -> tuple[str, ...]:
-    return tuple(sorted({source.line() for source in host_sources()}))
+def _host_lines(keyrings: Path) -> tuple[str, ...]:
+    kept = [keep_inline_key(source, keyrings) for source in host_sources()]
+    return tuple(sorted({source.line() for source in kept if source is not None}))
 
 
-def host_lines() -> list[str]:
-    """The host's sources lines: what an image that names none is checked against."""
-    return list(_host_lines())
+def host_lines(home: Home) -> list[str]:
+    """The host's sources lines: what an image that names none is checked against (an
+    inline key kept as a keyring file of the cache)."""
+    return list(_host_lines(_keyrings(home)))
+
+
+def _cached(home: Home, digest: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(_sources_file(home, digest).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == SOURCES_FORMAT else None
 
 
 def cached_lines(home: Home, digest: str) -> tuple[list[str], bool] | None:
     """The image's sources lines as kept (``own`` False: the host's), or None."""
+    data = _cached(home, digest)
+    if data is None:
+        return None
     try:
-        data = json.loads(_sources_file(home, digest).read_bytes())
-        if data.get("format") != SOURCES_FORMAT:
-            return None
         own = bool(data["own"])
         lines = [str(line) for line in data["lines"]]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return None
-    return (lines, True) if own else (host_lines(), False)
+    return (lines, True) if own else (host_lines(home), False)
+
+
+def notes(home: Home, digest: str) -> list[dict[str, Any]]:
+    """What reading the image's sources left out, one note per line dropped for want of
+    its keyring: ``file``, ``keyring``, ``source`` (the line), ``host_sources`` (True: the
+    image was then checked against the host's sources) and ``message``."""
+    data = _cached(home, digest) or {}
+    own = bool(data.get("own"))
+    out = []
+    for item in data.get("dropped") or []:
+        try:
+            dropped = Dropped(str(item["file"]), str(item["keyring"]), str(item["source"]))
+        except (KeyError, TypeError):
+            continue
+        what = (
+            "an inline Signed-By block that is not one armoured public key"
+            if dropped.keyring == "inline"
+            else f"keyring {dropped.keyring}, which the image does not hold"
+        )
+        instead = (
+            "; the image names no other sources, so it was checked against the host's "
+            "sources instead"
+            if not own
+            else ""
+        )
+        out.append(
+            {
+                **dropped.to_json(),
+                "host_sources": not own,
+                "message": f"{dropped.file}: {dropped.source} names {what}: the line was "
+                f"left out{instead}",
+            }
+        )
+    return out
 
 
 def image_lines(home: Home, layout: Layout, image: ImageRow) -> tuple[list[str], bool]:
@@ -215,9 +265,8 @@ def image_lines(home: Home, layout: Layout, image: ImageRow) -> tuple[list[str],
     from kiln.store import stored
 
     loaded = stored.load(home, layout, image.ref, image.digest)
-    keyrings = cache_root(home) / "keyrings"
     try:
-        sources, files = image_sources(Layers(loaded.layer_dirs), keyrings)
+        sources, files, dropped = image_sources(Layers(loaded.layer_dirs), _keyrings(home))
     except BadInput as exc:  # a symlink loop, a sources file too big: the image's doing
         raise BadInput(
             f"{image.ref}: its apt sources cannot be read: {exc.message}",
@@ -228,10 +277,16 @@ def image_lines(home: Home, layout: Layout, image: ImageRow) -> tuple[list[str],
     write_atomic(
         _sources_file(home, image.digest),
         json.dumps(
-            {"format": SOURCES_FORMAT, "own": bool(lines), "lines": lines, "files": files}
+            {
+                "format": SOURCES_FORMAT,
+                "own": bool(lines),
+                "lines": lines,
+                "files": files,
+                "dropped": [d.to_json() for d in dropped],
+            }
         ).encode(),
     )
-    return (lines, True) if lines else (host_lines(), False)
+    return (lines, True) if lines else (host_lines(home), False)
 
 
 # --- first sightings ---
