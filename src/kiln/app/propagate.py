@@ -596,7 +596,10 @@ def _item(
             task.ref, task.digest = result.ref, result.digest
             steps["bake"].update(ended=_stamp(), cached=result.cached, seconds=result.seconds)
             _commit(workspace, run, task, BAKED, steps=steps)
-            log(f"{task.name}: baked {result.ref}{' (cache hit)' if result.cached else ''}")
+            hit = " (cache hit)" if result.cached else ""
+            log(
+                f"{task.name}: baked {result.ref}{hit}" + (f" {result.note}" if result.note else "")
+            )
             steps["test"] = {}
             passed = verify.test(workspace, result.ref, converge, steps["test"])
             _commit(workspace, run, task, TESTED, steps=steps)

@@ -13,6 +13,10 @@ own sources, and the recipe is baked from that lock. A recipe without a lock is 
 without the cache (apt takes the newest of everything), which ``--security-only`` cannot
 limit: it is refused, with the lock command as the way out.
 
+A bumped lock that is the exact lock of an earlier version makes that version's bytes
+the name's newest version again, under a new number (kiln.bake.again): ``base:4`` with the
+bytes of ``base:2``, which is what the refresh then tests, promotes and propagates from.
+
 Every lock is bumped first, then the images are baked root first: a child whose own
 packages were bumped is rebaked once, by the propagation from its refreshed parent, with
 its lock moved onto that parent (kiln.app.propagate). Nothing whose tests failed is
@@ -222,8 +226,12 @@ def _bake(workspace: Workspace, owner: Owner, locked: bool, log: Log) -> None:
     recipe = Path(owner.image.recipe_path)
     results = bake_path(workspace, recipe, BakeOptions(no_cache=not locked), stage)
     owner.ref, owner.digest = results[-1].ref, results[-1].digest
-    owner.steps["bake"] = {"cached": results[-1].cached, "seconds": round(results[-1].seconds, 3)}
-    log(f"{owner.image.name}: baked {owner.ref}{' (cache hit)' if results[-1].cached else ''}")
+    made = results[-1]
+    owner.steps["bake"] = {"cached": made.cached, "seconds": round(made.seconds, 3)}
+    if made.again_of:
+        owner.steps["bake"]["again_of"] = made.again_of
+    hit = " (cache hit)" if made.cached else ""
+    log(f"{owner.image.name}: baked {owner.ref}{hit}" + (f" {made.note}" if made.note else ""))
 
 
 def _test_and_promote(workspace: Workspace, owner: Owner, options: Options, log: Log) -> None:

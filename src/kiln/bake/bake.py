@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kiln import locks
-from kiln.bake import cachekey, memo
+from kiln.bake import again, cachekey, memo
 from kiln.bake.bases import debian
 from kiln.bake.context import BuildContext
 from kiln.bake.options import Options
@@ -109,9 +109,10 @@ def bake(
     lock = read_lock(recipe, parent, options)
     key, found, entry = _key(recipe, parent, lock, options)
     memo.remember(stores.home, recipe.digest, lock.digest if lock else None, entry)
-    hit = _cached(stores, recipe, key, options, started)
-    if hit is not None:
-        return hit
+    hit = _cached(stores, key, options)
+    newest = again.current(stores.lookup, hit) if hit is not None else None
+    if newest is not None:
+        return again.result(newest, key, str(recipe.path), started, cached=True)
     home = stores.home
     # One bake per cache key at a time: a second bake of the same inputs waits here, then
     # finds the first one's image. Bakes of other inputs run side by side.
@@ -123,9 +124,12 @@ def bake(
         held_key = locks.hold(key_lock)
     assert held_key is not None
     with held_key:
-        hit = _cached(stores, recipe, key, options, started)
-        if hit is not None:
-            return hit
+        hit = _cached(stores, key, options)
+        if hit is not None:  # the newest version, or an older one made the newest again
+            made_on = (parent.row.id, parent.row.ref) if parent else None
+            return again.settle(
+                stores.catalog, stores.layout, recipe, made_on, hit, key, started, cached=True
+            )
         from kiln.bake import build  # the pipeline, and SQLAlchemy with it, only to build
 
         build_dir, held = locks.owned_dir(home.builds, f"{recipe.name}-")
@@ -195,18 +199,9 @@ def build_context(
     return context
 
 
-def _cached(
-    stores: Stores, recipe: RecipeFile, key: str, options: Options, started: float
-) -> BakeResult | None:
+def _cached(stores: Stores, key: str, options: Options) -> ImageRow | None:
+    """The image these inputs made, when its bytes are still stored (None with --no-cache)."""
     hit = None if options.no_cache else stores.lookup.by_cache_key(key)
     if hit is None or not stores.layout.has_blob(hit.digest):
         return None
-    return BakeResult(
-        name=hit.name,
-        version=hit.version,
-        digest=hit.digest,
-        cache_key=key,
-        cached=True,
-        seconds=time.monotonic() - started,
-        recipe=str(recipe.path),
-    )
+    return hit

@@ -32,12 +32,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kiln import proc, steps
-from kiln.bake import image, packages, seal, services
+from kiln.bake import again, image, packages, seal, services
 from kiln.bake.bases import debian, imported
 from kiln.bake.context import BuildContext
 from kiln.bake.result import ONGOING, BakeResult
-from kiln.catalog import events
-from kiln.catalog.db import Conflict
+from kiln.catalog import events, versions
+from kiln.catalog.db import Catalog, Conflict
 from kiln.catalog.models import Artefact, Image, Package
 from kiln.catalog.revisions import PENDING
 from kiln.digests import canonical_json
@@ -384,6 +384,20 @@ def commit(context: BuildContext, layer: Descriptor, diff_id: str, seconds: floa
     )
     _move_layer(context, diff_id)
     recipe = context.recipe
+    held = versions.holding(context.catalog.lookup(), recipe.name, manifest_desc.digest)
+    if held:  # a rebuild (--no-cache) that reproduced a version: no second copy of it
+        parent = context.parent
+        made_on = (context.parent_id, parent.ref) if parent and context.parent_id else None
+        return again.settle(
+            context.catalog,
+            context.layout,
+            recipe,
+            made_on,
+            held[0],
+            context.cache_key,
+            time.monotonic() - seconds,
+            cached=False,
+        )
 
     def pending_row(version: int) -> Image:
         return Image(
@@ -408,7 +422,7 @@ def commit(context: BuildContext, layer: Descriptor, diff_id: str, seconds: floa
             ],
         )
 
-    image_id, version = _allocate(context, recipe.name, pending_row)
+    image_id, version = allocate(context.catalog, recipe.name, pending_row)
     ref = f"{recipe.name}:{version}"
     referrers: list[Descriptor] = []
     tagged = False
@@ -453,9 +467,7 @@ def commit(context: BuildContext, layer: Descriptor, diff_id: str, seconds: floa
 ALLOCATE_ATTEMPTS = 20
 
 
-def _allocate(
-    context: BuildContext, name: str, pending_row: Callable[[int], Image]
-) -> tuple[int, int]:
+def allocate(catalog: Catalog, name: str, pending_row: Callable[[int], Image]) -> tuple[int, int]:
     """Take the next version of ``name`` with a pending row; return its id and version.
 
     On SQLite the write transaction is serialised; on PostgreSQL two bakes can pick the
@@ -463,8 +475,8 @@ def _allocate(
     """
     for attempt in range(ALLOCATE_ATTEMPTS):
         try:
-            with context.catalog.session() as session:
-                row = pending_row(context.catalog.next_version(session, name))
+            with catalog.session() as session:
+                row = pending_row(catalog.next_version(session, name))
                 session.add(row)
                 session.flush()
                 return row.id, row.version

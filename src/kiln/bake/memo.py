@@ -32,6 +32,7 @@ import kiln
 from kiln import refs
 from kiln.apt.sources import mirror_lines
 from kiln.atomic import write_atomic
+from kiln.bake import again
 from kiln.bake.result import BakeResult
 from kiln.catalog.lookup import Lookup
 from kiln.digests import canonical_json, file_sha256, input_digest, json_sha256
@@ -277,6 +278,8 @@ def _cached(
         hit = reads.lookup.by_cache_key(key) if key is not None else None
         if key is None or hit is None or not reads.layout.has_blob(hit.digest):
             return None
+        if again.current(reads.lookup, hit) is None:
+            return None  # an older version's bytes: the full path makes them the newest
         result = BakeResult(
             name=hit.name,
             version=hit.version,

@@ -92,7 +92,9 @@ def bake(
     for result in results:
         state = "[green]cached[/]" if result.cached else "[bold]baked[/]"
         console.print(
-            f"{state} {result.ref}  {result.digest[:19]}  {result.seconds:.2f}s", highlight=False
+            f"{state} {result.ref}  {result.digest[:19]}  {result.seconds:.2f}s"
+            + (f"  {result.note}" if result.note else ""),
+            highlight=False,
         )
 
 

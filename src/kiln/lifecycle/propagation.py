@@ -202,7 +202,12 @@ def plan(
         if name == origin.name:
             continue
         found = nearest(row.id)
-        if found is not None and found.id != origin.id and found.version < origin.version:
+        if (
+            found is not None
+            and found.id != origin.id
+            and found.version < origin.version
+            and found.digest != origin.digest  # the same bytes under an earlier number
+        ):
             stale[name] = found
 
     parent_name: dict[str, str] = {}
