@@ -60,6 +60,19 @@ def test_a_channel_ref_is_a_ref_wherever_one_is_taken(workspace: Workspace) -> N
     assert found["versions"][0]["channels"] == ["prod", "staging"]
 
 
+def test_an_unknown_image_name_suggests_the_nearest(workspace: Workspace) -> None:
+    add_image(workspace, "web", 1)
+    add_image(workspace, "base", 1)
+    with pytest.raises(NotFound, match=r"no image wbe:1 in the catalog \(did you mean web\?\)"):
+        lifecycle.promote(workspace, "wbe:1", "prod")
+    with pytest.raises(NotFound) as far:
+        lifecycle.promote(workspace, "zzz:1", "prod")
+    assert "did you mean" not in far.value.message
+    with pytest.raises(NotFound, match=r"^no image web:9 in the catalog$") as known:
+        lifecycle.promote(workspace, "web:9", "prod")  # web is known: its versions are listed
+    assert known.value.hint == "'kiln images' lists the versions of web"
+
+
 @pytest.mark.parametrize("bad", ["3", "latest", "Prod", "-x", ""])
 def test_channel_names_are_never_numbers_nor_latest(workspace: Workspace, bad: str) -> None:
     add_image(workspace, "web", 1)

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from kiln.app import lifecycle
 from kiln.app.workspace import Workspace
 from kiln.catalog.lifecycle import Assignment, Event
+from kiln.errors import BadInput
 from kiln.lifecycle import gates, signing
 from kiln.store.layout import MEDIA_MANIFEST, Descriptor
 from tests.unit.lifecycle_rows import (
@@ -98,7 +99,9 @@ def test_a_test_of_another_digest_does_not_count(workspace: Workspace, tmp_path:
 
 
 def test_a_soak_that_ended_short_does_not_count(workspace: Workspace, tmp_path: Path) -> None:
-    policy = write_policy(tmp_path, '[channels.prod]\nafter = "staging"\nsoak = "1h"\n')
+    policy = write_policy(
+        tmp_path, '[channels.staging]\n[channels.prod]\nafter = "staging"\nsoak = "1h"\n'
+    )
     add_image(workspace, "web", 1)
     add_image(workspace, "web", 2)
     lifecycle.promote(workspace, "web:1", "staging")
@@ -152,6 +155,43 @@ def test_the_signed_gate_wants_a_trusted_key(workspace: Workspace, tmp_path: Pat
     signed = lifecycle.promote(workspace, "web:1", "prod", policy_file=policy)
     assert signed.promoted, signed.to_json()
     assert {o.gate: o.ok for o in signed.outcomes} == {"revoked": True, "signed": True}
+
+
+def test_a_channel_the_policy_does_not_define_is_refused(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """Under a policy, a typo of prod (or a qa nobody defined) is not a channel without
+    gates: it is refused (exit 2), --force too, and nothing is recorded."""
+    policy = write_policy(tmp_path, POLICY)
+    add_image(workspace, "web", 1)
+    with pytest.raises(BadInput, match=r"prdo is not a channel .* \(did you mean prod\?\)") as typo:
+        lifecycle.promote(workspace, "web:1", "prdo", force=True, policy_file=policy)
+    assert typo.value.exit_code == 2 and str(policy.resolve()) in typo.value.message
+    assert "its channels: staging, prod" in (typo.value.hint or "")
+    assert "[channels] open = true" in (typo.value.hint or "")
+    with pytest.raises(BadInput, match="qa is not a channel") as qa:
+        lifecycle.promote(workspace, "web:1", "qa", policy_file=policy)
+    assert "did you mean" not in qa.value.message
+    assert lifecycle.channel_list(workspace, "web") == []
+
+
+def test_an_open_policy_lets_a_promotion_enter_a_channel_it_does_not_define(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    policy = write_policy(tmp_path, "[channels]\nopen = true\n" + POLICY)
+    add_image(workspace, "web", 1)
+    opened = lifecycle.promote(workspace, "web:1", "qa", policy_file=policy)
+    assert opened.promoted and [o.gate for o in opened.outcomes] == ["revoked"]
+    assert unmet(lifecycle.promote(workspace, "web:1", "prod", policy_file=policy)) == [
+        "tests",
+        "converge",
+        "soak",
+    ]
+
+
+def test_without_a_policy_file_any_channel_name_is_open(workspace: Workspace) -> None:
+    add_image(workspace, "web", 1)
+    assert lifecycle.promote(workspace, "web:1", "qa").promoted
 
 
 def test_a_gate_is_one_function_and_one_entry(

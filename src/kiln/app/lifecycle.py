@@ -86,8 +86,9 @@ def promote(
     channels.check_name(channel)
     parsed = refs.parse(ref)
     found = policy.find(workspace.home, policy_file)
+    wanted = found.gates(channel)  # a channel the policy does not define: BadInput
     layout = workspace.layout
-    if found.gates(channel).max_security_age is not None:
+    if wanted.max_security_age is not None:
         # the fresh gate reads the image's apt sources from its layers the first time:
         # do that now, not inside the write transaction (on SQLite, the catalog's lock)
         from kiln.lifecycle import freshness
@@ -101,7 +102,7 @@ def promote(
         head = lookup.head(image.name, channel, now)
         current = head.current if head is not None else None
         candidate = gates.Candidate(
-            image, channel, found.gates(channel), found, lookup, layout, workspace.home, now
+            image, channel, wanted, found, lookup, layout, workspace.home, now
         )
         result = Promotion(image, channel, gates.evaluate(candidate), found.describe())
         result.previous = current.ref if current is not None else None

@@ -30,6 +30,7 @@ from typing import Any
 from kiln.catalog.revisions import HEAD, OK
 from kiln.errors import KilnError, NotFound, StoreError
 from kiln.refs import Ref
+from kiln.suggest import did_you_mean
 
 Query = Callable[[str, dict[str, Any]], Sequence[Sequence[Any]]]
 
@@ -255,12 +256,16 @@ class Lookup:
                     raise Revoked(revocation.describe(found[0].ref), hint=revoked_hint(revocation))
             return found[0]
         known = self._query("SELECT count(*) FROM images WHERE name = :name", {"name": ref.name})
-        hint = (
-            f"'kiln images' lists the versions of {ref.name}"
-            if known[0][0]
-            else f'bake a recipe with [image] name = "{ref.name}" first'
+        if known[0][0]:
+            raise NotFound(
+                f"no image {ref} in the catalog",
+                hint=f"'kiln images' lists the versions of {ref.name}",
+            )
+        names = [row[0] for row in self._query("SELECT DISTINCT name FROM images", {})]
+        raise NotFound(
+            f"no image {ref} in the catalog{did_you_mean(ref.name, names)}",
+            hint=f'bake a recipe with [image] name = "{ref.name}" first',
         )
-        raise NotFound(f"no image {ref} in the catalog", hint=hint)
 
     def _newest(self, ref: Ref, found: list[ImageRow]) -> ImageRow:
         revoked = self.revoked_images()

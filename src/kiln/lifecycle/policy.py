@@ -6,6 +6,11 @@
 keys = ["keys/release.pub"]     # trusted public keys (PEM), relative to this file
 require_signatures = false      # kiln run refuses an image without a valid signature
 
+[channels]
+open = false                    # a promotion into a channel not defined here is refused
+
+[channels.dev]                  # no gates: any version may enter dev
+
 [channels.staging]
 tests = true                    # a passed `kiln test` of this exact digest
 after = "dev"                   # it was in channel dev first ...
@@ -29,30 +34,50 @@ keep_younger_than = "30d"
 keep_channel_history = "14d"
 ```
 
-It is validated like a recipe (every problem at once, with file:line and key path; exit 2).
+It is validated like a recipe (every problem at once, with file:line and key path; exit 2),
+and strictly: a value of the wrong type (``keep_last = "5"``, ``tests = "true"``) is an
+error, never converted. ``after`` names another channel the file defines, and the chain
+of ``after`` has no cycle. A promotion into a channel the file does not define is refused
+(with the nearest defined name) unless it says ``[channels] open = true``.
+
 Which file: ``--policy PATH``, else ``KILN_POLICY``, else ``kiln.toml`` in the current
-folder, else ``$KILN_HOME/kiln.toml``; without one there are no gates, no trust policy and
-gc keeps what its flags say. Commands that apply a policy say which file they used.
+folder, else ``$KILN_HOME/kiln.toml`` (anything there that is not a regular file is an
+error: kiln.lifecycle.locate); without one there are no gates, no trust policy, every
+channel name is open and gc keeps what its flags say. Commands that apply a policy say
+which file they used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from kiln import refs
 from kiln.durations import seconds
-from kiln.errors import NotFound, Problem, RecipeError
+from kiln.errors import BadInput, NotFound, Problem, RecipeError
 from kiln.home import Home
 from kiln.lifecycle.locate import MAX_POLICY_BYTES, NAME, locate
 from kiln.recipe import limits
 from kiln.recipe.load import parse_toml, pydantic_problems
-from kiln.recipe.locate import LineIndex
+from kiln.recipe.locate import KeyPath, LineIndex, format_path
 from kiln.schema import Model
+from kiln.suggest import did_you_mean
+
+DOCS = "docs/lifecycle.md"
+NOT_A_CHANNEL = "a letter first, then letters, digits, - and _; never latest"
+
+
+class Strict(Model):
+    """A table of the policy file: a value of the wrong type is an error, never converted
+    (``"5"`` is not 5, ``"yes"`` is not true)."""
+
+    model_config = ConfigDict(strict=True)
 
 
 def _duration(value: str | None) -> str | None:
@@ -61,7 +86,7 @@ def _duration(value: str | None) -> str | None:
     return value
 
 
-class Gates(Model):
+class Gates(Strict):
     """What a promotion into one channel needs."""
 
     tests: bool = False
@@ -76,7 +101,7 @@ class Gates(Model):
     @classmethod
     def _after(cls, value: str | None) -> str | None:
         if value is not None and not refs.is_channel(value):
-            raise ValueError(f"'{value}' is not a channel name (a letter first; not latest)")
+            raise ValueError(f"'{value}' is not a channel name ({NOT_A_CHANNEL})")
         return value
 
     @field_validator("soak", "max_security_age", "proven_within")
@@ -89,12 +114,12 @@ class Gates(Model):
         return seconds(self.soak) if self.soak else 0
 
 
-class Trust(Model):
-    keys: tuple[str, ...] = ()
+class Trust(Strict):
+    keys: tuple[str, ...] = Field((), strict=False)  # a TOML array; each item a string
     require_signatures: bool = False
 
 
-class Retention(Model):
+class Retention(Strict):
     keep_last: int | None = Field(default=None, ge=0, le=1_000_000)
     keep_younger_than: str | None = None
     keep_channel_history: str | None = None
@@ -105,7 +130,7 @@ class Retention(Model):
         return _duration(value)
 
 
-class Freshness(Model):
+class Freshness(Strict):
     """How old a cached Packages index may be before kiln outdated fetches it again."""
 
     index_max_age: str = "1h"
@@ -121,22 +146,35 @@ class Freshness(Model):
         return seconds(self.index_max_age)
 
 
-class PolicyModel(Model):
-    trust: Trust = Trust()
-    channels: dict[str, Gates] = Field(default_factory=dict)
-    retention: Retention = Retention()
-    freshness: Freshness = Freshness()
+class Channels(Strict):
+    """``[channels]``: one table of gates per channel, and ``open``, whether a promotion
+    may enter a channel the file does not define (with no gates)."""
 
-    @field_validator("channels")
+    model_config = ConfigDict(extra="allow")
+    open: bool = False
+    __pydantic_extra__: dict[str, Gates] = Field(init=False)
+
+    @field_validator("open", mode="before")
     @classmethod
-    def _names(cls, value: dict[str, Gates]) -> dict[str, Gates]:
-        bad = [name for name in value if not refs.is_channel(name)]
-        if bad:
+    def _open(cls, value: object) -> object:
+        if isinstance(value, dict):
             raise ValueError(
-                f"not channel names (a letter first, then letters, digits, - and _; "
-                f"never latest): {', '.join(map(repr, bad))}"
+                "open is not a channel name here: [channels] open = true or false says "
+                "whether a promotion may enter a channel this file does not define"
             )
         return value
+
+    @property
+    def defined(self) -> dict[str, Gates]:
+        """The channels the file defines, in its order."""
+        return self.__pydantic_extra__ or {}
+
+
+class PolicyModel(Strict):
+    trust: Trust = Trust()
+    channels: Channels = Channels()
+    retention: Retention = Retention()
+    freshness: Freshness = Freshness()
 
 
 @dataclass(frozen=True)
@@ -148,7 +186,21 @@ class Policy:
     digest: str = ""  # sha256 of the file's bytes
 
     def gates(self, channel: str) -> Gates:
-        return self.model.channels.get(channel, Gates())
+        """What a promotion into ``channel`` needs. A channel the policy file does not
+        define is refused (BadInput, exit 2) unless it says ``[channels] open = true``;
+        without a policy file every channel is open and has no gates."""
+        defined = self.model.channels.defined
+        if channel in defined:
+            return defined[channel]
+        if self.path is None or self.model.channels.open:
+            return Gates()
+        known = ", ".join(defined) or "none"
+        raise BadInput(
+            f"{channel} is not a channel the policy {self.path} defines"
+            + did_you_mean(channel, defined),
+            hint=f"its channels: {known}; add [channels.{channel}] to it, or set [channels] "
+            "open = true there to let promotions enter channels it does not define",
+        )
 
     @property
     def trust(self) -> Trust:
@@ -171,6 +223,83 @@ class Policy:
         return {"path": str(self.path) if self.path else None, "digest": self.digest or None}
 
 
+class Lines(LineIndex):
+    """The recipe loader's line index, and for a key path with no line of its own or of an
+    ancestor (``[chanels.prod]`` has no ``[chanels]`` line) the first line beneath it."""
+
+    def line_of(self, path: Sequence[str | int]) -> int | None:
+        found = super().line_of(path)
+        if found is not None or not path:
+            return found
+        key = tuple(path)
+        below = [line for at, line in self.lines.items() if at[: len(key)] == key]
+        return min(below, default=None)
+
+
+def pipeline_problems(raw: dict[str, Any]) -> list[tuple[KeyPath, str]]:
+    """What the schema cannot check: channel names, and ``after`` naming another channel
+    the file defines, with no cycle. It reads the parsed TOML defensively (the schema
+    reports values of the wrong shape), so its problems come with the schema's."""
+    tables = raw.get("channels")
+    if not isinstance(tables, dict):
+        return []
+    defined = {name: gates for name, gates in tables.items() if isinstance(gates, dict)}
+    defined.pop("open", None)  # [channels] open, not a channel (the schema says so)
+
+    def after_of(name: str) -> str | None:
+        after = defined[name].get("after")
+        return after if isinstance(after, str) and refs.is_channel(after) else None
+
+    out: list[tuple[KeyPath, str]] = []
+    for name in defined:
+        if not refs.is_channel(name):
+            out.append((("channels", name), f"'{name}' is not a channel name ({NOT_A_CHANNEL})"))
+        after = after_of(name)
+        where: KeyPath = ("channels", name, "after")
+        if after == name:
+            out.append((where, f"after = '{after}' names its own channel: name the one before it"))
+        elif after is not None and after not in defined:
+            out.append(
+                (
+                    where,
+                    f"after = '{after}' names a channel this file does not define"
+                    f"{did_you_mean(after, defined)}: add [channels.{after}] (an empty table "
+                    "is a channel with no gates)",
+                )
+            )
+    reported: set[str] = set()
+    for start in defined:
+        chain = [start]
+        while (after := after_of(chain[-1])) in defined and after not in chain:
+            chain.append(after)
+        if after != start or len(chain) < 2 or reported & set(chain):
+            continue
+        reported.update(chain)
+        out.append(
+            (
+                ("channels", start, "after"),
+                "after makes a cycle: " + " -> ".join([*chain, start]) + " (each channel "
+                "comes after one before it, and the first after none)",
+            )
+        )
+    return out
+
+
+def _type_hints(problems: list[Problem], error: ValidationError) -> list[Problem]:
+    """A string where a number or a boolean belongs says so: kiln never converts one."""
+    out = []
+    for found, item in zip(problems, error.errors(), strict=True):
+        if item["type"] in ("int_type", "bool_type") and isinstance(item["input"], str):
+            unquoted = "a number" if item["type"] == "int_type" else "true or false"
+            found = replace(
+                found,
+                message=f"{found.message}, not the string {item['input']!r}"
+                f" (write {unquoted}, without quotes)",
+            )
+        out.append(found)
+    return out
+
+
 def load(path: Path) -> Policy:
     """Load and validate a policy file; RecipeError lists every problem (exit 2)."""
     path = Path(os.path.realpath(path))
@@ -179,21 +308,30 @@ def load(path: Path) -> Policy:
         data = limits.read_regular(path, MAX_POLICY_BYTES, "policy file")
     except NotFound:
         raise NotFound(f"no policy file at {path}", hint=f"write one: see {NAME} in docs") from None
-    text, raw = parse_toml(file, data)
-    index = LineIndex(text)
-    problems: list[Problem] = []
-    for key_path, message, _stop in limits.value_problems(raw):
-        problems.append(
-            Problem(file, index.line_of(key_path), ".".join(map(str, key_path)), message)
-        )
+    try:
+        text, raw = parse_toml(file, data)
+    except RecipeError as exc:  # the TOML parser's own problems, with their lines
+        last = data.count(b"\n") + (not data.endswith(b"\n"))
+        problems = [
+            replace(p, line=last) if p.line is None and "end of document" in p.message else p
+            for p in exc.problems
+        ]
+        raise RecipeError(problems, hint=f"see {DOCS}", what="policy file") from None
+    index = Lines(text)
+
+    def problem(key_path: Sequence[str | int], message: str) -> Problem:
+        return Problem(file, index.line_of(key_path), format_path(key_path), message)
+
+    problems = [problem(where, message) for where, message, _stop in limits.value_problems(raw)]
     if not problems:
+        problems = [problem(where, message) for where, message in pipeline_problems(raw)]
         try:
             model = PolicyModel.model_validate(raw)
         except ValidationError as exc:
-            problems = pydantic_problems(file, index, exc, "docs/lifecycle.md")
+            problems += _type_hints(pydantic_problems(file, index, exc, DOCS), exc)
     if problems:
         problems.sort(key=lambda p: p.line or 0)
-        raise RecipeError(problems, hint="see docs/lifecycle.md for every key", what="policy file")
+        raise RecipeError(problems, hint=f"see {DOCS} for every key", what="policy file")
     return Policy(model, path, hashlib.sha256(data).hexdigest())
 
 
