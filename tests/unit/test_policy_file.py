@@ -14,10 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from kiln.app.workspace import Workspace
 from kiln.errors import RecipeError
 from kiln.home import Home
 from kiln.lifecycle import policy, trust
 from kiln.lifecycle.locate import locate
+from tests.unit.lifecycle_rows import add_image, workspace
+
+__all__ = ["workspace"]  # the fixture
 
 REQUIRING = '[trust]\nkeys = ["release.pub"]\nrequire_signatures = true\n'
 
@@ -140,6 +144,17 @@ def test_commands_that_read_the_policy_refuse_a_dangling_one(home: Home, nowhere
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert f"{home.root / 'kiln.toml'}: is a dangling symlink" in result.stderr
     assert "Traceback" not in result.stderr and "would remove" not in result.stdout
+
+
+def test_kiln_run_refuses_before_it_boots(workspace: Workspace) -> None:
+    """The image's bytes are not even in the store: kiln run stops at the policy, before
+    it reads them (which a run that went on to boot would do first)."""
+    add_image(workspace, "web", 1)
+    dev_zero(workspace.home.root / "kiln.toml")
+    result = kiln(workspace.home.root, workspace.home.root, "run", "web:1", "--name", "web1")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "kiln.toml: is a character device (a symlink to /dev/zero)" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 # loading: strict values, the pipeline of after, a line for every problem
