@@ -105,21 +105,41 @@ def test_a_channel_head_always_stays_and_history_within_the_window() -> None:
     decision = decide(versions, rows, [], Rules(keep_last=1, keep_channel_history="14d"), NOW)
     why = {decision.versions[i].ref: reasons for i, reasons in decision.kept.items()}
     assert why == {
-        "web:2": ["in web:prod until 3d ago"],
+        "web:2": ["rollback target of web:prod", "in web:prod until 3d ago"],
         "web:3": ["head of web:prod"],
-        "web:4": ["in web:staging until 2d ago"],
+        "web:4": ["rollback target of web:staging", "in web:staging until 2d ago"],
         "web:6": ["last 1 of web"],
     }
-    # without the history rule only the head stays, whatever else the rules say
+    # without the history rule the head and what a rollback goes back to stay, whatever
+    # else the rules say
     decision = decide(versions, rows, [], Rules(keep_last=0), NOW)
-    assert {decision.versions[i].ref for i in decision.kept} == {"web:3"}
+    assert {decision.versions[i].ref for i in decision.kept} == {"web:2", "web:3", "web:4"}
+    assert decision.held_by(1) == ["web:prod"] and decision.held_by(5) == []
+    assert decision.to_json()["removed"][0] == {
+        "ref": "web:1",
+        "digest": "sha256:web1",
+        "held_by": ["web:prod"],
+    }
+
+
+def test_the_rollback_target_stays_as_kiln_rollback_finds_it() -> None:
+    versions = family("web", 4, 1)
+    promoted = [Assigned(n, "web", "prod", n, days(10 - n)) for n in (1, 2, 3)]
+    back = Assigned(4, "web", "prod", 2, days(5), action="rollback")  # undoes web:3
+    decision = decide(versions, [*promoted, back], [], Rules(keep_last=0), NOW)
+    assert {decision.versions[i].ref: why for i, why in decision.kept.items()} == {
+        "web:1": ["rollback target of web:prod"],  # not web:3, which the rollback undid
+        "web:2": ["head of web:prod"],
+    }
+    decision = decide(versions, promoted, [], Rules(keep_last=0), NOW, revoked={2})
+    assert {decision.versions[i].ref for i in decision.kept} == {"web:1", "web:3"}
 
 
 def test_the_newest_row_is_the_head_even_when_times_disagree() -> None:
     versions = family("web", 2, 1)
     rows = [Assigned(1, "web", "prod", 1, days(1)), Assigned(2, "web", "prod", 2, days(5))]
     decision = decide(versions, rows, [], Rules(keep_last=0), NOW)
-    assert decision.kept == {2: ["head of web:prod"]}
+    assert decision.kept == {1: ["rollback target of web:prod"], 2: ["head of web:prod"]}
 
 
 def test_machines_keep_their_images_running_or_stopped() -> None:

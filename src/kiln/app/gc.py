@@ -32,8 +32,9 @@ from kiln.catalog.models import Artefact, Package
 from kiln.catalog.revisions import OK, PENDING
 from kiln.errors import BadInput, KilnError
 from kiln.home import Home
-from kiln.lifecycle import retention
+from kiln.lifecycle import channels, retention
 from kiln.lifecycle.locate import locate
+from kiln.machines import leftovers
 from kiln.machines.folder import Folder, machines_dir
 from kiln.machines.folder import load as load_state
 from kiln.recipe import lockfile
@@ -50,11 +51,16 @@ class Collected:
     decision: retention.Decision
     policy: dict[str, str | None]
     notes: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)  # rule -> its flag or policy file
 
     def to_json(self) -> dict[str, Any]:
         return {
             **self.report.to_json(),
-            "retention": {**self.decision.to_json(), "policy": self.policy},
+            "retention": {
+                **self.decision.to_json(),
+                "policy": self.policy,
+                "sources": self.sources,
+            },
             "notes": self.notes,
         }
 
@@ -72,7 +78,8 @@ def collect_garbage(
     bytes no image refers to.
 
     Build folders and ``tmp/`` entries nobody holds go first (with the processes still
-    working in them and their mounts). Then, with the store lock held exclusively (no
+    working in them and their mounts), and the cgroups and nspawn folders of this home's
+    killed nspawns (kiln.machines.leftovers). Then, with the store lock held exclusively (no
     bake is between capture and tag): the versions retention lets go (their catalog rows
     and a "removed" event each in one transaction, then their tags), catalog rows of
     unfinished bakes with their tags, then blobs, referrer entries and unpacked layers
@@ -80,12 +87,13 @@ def collect_garbage(
     rule (flags or the policy's ``[retention]``) no version is removed.
     """
     home, layout = workspace.home, workspace.layout
-    rules, found = _retention_rules(
+    rules, found, sources = _retention_rules(
         workspace, policy_file, keep_last, keep_younger_than, keep_channel_history
     )
     report = gc.Report(dry_run)
     report.items += gc.sweep_owned(home.builds, "build", dry_run)
     report.items += gc.sweep_owned(home.tmp, "tmp", dry_run)
+    report.items += leftovers.sweep(home, dry_run)  # this home's cgroups, nspawn folders
     notes: list[str] = []
     with gc.store_sweep(home), _few_collections():
         index = layout.read_index()
@@ -103,7 +111,7 @@ def collect_garbage(
             report.items += _sweep_debs(workspace, decision, snap.recipe_paths, dry_run, notes)
         report.items += _sweep_freshness(workspace, decision, dry_run)
     gc.sweep_bake_locks(home, dry_run)  # tiny files, not worth a line in the report
-    return Collected(report, decision, found, notes)
+    return Collected(report, decision, found, notes, sources)
 
 
 @contextmanager
@@ -127,8 +135,9 @@ def _retention_rules(
     keep_last: int | None,
     keep_younger_than: str | None,
     keep_channel_history: str | None,
-) -> tuple[retention.Rules, dict[str, str | None]]:
-    """The flags over the policy file's ``[retention]`` (bad flags: BadInput, exit 2)."""
+) -> tuple[retention.Rules, dict[str, str | None], dict[str, str]]:
+    """The flags over the policy file's ``[retention]`` (bad flags: BadInput naming the
+    flag, exit 2), and where each rule in force comes from: its flag, or the file."""
     path = locate(workspace.home, policy_file)
     if path is None:  # no policy file: the flags alone, and the policy models never load
         found: dict[str, str | None] = {"path": None, "digest": None}
@@ -142,13 +151,26 @@ def _retention_rules(
         file_rules = retention.Rules(
             kept.keep_last, kept.keep_younger_than, kept.keep_channel_history
         )
-    try:
-        flags = retention.Rules(keep_last, keep_younger_than, keep_channel_history)
-    except ValueError as exc:
-        raise BadInput(
-            f"kiln gc: {exc}", hint="durations look like 30s, 15m, 24h, 7d, 2w"
-        ) from None
-    return flags.over(file_rules), found
+    given = {
+        "keep_last": keep_last,
+        "keep_younger_than": keep_younger_than,
+        "keep_channel_history": keep_channel_history,
+    }
+    for key, value in given.items():
+        flag = "--" + key.replace("_", "-")
+        try:
+            retention.Rules(**{key: value})  # type: ignore[arg-type]
+        except ValueError as exc:
+            hint = "a count, 0 or more" if key == "keep_last" else "e.g. 30s, 15m, 24h, 7d, 2w"
+            raise BadInput(f"kiln gc {flag} {value}: {exc}", hint=hint) from None
+    flags = retention.Rules(keep_last, keep_younger_than, keep_channel_history)
+    rules = flags.over(file_rules)
+    sources = {
+        key: "--" + key.replace("_", "-") if given[key] is not None else str(found["path"])
+        for key, value in rules.to_json().items()
+        if value is not None
+    }
+    return rules, found, sources
 
 
 @dataclass
@@ -166,7 +188,8 @@ class _Snapshot:
 SNAPSHOT = {  # plain SQL: ten thousand rows read through the ORM's types cost twice as much
     "images": "SELECT id, name, version, digest, parent_id, created, status, config_digest,"
     " recipe_path FROM images",
-    "assignments": "SELECT id, name, channel, image_id, at, previous_id FROM channel_assignments",
+    "assignments": "SELECT id, name, channel, image_id, at, previous_id, action"
+    " FROM channel_assignments",
     "machines": "SELECT id, name, image_id, stopped, removed FROM machines",
 }
 
@@ -182,8 +205,8 @@ def _snapshot(session: Session) -> _Snapshot:
         config_digests={row[0]: row[7] for row in images},
         recipe_paths={row[0]: row[8] for row in images},
         assignments=[
-            retention.Assigned(i, name, channel, image_id, utc(at))
-            for i, name, channel, image_id, at, _previous in rows
+            retention.Assigned(i, name, channel, image_id, utc(at), action)
+            for i, name, channel, image_id, at, _previous, action in rows
         ],
         previous={row[0]: row[5] for row in rows if row[5] is not None},
         machines=[
@@ -222,11 +245,16 @@ def _retire(
             if not removed
         ]
         pins = _folder_uses(workspace.home, snap, uses, notes)
-        decision = retention.decide(snap.versions, snap.assignments, uses, rules, now, pins)
+        revoked = set(channels.reader(session).revoked_images(now))  # rollback steps over
+        decision = retention.decide(
+            snap.versions, snap.assignments, uses, rules, now, pins, revoked
+        )
         mounted = _mounted(workspace, snap, decision)
         if mounted:
             pins.update(mounted)
-            decision = retention.decide(snap.versions, snap.assignments, uses, rules, now, pins)
+            decision = retention.decide(
+                snap.versions, snap.assignments, uses, rules, now, pins, revoked
+            )
         if not dry_run and decision.removed:
             _remove_rows(session, snap, decision, found)
     dropped = _Dropped({v.ref for v in decision.removed})
@@ -358,6 +386,14 @@ def _remove_rows(
     machines_of: dict[int, list[str]] = defaultdict(list)
     for _row, name, image_id, _stopped, _removed in machine_rows:
         machines_of[image_id].append(name)
+    rows_of: dict[int, list[int]] = defaultdict(list)  # the channel rows that named it
+    for row in snap.assignments:
+        if row.image_id in gone:
+            rows_of[row.image_id].append(row.id)
+    replaced_of: dict[int, list[int]] = defaultdict(list)
+    for row_id, image_id in snap.previous.items():
+        if image_id in gone:
+            replaced_of[image_id].append(row_id)
     for version in decision.removed:
         events.record(
             session,
@@ -369,6 +405,9 @@ def _remove_rows(
             rules=decision.rules.to_json(),
             policy=found["path"],
             machines=sorted(set(machines_of[version.id])),
+            held=decision.held_by(version.id),
+            channel_rows=sorted(rows_of[version.id]),
+            replaced_rows=sorted(replaced_of[version.id]),
         )
 
 

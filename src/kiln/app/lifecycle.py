@@ -17,7 +17,7 @@ from typing import Any
 
 from kiln import refs
 from kiln.app.workspace import Workspace
-from kiln.catalog.lookup import Head, ImageRow, Lookup, iso, moment
+from kiln.catalog.lookup import AssignmentRow, Head, ImageRow, Lookup, iso, moment
 from kiln.errors import BadInput, KilnError, NotFound
 
 
@@ -191,6 +191,9 @@ def channel_list(workspace: Workspace, name: str | None = None) -> list[dict[str
     settle_due(workspace, heads)
     if any(head.left is not None for head in heads):
         heads = lookup.heads(name)
+    from kiln.catalog import removed
+
+    gone = removed.gone(lookup, {head.assignment.name for head in heads})
     out = []
     for head in heads:
         row = head.assignment
@@ -199,10 +202,26 @@ def channel_list(workspace: Workspace, name: str | None = None) -> list[dict[str
         ids += [i for i in (row.image_id, row.previous_id) if i is not None]
         images = lookup.by_ids(ids)
         data = _head_json(head, images)
+        data["head"] = _with_removed(data["head"], gone)
         if name is not None:
-            data["history"] = [assignment_json(r, images) for r in reversed(history)]
+            data["history"] = [
+                _with_removed(assignment_json(r, images), gone) for r in reversed(history)
+            ]
         out.append(data)
     return out
+
+
+def _with_removed(data: dict[str, Any], gone: Any) -> dict[str, Any]:
+    """An assignment as kiln.lifecycle.channels tells it, with the versions kiln gc removed
+    since named again (``image_removed``, ``previous_removed``), never left as empty."""
+    for key, found in (("image", gone.image), ("previous", gone.previous)):
+        was = found.get(data["id"])
+        data[f"{key}_removed"] = was is not None
+        if was is not None:
+            data[key] = was.ref
+            if key == "image":
+                data["digest"] = was.digest
+    return data
 
 
 def rollback(workspace: Workspace, name: str, channel: str) -> dict[str, Any]:
@@ -225,7 +244,8 @@ def rollback(workspace: Workspace, name: str, channel: str) -> dict[str, Any]:
         current = rows[-1].image_id
         if target is None:
             raise KilnError(
-                f"channel {channel} of {name} has no earlier version to roll back to",
+                f"channel {channel} of {name} has no earlier version to roll back to"
+                + _removed_below(lookup, rows),
                 hint=f"kiln promote {name}:VERSION {channel}",
             )
         skipped = [i for i in target.skipped if i is not None]
@@ -252,6 +272,25 @@ def rollback(workspace: Workspace, name: str, channel: str) -> dict[str, Any]:
             skipped=result["skipped"],
         )
     return result
+
+
+def _removed_below(lookup: Lookup, rows: list[AssignmentRow]) -> str:
+    """What the channel held before its head that gc removed since, as a clause."""
+    from kiln.catalog import removed
+    from kiln.lifecycle import channels
+
+    below = rows[:-1]
+    emptied = [r for r in below if r.image_id is None and r.action != channels.REVOKE]
+    if not emptied:
+        return ""
+    gone = removed.gone(lookup, {r.name for r in rows}).image
+    refs = sorted({gone[r.id].ref for r in emptied if r.id in gone})
+    if not refs:
+        return ": what it held before was removed by kiln gc"
+    held = ", ".join(refs)
+    return (
+        f": {held}, which it held before, {'was' if len(refs) == 1 else 'were'} removed by kiln gc"
+    )
 
 
 # revoke and restore

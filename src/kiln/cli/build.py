@@ -308,12 +308,17 @@ def export(ref: str, kind: str, output: Path) -> None:
 
 
 @click.command()
+@click.option(
+    "--deep",
+    is_flag=True,
+    help="Also re-hash every unpacked layer and compare it with its file inventory.",
+)
 @json_flag
-def fsck(as_json: bool) -> None:
+def fsck(deep: bool, as_json: bool) -> None:
     """Verify every blob digest and every reference in the store and catalog."""
     from kiln.app import images as use
 
-    report = with_workspace(use.check)
+    report = with_workspace(use.check, deep)
     if as_json:
         print_json(report.to_json())
     else:
@@ -322,7 +327,8 @@ def fsck(as_json: bool) -> None:
         for note in report.notes:
             console.print(f"note  {escape(note)}", highlight=False)
         state = "[green]ok[/]" if report.ok else f"[red]{len(report.faults)} faults[/]"
-        console.print(f"{state}: {report.blobs} blobs, {report.images} images checked")
+        layers = f", {report.layers} unpacked layers" if deep else ""
+        console.print(f"{state}: {report.blobs} blobs, {report.images} images{layers} checked")
     if not report.ok:
         raise SystemExit(1)
 
@@ -384,7 +390,11 @@ def gc(
     verb = "would remove" if dry_run else "removed"
     lines: list[str] = []
     where = collected.policy["path"] or "no policy file"
-    rules = ", ".join(f"{k}={v}" for k, v in decision.rules.to_json().items() if v is not None)
+    rules = ", ".join(
+        f"{k}={v} ({collected.sources.get(k, where)})"
+        for k, v in decision.rules.to_json().items()
+        if v is not None
+    )
     if not decision.rules.active:
         lines.append(
             f"retention: no rule set ({where}, no flag): no image version is removed "
@@ -392,14 +402,19 @@ def gc(
             "[retention] in kiln.toml)"
         )
     else:
-        lines.append(f"retention: {rules} ({where})")
+        lines.append(f"retention: {rules}")
         if dry_run:
             lines += [
                 f"keep {version.ref}: {'; '.join(decision.reasons(version.id))}"
                 for version in decision.kept_versions()
             ]
+    held = {v.ref: decision.held_by(v.id) for v in decision.removed}
     for item in report.items:
         if item.kind in SUMMED:
+            continue
+        if held.get(item.path) and item.kind == "version":
+            channels = ", ".join(held[item.path])
+            lines.append(f"{verb} version {item.path} (held by {channels} before)")
             continue
         extra = ""
         if item.processes:

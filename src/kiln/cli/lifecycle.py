@@ -112,10 +112,18 @@ def channels(name: str | None, as_json: bool) -> None:
             forced = " forced" if step["forced"] else ""
             unmet = [g["gate"] for g in step["gates"] if not g["ok"]]
             missed = f" (unmet: {', '.join(unmet)})" if unmet else ""
+            image, previous = _held(step, "image"), _held(step, "previous")
             _say(
-                f"  {step['at']}  {step['action']:<8} {step['image'] or '-':<12} "
-                f"from {step['previous'] or '-':<12} {escape(step['actor'])}{forced}{missed}"
+                f"  {step['at']}  {step['action']:<8} {image:<12} "
+                f"from {previous:<12} {escape(step['actor'])}{forced}{missed}"
             )
+
+
+def _held(step: dict[str, Any], key: str) -> str:
+    """An assignment's image or previous image: '-' for none, 'web:2 (removed by gc)'."""
+    if step.get(f"{key}_removed"):
+        return f"{step[key] or 'a version'} (removed by gc)"
+    return str(step[key] or "-")
 
 
 @click.command()

@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -52,7 +52,17 @@ def check_name(channel: str) -> str:
     return channel
 
 
-def stack(rows: Iterable[AssignmentRow]) -> list[int | None]:
+class Held(Protocol):
+    """What :func:`stack` reads of a row: an assignment row, or retention's view of one."""
+
+    @property
+    def image_id(self) -> int | None: ...
+
+    @property
+    def action(self) -> str: ...
+
+
+def stack(rows: Iterable[Held]) -> list[int | None]:
     """What the channel held after each assignment still in force, oldest first; the last
     is its head. A rollback row pops down to the image it went back to."""
     held: list[int | None] = []

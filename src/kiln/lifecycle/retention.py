@@ -12,6 +12,9 @@ Per image name, a version stays when any of these holds:
 - it is younger than ``keep_younger_than`` ("younger than 30d");
 - a channel points at it now ("head of web:prod"), whatever the rules say, or pointed at
   it within ``keep_channel_history`` ("in web:staging until 3d ago");
+- ``kiln rollback`` would point a channel back at it ("rollback target of web:prod"):
+  whatever the rules say, the version a channel held before its head stays (revoked
+  versions, which a rollback steps over, are passed over here too);
 - a machine uses it, running or stopped ("machine web-1 runs it");
 - a bake in progress builds on it: a pending row's parent, or a layer a live overlay
   mounts (the caller passes those as ``pins``);
@@ -26,13 +29,14 @@ those back on its own.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
 from kiln.durations import seconds
+from kiln.lifecycle.channels import stack
 
 ANCESTOR_NAMES = 3  # descendants named in an "ancestor of" reason; the rest are counted
 NO_RULE = "no retention rule is set"
@@ -104,6 +108,7 @@ class Assigned:
     channel: str
     image_id: int | None
     at: datetime
+    action: str = "promote"  # promote | rollback | revoke: what kiln.lifecycle.channels replays
 
 
 @dataclass(frozen=True)
@@ -122,9 +127,14 @@ class Decision:
     kept: dict[int, list[str]] = field(default_factory=dict)  # id -> reasons, rule order
     removed: list[Version] = field(default_factory=list)  # by name, then version
     versions: dict[int, Version] = field(default_factory=dict)
+    held: dict[int, list[str]] = field(default_factory=dict)  # id -> channels that held it
 
     def reasons(self, image_id: int) -> list[str]:
         return self.kept.get(image_id, [])
+
+    def held_by(self, image_id: int) -> list[str]:
+        """The channels that ever pointed at the version ('web:prod'), by name."""
+        return self.held.get(image_id, [])
 
     def kept_versions(self) -> list[Version]:
         return sorted((self.versions[i] for i in self.kept), key=lambda v: (v.name, v.version))
@@ -137,7 +147,10 @@ class Decision:
                 {"ref": v.ref, "digest": v.digest, "reasons": self.kept[v.id]}
                 for v in self.kept_versions()
             ],
-            "removed": [{"ref": v.ref, "digest": v.digest} for v in self.removed],
+            "removed": [
+                {"ref": v.ref, "digest": v.digest, "held_by": self.held_by(v.id)}
+                for v in self.removed
+            ],
         }
 
 
@@ -165,10 +178,12 @@ def decide(
     rules: Rules,
     now: datetime,
     pins: Mapping[int, Sequence[str]] | None = None,
+    revoked: Collection[int] = (),
 ) -> Decision:
     """Keep or remove every finished version, with each reason that keeps it.
 
     ``pins``: further reasons the caller found (a bake in progress mounts its layer).
+    ``revoked``: versions revoked now, which a rollback steps over.
     """
     now = utc(now)
     decision = Decision(rules, now, versions={v.id: v for v in versions})
@@ -196,7 +211,7 @@ def decide(
         for version in finished:
             if utc(version.created) > since:
                 keep(version.id, f"younger than {rules.keep_younger_than}")
-    _channels(assignments, rules, now, keep)
+    decision.held = _channels(assignments, rules, now, keep, revoked)
     for use in sorted(uses, key=lambda u: (u.machine, u.stopped)):
         keep(use.image_id, f"machine {use.machine} runs it" + (" (stopped)" if use.stopped else ""))
     for image_id, extra in sorted((pins or {}).items()):
@@ -222,9 +237,11 @@ def _channels(
     rules: Rules,
     now: datetime,
     keep: Callable[[int | None, str], None],
-) -> None:
-    """A channel's head (its newest row) stays; with ``keep_channel_history``, so does
-    every version it held until less than that long ago."""
+    revoked: Collection[int],
+) -> dict[int, list[str]]:
+    """A channel's head (its newest row) stays, and so does its rollback target; with
+    ``keep_channel_history``, so does every version it held until less than that long
+    ago. Returns the channels that ever held each version."""
     history: dict[tuple[str, str], list[Assigned]] = defaultdict(list)
     for row in assignments:
         history[(row.name, row.channel)].append(row)
@@ -233,16 +250,23 @@ def _channels(
         if rules.keep_channel_history is not None
         else None
     )
+    held: dict[int, list[str]] = defaultdict(list)
     for (name, channel), rows in sorted(history.items()):
         rows.sort(key=lambda r: r.id)
         head = rows[-1]
         keep(head.image_id, f"head of {name}:{channel}")
+        for image_id in sorted({r.image_id for r in rows if r.image_id is not None}):
+            held[image_id].append(f"{name}:{channel}")
+        below = stack(rows)[:-1]
+        target = next((i for i in reversed(below) if i is not None and i not in revoked), None)
+        keep(target, f"rollback target of {name}:{channel}")
         if window is None:
             continue
         for row, following in pairwise(rows):
             until = utc(following.at)
             if row.image_id is not None and now - until <= window:
                 keep(row.image_id, f"in {name}:{channel} until {ago(now - until)} ago")
+    return dict(held)
 
 
 def _ancestors(known: Mapping[int, Version], reasons: dict[int, list[str]]) -> None:
