@@ -6,6 +6,7 @@ blobs on purpose. Machines it starts are removed in a ``finally``.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Kiln
+from tests.integration.conftest import EXAMPLES, Kiln
 from tests.tamper import flip_byte
 
 GIB = 1 << 30
@@ -177,3 +178,28 @@ def test_a_sparse_file_stays_sparse_in_the_blob_and_the_unpacked_layer(
     assert_sparse(unpacked / "data" / "disk.img")
     assert (unpacked / "data" / "readme").read_text().startswith("a vendor root")
     assert fresh.run("fsck", check=False).returncode == 0
+
+
+def test_fsck_deep_names_what_changed_in_an_unpacked_layer(fresh: Kiln) -> None:
+    """A machine trusts its unpacked layers as they are; --deep checks them against the
+    inventories the bake recorded, plain fsck does not read them."""
+    fresh.run("bake", str(EXAMPLES / "tiny.toml"))
+    assert fresh.json("fsck", "--deep")["layers"] == 1
+    [layer] = fresh.json("inspect", "tiny")["layers"]
+    tree = layer_dir(fresh, layer["diff_id"])
+    (tree / "usr/local/bin/hello").write_text("#!/bin/sh\necho changed\n")
+    os.chmod(tree / "bin/busybox", 0o4755)
+    (tree / "etc").mkdir(exist_ok=True)
+    (tree / "etc/planted").write_text("x\n")
+
+    assert fresh.run("fsck").returncode == 0
+    deep = fresh.run("fsck", "--deep", "--json", check=False)
+    assert deep.returncode == 1, deep.stdout + deep.stderr
+    where = f"tiny:1 layer 0 unpacked in {tree}: "
+    assert sorted(json.loads(deep.stdout)["faults"]) == [
+        where + "/bin/busybox: mode 0755 -> 4755",
+        where + "/etc/planted: extra (file)",
+        where + "/usr/local/bin/hello: content",
+    ]
+    shown = fresh.run("fsck", "--deep", check=False).stdout
+    assert "3 faults: " in shown and "1 unpacked layers checked" in shown, shown

@@ -187,7 +187,7 @@ def export_image(workspace: Workspace, ref: str, kind: str, output: Path) -> str
     return row.ref
 
 
-def check(workspace: Workspace) -> fsck.Report:
+def check(workspace: Workspace, deep: bool = False) -> fsck.Report:
     catalog = workspace.catalog
 
     def rows() -> CatalogRows:
@@ -198,4 +198,4 @@ def check(workspace: Workspace) -> fsck.Report:
                 if image.status in (OK, PENDING)
             }
 
-    return fsck.check(workspace.home, workspace.layout, rows)
+    return fsck.check(workspace.home, workspace.layout, rows, deep)

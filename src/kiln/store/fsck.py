@@ -7,6 +7,13 @@ reverse. Notes are harmless: an unreferenced blob, a layer
 not unpacked yet (it is unpacked again on first use), leftovers of an interrupted bake
 (build folders and temporary entries nobody holds, a catalog row of an unfinished bake,
 unpacked layers no image uses): ``kiln gc`` removes those.
+
+The unpacked layers under ``layers/`` are trusted as they are, the way containerd trusts a
+snapshot: a machine stacks them without reading its blobs, so a corrupt blob whose
+unpacked copy is intact still boots (and plain fsck reports the blob). ``--deep`` also
+re-hashes every unpacked layer and compares it with the file inventory its bake recorded
+(kiln.store.inventory): each path whose content, type, mode or owner differs, or that is
+missing or extra, is a fault naming the layer.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from kiln import locks
 from kiln.digests import file_sha256
 from kiln.errors import KilnError
 from kiln.home import Home
+from kiln.store import inventory
 from kiln.store.artefacts import KIND
 from kiln.store.gc import store_in_use
 from kiln.store.layer import MEDIA_TYPES, read_stream
@@ -33,6 +41,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     blobs: int = 0
     images: int = 0
+    layers: int = 0  # unpacked layers compared with their inventories (--deep)
 
     @property
     def ok(self) -> bool:
@@ -45,6 +54,7 @@ class Report:
             "notes": self.notes,
             "blobs": self.blobs,
             "images": self.images,
+            "layers": self.layers,
         }
 
 
@@ -53,8 +63,11 @@ class Report:
 CatalogRows = dict[str, tuple[bool, str]]
 
 
-def check(home: Home, layout: Layout, catalog_rows: Callable[[], CatalogRows]) -> Report:
-    """Check the store against the catalog; safe to run beside bakes and gc.
+def check(
+    home: Home, layout: Layout, catalog_rows: Callable[[], CatalogRows], deep: bool = False
+) -> Report:
+    """Check the store against the catalog; safe to run beside bakes and gc. With ``deep``,
+    also check each unpacked layer against its inventory.
 
     The shared store lock keeps ``kiln gc`` from removing blobs under the check. The
     catalog is read before index.json: a bake tags its image only after its catalog row
@@ -62,7 +75,10 @@ def check(home: Home, layout: Layout, catalog_rows: Callable[[], CatalogRows]) -
     read after it; an index entry newer than the catalog read is looked up again.
     """
     with store_in_use(home):
-        return _check(home, layout, catalog_rows)
+        report = _check(home, layout, catalog_rows)
+        if deep:
+            _check_unpacked(home, layout, report)
+        return report
 
 
 def _check(home: Home, layout: Layout, catalog_rows: Callable[[], CatalogRows]) -> Report:
@@ -116,6 +132,47 @@ def _check(home: Home, layout: Layout, catalog_rows: Callable[[], CatalogRows]) 
 
 
 GC = "'kiln gc' removes it"
+
+
+def _check_unpacked(home: Home, layout: Layout, report: Report) -> None:
+    """Each unpacked layer an image uses against the inventory recorded when it was baked,
+    once per layer, named after the first image (by ref) that lists it."""
+    recorded = inventory.find_all(layout)
+    layers: dict[str, tuple[str, Descriptor | None]] = {}  # diff_id -> (what, inventory)
+    for ref, manifest in sorted(layout.refs().items()):
+        try:
+            config = layout.read_json(layout.read_json(manifest.digest)["config"]["digest"])
+            diff_ids = [str(d) for d in config["rootfs"]["diff_ids"]]
+        except (KilnError, ValueError, KeyError, TypeError):
+            continue  # reported as a fault already
+        found = recorded.get(manifest.digest, {})
+        for number, diff_id in enumerate(diff_ids):
+            what, blob = layers.get(diff_id, (f"{ref} layer {number}", None))
+            layers[diff_id] = (what, blob or found.get(diff_id))
+    for diff_id, (what, blob) in sorted(layers.items(), key=lambda item: item[1][0]):
+        tree = home.layers / diff_id.split(":", 1)[-1]
+        if not tree.is_dir():
+            continue  # noted above: unpacked (verified) on next use
+        if blob is None:
+            report.notes.append(
+                f"{what}: no file inventory (baked before kiln recorded them): its unpacked "
+                f"copy {tree} is not checked"
+            )
+            continue
+        try:
+            nodes = inventory.load(layout, blob, what)
+        except KilnError as exc:
+            report.faults.append(f"{exc.message}: its unpacked copy {tree} is not checked")
+            continue
+        report.layers += 1
+        differs = inventory.differences(nodes, inventory.listing(tree, hash_files=True))
+        for path, detail in differs:
+            report.faults.append(f"{what} unpacked in {tree}: {path}: {detail}")
+        if differs:
+            report.notes.append(
+                f"{what} changed on disk: stop the machines that use it and remove {tree}; "
+                "kiln unpacks it again from its blob, verified, on next use"
+            )
 
 
 def _check_leftovers(home: Home, layout: Layout, refs: dict[str, Any], report: Report) -> None:

@@ -185,17 +185,31 @@ def find(layout: Layout, image_digest: str) -> dict[str, Descriptor]:
     """The stored inventories of an image's layers: diff_id -> blob (empty if none)."""
     for entry in layout.read_index()["manifests"]:
         annotations = entry.get("annotations") or {}
-        if annotations.get(SUBJECT) != image_digest or annotations.get(KIND) != ARTEFACT:
-            continue
-        manifest = layout.read_json(entry["digest"])
-        found = {}
-        for blob in manifest.get("layers") or []:
-            descriptor = Descriptor.from_json(blob)
-            diff_id = dict(descriptor.annotations).get(DIFF_ID)
-            if diff_id:
-                found[diff_id] = descriptor
-        return found
+        if annotations.get(SUBJECT) == image_digest and annotations.get(KIND) == ARTEFACT:
+            return _listed(layout, entry["digest"])
     return {}
+
+
+def find_all(layout: Layout) -> dict[str, dict[str, Descriptor]]:
+    """:func:`find` for every image with inventories, index.json read once: image manifest
+    digest -> diff_id -> blob."""
+    out: dict[str, dict[str, Descriptor]] = {}
+    for entry in layout.read_index()["manifests"]:
+        annotations = entry.get("annotations") or {}
+        subject = annotations.get(SUBJECT)
+        if subject and annotations.get(KIND) == ARTEFACT and subject not in out:
+            out[str(subject)] = _listed(layout, entry["digest"])
+    return out
+
+
+def _listed(layout: Layout, referrer: str) -> dict[str, Descriptor]:
+    found = {}
+    for blob in layout.read_json(referrer).get("layers") or []:
+        descriptor = Descriptor.from_json(blob)
+        diff_id = dict(descriptor.annotations).get(DIFF_ID)
+        if diff_id:
+            found[diff_id] = descriptor
+    return found
 
 
 def attach(
@@ -241,6 +255,51 @@ def load(layout: Layout, blob: Descriptor, what: str) -> dict[str, Node]:
     if wanted and diff_id != wanted:
         raise StoreError(f"{what}: inventory blob {blob.digest} lists {diff_id}, not {wanted}")
     return nodes
+
+
+def differences(recorded: Mapping[str, Node], actual: Mapping[str, Node]) -> list[tuple[str, str]]:
+    """(path, what differs) for each path where one layer's tree as it is (``actual``, a
+    :func:`listing` with hashes) is not what its inventory recorded, sorted by path: its
+    content, a link's target or a device's number, its type, mode, owner or opaque mark;
+    "missing" and "extra" for a path on one side only. What is below a missing or extra
+    folder, or one that became something else, is not listed again."""
+    out: list[tuple[str, str]] = []
+    covered = ""  # a folder whose change stands for everything below it
+    for path in sorted(recorded.keys() | actual.keys()):
+        if covered and path.startswith(covered + "/"):
+            continue
+        then, now = recorded.get(path), actual.get(path)
+        if then is None or now is None:
+            seen = then or now
+            assert seen is not None
+            out.append((path, f"missing ({seen.kind})" if now is None else f"extra ({seen.kind})"))
+            covered = path if seen.kind == "dir" else covered
+            continue
+        if then.kind != now.kind:
+            out.append((path, f"type {then.kind} -> {now.kind}"))
+            covered = path if "dir" in (then.kind, now.kind) else covered
+            continue
+        detail = _differs(then, now)
+        if detail:
+            out.append((path, ", ".join(detail)))
+    return out
+
+
+def _differs(then: Node, now: Node) -> list[str]:
+    detail = []
+    if then.kind == "file" and (then.size != now.size or then.sha256 != now.sha256):
+        detail.append("content")
+    elif then.kind == "link" and then.target != now.target:
+        detail.append(f"target {then.target} -> {now.target}")
+    elif then.kind == "other" and then.target != now.target:
+        detail.append(f"device {then.target} -> {now.target}")
+    if then.kind != "link" and then.mode != now.mode:
+        detail.append(f"mode {then.mode:04o} -> {now.mode:04o}")
+    if (then.uid, then.gid) != (now.uid, now.gid):
+        detail.append(f"owner {then.uid}:{then.gid} -> {now.uid}:{now.gid}")
+    if then.opaque != now.opaque:
+        detail.append("opaque mark " + ("removed" if then.opaque else "added"))
+    return detail
 
 
 def _parent(path: str) -> str:
