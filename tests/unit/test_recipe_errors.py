@@ -6,14 +6,19 @@ import dataclasses
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic.types import Strict
 
+from kiln import steps
 from kiln.errors import BadInput, NotFound, Problem, RecipeError
+from kiln.machines.contract import from_json
 from kiln.recipe import CopyStep, RunStep, load_recipe
 from kiln.recipe.locate import LineIndex, format_path
+from kiln.recipe.models import Recipe
 from kiln.store.layout import Layout
 
 HEADER = '[image]\nname = "web"\n'
@@ -240,7 +245,29 @@ def test_parent_recipe_path_missing(tmp_path: Path) -> None:
 def test_parent_neither_path_nor_ref(tmp_path: Path) -> None:
     problem = only(write(tmp_path, HEADER + 'parent = "Base:v1"\n'))
     assert problem.path == "image.parent"
-    assert "neither a recipe path" in problem.message
+    assert "is not an image ref" in problem.message
+    assert "a parent is a recipe path (*.toml) or an image ref" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("parent", "why"),
+    [
+        (
+            "tiny:99999999999999999999999",
+            "a version is a whole number from 1 to 9223372036854775807",
+        ),
+        ("tiny:9223372036854775808", "a version is a whole number from 1 to 9223372036854775807"),
+        ("tiny:01", "without leading zeros"),
+        ("t" * 64, "a name is at most 63 characters"),
+        ("tiny:" + "c" * 5000, "characters long"),
+    ],
+)
+def test_parent_ref_out_of_bounds_is_a_problem_with_its_line(
+    tmp_path: Path, parent: str, why: str
+) -> None:
+    problem = only(write(tmp_path, HEADER + f'parent = "{parent}"\n'))
+    assert (problem.path, problem.line) == ("image.parent", 3)
+    assert why in problem.message
 
 
 # --- whole files ---
@@ -662,3 +689,108 @@ def test_a_lock_file_that_is_a_fifo_is_refused_at_load(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "recipe.toml.lock")
     problem = only(path)
     assert problem.file == str(tmp_path / "recipe.toml.lock") and "FIFO" in problem.message
+
+
+# --- strict values: a bool is a bool, an integer an integer ---
+
+
+@pytest.mark.parametrize(
+    ("table", "path"),
+    [
+        ("[runtime.config.site]\nrequired = 1", "runtime.config.site.required"),
+        ('[runtime.config.site]\nrequired = "true"', "runtime.config.site.required"),
+        ('[runtime.config.token]\nsecret = "yes"', "runtime.config.token.secret"),
+        ("[runtime.config.token]\nsecret = 0", "runtime.config.token.secret"),
+    ],
+)
+def test_a_bool_is_never_a_number_or_a_string(tmp_path: Path, table: str, path: str) -> None:
+    text = HEADER + f"\n{table}\n"
+    problem = only(write(tmp_path, text))
+    assert problem.path == path
+    assert problem.line == len(text.splitlines())
+    assert "boolean" in problem.message
+
+
+def test_every_bool_and_int_of_the_recipe_schema_is_strict() -> None:
+    """A field added later is strict too: pydantic's lax mode turns 1 and "true" into True."""
+    seen: set[type[BaseModel]] = set()
+    lax: list[str] = []
+
+    def walk(model: type[BaseModel]) -> None:
+        if model in seen:
+            return
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            named = [info.annotation, *info.metadata, *typing_args(info.annotation)]
+            scalar = bool in named or int in named
+            if scalar and not any(isinstance(item, Strict) for item in named):
+                lax.append(f"{model.__name__}.{name}")
+            for item in named:
+                if isinstance(item, type) and issubclass(item, BaseModel):
+                    walk(item)
+
+    walk(Recipe)
+    for kind in steps.kinds():
+        walk(kind.model)
+    assert {"ConfigKey", "ImageSection", "CopyStep", "RunStep"} <= {m.__name__ for m in seen}
+    assert lax == []
+
+
+def typing_args(annotation: object) -> list[object]:
+    """Every type (and Annotated metadata) an annotation names, through unions and tuples."""
+    found: list[object] = []
+    for arg in typing.get_args(annotation):
+        found += [arg, *typing_args(arg)]
+    return found
+
+
+# --- one duration grammar ---
+
+
+@pytest.mark.parametrize(("timeout", "seconds"), [("1h", 3600), ("500ms", 0.5), ("30", 30)])
+def test_a_health_timeout_takes_the_policys_durations(
+    tmp_path: Path, timeout: str, seconds: float
+) -> None:
+    text = HEADER + f'\n[runtime.health]\ncommand = "true"\ntimeout = "{timeout}"\n'
+    runtime = load_recipe(write(tmp_path, text)).recipe.runtime
+    contract = from_json(runtime.model_dump(mode="json"))
+    assert contract.health is not None and contract.health.timeout == seconds
+
+
+@pytest.mark.parametrize(("timeout", "needle"), [("2d", "longer than a day"), ("1y", "500ms, 30s")])
+def test_a_health_timeout_is_at_most_a_day(tmp_path: Path, timeout: str, needle: str) -> None:
+    text = HEADER + f'\n[runtime.health]\ncommand = "true"\ntimeout = "{timeout}"\n'
+    problem = only(write(tmp_path, text))
+    assert problem.path == "runtime.health.timeout" and needle in problem.message
+
+
+# --- where a copy may write ---
+
+
+@pytest.mark.parametrize(
+    ("target", "api"),
+    [
+        ("/proc/self/x", "/proc"),
+        ("/sys/kernel/x", "/sys"),
+        ("/dev/", "/dev"),
+        ("/dev", "/dev"),
+        ("//proc/x", "/proc"),
+        ("/./sys/x", "/sys"),
+        ("/run/kiln/recipe/x", "/run"),
+    ],
+)
+def test_a_copy_into_a_file_system_mounted_over_it_is_refused(
+    tmp_path: Path, target: str, api: str
+) -> None:
+    (tmp_path / "motd").write_text("hi\n")
+    text = copy_recipe("motd", target)
+    problem = only(write(tmp_path, text))
+    assert (problem.path, problem.line) == ("steps[0].to", line_of(text, "to ="))
+    assert f"is under {api}, which the kernel, systemd or kiln mounts over" in problem.message
+
+
+def test_a_copy_beside_those_file_systems_is_fine(tmp_path: Path) -> None:
+    (tmp_path / "motd").write_text("hi\n")
+    for target in ("/procedures/x", "/devel/", "/etc/proc/x", "/srv/run/x"):
+        step = load_recipe(write(tmp_path, copy_recipe("motd", target))).recipe.steps[0]
+        assert isinstance(step, CopyStep) and step.to == target

@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kiln import durations
 from kiln.errors import StoreError
 
 RUNTIME_LABEL = "org.kiln.runtime"
 TESTS_LABEL = "org.kiln.tests"
-UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,9 @@ class Contract:
 
 
 def seconds(duration: str) -> float:
-    """'30s', '500ms', '2m' or a bare number of seconds."""
-    for unit in ("ms", "s", "m"):
-        if duration.endswith(unit):
-            return float(duration[: -len(unit)]) * UNITS[unit]
-    return float(duration)
+    """A health check's timeout as the recipe wrote it (kiln.durations; a bare number is
+    seconds)."""
+    return durations.span(duration, bare=True)
 
 
 def _labels(config: Mapping[str, Any]) -> Mapping[str, str]:

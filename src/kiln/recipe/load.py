@@ -183,10 +183,10 @@ def _raw_problems(file: str, folder: Path, index: LineIndex, raw: dict[str, Any]
             if isinstance(found, str) or not stat.S_ISREG(found.st_mode):
                 why = found if isinstance(found, str) else f"is {limits.kind_of(found.st_mode)}"
                 problem(("image", "parent"), f"parent recipe '{parent}' {why}")
-        elif not refs.is_ref(parent):
+        elif (not_ref := refs.problem(parent)) is not None:
             problem(
                 ("image", "parent"),
-                f"'{parent}' is neither a recipe path (*.toml) nor an image ref "
+                f"{not_ref}; a parent is a recipe path (*.toml) or an image ref "
                 "(name, name:version, name:channel or name@sha256:...)",
             )
     imported = image.get("import")

@@ -12,22 +12,26 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union
 
-from pydantic import Discriminator, Field, StrictInt, Tag, field_validator, model_validator
+from pydantic import (
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictInt,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
-from kiln import steps
-from kiln.schema import CONTROL_RE, MAX_NAME, Model, path_bounds
+from kiln import durations, refs, steps
+from kiln.schema import CONTROL_RE, MAX_NAME, Model, api_filesystem, path_bounds
 from kiln.steps.kind import Kind, StepModel
 
-NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 # Debian package names, optionally pinned: nginx-light, libc6:amd64, nginx-light=1.22.1-9
 APT_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?$")
 UNIT_RE = re.compile(r"^[A-Za-z0-9@._:-]+$")
-DURATION_RE = re.compile(r"^(\d{1,9}(?:\.\d{1,9})?)(ms|s|m)?$")
 COMPONENT_RE = r"^[a-z0-9][a-z0-9/._-]{0,63}$"
 MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z, the last second a timestamp can name
 MAX_TIMEOUT = 86400.0  # a day
-# Where a machine's kernel and init mount file systems of their own: not a place for data.
-API_FILESYSTEMS = ("/proc", "/sys", "/dev", "/run")
 
 
 class Bootstrap(Model):
@@ -87,11 +91,8 @@ class ImageSection(Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not re.fullmatch(NAME_RE, value):
-            raise ValueError(
-                f"'{value}' is not an image name: use lower case letters, digits, '.', '_' "
-                "and '-', starting with a letter or digit"
-            )
+        if len(value) > refs.MAX_NAME or not re.fullmatch(refs.NAME, value):
+            raise ValueError(f"'{value[:80]}' is not an image name: use {refs.NAME_RULE}")
         return value
 
     @property
@@ -179,12 +180,12 @@ def state_paths(value: tuple[str, ...]) -> tuple[str, ...]:
             raise ValueError("'/' cannot be a state path: name the folder that holds the data")
         if path != norm:
             raise ValueError(f"{path!r} is not a plain path: write it as {norm!r}")
-        for api in API_FILESYSTEMS:
-            if norm == api or norm.startswith(api + "/"):
-                raise ValueError(
-                    f"{path!r} is under {api}, which a machine mounts for itself; "
-                    "keep data elsewhere, e.g. /var/lib/NAME"
-                )
+        api = api_filesystem(norm)
+        if api is not None:
+            raise ValueError(
+                f"{path!r} is under {api}, which a machine mounts for itself; "
+                "keep data elsewhere, e.g. /var/lib/NAME"
+            )
     for path in value:
         for other in value:
             if other != path and other.startswith(path + "/"):
@@ -194,21 +195,10 @@ def state_paths(value: tuple[str, ...]) -> tuple[str, ...]:
     return value
 
 
-def parse_duration(value: str) -> float:
-    match = DURATION_RE.match(value)
-    if not match:
-        raise ValueError(f"'{value}' is not a duration like 30s, 500ms or 2m")
-    number, unit = float(match.group(1)), match.group(2) or "s"
-    seconds = number * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
-    if seconds > MAX_TIMEOUT:
-        raise ValueError(f"'{value}' is longer than a day")
-    return seconds
-
-
 class ConfigKey(Model):
-    required: bool = False
+    required: StrictBool = False
     default: str | None = None
-    secret: bool = False
+    secret: StrictBool = False
     description: str = ""
 
     @model_validator(mode="after")
@@ -232,7 +222,7 @@ class Health(Model):
     @field_validator("timeout")
     @classmethod
     def _timeout(cls, value: str) -> str:
-        parse_duration(value)
+        durations.span(value, MAX_TIMEOUT, bare=True)  # a bare number is seconds
         return value
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 
 from kiln.errors import BadInput
 from kiln.rootpath import Root, lookup_ids
-from kiln.schema import OWNER_RE, path_bounds
+from kiln.schema import OWNER_RE, api_filesystem, path_bounds
 from kiln.steps.kind import Input, Kind, StepModel
 from kiln.steps.target import Target
 
@@ -48,6 +48,13 @@ class CopyStep(StepModel):
             raise ValueError("must be an absolute path inside the image, e.g. /etc/motd")
         if ".." in value.split("/"):
             raise ValueError("must not contain '..': targets stay inside the root")
+        api = api_filesystem(value)
+        if api is not None:
+            raise ValueError(
+                f"{value!r} is under {api}, which the kernel, systemd or kiln mounts over "
+                "in a build and in a machine: what a copy puts there is hidden; copy it "
+                "elsewhere, e.g. /etc or /usr/local"
+            )
         return value
 
     @property
