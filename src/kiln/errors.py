@@ -66,7 +66,12 @@ class StoreError(KilnError):
 
 
 class StepFailed(KilnError):
-    """A build step failed inside the build root."""
+    """A step of a recipe failed in a build root or a machine: exit code 1, or 2 when the
+    step refused its input (a copy source that is a FIFO, a shell the image lacks)."""
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int = 1) -> None:
+        super().__init__(message, hint)
+        self.exit_code = exit_code
 
 
 NO_SPACE = "No space left on device"

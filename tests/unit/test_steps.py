@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from kiln import steps
+from kiln import proc, steps
 from kiln.bake import cachekey
 from kiln.bake.cachekey import materials
 from kiln.digests import file_sha256, tree_digest
-from kiln.errors import BadInput, KilnError, RecipeError
+from kiln.errors import BadInput, KilnError, RecipeError, StepFailed
 from kiln.recipe import AnsibleStep, CopyStep, RunStep, load_recipe
 from kiln.recipe.models import STEP_KINDS, Recipe
 from kiln.steps import ansible, copy, run
@@ -260,6 +260,65 @@ def test_ansible_runs_the_playbook_where_the_tooling_shows_it(
     assert argv[0] == str(venv / "bin" / "ansible-playbook")
     assert argv[-3:] == [playbook, "--extra-vars", '{"site": "x"}']
     assert env == ansible.ENV and part == "playbooks"
+
+
+# --- a failed step is one StepFailed, for a bake and a machine alike ---
+
+
+def failing(argv: Sequence[str], env: Mapping[str, str]) -> None:
+    raise proc.CommandError(argv, 3, "about to fail\n")
+
+
+def test_a_failed_command_says_where_which_step_what_ran_and_how_it_ended(tmp_path: Path) -> None:
+    (tmp_path / "root" / "bin").mkdir(parents=True)
+    (tmp_path / "root" / "bin" / "sh").write_text("")
+    target = Target("the build root of web", tmp_path / "root", tmp_path, failing)
+    with pytest.raises(StepFailed) as caught:
+        steps.apply_at(target, RunStep(run="exit 3"), 2, "web.toml:9", hint="keep the root")
+    assert caught.value.message == (
+        "web.toml:9: steps[2] (run) failed in the build root of web with exit code 3\n"
+        "  command: /bin/sh -c 'exit 3'\n"
+        "--- last lines of output ---\nabout to fail"
+    )
+    assert caught.value.exit_code == 1 and caught.value.hint == "keep the root"
+
+
+def test_a_step_that_refuses_its_input_keeps_exit_code_2(tmp_path: Path) -> None:
+    """A copy source swapped for a symlink to a device after the recipe loaded: the step
+    refuses it, and the bake says so as bad input (2), not as a failed operation (1)."""
+    recipe = load_recipe(web_folder(tmp_path))
+    (tmp_path / "root").mkdir()
+    target = Target("machine m", tmp_path / "root", tmp_path, Commands().run)
+    site = tmp_path / "site"
+    for entry in site.iterdir():
+        entry.unlink()
+    site.rmdir()
+    site.symlink_to("/dev/zero")
+    with pytest.raises(StepFailed) as caught:
+        steps.apply_at(target, recipe.recipe.steps[0], 0, "web.toml:4")
+    assert caught.value.exit_code == 2
+    assert caught.value.message == (
+        "web.toml:4: steps[0] (copy) in machine m: copy source /dev/zero is a device"
+    )
+    assert caught.value.hint == "copy copies regular files, folders and symlinks only"
+    assert not list((tmp_path / "root").iterdir())
+
+
+def test_a_step_that_fails_on_the_file_system_says_where_too(tmp_path: Path) -> None:
+    recipe = load_recipe(web_folder(tmp_path))
+    target = Target("machine m", tmp_path / "gone", tmp_path, Commands().run)
+    with pytest.raises(StepFailed) as caught:
+        steps.apply_at(target, recipe.recipe.steps[0], 0, "web.toml:4")
+    assert caught.value.message.startswith("web.toml:4: steps[0] (copy) in machine m: ")
+    assert caught.value.exit_code == 1
+
+
+def test_one_wrapper_for_step_failures() -> None:
+    """The bake and a machine's convergence hand step failures to steps.apply_at alone."""
+    src = Path(steps.__file__).parents[1]
+    for module in ("bake/build.py", "machines/provision.py"):
+        text = (src / module).read_text()
+        assert "steps.apply_at(" in text and "StepFailed(" not in text, module
 
 
 # --- a new kind: one file plus one registry entry ---

@@ -23,7 +23,6 @@ import errno
 import hashlib
 import os
 import random
-import shlex
 import stat
 import sys
 import time
@@ -41,7 +40,7 @@ from kiln.catalog.db import Catalog, Conflict
 from kiln.catalog.models import Artefact, Image, Package
 from kiln.catalog.revisions import PENDING
 from kiln.digests import canonical_json
-from kiln.errors import KilnError, StepFailed, from_os_error
+from kiln.errors import KilnError
 from kiln.mounts import Overlay, remove_tree
 from kiln.recipe import lockfile
 from kiln.recipe.limits import MAX_LOCK_BYTES, read_regular
@@ -101,28 +100,18 @@ def run_steps(context: BuildContext) -> None:
         kind = steps.kind_of(step).name
         where = context.recipe.where("steps", index)
         context.log(f"steps[{index}] {kind}{ONGOING}")
-        try:
-            with proc.prefixed(f"{context.recipe.name} steps[{index}] | "):
-                steps.apply(target, step, index)
-        except proc.CommandError as exc:
-            inner = exc.argv[exc.argv.index("--") + 1 :] if "--" in exc.argv else exc.argv
-            raise StepFailed(
-                f"{where}: steps[{index}] ({kind}) failed with exit code {exc.returncode}\n"
-                f"  command: {shlex.join(inner)}\n"
-                f"--- last lines of output ---\n{proc.tail(exc.output)}",
+        with proc.prefixed(f"{context.recipe.name} steps[{index}] | "):
+            steps.apply_at(
+                target,
+                step,
+                index,
+                where,
                 hint=(
                     "the build root is kept: the lines above say how to enter it"
                     if context.options.keep_on_error
                     else "re-run with --on-error=keep to keep the build root and look inside"
                 ),
-            ) from None
-        except KilnError as exc:
-            raise StepFailed(
-                f"{where}: steps[{index}] ({kind}): {exc.message}", hint=exc.hint
-            ) from None
-        except OSError as exc:
-            failed = from_os_error(exc, f"steps[{index}] ({kind})")
-            raise StepFailed(f"{where}: {failed.message}", hint=failed.hint) from None
+            )
 
 
 def enable_services(context: BuildContext) -> None:

@@ -14,13 +14,11 @@ have been launched with the recipe's folder, which binds both).
 
 from __future__ import annotations
 
-import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from kiln import proc, steps
-from kiln.errors import KilnError, StepFailed
 from kiln.machines import enter
 from kiln.machines.folder import Folder, State
 from kiln.recipe import RecipeFile
@@ -60,23 +58,7 @@ def apply_steps(
     for index, step in enumerate(recipe.recipe.steps):
         kind = steps.kind_of(step).name
         log(f"steps[{index}] {kind}")
-        try:
-            steps.apply(target, step, index)
-        except proc.CommandError as exc:
-            raise StepFailed(
-                f"{recipe.where('steps', index)}: steps[{index}] ({kind}) failed in machine "
-                f"{state.name} with exit code {exc.returncode}\n"
-                f"  command: {shlex.join(exc.argv)}\n"
-                f"--- last lines of output ---\n{proc.tail(exc.output)}"
-            ) from None
-        except KilnError as exc:
-            raise StepFailed(
-                f"{recipe.where('steps', index)}: steps[{index}] ({kind}) in machine "
-                f"{state.name}: {exc.message}",
-                hint=exc.hint,
-            ) from None
-        except OSError as exc:
-            raise StepFailed(f"steps[{index}] ({kind}) in machine {state.name}: {exc}") from None
+        steps.apply_at(target, step, index, recipe.where("steps", index))
 
 
 def install_packages(state: State, packages: tuple[str, ...], log: Callable[[str], None]) -> None:

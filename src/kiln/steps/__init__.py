@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import functools
 import importlib
+import shlex
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+from kiln import proc
+from kiln.errors import BadInput, KilnError, StepFailed, from_os_error
 
 if TYPE_CHECKING:
     from kiln.steps.kind import Input, Kind
@@ -65,6 +69,33 @@ def kind_of(step: object) -> Kind[Any]:
 def apply(target: Target, step: object, index: int) -> None:
     """Apply ``step`` (the ``index``-th of its recipe) to ``target``."""
     kind_of(step).apply(target, step, index)
+
+
+def apply_at(target: Target, step: object, index: int, where: str, hint: str | None = None) -> None:
+    """Apply ``step`` as :func:`apply` does; a failure is one
+    :class:`~kiln.errors.StepFailed` that says where the recipe holds the step (``where``,
+    its file:line), which step and target it was, and for a command, what ran and how it
+    ended. ``hint`` is for a command that failed. A step that refused its input (a
+    :class:`~kiln.errors.BadInput`) keeps exit code 2."""
+    what = f"{where}: steps[{index}] ({kind_of(step).name})"
+    try:
+        apply(target, step, index)
+    except proc.CommandError as exc:
+        raise StepFailed(
+            f"{what} failed in {target.name} with exit code {exc.returncode}\n"
+            f"  command: {shlex.join(exc.argv)}\n"
+            f"--- last lines of output ---\n{proc.tail(exc.output)}",
+            hint=hint,
+        ) from None
+    except KilnError as exc:
+        raise StepFailed(
+            f"{what} in {target.name}: {exc.message}",
+            hint=exc.hint,
+            exit_code=BadInput.exit_code if isinstance(exc, BadInput) else StepFailed.exit_code,
+        ) from None
+    except OSError as exc:
+        failed = from_os_error(exc, f"{what} in {target.name}")
+        raise StepFailed(failed.message, hint=failed.hint) from None
 
 
 def inputs(step: object) -> list[tuple[Input, str]]:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln import proc
 from kiln.sandbox import Bind, Sandbox
 
 RECIPE_TARGET = "/run/kiln/recipe"  # a machine's view of the recipe's folder
@@ -62,11 +63,20 @@ class Target:
         """A root that each command enters with a fresh systemd-nspawn (a bake)."""
 
         def run(argv: Sequence[str], env: Mapping[str, str]) -> None:
-            sandbox.run(argv, env=env)
+            inside(sandbox, argv, env)
 
         def tool_run(argv: Sequence[str], env: Mapping[str, str], part: str) -> None:
             binds = (Bind(venv, str(venv)), Bind(folder / part, BAKE_SHARE))
-            sandbox.with_binds(*binds).run(argv, env=env)
+            inside(sandbox.with_binds(*binds), argv, env)
 
         tooling = Tooling(venv, tool_run, seen=lambda _part: BAKE_SHARE)
         return cls(name, sandbox.root, folder, run, tooling)
+
+
+def inside(sandbox: Sandbox, argv: Sequence[str], env: Mapping[str, str]) -> None:
+    """Run ``argv`` in the sandbox; a failure names ``argv``, as a machine's command does,
+    not the systemd-nspawn that ran it."""
+    try:
+        sandbox.run(argv, env=env)
+    except proc.CommandError as exc:
+        raise proc.CommandError(argv, exc.returncode, exc.output) from None
