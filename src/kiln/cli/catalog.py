@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from kiln.cli.groups import Group
 from kiln.cli.output import console, json_flag, print_json
 
 STATES = {
@@ -16,7 +17,7 @@ STATES = {
 }
 
 
-@click.group()
+@click.group(cls=Group)
 def catalog() -> None:
     """Look at and upgrade the catalog's schema (KILN_CATALOG_URL, else KILN_HOME's SQLite).
 

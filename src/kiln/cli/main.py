@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import os
 import sys
-from pathlib import PurePath
+import tempfile
+import traceback
+from pathlib import Path, PurePath
 
 import click
 from rich.markup import escape
@@ -23,15 +25,28 @@ from kiln.cli import (
     refresh,
     signing,
 )
+from kiln.cli.groups import Group
 from kiln.cli.output import err
 from kiln.errors import KilnError, disk_full, from_os_error, space_hint
+from kiln.home import Home
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE (sysexits.h): a bug in kiln, not bad input or a failure
+DEBUG_ENV = "KILN_DEBUG"
+_debug = {"on": False}  # set by --debug, read by main() once the command has ended
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kiln")
-def cli() -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    help=f"show the traceback of an internal error (exit code 70) instead of writing it to a "
+    f"file ({DEBUG_ENV}=1 does the same)",
+)
+def cli(debug: bool) -> None:
     """Bake layered machine images from TOML recipes; keep them in an OCI store with a
     catalog. KILN_HOME (default /var/lib/kiln) holds the store and catalog."""
+    _debug["on"] = debug
 
 
 build.register(cli)
@@ -85,6 +100,42 @@ def _file_being_written(exc: BaseException) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
+def _traceback_file(text: str) -> Path | None:
+    """Write an internal error's traceback to a new file only its owner reads, in
+    KILN_HOME/tmp if kiln can write there, else the system's temporary folder."""
+    for folder in (Home.from_env().tmp, None):
+        try:
+            fd, name = tempfile.mkstemp(prefix="kiln-internal-error-", suffix=".txt", dir=folder)
+        except OSError:
+            continue
+        try:
+            with os.fdopen(fd, "w") as out:  # mkstemp made it 0600
+                out.write(text)
+        except OSError:
+            continue
+        return Path(name)
+    return None
+
+
+def _internal(exc: Exception) -> None:
+    """A bug reached the top: one line that says so and where the traceback is (or, with
+    --debug, the traceback), exit code 70."""
+    text = "".join(traceback.format_exception(exc))
+    if _debug["on"] or os.environ.get(DEBUG_ENV, "") not in ("", "0", "false", "no"):
+        sys.stderr.write(text)
+        sys.exit(INTERNAL_ERROR)
+    detail = " ".join(str(exc).split())
+    what = f"{type(exc).__name__}: {detail[:200]}" if detail else type(exc).__name__
+    path = _traceback_file(text)
+    where = f"traceback in {path}" if path else "run it again with --debug to see the traceback"
+    err.print(
+        f"[bold red]internal error in kiln {__version__}:[/] {escape(what)}; {escape(where)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    sys.exit(INTERNAL_ERROR)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
@@ -105,7 +156,7 @@ def main() -> None:
         sys.exit(130)
     except Exception as exc:
         if not disk_full(str(exc)):
-            raise
+            _internal(exc)
         # SQLite says "database or disk is full" through SQLAlchemy
         _report(KilnError(f"{_doing()}: the catalog could not be written: disk full"))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from kiln.cli.groups import Group
 from kiln.cli.output import console, json_flag, policy_option, print_json
 from kiln.errors import BadInput
 
@@ -28,7 +29,7 @@ def _password(confirm: bool) -> bytes | None:
     return typed.encode()
 
 
-@click.group()
+@click.group(cls=Group)
 def key() -> None:
     """Make the ECDSA P-256 key pairs kiln signs images with."""
 
