@@ -127,3 +127,41 @@ def test_an_imports_devices_and_setuid_files_are_listed(fresh: Kiln, tmp_path: P
     assert special["/usr/bin/su"]["kind"] == "setuid" and special["/usr/bin/su"]["mode"] == "4755"
     assert special["/usr/bin/wall"]["kind"] == "setgid"
     assert_untouched(guard, content)
+
+
+def test_out_of_bounds_refs_and_a_step_refusing_its_input_exit_2(
+    fresh: Kiln, tmp_path: Path
+) -> None:
+    """A version past a signed 64-bit integer, as an argument and as a recipe's parent, and
+    a step that refuses its input when it runs: bad input (2), never a traceback; a command
+    that fails is named as it ran inside the root, not as the systemd-nspawn that ran it."""
+    fresh.run("bake", str(EXAMPLES / "tiny.toml"))
+    result = fresh.run("inspect", "tiny:9223372036854775808", check=False)
+    assert result.returncode == 2, result.stderr
+    assert "a version is a whole number from 1 to 9223372036854775807" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    recipe = tmp_path / "child.toml"
+    recipe.write_text('[image]\nname = "child"\nparent = "tiny:99999999999999999999999"\n')
+    result = fresh.run("bake", str(recipe), check=False)
+    assert result.returncode == 2, result.stderr
+    assert f"{recipe}:3: image.parent:" in result.stderr and "Traceback" not in result.stderr
+
+    recipe.write_text(
+        '[image]\nname = "child"\nparent = "tiny:1"\n\n'
+        '[[steps]]\nrun = "true"\nshell = ["/bin/zsh", "-c"]\n'
+    )
+    result = fresh.run("bake", str(recipe), check=False)
+    assert result.returncode == 2, result.stderr
+    assert f"{recipe}:5: steps[0] (run) in the build root of child:" in result.stderr
+    assert "/bin/zsh is not in the image" in result.stderr
+
+    recipe.write_text(
+        '[image]\nname = "child"\nparent = "tiny:1"\n\n[[steps]]\nrun = "echo no; exit 4"\n'
+    )
+    result = fresh.run("bake", str(recipe), check=False)
+    assert result.returncode == 1, result.stderr
+    assert "steps[0] (run) failed in the build root of child with exit code 4" in result.stderr
+    assert "  command: /bin/sh -c 'echo no; exit 4'\n" in result.stderr
+    assert "systemd-nspawn" not in result.stderr
+    assert [image["name"] for image in fresh.json("images")] == ["tiny"]
