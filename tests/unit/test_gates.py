@@ -189,6 +189,26 @@ def test_an_open_policy_lets_a_promotion_enter_a_channel_it_does_not_define(
     ]
 
 
+def test_propagate_and_refresh_refuse_such_a_channel_before_any_bake(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    from kiln.app import propagate, refresh
+    from kiln.catalog.freshness import Propagation
+
+    policy = write_policy(tmp_path, POLICY)
+    add_image(workspace, "web", 1)
+    with pytest.raises(BadInput, match=r"prdo is not a channel .*did you mean prod"):
+        propagate.propagate(
+            workspace, "web:1", propagate.Options(to="prdo", policy_file=policy), print
+        )
+    with workspace.catalog.reading() as session:
+        assert session.scalars(select(Propagation)).all() == []
+    with pytest.raises(BadInput, match="qa is not a channel"):
+        refresh.refresh(
+            workspace, ["web"], refresh.Options(promote="qa", policy_file=policy), print
+        )
+
+
 def test_without_a_policy_file_any_channel_name_is_open(workspace: Workspace) -> None:
     add_image(workspace, "web", 1)
     assert lifecycle.promote(workspace, "web:1", "qa").promoted

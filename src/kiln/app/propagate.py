@@ -635,6 +635,8 @@ def propagate(workspace: Workspace, ref: str, options: Options, log: Log) -> Run
         raise BadInput(f"--parallel must be 1 to {MAX_PARALLEL}, not {options.parallel}")
     if options.max_failures < 1:
         raise BadInput(f"--max-failures must be at least 1, not {options.max_failures}")
+    if options.to is not None:  # a channel the policy does not define: refused before any bake
+        verify.converge_wanted(workspace, options.to, options.policy_file)
     plan = make_plan(workspace, ref, options.to, options.recipes, options.include_pinned)
     origin = plan.origin
     lock = workspace.home.locks / f"propagate-{origin.digest[7:23]}-{options.to or '-'}.lock"

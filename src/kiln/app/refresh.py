@@ -308,9 +308,12 @@ def refresh(
     """kiln refresh: ``{"images": [...], "outdated": N, "ok": bool}``; nothing outdated,
     nothing done."""
     if options.promote is not None:
+        from kiln.app import verify
         from kiln.lifecycle.channels import check_name
 
         check_name(options.promote)
+        # a channel the policy does not define is refused before anything is baked
+        verify.converge_wanted(workspace, options.promote, options.policy_file)
     lock = workspace.home.locks / "refresh.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     held = locks.hold(lock, wait=False)
