@@ -114,4 +114,17 @@ def parse(text: str) -> Ref:
 
 def is_channel(text: str) -> bool:
     """A valid channel name: starts with a letter, is not ``latest``, is not too long."""
-    return text != LATEST and len(text) <= MAX_NAME and re.fullmatch(CHANNEL, text) is not None
+    return channel_problem(text) is None
+
+
+def channel_problem(text: str) -> str | None:
+    """Why ``text`` is not a channel name (a message to end an error with), or None."""
+    if text == LATEST:
+        return "latest always means the newest version that is not revoked"
+    if len(text) > MAX_NAME:
+        return f"a channel name is at most {MAX_NAME} characters, not {len(text)}"
+    if re.fullmatch(CHANNEL, text) is None:
+        return f"a channel name is {CHANNEL_RULE}" + (
+            " (a number is a version)" if text.isdigit() else ""
+        )
+    return None

@@ -44,3 +44,22 @@ def test_a_channel_or_name_error_says_lower_case() -> None:
     with pytest.raises(BadInput, match="a name is lower-case letters"):
         refs.parse("Tiny:1")
     assert "lower-case" in refs.CHANNEL_RULE and "starting with a letter" in refs.CHANNEL_RULE
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (
+            "PROD",
+            "a channel name is lower-case letters, digits, '-' and '_', starting with a letter",
+        ),
+        ("3", "(a number is a version)"),
+        ("latest", "latest always means the newest version"),
+        ("c" * 5000, "a channel name is at most 63 characters, not 5000"),
+    ],
+)
+def test_why_a_channel_name_is_refused(text: str, why: str) -> None:
+    found = refs.channel_problem(text)
+    assert found is not None and why in found and len(found) < 200
+    assert not refs.is_channel(text)
+    assert refs.channel_problem("prod-2_b") is None
