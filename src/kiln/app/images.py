@@ -41,9 +41,14 @@ def _reading(workspace: Workspace, ref: str) -> Iterator[tuple[Session, Image]]:
 
 
 def list_images(workspace: Workspace) -> list[dict[str, Any]]:
-    catalog = workspace.catalog
+    """Every image version in the catalog, each with the revocation in force on it, and
+    every version kiln gc removed (``status`` "removed"), by name then version."""
+    from kiln.catalog import removed
+
+    catalog, lookup = workspace.catalog, workspace.lookup
+    revoked = lookup.revoked_images()
     with catalog.reading() as session:
-        return [
+        rows = [
             {
                 "ref": i.ref,
                 "name": i.name,
@@ -55,9 +60,34 @@ def list_images(workspace: Workspace) -> list[dict[str, Any]]:
                 "size": i.size,
                 "status": i.status,
                 "packages": len(i.packages),
+                "revoked": revoked[i.id].to_json() if i.id in revoked else None,
+                "removed": None,
             }
             for i in catalog.all_images(session)
         ]
+    listed = {row["ref"] for row in rows}
+    for gone in removed.gone(lookup, None).versions:
+        if gone.ref in listed:
+            continue
+        listed.add(gone.ref)
+        name, _, version = gone.ref.rpartition(":")
+        rows.append(
+            {
+                "ref": gone.ref,
+                "name": name,
+                "version": int(version),
+                "digest": gone.digest,
+                "parent": None,
+                "origin": None,
+                "created": None,
+                "size": None,
+                "status": "removed",
+                "packages": None,
+                "revoked": None,
+                "removed": gone.to_json(),
+            }
+        )
+    return sorted(rows, key=lambda row: (row["name"], row["version"]))
 
 
 def _summary(image: Image) -> dict[str, Any]:

@@ -9,6 +9,7 @@ SQLAlchemy unless a scheduled revocation is due and its rows must be written.
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -215,37 +216,116 @@ def where(
     if family is not None:
         ids = {image.id} if image is not None else set(estate.images)
         latest = _latest(lookup, estate, [family]).get(family)
-        if image is None and latest is not None:
-            ids.add(latest)
-            estate.images.update(lookup.by_ids([latest]))
-            estate.created.update(_created(lookup, [latest]))
+        left: dict[int, list[str]] = defaultdict(list)  # image -> channels emptied of it
+        for head in estate.heads:
+            gone = _left(head)
+            if head.current is None and gone is not None:
+                left[gone].append(head.assignment.channel)
+        if image is None:
+            ids |= set(left)
+            if latest is not None:
+                ids.add(latest)
+            else:  # every version revoked: the family as it is, each with its reason
+                ids |= {row[0] for row in lookup.rows(FAMILY, name=family)}
+            more = [i for i in ids if i not in estate.images]
+            estate.images.update(lookup.by_ids(more))
+            estate.created.update(_created(lookup, more))
         versions = []
         for image_id in sorted(ids, key=lambda i: -estate.images[i].version):
             data = estate.image_json(image_id)
             data["latest"] = image_id == latest
+            data["left"] = sorted(left.get(image_id, []))
             data["machines"] = [_public(m) for m in estate.machines_of(image_id)]
             versions.append(data)
         return {"name": family, "versions": versions}
-    return _matrix(lookup, estate)
+    return _matrix(workspace, estate)
 
 
-def _matrix(lookup: Lookup, estate: _Estate) -> dict[str, Any]:
+FAMILY = "SELECT id FROM images WHERE name = :name AND status = 'ok'"
+
+
+def _left(head: Head) -> int | None:
+    """The image an empty channel held before a revocation emptied it (None: it holds one,
+    or nothing is known of what it held)."""
+    if head.left is not None and head.image is not None:
+        return head.image.id  # a scheduled revocation came; its row is written this read
+    row = head.assignment
+    if head.image is None and row.action == "revoke":
+        return row.previous_id
+    return None
+
+
+def _empty(head: Head, estate: _Estate, gone: Any) -> dict[str, Any] | None:
+    """Why a channel holds nothing: what it held and what took it (a revocation, with
+    its reason; or kiln gc, when the version went since)."""
+    image_id = _left(head)
+    if image_id is not None and image_id in estate.images:
+        revoked = estate.revoked.get(image_id)
+        return {
+            "left": estate.images[image_id].ref,
+            "revoked": revoked.to_json() if revoked is not None else None,
+            "removed": False,
+        }
+    was = gone.previous.get(head.assignment.id) or gone.image.get(head.assignment.id)
+    if was is not None:
+        return {"left": was.ref, "revoked": None, "removed": True}
+    return None
+
+
+def _pipeline(workspace: Workspace, used: set[str]) -> list[str]:
+    """The channels as columns: those the policy file defines, in pipeline order (each
+    after the one its ``after`` names, else in the file's order), then any others in use,
+    sorted. Without a policy file: the channels in use, sorted."""
+    from kiln.lifecycle.locate import locate
+
+    path = locate(workspace.home, None)
+    if path is None:
+        return sorted(used)
+    from kiln.lifecycle import policy
+
+    defined = policy.load(path).model.channels.defined
+    order: list[str] = []
+    while len(order) < len(defined):
+        ready = [
+            name
+            for name, gates in defined.items()
+            if name not in order and (gates.after is None or gates.after in order)
+        ]
+        if not ready:  # a cycle, which loading refuses: keep the file's order
+            order += [name for name in defined if name not in order]
+            break
+        order.append(ready[0])
+    return order + sorted(used - set(order))
+
+
+def _matrix(workspace: Workspace, estate: _Estate) -> dict[str, Any]:
+    from kiln.catalog import removed
+
+    lookup = workspace.lookup
     names = sorted({row[0] for row in lookup.rows("SELECT DISTINCT name FROM images")})
     names = sorted(set(names) | {h.assignment.name for h in estate.heads})
-    channel_names = sorted({h.assignment.channel for h in estate.heads})
+    channel_names = _pipeline(workspace, {h.assignment.channel for h in estate.heads})
     latest = _latest(lookup, estate, names)
-    missing = [i for i in latest.values() if i not in estate.images]
+    baked = {row[0] for row in lookup.rows("SELECT DISTINCT name FROM images WHERE status = 'ok'")}
+    emptied = [h for h in estate.heads if h.current is None]
+    left = [i for i in (_left(h) for h in emptied) if i is not None]
+    missing = [i for i in [*latest.values(), *left] if i not in estate.images]
     estate.images.update(lookup.by_ids(missing))
     estate.created.update(_created(lookup, missing))
+    gone = removed.gone(lookup, {h.assignment.name for h in emptied})
     by_cell = {(h.assignment.name, h.assignment.channel): h for h in estate.heads}
     rows = []
     for name in names:
         cells: dict[str, Any] = {}
+        empty: dict[str, Any] = {}
         for channel in channel_names:
             head = by_cell.get((name, channel))
             current = head.current if head is not None else None
             if head is None or current is None:
                 cells[channel] = None
+                why = _empty(head, estate, gone) if head is not None else None
+                if why is not None:
+                    empty[channel] = why
                 continue
             cells[channel] = {**estate.image_json(current.id), "since": iso(head.assignment.at)}
         newest = latest.get(name)
@@ -253,7 +333,9 @@ def _matrix(lookup: Lookup, estate: _Estate) -> dict[str, Any]:
             {
                 "name": name,
                 "latest": estate.image_json(newest) if newest is not None else None,
+                "all_revoked": newest is None and name in baked,
                 "channels": cells,
+                "empty": empty,
             }
         )
     return {

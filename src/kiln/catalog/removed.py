@@ -9,16 +9,14 @@ SQLAlchemy.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from kiln.catalog.lookup import Lookup, iso, moment
 
-REMOVED = (
-    "SELECT name, version, digest, at, detail FROM events"
-    " WHERE kind = 'removed' AND name IN ({names}) ORDER BY id"
-)
+REMOVED = "SELECT name, version, digest, at, detail FROM events WHERE kind = 'removed'"
 
 
 @dataclass(frozen=True)
@@ -46,14 +44,22 @@ class Gone:
     versions: list[Removed] = field(default_factory=list)
 
 
-def gone(lookup: Lookup, names: Iterable[str]) -> Gone:
-    """What gc removed of the image families ``names``, by the channel rows that named it."""
-    out = Gone()
+def _queries(names: Iterable[str] | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    if names is None:
+        yield REMOVED + " ORDER BY id", {}
+        return
     wanted = sorted(set(names))
     for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        params = {f"n{n}": value for n, value in enumerate(chunk)}
-        sql = REMOVED.format(names=", ".join(":" + key for key in params))
+        params = {f"n{n}": value for n, value in enumerate(wanted[start : start + 500])}
+        keys = ", ".join(":" + key for key in params)
+        yield f"{REMOVED} AND name IN ({keys}) ORDER BY id", params
+
+
+def gone(lookup: Lookup, names: Iterable[str] | None) -> Gone:
+    """What gc removed of the image families ``names`` (None: of every family), by the
+    channel rows that named it."""
+    out = Gone()
+    for sql, params in _queries(names):
         for name, version, digest, at, detail in lookup.rows(sql, **params):
             told = json.loads(detail or "{}")
             found = Removed(f"{name}:{version}", digest, moment(at), str(told.get("by") or "gc"))

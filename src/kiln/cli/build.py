@@ -134,8 +134,24 @@ def images(as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    table = Table("REF", "DIGEST", "PARENT", "LAYER", "PACKAGES", "CREATED", box=None)
+    table = Table("REF", "DIGEST", "PARENT", "LAYER", "PACKAGES", "CREATED", "STATE", box=None)
     for row in rows:
+        if row["removed"] is not None:
+            gone = row["removed"]
+            at = f" {str(gone['at'])[:19]}" if gone["at"] else ""
+            table.add_row(
+                f"[dim]{row['ref']} (removed by {gone['by']})[/]",
+                str(row["digest"])[7:19],
+                *["-"] * 4,
+                f"[dim]removed{at}[/]",
+            )
+            continue
+        revoked = row["revoked"]
+        if revoked is not None:
+            through = f" through {revoked['by']}" if revoked["by"] != row["ref"] else ""
+            state = f"[red]revoked{through}: {escape(revoked['reason'])}[/]"
+        else:
+            state = "ok"
         table.add_row(
             str(row["ref"]),
             str(row["digest"])[7:19],
@@ -143,6 +159,7 @@ def images(as_json: bool) -> None:
             human_size(int(str(row["size"]))),
             str(row["packages"]),
             str(row["created"])[:19],
+            state,
         )
     wide.print(table)
 

@@ -215,6 +215,19 @@ def _cell(cell: dict[str, Any] | None) -> str:
     return f"[red]{text} REVOKED[/]" if cell["revoked"] else text
 
 
+def _empty_cell(why: dict[str, Any] | None) -> str:
+    """A channel that holds nothing, with what it held and why it is empty."""
+    if why is None:
+        return "-"
+    if why["removed"]:
+        return f"- ({why['left']} removed by gc)"
+    revoked = why["revoked"]
+    if revoked is None:
+        return f"- ({why['left']} left when revoked; restored since)"
+    through = f" through {revoked['by']}" if revoked["by"] != why["left"] else ""
+    return f"[red]- ({why['left']} revoked{through}: {escape(revoked['reason'])})[/]"
+
+
 def _proof_flag(proof: dict[str, Any] | None) -> list[str]:
     """An image's last rebuild proof, as kiln where shows it."""
     if proof is None:
@@ -329,6 +342,8 @@ def where(target: str | None, revoked_only: bool, as_json: bool) -> None:
             fresh = _freshness(version.get("freshness"))
             flags += [f"updates: {fresh}" if fresh != "fresh" else "up to date"] if fresh else []
             flags += _proof_flag(version.get("proof"))
+            if version.get("left"):
+                flags.append(f"left {', '.join(version['left'])} when revoked")
             if version["revoked"]:
                 revoked = version["revoked"]
                 flags.append(f"[red]revoked by {revoked['by']}: {escape(revoked['reason'])}[/]")
@@ -344,8 +359,16 @@ def where(target: str | None, revoked_only: bool, as_json: bool) -> None:
     if shown:
         table.add_column("FRESHNESS")
     for row, text in zip(data["images"], pending, strict=True):
-        cells = [_cell(row["channels"][c]) for c in data["channels"]]
-        table.add_row(row["name"], _cell(row["latest"]), *cells, *([text] if shown else []))
+        cells = [
+            _cell(row["channels"][c])
+            if row["channels"][c] is not None
+            else _empty_cell(row.get("empty", {}).get(c))
+            for c in data["channels"]
+        ]
+        newest = _cell(row["latest"])
+        if row.get("all_revoked"):
+            newest = "[red]- (every version revoked)[/]"
+        table.add_row(row["name"], newest, *cells, *([text] if shown else []))
     wide.print(table)
     if data["machines"]:
         _say("")
