@@ -73,6 +73,15 @@ def test_an_unknown_image_name_suggests_the_nearest(workspace: Workspace) -> Non
     assert known.value.hint == "'kiln images' lists the versions of web"
 
 
+def test_a_channel_ref_the_name_does_not_have_suggests_the_nearest(workspace: Workspace) -> None:
+    add_image(workspace, "web", 1)
+    lifecycle.promote(workspace, "web:1", "prod")
+    with pytest.raises(NotFound, match=r"web has no channel prdo \(did you mean prod\?\)$"):
+        lifecycle.promote(workspace, "web:prdo", "staging")
+    with pytest.raises(NotFound, match=r"web has no channel qa$"):
+        workspace.lookup.image(refs.parse("web:qa"))
+
+
 @pytest.mark.parametrize("bad", ["3", "latest", "Prod", "-x", ""])
 def test_channel_names_are_never_numbers_nor_latest(workspace: Workspace, bad: str) -> None:
     add_image(workspace, "web", 1)

@@ -284,8 +284,10 @@ class Lookup:
         assert ref.channel is not None
         head = self.head(ref.name, ref.channel)
         if head is None:
+            known = [row.channel for row in self.head_rows(ref.name)]
             raise NotFound(
-                f"no image {ref}: {ref.name} has no channel {ref.channel}",
+                f"no image {ref}: {ref.name} has no channel {ref.channel}"
+                + did_you_mean(ref.channel, known),
                 hint=f"'kiln channels {ref.name}' lists its channels; "
                 f"kiln promote {ref.name}:VERSION {ref.channel} makes one",
             )
