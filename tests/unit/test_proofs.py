@@ -1,6 +1,7 @@
 """Rebuild proofs without a bake: the proven_within gate and kiln where on real catalog rows,
-the check of a recipe's inputs against what its bake recorded, and the lock an image keeps
-as a referrer, read back with its digest checked."""
+the check of a recipe's inputs against what its bake recorded, the lock an image keeps
+as a referrer, read back with its digest checked, and the source archive a proof rebuilds
+from instead of the checkout (checked against the record once unpacked)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from kiln.app import lifecycle, proof, trace
+from kiln.app import lifecycle, proof, proofsources, trace
+from kiln.app.proofsources import CannotRebuild, Link
 from kiln.app.workspace import Workspace
 from kiln.bake import cachekey
 from kiln.bake.debcache import Unserved
@@ -23,7 +25,7 @@ from kiln.errors import BadInput, StoreError
 from kiln.lifecycle import proofs
 from kiln.recipe import load_recipe
 from kiln.recipe.lockfile import Deb, Lock
-from kiln.store import artefacts
+from kiln.store import archive, artefacts
 from tests.unit.lifecycle_rows import add_image, manifest, workspace, write_policy
 
 __all__ = ["workspace"]  # the fixture
@@ -112,7 +114,7 @@ def recipe_folder(tmp_path: Path) -> Path:
     return recipe
 
 
-def baked_link(recipe_path: Path) -> proof.Link:
+def baked_link(recipe_path: Path, tmp: Path | None = None) -> Link:
     """What a bake of the recipe as it is now recorded: catalog row and provenance."""
     recipe = load_recipe(recipe_path)
     dependencies: list[dict[str, Any]] = [
@@ -130,18 +132,23 @@ def baked_link(recipe_path: Path) -> proof.Link:
     provenance = {"predicate": {"buildDefinition": {"resolvedDependencies": dependencies}}}
     key = cachekey.key_of(cachekey.document(recipe, None, lock=None))
     row = ImageRow(1, "app", 1, "sha256:" + SHA, "", key, None, str(recipe_path), recipe.digest)
-    return proof.Link(row, b"", Lock(None, 0), False, provenance)
+    kept = None
+    if tmp is not None:  # as a bake keeps it (kiln.bake.source)
+        from kiln.bake import source
+
+        kept = source.pack(recipe, cachekey.materials(recipe), tmp)
+    return Link(row, b"", Lock(None, 0), False, provenance, kept)
 
 
 def test_unchanged_inputs_pass_and_changed_or_missing_ones_are_named(tmp_path: Path) -> None:
     recipe = recipe_folder(tmp_path)
     link = baked_link(recipe)
-    assert proof.check_inputs(link, Options()) == []
+    assert proofsources.check_inputs(link, Options()) == []
 
     recorded = proofs.recorded_inputs(link.provenance)
     assert set(recorded) == {"steps[0].copy", "steps[1].copy"}
     (recipe.parent / "hello").write_text("#!/bin/sh\necho changed\n")
-    [changed] = proof.check_inputs(link, Options())
+    [changed] = proofsources.check_inputs(link, Options())
     assert (changed.what, changed.path) == ("steps[0].copy", "hello")
     assert changed.expected == f"sha256:{recorded['steps[0].copy'][1]}"
     [now] = [m for m in cachekey.materials(load_recipe(recipe)) if m.key == "steps[0].copy"]
@@ -150,7 +157,7 @@ def test_unchanged_inputs_pass_and_changed_or_missing_ones_are_named(tmp_path: P
 
     (recipe.parent / "site" / "index.html").unlink()
     (recipe.parent / "site").rmdir()
-    found = {c.what: c for c in proof.check_inputs(link, Options())}
+    found = {c.what: c for c in proofsources.check_inputs(link, Options())}
     assert found["steps[1].copy"].found is None, found
     assert found["steps[1].copy"].to_json()["state"] == "missing"
     assert "is missing" in found["steps[1].copy"].line()
@@ -160,10 +167,10 @@ def test_a_changed_recipe_is_named_before_its_inputs(tmp_path: Path) -> None:
     recipe = recipe_folder(tmp_path)
     link = baked_link(recipe)
     recipe.write_text(recipe.read_text() + "\n# a comment changes the bytes\n")
-    [changed] = proof.check_inputs(link, Options())
+    [changed] = proofsources.check_inputs(link, Options())
     assert changed.what == "recipe" and changed.expected == f"sha256:{link.row.recipe_digest}"
     recipe.unlink()
-    [gone] = proof.check_inputs(link, Options())
+    [gone] = proofsources.check_inputs(link, Options())
     assert gone.what == "recipe" and gone.found is None
 
 
@@ -171,7 +178,7 @@ def test_a_changed_cache_key_is_named(tmp_path: Path) -> None:
     recipe = recipe_folder(tmp_path)
     link = baked_link(recipe)
     link.row = replace(link.row, cache_key="0" * 64)
-    [changed] = proof.check_inputs(link, Options())
+    [changed] = proofsources.check_inputs(link, Options())
     assert changed.what == "cache key" and changed.expected == "0" * 64
 
 
@@ -196,9 +203,11 @@ def test_the_lock_referrer_round_trips_and_is_checked(workspace: Workspace) -> N
 
 def test_an_image_without_a_kept_lock_cannot_be_proven(workspace: Workspace) -> None:
     add_image(workspace, "old", 1, stored=True)
-    with pytest.raises(BadInput, match="baked before kiln kept locks: rebake it") as caught:
-        proof.rebuild(workspace, "old:1")
-    assert caught.value.exit_code == 2
+    result = proof.rebuild(workspace, "old:1")
+    assert not result.ok and result.chain == []
+    assert result.cannot is not None and "baked before kiln kept locks: rebake it" in result.cannot
+    assert result.to_json()["cannot"] == result.cannot
+    assert not workspace.lookup.rows("SELECT id FROM proofs"), "nothing is recorded"
     with pytest.raises(BadInput, match="--prove"):
         proof.rebuild(workspace, "old:1", prove=False)
 
@@ -208,3 +217,50 @@ def test_every_version_the_mirror_lacks_is_named() -> None:
     message = Unserved(debs, "E: Version '1.0' for 'a' was not found").message
     assert "2 locked packages" in message
     assert "a 1.0 (all)" in message and "b 2:3~rc1 (amd64)" in message
+
+
+def test_a_proof_rebuilds_from_the_source_archive_not_the_checkout(tmp_path: Path) -> None:
+    recipe = recipe_folder(tmp_path)
+    link = baked_link(recipe, tmp_path / "tmp")
+    assert link.source is not None
+    (recipe.parent / "hello").write_text("#!/bin/sh\necho the checkout moved on\n")
+    recipe.write_text(recipe.read_text() + "# and so did the recipe\n")
+    assert proofsources.check_inputs(link, Options()), "the checkout is not what was baked"
+
+    placed = proofsources.place(link, tmp_path / "proof", Options())
+    assert placed.path != recipe and placed.digest == link.row.recipe_digest
+    assert (placed.folder / "hello").read_text() == "#!/bin/sh\necho kiln\n"
+    assert (placed.folder / "site" / "index.html").is_file()
+
+
+def test_a_source_archive_that_does_not_hold_the_inputs_baked_from_is_refused(
+    tmp_path: Path,
+) -> None:
+    recipe = recipe_folder(tmp_path)
+    link = baked_link(recipe, tmp_path / "tmp")
+    (recipe.parent / "hello").write_text("#!/bin/sh\necho swapped\n")
+    link.source = archive.pack(recipe.parent, ["app.toml", "hello", "site"], tmp_path / "tmp")
+    with pytest.raises(CannotRebuild, match="does not hold what app:1 was baked from") as caught:
+        proofsources.place(link, tmp_path / "proof", Options())
+    assert caught.value.exit_code == 2 and "steps[0].copy" in caught.value.message
+
+    link.source = b"not a tar archive" * 64
+    with pytest.raises(CannotRebuild, match="does not read as a tar archive"):
+        proofsources.place(link, tmp_path / "proof2", Options())
+
+
+def test_a_changed_checkout_of_an_image_without_a_source_archive_cannot_be_rebuilt(
+    workspace: Workspace,
+) -> None:
+    """Baked before kiln kept source archives, and its recipe folder moved on since: the
+    proof cannot start (exit 2 from kiln rebuild), and no failed proof is recorded."""
+    row = add_image(workspace, "old", 1, stored=True)  # its recipe file is not there now
+    subject = workspace.layout.refs()["old:1"]
+    text = Lock(None, 1767225600, ()).render("old.toml").encode()
+    kept = artefacts.put(workspace.layout, subject, artefacts.LOCK, artefacts.MEDIA_LOCK, text, "x")
+    workspace.layout.tag("old:1", subject, [kept])
+    result = proof.rebuild(workspace, row.ref)
+    assert result.cannot == proofsources.NO_ARCHIVE and not result.ok
+    assert [c.what for c in result.inputs] == ["recipe"]
+    assert result.chain[0].source is None and result.chain[0].rebuilt == ""
+    assert not workspace.lookup.rows("SELECT id FROM proofs"), "not recorded as a failure"

@@ -2,26 +2,32 @@
 the locks they were baked with, and show that the digest comes out the same.
 
 1. The chain: the image and its ancestors (the catalog's parents), root first; each with
-   the lock the bake kept as a referrer (kiln.store.artefacts, checked by digest).
-2. Its inputs, before anything is baked: each recipe (the catalog's path, checked against
-   the digest it keeps), each copied input against the digest the bake's provenance
-   recorded, and the cache key they give against the image's. Anything changed or
-   missing fails the proof without a bake.
-3. A fresh KILN_HOME inside the store's tmp area (same file system, removed at the end,
-   also on error): no image cache, no unpacked layers. The recipes and their inputs are
-   copied into it, each with its stored lock beside it, and baked root first. The real
+   the lock the bake kept as a referrer (kiln.store.artefacts, checked by digest), and
+   its source archive (kiln.store.archive: the recipe and the files it read).
+2. A fresh KILN_HOME inside the store's tmp area (same file system, removed at the end,
+   also on error): no image cache, no unpacked layers. Each image's source archive is
+   unpacked into it (checked member by member, as hostile input), and what it unpacks
+   to is checked before anything is baked: the recipe against the digest the catalog
+   keeps, each input against the digest the bake's provenance recorded, and the cache
+   key they give against the image's. An image baked before kiln kept source archives
+   is rebuilt from the recipe folder as it is now, checked the same way, and copied in.
+   Each recipe gets its stored lock beside it, and they are baked root first. The real
    package cache lends its .debs (each checked by sha256 as it is linked in) unless
    ``package_cache`` is off: then every package comes from the mirror, and each locked
    version the mirror no longer serves is named.
-4. Each rebuilt digest against the stored one; on a mismatch, the file and package diff.
-5. One ``proofs`` row and one ``proved`` event per image of the chain that was rebuilt,
+3. Each rebuilt digest against the stored one; on a mismatch, the file and package diff.
+4. One ``proofs`` row and one ``proved`` event per image of the chain that was rebuilt,
    in one transaction.
+
+A proof that cannot start (no stored lock, a source archive that does not unpack to what
+the image was baked from, a recipe folder that changed since a bake that kept no source
+archive) rebuilds nothing and records nothing: its result says why (``cannot``), and
+``kiln rebuild`` exits 2, never 1, which stays for a rebuild that does not reproduce.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -34,16 +40,16 @@ from typing import TYPE_CHECKING, Any
 
 from kiln import locks
 from kiln.app import resolve
+from kiln.app.proofsources import NO_ARCHIVE, CannotRebuild, Link, check_inputs, place
 from kiln.app.workspace import Workspace
 from kiln.catalog.lookup import ImageRow
 from kiln.digests import file_sha256
 from kiln.errors import BadInput, KilnError, RecipeError
 from kiln.home import Home
-from kiln.lifecycle.proofs import Changed, changed_inputs, recorded_inputs
+from kiln.lifecycle.proofs import Changed
 from kiln.recipe import lockfile
-from kiln.recipe.limits import MAX_RECIPE_BYTES, read_regular
 from kiln.recipe.lockfile import Deb, Lock
-from kiln.store import artefacts
+from kiln.store import archive, artefacts
 
 if TYPE_CHECKING:
     from kiln.bake.bake import Parent
@@ -65,32 +71,6 @@ class _Scratch(Home):
 
 
 @dataclass
-class Link:
-    """One image of the chain, with what its bake recorded."""
-
-    row: ImageRow
-    lock_text: bytes
-    lock: Lock
-    locked: bool  # baked from a lock file (else from the packages it resolved to)
-    provenance: dict[str, Any]
-    rebuilt: str = ""
-    ok: bool = False
-    diff: dict[str, Any] | None = None
-    note: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ref": self.row.ref,
-            "digest": self.row.digest,
-            "rebuilt": self.rebuilt or None,
-            "ok": self.ok,
-            "locked": self.locked,
-            "diff": self.diff,
-            "note": self.note or None,
-        }
-
-
-@dataclass
 class Result:
     ref: str
     digest: str
@@ -99,16 +79,18 @@ class Result:
     inputs: list[Changed] = field(default_factory=list)
     unserved: list[Deb] = field(default_factory=list)
     error: str | None = None
+    cannot: str | None = None  # why the proof could not start
     seconds: float = 0.0
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def ok(self) -> bool:
-        return bool(self.chain) and all(link.ok for link in self.chain) and not self.error
+        ok = bool(self.chain) and all(link.ok for link in self.chain)
+        return ok and not self.error and not self.cannot
 
     @property
     def rebuilt(self) -> str:
-        return self.chain[-1].rebuilt
+        return self.chain[-1].rebuilt if self.chain else ""
 
     def detail(self) -> dict[str, Any]:
         return {
@@ -116,6 +98,7 @@ class Result:
             "inputs": [changed.to_json() for changed in self.inputs],
             "unserved": [_deb_json(deb) for deb in self.unserved],
             "error": self.error,
+            "cannot": self.cannot,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -154,15 +137,27 @@ def rebuild(
 
     started = time.monotonic()
     row = resolve.image(workspace, ref, usable=False)
-    result = Result(row.ref, row.digest, package_cache, _chain(workspace, row))
+    try:
+        chain = _chain(workspace, row)
+    except CannotRebuild as exc:
+        return Result(row.ref, row.digest, package_cache, [], cannot=_message(exc))
+    result = Result(row.ref, row.digest, package_cache, chain)
     options = Options(no_cache=True, mirror=mirror)
-    for link in result.chain:
-        result.inputs += check_inputs(link, options)
-    if not result.inputs:
+    for link in result.chain:  # from the checkout: only what keeps no source archive
+        if link.source is None:
+            result.inputs += check_inputs(link, options)
+    if result.inputs:
+        result.cannot = NO_ARCHIVE
+    else:
         _rebake(workspace, result, options, log)
     result.seconds = time.monotonic() - started
-    _record(workspace, result)
+    if result.cannot is None:
+        _record(workspace, result)
     return result
+
+
+def _message(exc: KilnError) -> str:
+    return exc.message + (f"; {exc.hint}" if exc.hint else "")
 
 
 def _chain(workspace: Workspace, row: ImageRow) -> list[Link]:
@@ -181,12 +176,12 @@ def _chain(workspace: Workspace, row: ImageRow) -> list[Link]:
         text = artefacts.find(layout, image.digest, artefacts.LOCK)
         if text is None:
             if any(not p.sha256 for p in workspace.lookup.packages(image.id)):
-                raise BadInput(
+                raise CannotRebuild(
                     f"{image.ref} keeps no lock: some of its packages came without a .deb "
                     "(an imported base), so it cannot be rebuilt from one",
                     hint="bake it on a Debian base (bootstrap) to have images a proof rebuilds",
                 )
-            raise BadInput(
+            raise CannotRebuild(
                 f"{image.ref} was baked before kiln kept locks: rebake it",
                 hint=f"kiln bake --no-cache {image.recipe_path}, then prove the new version",
             )
@@ -195,7 +190,8 @@ def _chain(workspace: Workspace, row: ImageRow) -> list[Link]:
         dependencies = provenance.get("predicate", {}).get("buildDefinition", {})
         locked = any(d.get("name") == "lock" for d in dependencies.get("resolvedDependencies", []))
         lock = _parse_lock(workspace, text, image)
-        links.append(Link(image, text, lock, locked, provenance))
+        source = artefacts.find(layout, image.digest, archive.KIND)
+        links.append(Link(image, text, lock, locked, provenance, source))
     return links
 
 
@@ -213,48 +209,6 @@ def _parse_lock(workspace: Workspace, text: bytes, row: ImageRow) -> Lock:
             ) from None
 
 
-# inputs
-
-
-def check_inputs(link: Link, options: Options) -> list[Changed]:
-    """What of the recipe and its inputs is not what the image was baked from."""
-    from kiln.bake import cachekey
-    from kiln.bake.bake import key_document
-    from kiln.recipe import load_recipe
-
-    row = link.row
-    path = Path(row.recipe_path)
-    expected = f"sha256:{row.recipe_digest}"
-    try:
-        data = read_regular(path, MAX_RECIPE_BYTES, "recipe")
-    except BadInput:  # not there, not a regular file, too large
-        return [Changed(str(path), "recipe", path.name, expected, None)]
-    found = f"sha256:{hashlib.sha256(data).hexdigest()}"
-    if found != expected:
-        return [Changed(str(path), "recipe", path.name, expected, found)]
-    recorded = recorded_inputs(link.provenance)
-    try:
-        recipe = load_recipe(path)
-    except BadInput as exc:
-        gone = [
-            Changed(str(path), key, rel, f"sha256:{digest}", None)
-            for key, (rel, digest) in sorted(recorded.items())
-            if not os.path.lexists(path.parent / rel)
-        ]
-        return gone or [Changed(str(path), "recipe folder", path.name, expected, str(exc))]
-    found_now = cachekey.materials(recipe)
-    now = [(m.key, m.path, m.digest) for m in found_now]
-    changed = changed_inputs(str(path), recorded, now)
-    if changed:
-        return changed
-    # kiln's own step and pipeline versions and a base's Debian sources count here too
-    keyed = link.lock if link.locked else None
-    key = cachekey.key_of(key_document(recipe, link.lock.parent, keyed, options, found_now))
-    if key != row.cache_key:
-        return [Changed(str(path), "cache key", path.name, row.cache_key, key)]
-    return []
-
-
 # the rebuild
 
 
@@ -269,9 +223,11 @@ def _rebake(workspace: Workspace, result: Result, options: Options, log: Log) ->
         if result.package_cache:
             _lend_debs(workspace.home, scratch.home, result.chain)
         _fetch_debs(scratch.home, result.chain, options)
+        recipes = [
+            place(link, folder / "recipes" / str(n), options) for n, link in enumerate(result.chain)
+        ]
         parent: Parent | None = None
-        for link in result.chain:
-            recipe = _copy_recipe(link, folder / "recipes")
+        for link, recipe in zip(result.chain, recipes, strict=True):
             made = _bake_one(scratch, recipe, parent, link, options, log)
             link.rebuilt = made.digest
             link.ok = made.digest == link.row.digest
@@ -285,6 +241,8 @@ def _rebake(workspace: Workspace, result: Result, options: Options, log: Log) ->
     except Unserved as exc:
         result.unserved = list(exc.debs)
         result.error = exc.message
+    except CannotRebuild as exc:
+        result.cannot = _message(exc)
     except KilnError as exc:
         result.error = exc.message + (f" ({exc.hint})" if exc.hint else "")
     finally:
@@ -340,49 +298,6 @@ def _fetch_debs(scratch: Home, chain: list[Link], options: Options) -> None:
     else:
         lines = mirror_lines(os_codename(Path("/")) or "stable", options.mirror)
     cache.fetch(wanted, lines, scratch.tmp)
-
-
-def _copy_recipe(link: Link, top: Path) -> RecipeFile:
-    """The recipe and its inputs copied under ``top`` at their own absolute paths (so a
-    parent named by a relative recipe path is found too), with the stored lock beside a
-    locked recipe; the copy is checked against the record again.
-
-    What is copied is what the loader finds the recipe reads (inside its folder, as it
-    checks), never a path read from the stored provenance."""
-    from kiln.bake import cachekey
-    from kiln.recipe import load_recipe
-
-    original = load_recipe(Path(os.path.realpath(link.row.recipe_path)))
-    folder = original.folder
-
-    def place(source: Path) -> Path:
-        target = top / str(source).lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return target
-
-    copy = place(original.path)
-    shutil.copyfile(original.path, copy)
-    for material in cachekey.materials(original):
-        source = material.source
-        if not source.is_relative_to(folder):
-            raise KilnError(f"{original.path}: {material.key} reads {source}, outside {folder}")
-        if source.is_dir() and not source.is_symlink():
-            shutil.copytree(source, place(source), symlinks=True, dirs_exist_ok=True)
-        else:
-            shutil.copy2(source, place(source), follow_symlinks=False)
-    parent = original.parent_recipe_path()
-    if parent is not None and not place(parent).exists():
-        shutil.copyfile(parent, place(parent))
-    if link.locked:
-        lockfile.lock_path(copy).write_bytes(link.lock_text)
-    recipe = load_recipe(copy)
-    if recipe.digest != link.row.recipe_digest:
-        raise KilnError(f"{original.path} changed while it was being copied", hint="prove it again")
-    now = [(m.key, m.path, m.digest) for m in cachekey.materials(recipe)]
-    changed = changed_inputs(str(original.path), recorded_inputs(link.provenance), now)
-    if changed:
-        raise KilnError(changed[0].line() + " (while it was being copied)", hint="prove it again")
-    return recipe
 
 
 def _parent(scratch: Workspace, recipe: RecipeFile, ref: str) -> Parent:

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kiln import proc, steps
-from kiln.bake import again, image, packages, seal, services
+from kiln.bake import again, image, packages, seal, services, source
 from kiln.bake.bases import debian, imported
 from kiln.bake.context import BuildContext
 from kiln.bake.result import ONGOING, BakeResult
@@ -48,7 +48,7 @@ from kiln.recipe.lockfile import Lock
 from kiln.rootpath import Root
 from kiln.sandbox import MOUNT_POINT_FILES
 from kiln.steps.target import Target
-from kiln.store import artefacts, inventory
+from kiln.store import archive, artefacts, inventory
 from kiln.store import layer as layers
 from kiln.store.gc import store_in_use
 from kiln.store.layout import MEDIA_CONFIG, MEDIA_MANIFEST, Descriptor
@@ -305,8 +305,11 @@ def _artefacts(
         ),
     ]
     lock = _lock_text(context)
-    if lock is not None:
+    if lock is not None:  # and what a proof rebuilds from with it (kiln.bake.source)
         documents.append((artefacts.LOCK, artefacts.MEDIA_LOCK, lock))
+        kept = source.pack(context.recipe, context.materials, context.home.tmp)
+        if kept is not None:
+            documents.append((archive.KIND, archive.MEDIA_TYPE, kept))
     out = []
     created = stamped.strftime("%Y-%m-%dT%H:%M:%SZ")
     for kind, media_type, data in documents:

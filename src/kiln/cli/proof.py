@@ -1,6 +1,6 @@
 """`kiln rebuild REF --prove`: bake an image and its parents again from scratch and show
-whether the digest is the same. Exit code 0 when it is, 1 when it is not (or the inputs
-changed, or the mirror lacks a locked version), 2 for an image that cannot be proven."""
+whether the digest is the same. Exit code 0 when it is, 1 when it is not (or the mirror
+lacks a locked version), 2 when the proof cannot start ("not proven: cannot rebuild")."""
 
 from __future__ import annotations
 
@@ -58,8 +58,8 @@ def _render(data: dict[str, Any]) -> None:
         _say(f"  [red]error:[/] {escape(data['error'])}")
     if data["ok"]:
         _say(f"[green]proven[/] {data['ref']}: rebuilt to {data['digest'][:19]} again")
-    elif data["inputs"]:
-        _say(f"[red]not proven[/] {data['ref']}: its inputs are not what it was baked from")
+    elif data["cannot"]:
+        _say(f"[red]not proven[/] {data['ref']}: cannot rebuild ({escape(data['cannot'])})")
     else:
         _say(f"[red]not proven[/] {data['ref']}: the rebuild did not give {data['digest'][:19]}")
 
@@ -85,7 +85,8 @@ def rebuild(
     ref: str, prove: bool, no_package_cache: bool, mirror: str | None, verbose: bool, as_json: bool
 ) -> None:
     """Prove that REF can still be rebuilt: bake it and its parent chain from scratch, from
-    the locks they were baked with, and compare the digests (exit 1 when they differ)."""
+    the locks and source archives they were baked with, and compare the digests (exit 1
+    when they differ, 2 when the proof cannot start)."""
     from kiln.app import proof
     from kiln.app.workspace import opened
 
@@ -98,6 +99,8 @@ def rebuild(
         print_json(data)
     else:
         _render(data)
+    if result.cannot:
+        raise SystemExit(2)
     if not result.ok:
         raise SystemExit(1)
 
