@@ -258,3 +258,10 @@ def test_every_problem_is_reported_at_once_in_line_order(tmp_path: Path) -> None
     found = problems_of(tmp_path, BAD["every problem at once"])
     lines = [int(problem.split(":")[1]) for problem in found]
     assert lines == [2, 4, 5, 7, 8], found
+
+
+def test_a_channel_name_the_policy_refuses_says_why(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, '[channels.Prod]\n[channels.prod]\nafter = "x" \nsoak = "1h"\n')
+    assert [problem.split(": ")[1] for problem in found] == ["channels.Prod", "channels.prod.after"]
+    assert "'Prod' is not a channel name: a channel name is lower-case" in found[0]
+    assert "after = 'x' names a channel this file does not define" in found[1]

@@ -42,12 +42,8 @@ def reader(session: Session) -> Lookup:
 
 
 def check_name(channel: str) -> str:
-    if not refs.is_channel(channel):
-        why = (
-            "latest always means the newest version that is not revoked"
-            if channel == refs.LATEST
-            else "a letter first, then letters, digits, - and _ (a number is a version)"
-        )
+    why = refs.channel_problem(channel)
+    if why is not None:
         raise BadInput(f"'{channel}' is not a channel name: {why}", hint="e.g. dev, staging, prod")
     return channel
 

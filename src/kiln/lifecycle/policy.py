@@ -70,7 +70,6 @@ from kiln.schema import Model
 from kiln.suggest import did_you_mean
 
 DOCS = "docs/lifecycle.md"
-NOT_A_CHANNEL = "a letter first, then letters, digits, - and _; never latest"
 
 
 class Strict(Model):
@@ -100,8 +99,9 @@ class Gates(Strict):
     @field_validator("after")
     @classmethod
     def _after(cls, value: str | None) -> str | None:
-        if value is not None and not refs.is_channel(value):
-            raise ValueError(f"'{value}' is not a channel name ({NOT_A_CHANNEL})")
+        why = refs.channel_problem(value) if value is not None else None
+        if why is not None:
+            raise ValueError(f"'{value}' is not a channel name: {why}")
         return value
 
     @field_validator("soak", "max_security_age", "proven_within")
@@ -252,8 +252,9 @@ def pipeline_problems(raw: dict[str, Any]) -> list[tuple[KeyPath, str]]:
 
     out: list[tuple[KeyPath, str]] = []
     for name in defined:
-        if not refs.is_channel(name):
-            out.append((("channels", name), f"'{name}' is not a channel name ({NOT_A_CHANNEL})"))
+        why = refs.channel_problem(name)
+        if why is not None:
+            out.append((("channels", name), f"'{name}' is not a channel name: {why}"))
         after = after_of(name)
         where: KeyPath = ("channels", name, "after")
         if after == name:
