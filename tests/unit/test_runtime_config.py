@@ -111,14 +111,14 @@ def test_every_problem_is_reported_at_once() -> None:
     assert found == [
         "--set 'novalue': give KEY=VALUE",
         "colour: unknown key (the image declares: api_token, extra, mode, site_title)",
-        "api_token: required secret is missing: --set api_token=VALUE",
+        "api_token: required secret is missing: --set api_token=@FILE",
         "site_title: a plain value is one line (secrets may span lines)",
     ]
 
 
 def test_missing_required_keys_are_named() -> None:
     found = problems()
-    assert "api_token: required secret is missing: --set api_token=VALUE" in found
+    assert "api_token: required secret is missing: --set api_token=@FILE" in found
     assert "site_title: required key is missing: --set site_title=VALUE" in found
 
 
@@ -147,7 +147,7 @@ def test_bad_config_files(tmp_path: Path) -> None:
 def test_empty_or_nul_values_for_required_keys_are_refused(tmp_path: Path) -> None:
     found = problems(sets=["site_title=", "api_token=  "])
     assert found == [
-        "api_token: required secret is empty: --set api_token=VALUE",
+        "api_token: required secret is empty: --set api_token=@FILE",
         "site_title: required key is empty: --set site_title=VALUE",
     ]
     assert problems(sets=["site_title=a\0b", "api_token=t"]) == [
@@ -204,7 +204,7 @@ def test_only_one_key_reads_standard_input() -> None:
     assert found == [
         "--set api_token=-: standard input already holds site_title's value "
         "(one key may read it; give the others as --set KEY=@FILE)",
-        "api_token: required secret is missing: --set api_token=VALUE",
+        "api_token: required secret is missing: --set api_token=@FILE",
     ]
     assert stdin.reads == ["site_title"]
 
@@ -213,14 +213,14 @@ def test_standard_input_is_bounded_and_text() -> None:
     big = stdin_of(b"x" * (config.MAX_VALUE_BYTES + 1))
     assert problems(sets=["site_title=x", "api_token=-"], stdin=big) == [
         f"--set api_token=-: a value may be at most {config.MAX_VALUE_BYTES} bytes",
-        "api_token: required secret is missing: --set api_token=VALUE",
+        "api_token: required secret is missing: --set api_token=@FILE",
     ]
     binary = stdin_of(b"\xff\xfe")
     assert problems(sets=["site_title=x", "api_token=-"], stdin=binary)[0] == (
         "--set api_token=-: the value is not UTF-8 text"
     )
     assert problems(sets=["site_title=x", "api_token=-"], stdin=stdin_of(b"\n")) == [
-        "api_token: required secret is empty: --set api_token=VALUE"
+        "api_token: required secret is empty: --set api_token=@FILE"
     ]
 
 

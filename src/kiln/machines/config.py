@@ -178,16 +178,17 @@ def resolve(
         if value is None and key.required and generate:
             value = secrets.token_hex(16) if key.secret else f"test-{name}"
             generated.append(name)
+        what = "secret" if key.secret else "key"
+        # a secret from a file (or standard input), never on a command line ps shows
+        given_as = f"--set {name}=@FILE" if key.secret else f"--set {name}=VALUE"
         if value is None:
             if key.required:
-                what = "secret" if key.secret else "key"
-                problems.append(f"{name}: required {what} is missing: --set {name}=VALUE")
+                problems.append(f"{name}: required {what} is missing: {given_as}")
             continue
-        what = "secret" if key.secret else "key"
         if "\0" in value:
             problems.append(f"{name}: a value cannot hold a NUL character")
         elif key.required and not value.strip():
-            problems.append(f"{name}: required {what} is empty: --set {name}=VALUE")
+            problems.append(f"{name}: required {what} is empty: {given_as}")
         elif not key.secret and ("\n" in value or "\r" in value):
             problems.append(f"{name}: a plain value is one line (secrets may span lines)")
         (hidden if key.secret else plain)[name] = value
