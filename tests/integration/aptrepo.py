@@ -4,8 +4,9 @@
 Label, Suite, Codename, Architectures, Components, the SHA256 of its Packages files) and
 ``dists/<suite>/main/binary-<arch>/Packages`` (and ``Packages.gz``), the .debs in
 ``pool/`` built by dpkg-deb. The Release files are not signed: sources lines name the
-repository ``[trusted=yes]``. Served by a ThreadingHTTPServer on 127.0.0.1 at a random
-port, so test traffic stays on this machine.
+repository ``[trusted=yes]``; ``served(root, signed=True)`` signs each suite's InRelease
+too, with a key of its own (``repo.signer.armoured``, a throw-away GNUPGHOME). Served by a
+ThreadingHTTPServer on 127.0.0.1 at a random port, so test traffic stays on this machine.
 
     with served(tmp_path / "repo") as repo:
         repo.add("bookworm", "kiln-demo", "1.0")
@@ -21,6 +22,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -80,12 +82,46 @@ def paragraph(deb: Path, filename: str) -> str:
 
 
 @dataclass
+class Signer:
+    """A signing key in a GNUPGHOME of its own (short, in /tmp: gpg-agent's socket lives
+    there), and its public half, armoured."""
+
+    home: Path
+    armoured: str
+
+    @classmethod
+    def make(cls) -> Signer:
+        home = Path(tempfile.mkdtemp(prefix="kiln-gpg-"))
+        cls._gpg(home, "--passphrase", "", "--quick-gen-key", "kiln tests <t@localhost>",
+                 "ed25519", "sign", "never")  # fmt: skip
+        armoured = cls._gpg(home, "--armor", "--export").decode()
+        return cls(home, armoured)
+
+    @staticmethod
+    def _gpg(home: Path, *args: str, stdin: bytes = b"") -> bytes:
+        return subprocess.run(
+            ["gpg", "--homedir", str(home), "--batch", "--quiet", *args],
+            input=stdin,
+            capture_output=True,
+            check=True,
+        ).stdout
+
+    def clearsign(self, data: bytes) -> bytes:
+        return self._gpg(self.home, "--clearsign", "--digest-algo", "SHA256", stdin=data)
+
+    def close(self) -> None:
+        subprocess.run(["gpgconf", "--homedir", str(self.home), "--kill", "all"], check=False)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+@dataclass
 class AptRepo:
     root: Path
     arch: str = field(default_factory=host_arch)
     port: int = 0
     debs: dict[str, list[Path]] = field(default_factory=dict)  # suite -> its .debs
     stamp: float = 0.0  # the mtime the last index was given
+    signer: Signer | None = None  # signs each InRelease
 
     @property
     def url(self) -> str:
@@ -128,12 +164,18 @@ class AptRepo:
             f"Codename: {suite}\nDate: {date}\nArchitectures: {self.arch}\nComponents: main\n"
             "SHA256:\n" + "\n".join(sums) + "\n"
         )
+        written = [dists / "Release", binary / "Packages", binary / "Packages.gz"]
+        if self.signer is not None:
+            (dists / "InRelease").write_bytes(
+                self.signer.clearsign((dists / "Release").read_bytes())
+            )
+            written.append(dists / "InRelease")
         # a new index is a second newer than the one before: apt asks If-Modified-Since,
         # which HTTP answers to the second, so a change within the same second looks like
         # none
         self.stamp = max(time.time(), self.stamp + 1.0)
-        for written in (dists / "Release", binary / "Packages", binary / "Packages.gz"):
-            os.utime(written, (self.stamp, self.stamp))
+        for path in written:
+            os.utime(path, (self.stamp, self.stamp))
 
 
 class Quiet(SimpleHTTPRequestHandler):
@@ -142,21 +184,26 @@ class Quiet(SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def served(root: Path) -> Iterator[AptRepo]:
-    """An empty repository with both suites, served on 127.0.0.1 for the block."""
+def served(root: Path, signed: bool = False) -> Iterator[AptRepo]:
+    """An empty repository with both suites, served on 127.0.0.1 for the block (``signed``:
+    each suite's InRelease signed by a key made for it)."""
     root.mkdir(parents=True, exist_ok=True)
-    repo = AptRepo(root)
-    for suite in SUITES:
-        repo.index(suite)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
-    repo.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    repo = AptRepo(root, signer=Signer.make() if signed else None)
     try:
-        yield repo
+        for suite in SUITES:
+            repo.index(suite)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
+        repo.port = server.server_address[1]
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield repo
+        finally:
+            server.shutdown()
+            server.server_close()
     finally:
-        server.shutdown()
-        server.server_close()
+        if repo.signer is not None:
+            repo.signer.close()
 
 
 SOURCES_STEP = (

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bench.postgres import Postgres
-from tests.integration.aptrepo import AptRepo, served, write_recipes
+from tests.integration.aptrepo import SUITES, AptRepo, served, write_recipes
 from tests.integration.conftest import Kiln
 
 PACKAGES = ["kiln-demo", "kiln-tilde", "kiln-epoch"]
@@ -128,6 +128,41 @@ def test_outdated_security_order_where_and_gate(fresh_images: Fresh) -> None:
     why = next(g["why"] for g in result["gates"] if g["gate"] == "fresh")
     assert "kiln-demo" in why and "1.0+deb12u1" in why and "bookworm-security" in why
     assert "kiln refresh fresh-app" in why
+
+
+def test_an_inline_signed_by_key_checks_the_image_s_suites(baked: Kiln, tmp_path: Path) -> None:
+    """An image whose deb822 sources hold the repository's key inline (Signed-By: and the
+    armoured block) is checked against that signed repository, its key kept as an .asc
+    keyring of kiln's apt cache."""
+    import hashlib
+
+    with served(tmp_path / "repo", signed=True) as repo:
+        assert repo.signer is not None
+        key = repo.signer.armoured
+        folded = "".join(f" {line or '.'}\n" for line in key.splitlines())
+        recipes = tmp_path / "recipes"
+        recipes.mkdir()
+        (recipes / "keyed.sources").write_text(
+            f"Types: deb\nURIs: {repo.url}\nSuites: {' '.join(SUITES)}\nComponents: main\n"
+            f"Signed-By:\n{folded}"
+        )
+        (recipes / "fresh-keyed.toml").write_text(
+            '[image]\nname = "fresh-keyed"\nparent = "base"\n\n[[steps]]\n'
+            'run = "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*"\n\n[[steps]]\n'
+            'copy = "keyed.sources"\nto = "/etc/apt/sources.list.d/keyed.sources"\n'
+        )
+        ref = baked.json("bake", str(recipes / "fresh-keyed.toml"))["ref"]
+        code, data = outdated(baked, ref, "--fetch")
+        assert code == 0, data
+        [image] = data["images"]
+        keyring = baked.home / "cache" / "apt-indexes" / "keyrings"
+        keyring /= f"{hashlib.sha256(key.encode()).hexdigest()}.asc"
+        assert image["sources"]["own"] is True and image["notes"] == []
+        assert image["sources"]["lines"] == [
+            f"deb [signed-by={keyring}] {repo.url} {suite} main" for suite in sorted(SUITES)
+        ]
+        assert image["sources"]["checked"] is not None
+        assert keyring.read_text() == key
 
 
 def test_first_sightings_in_postgresql(postgres: Postgres) -> None:
