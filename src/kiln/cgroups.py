@@ -45,18 +45,62 @@ def _mounts(mountinfo: Path = MOUNTINFO) -> dict[str, Path]:
     return found
 
 
-def folders(name: str, mountinfo: Path = MOUNTINFO, own: Path = OWN) -> list[Path]:
-    """Where ``name``'s cgroup is in each hierarchy nspawn and systemd use."""
-    if not NAME.fullmatch(name):
-        raise ValueError(f"{name!r} is not a cgroup name kiln makes")
+def _tops(mountinfo: Path, own: Path) -> list[Path]:
+    """``<kiln's cgroup>/kiln`` in each hierarchy nspawn and systemd use."""
     mounts = _mounts(mountinfo)
     out = []
     for line in own.read_text().splitlines():
         _number, controllers, path = line.split(":", 2)
         point = mounts.get(controllers)
         if point is not None:
-            out.append(point / path.lstrip("/") / "kiln" / name)
+            out.append(point / path.lstrip("/") / "kiln")
     return out
+
+
+def folders(name: str, mountinfo: Path = MOUNTINFO, own: Path = OWN) -> list[Path]:
+    """Where ``name``'s cgroup is in each hierarchy nspawn and systemd use."""
+    if not NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a cgroup name kiln makes")
+    return [top / name for top in _tops(mountinfo, own)]
+
+
+def names(mountinfo: Path = MOUNTINFO, own: Path = OWN) -> list[str]:
+    """The cgroups there are below ``<kiln's cgroup>/kiln``, in any of those hierarchies."""
+    found: set[str] = set()
+    try:
+        tops = _tops(mountinfo, own)
+    except OSError:
+        return []
+    for top in tops:
+        with contextlib.suppress(OSError), os.scandir(top) as entries:
+            found |= {
+                e.name
+                for e in entries
+                if e.is_dir(follow_symlinks=False) and NAME.fullmatch(e.name)
+            }
+    return sorted(found)
+
+
+def in_use(name: str) -> bool:
+    """Whether any process is in cgroup ``name`` or a cgroup below it, in any hierarchy."""
+    for folder in folders(name):
+        for dirpath, _dirs, files in os.walk(folder):
+            if "cgroup.procs" not in files:
+                continue
+            with contextlib.suppress(OSError):  # gone meanwhile: nobody is in it
+                if Path(dirpath, "cgroup.procs").read_text().strip():
+                    return True
+    return False
+
+
+def changed(name: str) -> float | None:
+    """When cgroup ``name`` was made or last had a cgroup made or removed in it (its
+    folders' newest mtime), or None where it does not exist."""
+    times = []
+    for folder in folders(name):
+        with contextlib.suppress(OSError):
+            times.append(folder.stat().st_mtime)
+    return max(times, default=None)
 
 
 def enter(name: str, argv: list[str]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,13 @@ class Home:
     @classmethod
     def from_env(cls) -> Home:
         return cls(Path(os.environ.get("KILN_HOME", str(DEFAULT_HOME))).absolute())
+
+    @property
+    def id(self) -> str:
+        """This home's short id: 8 hex of the sha256 of its resolved path. Names kiln gives
+        things that are host-wide (cgroups, systemd-nspawn machine names) carry it, so two
+        homes' machines of one name never share them (docs/machines.md)."""
+        return hashlib.sha256(os.fsencode(self.root.resolve())).hexdigest()[:8]
 
     @property
     def oci(self) -> Path:

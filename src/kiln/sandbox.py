@@ -6,6 +6,13 @@ command line. The host has no system bus, so containers are never registered wit
 machined (``--keep-unit --register=no``); each nspawn starts in a cgroup of its own
 (kiln.cgroups), so no two share one.
 
+Names on the host are per KILN_HOME. nspawn names what it makes outside the root after
+its ``--machine=`` name (``/run/systemd/nspawn/propagate/NAME``, and the ``NAME.nspawn``
+settings files it would read, which kiln turns off with ``--settings=false``); kiln's
+cgroups are named after it too. So every nspawn gets a name that starts with its home's id
+(:attr:`kiln.home.Home.id`): machine ``web`` of one home is ``<id>-web``, a build command
+``build-<id>-<random>``; the container's host name stays ``web`` (or ``kiln-build``).
+
 nspawn makes a mount point in the root for every bind whose target is missing (the
 controller's virtualenv is bound at its host path, so its folders would name the build
 host). :meth:`Sandbox.run` removes the ones it made, and only those, once the command is over.
@@ -13,6 +20,7 @@ host). :meth:`Sandbox.run` removes the ones it made, and only those, once the co
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import stat
 from collections.abc import Mapping, Sequence
@@ -38,6 +46,9 @@ APT_OPTIONS = [
     "-o",
     "Dpkg::Options::=--force-unsafe-io",  # the layer is fsynced once, as a blob
 ]
+# systemd-nspawn --machine=: a host name (letters, digits, '-' and '.', no label starting or
+# ending with '-'), at most 64 characters
+MACHINE_NAME_MAX = 64
 # Files nspawn bind-mounts over; when absent from the root it creates empty ones to mount on.
 MOUNT_POINT_FILES = ("etc/resolv.conf",)
 
@@ -53,24 +64,62 @@ class Bind:
         return f"{flag}={self.source}:{self.target}"
 
 
+def machine_name(home_id: str, name: str) -> str:
+    """What systemd-nspawn calls machine ``name`` of the home ``home_id`` (``--machine=``):
+    ``<id>-<name>``. A name too long for that keeps its first characters and gets a dot
+    and 8 hex of its sha256: no machine name has a dot (kiln.machines.folder), so no two
+    names of one home ever meet."""
+    whole = f"{home_id}-{name}"
+    if len(whole) <= MACHINE_NAME_MAX:
+        return whole
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    keep = MACHINE_NAME_MAX - len(home_id) - len(digest) - 2
+    return f"{home_id}-{name[:keep].rstrip('-')}.{digest}"
+
+
+def machine_cgroup(home_id: str, name: str) -> str:
+    """A machine's own cgroup (kiln.cgroups): ``machine-`` and its nspawn name."""
+    return f"machine-{machine_name(home_id, name)}"
+
+
+def build_name(home_id: str) -> str:
+    """A fresh name for one build command's nspawn, which is its cgroup's name too."""
+    return f"build-{home_id}-{secrets.token_hex(6)}"
+
+
+def of_home(home_id: str, name: str) -> bool:
+    """Whether ``name`` (a cgroup, or an nspawn machine name) is one kiln gives in home
+    ``home_id``: a machine's, a machine's cgroup, or a build command's."""
+    return name.startswith((f"{home_id}-", f"machine-{home_id}-", f"build-{home_id}-"))
+
+
 @dataclass(frozen=True)
 class Sandbox:
     root: Path
+    home_id: str  # names on the host are this home's (kiln.home.Home.id)
     binds: tuple[Bind, ...] = ()
     env: Mapping[str, str] = field(default_factory=lambda: dict(BUILD_ENV))
     network: bool = True  # build steps use the host's network to reach the package mirror
 
     def with_binds(self, *binds: Bind) -> Sandbox:
-        return Sandbox(self.root, self.binds + binds, self.env, self.network)
+        return Sandbox(self.root, self.home_id, self.binds + binds, self.env, self.network)
 
-    def argv(self, command: Sequence[str], *, env: Mapping[str, str] | None = None) -> list[str]:
+    def argv(
+        self,
+        command: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        machine: str | None = None,
+    ) -> list[str]:
         out = [
             "systemd-nspawn",
             "--quiet",
             "--keep-unit",
             "--register=no",
+            "--settings=false",
             "--as-pid2",
             f"--directory={self.root}",
+            f"--machine={machine or build_name(self.home_id)}",
             f"--hostname={BUILD_HOSTNAME}",
             "--timezone=off",
             "--link-journal=no",
@@ -88,9 +137,9 @@ class Sandbox:
     ) -> str:
         """Run ``command`` in the root; its output lines are echoed (kiln.proc.echo_to)."""
         created = self.missing_mount_points()
-        group = f"build-{secrets.token_hex(6)}"  # its own cgroup (kiln.cgroups)
+        group = build_name(self.home_id)  # its own cgroup (kiln.cgroups) and nspawn name
         try:
-            argv = cgroups.enter(group, self.argv(command, env=env))
+            argv = cgroups.enter(group, self.argv(command, env=env, machine=group))
             result = proc.run(argv, capture=capture, echo=True)
         finally:
             cgroups.remove(group)
@@ -124,15 +173,11 @@ class Sandbox:
                     root.remove(rel)
 
 
-def machine_cgroup(name: str) -> str:
-    """A machine's own cgroup (kiln.cgroups), named after it."""
-    return f"machine-{name}"
-
-
 @dataclass(frozen=True)
 class Boot:
     root: Path
     name: str
+    home_id: str  # its nspawn name and cgroup are this home's (machine_name)
     binds: tuple[Bind, ...] = ()
     credentials: Mapping[str, int] = field(default_factory=dict)  # id -> readable fd
     private_network: bool = True
@@ -140,7 +185,7 @@ class Boot:
 
     @property
     def cgroup(self) -> str:
-        return machine_cgroup(self.name)
+        return machine_cgroup(self.home_id, self.name)
 
     def argv(self) -> list[str]:
         """Boot with a private network (loopback only) by default; the console goes to
@@ -151,9 +196,10 @@ class Boot:
             "--quiet",
             "--keep-unit",
             "--register=no",
+            "--settings=false",
             "--boot",
             f"--directory={self.root}",
-            f"--machine={self.name}",
+            f"--machine={machine_name(self.home_id, self.name)}",
             f"--hostname={self.name}",
             "--link-journal=no",
             "--timezone=off",

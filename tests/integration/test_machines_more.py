@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from kiln import cgroups
+from kiln.home import Home
 from kiln.sandbox import machine_cgroup
 from tests.integration.conftest import Kiln
 
@@ -115,9 +116,10 @@ def test_rm_force_kills_a_machine_that_will_not_stop(
     nspawn, leader = data["nspawn_pid"], data["leader_pid"]
     assert isinstance(nspawn, int) and isinstance(leader, int)
     # the machine runs in a cgroup of its own, shared with no other machine or bake
-    own = cgroups.folders(machine_cgroup(name))
+    group = machine_cgroup(Home(baked.home).id, name)
+    own = cgroups.folders(group)
     assert own, "this host has a cgroup hierarchy systemd uses"
-    assert f"/kiln/{machine_cgroup(name)}/payload" in Path(f"/proc/{leader}/cgroup").read_text()
+    assert f"/kiln/{group}/payload" in Path(f"/proc/{leader}/cgroup").read_text()
     folder = baked.home / "machines" / name
     (folder / "machine.json").write_text("{damaged")  # and kiln lost track of it
 

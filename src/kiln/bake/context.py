@@ -76,7 +76,7 @@ class BuildContext:
         env = dict(BUILD_ENV)
         if self.source_date_epoch is not None:
             env["SOURCE_DATE_EPOCH"] = str(self.source_date_epoch)
-        return Sandbox(self.root, env=env)
+        return Sandbox(self.root, self.home.id, env=env)  # host-wide names: this home's
 
     @property
     def cache(self) -> PackageCache:

@@ -268,6 +268,7 @@ def _discard(folder: Folder) -> None:
 
 
 def _boot(
+    home: Home,
     folder: Folder,
     name: str,
     volume_map: dict[str, str],
@@ -281,7 +282,9 @@ def _boot(
     binds += nspawn.volume_binds(volume_map)
     if recipe_folder is not None:
         binds += nspawn.tooling_binds(Path(sys.prefix), recipe_folder)
-    boot = Boot(folder.root, name, tuple(binds), host_resolv_conf=recipe_folder is not None)
+    boot = Boot(
+        folder.root, name, home.id, tuple(binds), host_resolv_conf=recipe_folder is not None
+    )
     child = _start(boot, folder.console, secret_values)
     undo.callback(_stop_child, child)
     leader = _find_leader(child, name, folder.console)
@@ -317,6 +320,7 @@ def run(
             volumes.prepare(volume, folder.root)
         _write_config(folder, request.name, image.ref, values)
         _child, nspawn_proc, leader = _boot(
+            home,
             folder,
             request.name,
             {v.path: str(v.source) for v in planned},
@@ -456,7 +460,7 @@ def start(request: StartRequest, image: StoredImage, home: Home) -> Launched:
         undo.callback(proc.run, ["umount", str(folder.root)], check=False)
         recipe_folder = Path(state.recipe_folder) if state.tooling else None
         _child, nspawn_proc, leader = _boot(
-            folder, request.name, state.volumes, recipe_folder, secret_values, undo
+            home, folder, request.name, state.volumes, recipe_folder, secret_values, undo
         )
         state = dataclasses.replace(
             state, boot_id=process.boot_id(), nspawn=nspawn_proc, leader=leader

@@ -7,7 +7,6 @@ machine would propagate into the machine and break its shutdown.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -20,18 +19,16 @@ from typing import Any
 
 from sqlalchemy import select
 
-from kiln import cgroups, proc
+from kiln import proc
 from kiln.catalog import Catalog, Machine, events
 from kiln.catalog.machines import iso
 from kiln.errors import KilnError, NotFound
 from kiln.home import Home
-from kiln.machines import enter, process
+from kiln.machines import enter, leftovers, process
 from kiln.machines.folder import Folder, State, load
 from kiln.mounts import remove_tree
-from kiln.sandbox import machine_cgroup
 
 STOP_TIMEOUT = 30.0
-PROPAGATE = Path("/run/systemd/nspawn/propagate")
 
 
 class NotRunning(KilnError):
@@ -100,15 +97,7 @@ def _mark(catalog: Catalog, name: str, **changes: Any) -> None:
                 setattr(row, key, value)
 
 
-def _forget_nspawn_leftovers(name: str) -> None:
-    """What nspawn leaves of a machine that stopped: an empty
-    /run/systemd/nspawn/propagate/<name> when /run is no tmpfs, and its cgroup."""
-    with contextlib.suppress(OSError):
-        (PROPAGATE / name).rmdir()
-    cgroups.remove(machine_cgroup(name))
-
-
-def halt(folder: Folder, state: State, timeout: float = STOP_TIMEOUT) -> bool:
+def halt(home: Home, folder: Folder, state: State, timeout: float = STOP_TIMEOUT) -> bool:
     """Power the machine off and unmount its overlay; True if it was running."""
     was_running = running(state)
     if was_running:
@@ -123,13 +112,13 @@ def halt(folder: Folder, state: State, timeout: float = STOP_TIMEOUT) -> bool:
                     "does not stop, even after SIGKILL",
                     hint="its overlay stays mounted; look at the process with ps",
                 )
-    _forget_nspawn_leftovers(state.name)
+    leftovers.forget(home.id, state.name)
     if folder.root.is_mount():
         proc.run(["umount", str(folder.root)])
     return was_running
 
 
-def force_halt(folder: Folder, state: State | None) -> bool:
+def force_halt(home: Home, folder: Folder, state: State | None) -> bool:
     """Kill the machine without a shutdown (kiln rm --force), then unmount its overlay;
     True if anything of it was running."""
     was_running = (state is not None and running(state)) or bool(process.nspawns_of(folder.root))
@@ -140,7 +129,7 @@ def force_halt(folder: Folder, state: State | None) -> bool:
             "(stuck in the kernel, in state D)",
             hint="its overlay stays mounted; kiln rm --force again once they are gone",
         )
-    _forget_nspawn_leftovers(folder.name)
+    leftovers.forget(home.id, folder.name)
     if folder.root.is_mount():
         proc.run(["umount", str(folder.root)])
     return was_running
@@ -160,7 +149,7 @@ def _refuse_unknown_nspawn(folder: Folder) -> None:
 def stop(home: Home, catalog: Catalog, name: str, timeout: float = STOP_TIMEOUT) -> dict[str, Any]:
     folder = Folder.of(home, name)
     state = load(folder)
-    was_running = halt(folder, state, timeout)
+    was_running = halt(home, folder, state, timeout)
     _mark(catalog, name, stopped=datetime.now(UTC))
     return {"name": name, "was_running": was_running}
 
@@ -199,11 +188,12 @@ def rm(
         raise NotFound(f"no machine named {name}", hint=hint)
     state = _state_or_none(folder) if folder.exists() else None
     if force:
-        was_running = force_halt(folder, state)
+        was_running = force_halt(home, folder, state)
     else:
-        was_running = halt(folder, state) if state is not None else False
+        was_running = halt(home, folder, state) if state is not None else False
         if state is None:
             _refuse_unknown_nspawn(folder)
+            leftovers.forget(home.id, name)
             if folder.root.is_mount():
                 proc.run(["umount", str(folder.root)])  # a launch that died half-way
     removed_volumes: list[str] = []

@@ -53,7 +53,7 @@ def sweep_bake_locks(home: Home, dry_run: bool) -> int:
 
 @dataclass(slots=True)
 class Item:
-    kind: str  # build | tmp | blob | layer | index | image | version | deb | apt-index
+    kind: str  # build | tmp | blob | layer | index | image | version | deb | apt-index | nspawn
     path: str
     bytes: int
     processes: list[int] = field(default_factory=list)  # killed before removal
@@ -69,7 +69,8 @@ class Item:
         }
 
 
-KINDS = ("build", "tmp", "blob", "layer", "index", "image", "version", "deb", "apt-index")
+# nspawn: a cgroup or propagate folder a killed systemd-nspawn left (kiln.machines.leftovers)
+KINDS = ("build", "tmp", "blob", "layer", "index", "image", "version", "deb", "apt-index", "nspawn")
 
 
 @dataclass

@@ -1,0 +1,105 @@
+"""What systemd-nspawn leaves outside a machine's folder, and who removes it.
+
+Every nspawn kiln starts (a machine's, a build command's) has a cgroup of its own
+(kiln.cgroups) and, while it runs, ``/run/systemd/nspawn/propagate/<its machine name>``.
+Both are host-wide, so both are named after the home (kiln.sandbox.machine_name): ``kiln
+rm`` removes its machine's, and ``kiln gc`` what this home's nspawns left when they were
+killed (a crash, SIGKILL, a poweroff inside a machine), never another home's, never one
+in use, and never one made in the last :data:`GRACE` seconds (a launch or a build command
+about to enter it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+from kiln import cgroups
+from kiln.errors import KilnError
+from kiln.home import Home
+from kiln.machines import process
+from kiln.machines.folder import Folder, load, machines_dir
+from kiln.sandbox import machine_cgroup, machine_name, of_home
+from kiln.store.gc import Item
+
+PROPAGATE = Path("/run/systemd/nspawn/propagate")
+GRACE = 60.0
+KIND = "nspawn"  # gc's item kind for these
+
+
+def forget(home_id: str, name: str) -> None:
+    """What the stopped machine ``name`` leaves: an empty propagate folder (nspawn removes
+    it itself when it exits cleanly) and its cgroup."""
+    with contextlib.suppress(OSError):
+        (PROPAGATE / machine_name(home_id, name)).rmdir()
+    cgroups.remove(machine_cgroup(home_id, name))
+
+
+def _live(home: Home) -> set[str]:
+    """The nspawn names of this home's machines that run, or may: a state file that does
+    not read yet is a launch under way (or a machine kiln rm --force is for)."""
+    live = set()
+    top = machines_dir(home)
+    for path in sorted(top.iterdir()) if top.is_dir() else []:
+        folder = Folder(path)
+        if not folder.exists():
+            continue
+        try:
+            running = process.running(load(folder))
+        except KilnError:
+            running = True
+        if running:
+            live.add(machine_name(home.id, path.name))
+    return live
+
+
+def _cgroup_of(nspawn_name: str) -> str:
+    return nspawn_name if nspawn_name.startswith("build-") else f"machine-{nspawn_name}"
+
+
+def sweep(
+    home: Home,
+    dry_run: bool,
+    *,
+    propagate: Path | None = None,
+    grace: float | None = None,
+) -> list[Item]:
+    """Remove (``dry_run``: list) this home's cgroups that no process is in and its
+    propagate folders of nspawns that are gone."""
+    propagate = PROPAGATE if propagate is None else propagate
+    grace = GRACE if grace is None else grace
+    home_id, now = home.id, time.time()
+    live = _live(home)
+    out = []
+    for name in cgroups.names():
+        if not of_home(home_id, name) or name.removeprefix("machine-") in live:
+            continue
+        made = cgroups.changed(name)
+        if made is None or now - made < grace or cgroups.in_use(name):
+            continue
+        if not dry_run:
+            cgroups.remove(name)
+            if cgroups.changed(name) is not None:
+                continue  # a process entered it meanwhile: the next gc
+        out.append(Item(KIND, str(cgroups.folders(name)[0]), 0))
+    found: list[os.DirEntry[str]] = []
+    with contextlib.suppress(OSError), os.scandir(propagate) as entries:
+        found = sorted(entries, key=lambda entry: entry.name)
+    for entry in found:
+        name = entry.name
+        if not of_home(home_id, name) or name in live or cgroups.in_use(_cgroup_of(name)):
+            continue
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime < grace:
+                continue
+            if dry_run:
+                if os.listdir(entry.path):
+                    continue
+            else:
+                os.rmdir(entry.path)  # empty, as nspawn leaves it; anything else stays
+        except OSError:
+            continue
+        out.append(Item(KIND, entry.path, 0))
+    return out
