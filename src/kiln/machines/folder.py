@@ -9,6 +9,12 @@
 
 ``machine.json`` is created exclusively, so two launches of one name cannot both win;
 ``kiln rm`` removes everything but ``volumes/`` (all of it with ``--volumes``).
+
+Every folder and file here gets its mode from kiln, never from the caller's umask: under
+``umask 077`` an upper dir made 0700 is a machine whose ``/`` is ``drwx------`` (its
+services fail with EACCES), and config bound in 0600 is config its services cannot read.
+Folders a machine sees or holds are 0755, files 0644; ``work/`` (overlayfs' scratch) is
+0700. No secret is ever written here (they reach the machine over pipes).
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from kiln.errors import BadInput, StoreError
 from kiln.home import Home
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+FOLDER_MODE = 0o755
+FILE_MODE = 0o644
+SCRATCH_MODE = 0o700  # work/: overlayfs alone uses it
 
 
 def check_name(name: str) -> str:
@@ -39,6 +48,33 @@ def check_name(name: str) -> str:
 
 def machines_dir(home: Home) -> Path:
     return home.root / "machines"
+
+
+def make_dir(path: Path, mode: int = FOLDER_MODE) -> Path:
+    """Make ``path`` and the parents it lacks, each with ``mode`` whatever the umask; a
+    folder that exists keeps its mode (a machine may have changed its own ``/``)."""
+    missing = []
+    probe = path
+    while not os.path.lexists(probe) and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode)
+        except FileExistsError:
+            continue  # made meanwhile by another launch: its maker set the mode
+        os.chmod(folder, mode)
+    if not path.is_dir():
+        raise BadInput(f"{path} is not a folder")
+    return path
+
+
+def write_file(path: Path, text: str, mode: int = FILE_MODE) -> None:
+    """Write a small file with ``mode`` whatever the umask (not atomic: a launch's own)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(fd, mode)
+        handle.write(text)
 
 
 @dataclass(frozen=True)
@@ -128,20 +164,21 @@ class State:
 
 def claim(folder: Folder) -> None:
     """Make the folder and take the name; BadInput if a machine already has it."""
-    folder.path.mkdir(parents=True, exist_ok=True)
+    make_dir(folder.path)
     try:
-        fd = os.open(folder.state_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(folder.state_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     except FileExistsError:
         raise BadInput(
             f"a machine named {folder.name} exists",
             hint=f"remove it first (kiln rm {folder.name}), or choose another --name",
         ) from None
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
 
 
 def save(folder: Folder, state: State) -> None:
     data = json.dumps(state.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-    write_atomic(folder.state_file, data)
+    write_atomic(folder.state_file, data, FILE_MODE)
 
 
 def load(folder: Folder) -> State:

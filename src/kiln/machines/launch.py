@@ -34,7 +34,18 @@ from kiln.errors import BadInput, KilnError, StoreError
 from kiln.home import Home
 from kiln.machines import config, health, nspawn, process, volumes
 from kiln.machines.contract import Contract, Health, from_config
-from kiln.machines.folder import Folder, Proc, State, claim, load, save
+from kiln.machines.folder import (
+    FILE_MODE,
+    SCRATCH_MODE,
+    Folder,
+    Proc,
+    State,
+    claim,
+    load,
+    make_dir,
+    save,
+    write_file,
+)
 from kiln.mounts import Overlay, remove_tree
 from kiln.rootpath import Root
 from kiln.sandbox import Boot
@@ -116,18 +127,29 @@ def _locale(root: Path) -> str:
 
 def _write_config(folder: Folder, name: str, ref: str, values: config.Values) -> None:
     """Plain values only. Made fresh by each launch, read by nothing before the boot."""
-    folder.seed.mkdir(parents=True, exist_ok=True)
-    folder.env_file.write_text(config.env_file(values))
+    make_dir(folder.seed)
+    write_file(folder.env_file, config.env_file(values))
     instance = f"kiln-{name}-{secrets.token_hex(4)}"
-    (folder.seed / "meta-data").write_text(config.meta_data(instance, name))
+    write_file(folder.seed / "meta-data", config.meta_data(instance, name))
     user_data = config.user_data(name, ref, values, _locale(folder.root))
-    (folder.seed / "user-data").write_text(user_data)
+    write_file(folder.seed / "user-data", user_data)
+
+
+def _overlay(layers: tuple[Path, ...], folder: Folder) -> Overlay:
+    """The machine's overlay, its folders made with their own modes first: the upper dir
+    is the machine's ``/`` (0755, as the image's), whatever the caller's umask."""
+    make_dir(folder.upper)
+    make_dir(folder.work, SCRATCH_MODE)
+    make_dir(folder.root)
+    return Overlay(list(reversed(layers)), folder.upper, folder.work, folder.root)
 
 
 def _start(boot: Boot, console: Path, secret_values: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start nspawn detached (its own session); hand each secret over a pipe, never a file."""
     pipes = {key: os.pipe() for key in secret_values}
     boot = dataclasses.replace(boot, credentials={key: r for key, (r, _w) in pipes.items()})
+    os.close(os.open(console, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE))
+    os.chmod(console, FILE_MODE)  # nspawn's output is appended to it, whatever the umask
     try:
         argv = cgroups.enter(boot.cgroup, boot.argv())  # a cgroup no other machine shares
         child = proc.spawn_detached(argv, console, pass_fds=[r for r, _w in pipes.values()])
@@ -315,7 +337,7 @@ def run(
     with ExitStack() as undo:
         undo.callback(_discard, folder)
         undo.callback(recorder.cancel)
-        Overlay(list(reversed(image.layer_dirs)), folder.upper, folder.work, folder.root).mount()
+        _overlay(image.layer_dirs, folder).mount()
         for volume in planned:
             volumes.prepare(volume, folder.root)
         _write_config(folder, request.name, image.ref, values)
@@ -455,8 +477,7 @@ def start(request: StartRequest, image: StoredImage, home: Home) -> Launched:
         proc.run(["umount", str(folder.root)])
     not_ready: health.NotReady | None = None
     with ExitStack() as undo:
-        overlay = Overlay(list(reversed(layers)), folder.upper, folder.work, folder.root)
-        overlay.mount()
+        _overlay(layers, folder).mount()
         undo.callback(proc.run, ["umount", str(folder.root)], check=False)
         recipe_folder = Path(state.recipe_folder) if state.tooling else None
         _child, nspawn_proc, leader = _boot(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kiln import proc
 from kiln.errors import BadInput
-from kiln.machines.folder import Folder
+from kiln.machines.folder import Folder, make_dir
 from kiln.rootpath import DIR, Root
 
 SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.")
@@ -82,7 +82,7 @@ def prepare(volume: Volume, root: Path) -> bool:
         return False
     if source.exists() and not source.is_dir():
         raise BadInput(f"volume {source} for {volume.path} is not a folder")
-    source.mkdir(parents=True, exist_ok=True)
+    make_dir(source)  # 0755 whatever the umask, unless the image's path says otherwise
     with Root(root) as image:
         try:
             folder = image.open(volume.path, DIR)
