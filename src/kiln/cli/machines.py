@@ -10,7 +10,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from kiln.cli.output import console, err, json_flag, print_json, wide
+from kiln.cli.output import console, err, json_flag, print_json, progress, wide
 
 # Commands import their services when they run: `kiln run` is on the clock (time to healthy).
 
@@ -245,15 +245,8 @@ def test(
     from kiln.app import machines as use
     from kiln.app.workspace import with_workspace
 
-    with err.status(f"testing {ref}", spinner="dots") as status:
-        report = with_workspace(
-            use.test,
-            ref,
-            sets,
-            config_file,
-            check_convergence,
-            log=lambda message: status.update(escape(f"testing {ref}: {message}")),
-        )
+    with progress(f"testing {ref}") as log:
+        report = with_workspace(use.test, ref, sets, config_file, check_convergence, log=log)
     if as_json:
         print_json(report.to_json())
     else:

@@ -1,17 +1,33 @@
-"""Rendering shared by the commands: JSON to stdout, people-facing text via rich."""
+"""Rendering shared by the commands: JSON to stdout, people-facing text via rich.
+
+stdout into a pipe or a file is line-buffered, as on a terminal, so every line is there
+to read (``tail -f``) as soon as it is written; progress (:func:`progress`) is a spinner
+on a terminal's stderr and one line per message anywhere else.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
+
+def _line_buffered() -> None:
+    stream = sys.stdout
+    if isinstance(stream, io.TextIOWrapper) and not stream.line_buffering and not stream.isatty():
+        stream.reconfigure(line_buffering=True)
+
+
+_line_buffered()
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 # Tables (kiln ps, kiln images) at a terminal's width, but never cut to rich's default of
@@ -41,6 +57,18 @@ def policy_option(what: str = "") -> Callable[[F], F]:
         help=f"the policy file{' ' + what if what else ''} (default: KILN_POLICY, "
         "./kiln.toml, $KILN_HOME/kiln.toml)",
     )
+
+
+@contextmanager
+def progress(label: str) -> Iterator[Callable[[str], None]]:
+    """A command's progress as it goes: on a terminal a spinner on stderr showing the
+    latest message; into a pipe or a file, one line ``LABEL: MESSAGE`` per message, each
+    flushed as it is written (a spinner there would show nothing)."""
+    if err.is_terminal:
+        with err.status(escape(label), spinner="dots") as status:
+            yield lambda message: status.update(escape(f"{label}: {message}"))
+        return
+    yield lambda message: err.print(escape(f"{label}: {message}"), highlight=False)
 
 
 def print_json(value: Any) -> None:
