@@ -174,8 +174,8 @@ class AptRepo:
         # which HTTP answers to the second, so a change within the same second looks like
         # none
         self.stamp = max(time.time(), self.stamp + 1.0)
-        for path in written:
-            os.utime(path, (self.stamp, self.stamp))
+        for stamped in written:
+            os.utime(stamped, (self.stamp, self.stamp))
 
 
 class Quiet(SimpleHTTPRequestHandler):
