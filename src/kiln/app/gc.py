@@ -30,10 +30,9 @@ from kiln.catalog.lifecycle import Assignment, Event, Revocation, Signature
 from kiln.catalog.machines import Machine, TestRun
 from kiln.catalog.models import Artefact, Package
 from kiln.catalog.revisions import OK, PENDING
-from kiln.errors import BadInput, KilnError
+from kiln.errors import KilnError
 from kiln.home import Home
 from kiln.lifecycle import channels, retention
-from kiln.lifecycle.locate import locate
 from kiln.machines import leftovers
 from kiln.machines.folder import Folder, machines_dir
 from kiln.machines.folder import load as load_state
@@ -87,8 +86,8 @@ def collect_garbage(
     rule (flags or the policy's ``[retention]``) no version is removed.
     """
     home, layout = workspace.home, workspace.layout
-    rules, found, sources = _retention_rules(
-        workspace, policy_file, keep_last, keep_younger_than, keep_channel_history
+    rules, found, sources = retention.in_force(
+        workspace.home, policy_file, keep_last, keep_younger_than, keep_channel_history
     )
     report = gc.Report(dry_run)
     report.items += gc.sweep_owned(home.builds, "build", dry_run)
@@ -127,50 +126,6 @@ def _few_collections() -> Iterator[None]:
     finally:
         if was:
             cyclic.enable()
-
-
-def _retention_rules(
-    workspace: Workspace,
-    policy_file: Path | None,
-    keep_last: int | None,
-    keep_younger_than: str | None,
-    keep_channel_history: str | None,
-) -> tuple[retention.Rules, dict[str, str | None], dict[str, str]]:
-    """The flags over the policy file's ``[retention]`` (bad flags: BadInput naming the
-    flag, exit 2), and where each rule in force comes from: its flag, or the file."""
-    path = locate(workspace.home, policy_file)
-    if path is None:  # no policy file: the flags alone, and the policy models never load
-        found: dict[str, str | None] = {"path": None, "digest": None}
-        file_rules = retention.Rules(None, None, None)
-    else:
-        from kiln.lifecycle import policy
-
-        loaded = policy.load(path)
-        found = loaded.describe()
-        kept = loaded.retention
-        file_rules = retention.Rules(
-            kept.keep_last, kept.keep_younger_than, kept.keep_channel_history
-        )
-    given = {
-        "keep_last": keep_last,
-        "keep_younger_than": keep_younger_than,
-        "keep_channel_history": keep_channel_history,
-    }
-    for key, value in given.items():
-        flag = "--" + key.replace("_", "-")
-        try:
-            retention.Rules(**{key: value})  # type: ignore[arg-type]
-        except ValueError as exc:
-            hint = "a count, 0 or more" if key == "keep_last" else "e.g. 30s, 15m, 24h, 7d, 2w"
-            raise BadInput(f"kiln gc {flag} {value}: {exc}", hint=hint) from None
-    flags = retention.Rules(keep_last, keep_younger_than, keep_channel_history)
-    rules = flags.over(file_rules)
-    sources = {
-        key: "--" + key.replace("_", "-") if given[key] is not None else str(found["path"])
-        for key, value in rules.to_json().items()
-        if value is not None
-    }
-    return rules, found, sources
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 Pure: given the catalog's rows (image versions, channel assignments, the machines that
 use images) and the rules, :func:`decide` says what stays with every reason that keeps it,
-and what goes. Nothing here reads the catalog or touches the store; ``kiln.app.images``
-does both, so the decision can be listed by ``kiln gc --dry-run`` exactly as it is carried
-out.
+and what goes. Nothing here reads the catalog or touches the store (:func:`in_force`
+reads only the policy file, for the rules the flags leave to it); ``kiln.app.gc`` does
+both, so the decision can be listed by ``kiln gc --dry-run`` exactly as it is carried out.
 
 Per image name, a version stays when any of these holds:
 
@@ -33,10 +33,14 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 from kiln.durations import seconds
+from kiln.errors import BadInput
+from kiln.home import Home
 from kiln.lifecycle.channels import stack
+from kiln.lifecycle.locate import locate
 
 ANCESTOR_NAMES = 3  # descendants named in an "ancestor of" reason; the rest are counted
 NO_RULE = "no retention rule is set"
@@ -79,6 +83,51 @@ class Rules:
             "keep_younger_than": self.keep_younger_than,
             "keep_channel_history": self.keep_channel_history,
         }
+
+
+def in_force(
+    home: Home,
+    policy_file: Path | None,
+    keep_last: int | None,
+    keep_younger_than: str | None,
+    keep_channel_history: str | None,
+) -> tuple[Rules, dict[str, str | None], dict[str, str]]:
+    """The flags over the policy file's ``[retention]`` (a bad flag: BadInput naming the
+    flag, exit 2); the file's ``{"path", "digest"}``; and where each rule in force comes
+    from: its flag (``--keep-last``), or the file's path."""
+    path = locate(home, policy_file)
+    if path is None:  # no policy file: the flags alone, and the policy models never load
+        found: dict[str, str | None] = {"path": None, "digest": None}
+        file_rules = Rules()
+    else:
+        from kiln.lifecycle import policy
+
+        loaded = policy.load(path)
+        found = loaded.describe()
+        kept = loaded.retention
+        file_rules = Rules(kept.keep_last, kept.keep_younger_than, kept.keep_channel_history)
+    given: dict[str, Any] = {
+        "keep_last": keep_last,
+        "keep_younger_than": keep_younger_than,
+        "keep_channel_history": keep_channel_history,
+    }
+    for key, value in given.items():
+        try:
+            Rules(**{key: value})
+        except ValueError as exc:
+            hint = "a count, 0 or more" if key == "keep_last" else "e.g. 30s, 15m, 24h, 7d, 2w"
+            raise BadInput(f"kiln gc {_flag(key)} {value}: {exc}", hint=hint) from None
+    rules = Rules(keep_last, keep_younger_than, keep_channel_history).over(file_rules)
+    sources = {
+        key: _flag(key) if given[key] is not None else str(found["path"])
+        for key, value in rules.to_json().items()
+        if value is not None
+    }
+    return rules, found, sources
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
 
 
 @dataclass(frozen=True)
