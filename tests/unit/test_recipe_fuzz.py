@@ -118,6 +118,9 @@ KEYS = [
 texts = st.one_of(
     st.text(max_size=20),
     st.sampled_from([*INPUT_NAMES, "/", "/proc", "/var/lib/x", "30s", "0755", "tiny", "a\0b"]),
+    st.sampled_from(
+        ["tiny:99999999999999999999999", "tiny:01", "/proc/self/x", "1h", "9999999999999w", "true"]
+    ),
     st.text(alphabet="ab\0/.\n", max_size=8),
     st.integers(min_value=60_000, max_value=70_000).map(lambda n: "x" * n),
 )
