@@ -19,6 +19,7 @@ from kiln.app import freshness as app_freshness
 from kiln.app.workspace import Workspace
 from kiln.apt.image import Dropped, Layers, image_sources
 from kiln.apt.sources import Source, host_sources, keep_inline_key, mirror_lines, parse
+from kiln.errors import BadInput
 from kiln.lifecycle import freshness
 from tests.unit.lifecycle_rows import add_image, workspace
 
@@ -85,8 +86,9 @@ def test_the_host_s_inline_key_is_kept_in_the_cache_and_not_handed_to_a_bootstra
     kept = keep_inline_key(source, tmp_path / "cache" / "keyrings")
     assert kept is not None and kept.signed_by is not None
     assert Path(kept.signed_by).read_text() == KEY
-    with pytest.raises(Exception, match="no Debian apt sources"):
+    with pytest.raises(BadInput, match="1 with an inline Signed-By key left out") as caught:
         mirror_lines("trixie", None, etc_apt=etc_apt, codename="bookworm", lists=tmp_path)
+    assert "keyring file" in (caught.value.hint or "")
 
 
 def test_an_image_s_inline_key_is_kept_and_a_missing_keyring_is_noted(tmp_path: Path) -> None:

@@ -255,11 +255,15 @@ def mirror_lines(
     if mirror:
         return [f"deb {mirror} {suite} {' '.join(components)}"]
     # an inline key has no file a bootstrap's apt could name: such a source is left out
-    debian = [s for s in host_sources(etc_apt) if not s.inline_key and is_debian(s, lists)]
+    found = host_sources(etc_apt)
+    debian = [s for s in found if not s.inline_key and is_debian(s, lists)]
     if not debian:
+        inline = sum(1 for s in found if s.inline_key)
+        why = f"; {inline} with an inline Signed-By key left out" if inline else ""
         raise BadInput(
-            f"no Debian apt sources on this host (looked in {etc_apt})",
-            hint='set mirror = "http://..." in the recipe\'s bootstrap, or KILN_MIRROR',
+            f"no Debian apt sources on this host (looked in {etc_apt}{why})",
+            hint='set mirror = "http://..." in the recipe\'s bootstrap, or KILN_MIRROR'
+            + (", or name the key by a keyring file (Signed-By: /path)" if inline else ""),
         )
     codename = codename or host_codename()
     lines = []
