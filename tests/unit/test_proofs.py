@@ -264,3 +264,20 @@ def test_a_changed_checkout_of_an_image_without_a_source_archive_cannot_be_rebui
     assert [c.what for c in result.inputs] == ["recipe"]
     assert result.chain[0].source is None and result.chain[0].rebuilt == ""
     assert not workspace.lookup.rows("SELECT id FROM proofs"), "not recorded as a failure"
+
+
+def test_a_recipe_path_parent_is_placed_from_the_chain(tmp_path: Path) -> None:
+    """web names its parent by recipe path: its archive does not hold base.toml, the
+    chain's parent gives it."""
+    recipe = recipe_folder(tmp_path)
+    (recipe.parent / "base.toml").write_text('[image]\nname = "base"\n')
+    recipe.write_text(
+        recipe.read_text().replace('name = "app"', 'name = "app"\nparent = "base.toml"')
+    )
+    link = baked_link(recipe, tmp_path / "tmp")
+    base = load_recipe(recipe.parent / "base.toml")
+    with pytest.raises(CannotRebuild, match=r"parent recipe base\.toml cannot be placed"):
+        proofsources.place(link, tmp_path / "alone", Options())
+    placed = proofsources.place(link, tmp_path / "proof", Options(), base)
+    assert placed.parent_recipe_path() == placed.folder / "base.toml"
+    assert (placed.folder / "base.toml").read_bytes() == base.path.read_bytes()

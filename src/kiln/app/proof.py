@@ -220,12 +220,13 @@ def _rebake(workspace: Workspace, result: Result, options: Options, log: Log) ->
     scratch = Workspace(_Scratch(folder / "home"))
     try:
         log(f"rebuilding {len(result.chain)} image(s) in {folder}")
+        recipes: list[RecipeFile] = []
+        for n, link in enumerate(result.chain):  # every one placed and checked, then baked
+            top = folder / "recipes" / str(n)
+            recipes.append(place(link, top, options, recipes[-1] if recipes else None))
         if result.package_cache:
             _lend_debs(workspace.home, scratch.home, result.chain)
-        _fetch_debs(scratch.home, result.chain, options)
-        recipes = [
-            place(link, folder / "recipes" / str(n), options) for n, link in enumerate(result.chain)
-        ]
+        _fetch_debs(scratch.home, result.chain, recipes[0], options)
         parent: Parent | None = None
         for link, recipe in zip(result.chain, recipes, strict=True):
             made = _bake_one(scratch, recipe, parent, link, options, log)
@@ -279,20 +280,20 @@ def _lend_debs(real: Home, scratch: Home, chain: list[Link]) -> None:
             os.link(copy, target.by_name / deb.filename)
 
 
-def _fetch_debs(scratch: Home, chain: list[Link], options: Options) -> None:
+def _fetch_debs(scratch: Home, chain: list[Link], root: RecipeFile, options: Options) -> None:
     """Every locked .deb of the chain not in the scratch cache, fetched from the mirror in
     one go before any bake, so each version the mirror lacks is named, whichever image of
-    the chain locked it. The root's Debian suite (or the host's) says where to look."""
+    the chain locked it. The root's Debian suite (``root``: its recipe as the proof bakes
+    it; else the host's) says where to look."""
     from kiln.apt.sources import mirror_lines, os_codename
     from kiln.bake.bases import debian
     from kiln.bake.debcache import PackageCache
-    from kiln.recipe import load_recipe
 
     cache = PackageCache(scratch.debs)
     wanted = {deb for link in chain for deb in link.lock.packages}
     if all(cache.has(deb) for deb in wanted):
         return
-    spec = load_recipe(Path(chain[0].row.recipe_path)).recipe.image.bootstrap
+    spec = root.recipe.image.bootstrap
     if spec is not None:
         lines = debian.fetch_sources(spec, options.mirror)
     else:

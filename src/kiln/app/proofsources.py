@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,10 +108,11 @@ def check_inputs(link: Link, options: Options, path: Path | None = None) -> list
     return []
 
 
-def place(link: Link, top: Path, options: Options) -> RecipeFile:
-    """The recipe and its inputs in the scratch home: unpacked from the image's source
-    archive and checked against the record, or copied from the checkout (checked
-    already) for an image that keeps none."""
+def place(link: Link, top: Path, options: Options, parent: RecipeFile | None = None) -> RecipeFile:
+    """The recipe and its inputs in the scratch home under ``top``: unpacked from the
+    image's source archive and checked against the record, or copied from the checkout
+    (checked already) for an image that keeps none. ``parent``: the chain's parent recipe
+    as placed, put where a recipe-path parent names it."""
     if link.source is None:
         return _copy_recipe(link, top)
     from kiln.recipe import load_recipe
@@ -126,6 +128,7 @@ def place(link: Link, top: Path, options: Options) -> RecipeFile:
     path = _recipe_in(dest, recorded.name, row.recipe_digest)
     if path is None:
         raise CannotRebuild(f"{what} holds no recipe with the digest sha256:{row.recipe_digest}")
+    _parent_recipe(path, top, parent, what)
     changed = check_inputs(link, options, path)
     if changed:
         raise CannotRebuild(
@@ -135,6 +138,27 @@ def place(link: Link, top: Path, options: Options) -> RecipeFile:
     if link.locked:
         lockfile.lock_path(path).write_bytes(link.lock_text)
     return load_recipe(path)
+
+
+def _parent_recipe(path: Path, top: Path, parent: RecipeFile | None, what: str) -> None:
+    """The recipe file a recipe-path parent (``parent = "base.toml"``) names, made from the
+    chain's parent: the loader wants it there, and the bake is handed the parent itself.
+    (``path`` is the recipe checked against its digest: the bytes it was baked from.)"""
+    from kiln.recipe.load import is_recipe_path
+
+    try:
+        image = tomllib.loads(path.read_text()).get("image")
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return  # the check that follows reports it
+    named = image.get("parent") if isinstance(image, dict) else None
+    if not isinstance(named, str) or not is_recipe_path(named):
+        return
+    target = Path(os.path.realpath(path.parent / named))
+    if parent is None or not target.is_relative_to(top):
+        raise CannotRebuild(f"{what}: its parent recipe {named} cannot be placed beside it")
+    if not os.path.lexists(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(parent.path, target)
 
 
 def _recipe_in(folder: Path, name: str, digest: str) -> Path | None:
