@@ -16,7 +16,7 @@ import pytest
 
 from kiln import cgroups
 from kiln.app.gc import collect_garbage
-from kiln.app.workspace import Workspace
+from kiln.app.workspace import opened
 from kiln.home import Home
 from kiln.machines import leftovers
 from kiln.machines.folder import check_name
@@ -140,13 +140,15 @@ def test_gc_removes_this_homes_leftovers_only(
     try:
         while not cgroups.in_use(busy):
             time.sleep(0.01)
-        dry = collect_garbage(Workspace(mine), dry_run=True).report
+        with opened(mine) as workspace:
+            dry = collect_garbage(workspace, dry_run=True).report
         listed = {item.path for item in dry.items if item.kind == "nspawn"}
         expected = {str(cgroups.folders(name)[0]) for name in gone}
         assert listed == expected | {str(folders[f"{mine.id}-web"])}
         assert all(cgroups.changed(name) is not None for name in gone), "a dry run removed"
 
-        done = collect_garbage(Workspace(mine)).report
+        with opened(mine) as workspace:
+            done = collect_garbage(workspace).report
         assert {item.path for item in done.items if item.kind == "nspawn"} == listed
         assert done.count("nspawn") == 3
         assert [cgroups.changed(name) for name in gone] == [None, None]
