@@ -7,6 +7,7 @@ image's config and manifest, its inventory referrer, the tag), on tmp_path.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from kiln.home import Home
@@ -23,10 +24,14 @@ def write(path: Path, text: str, mode: int = 0o644) -> None:
     os.chmod(path, mode)
 
 
-def bake(home: Home, tmp_path: Path) -> tuple[Path, str]:
+def bake(home: Home, tmp_path: Path, sockets: int = 0) -> tuple[Path, str]:
     """Image app:1 of one layer; returns the layer's unpacked tree and the image's digest."""
     tree = tmp_path / "upper"
     write(tree / "etc/motd", "hello\n")
+    for number in range(sockets):  # a step that left its sockets behind
+        (tree / "srv").mkdir(exist_ok=True)
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(tree / "srv" / f"s{number}"))
     write(tree / "usr/bin/tool", "#!/bin/sh\n", 0o755)
     write(tree / "usr/share/doc/app/README", "docs\n")
     (tree / "usr/bin/alias").symlink_to("tool")
@@ -87,6 +92,19 @@ def test_the_deep_check_names_each_path_that_differs(home: Home, tmp_path: Path)
         where + "/usr/share/doc/app: missing (dir)",
     ]
     assert any(str(tree) in note and "unpacks it again" in note for note in report.notes)
+
+
+def test_sockets_are_not_held_against_a_layer_unpacked_elsewhere(
+    home: Home, tmp_path: Path
+) -> None:
+    """tar leaves sockets out of the blob: the baking store's copy holds them, its inventory
+    lists them, a copy unpacked from the blob does not."""
+    tree, digest = bake(home, tmp_path, sockets=3)
+    assert check(home, digest, deep=True).ok
+    for number in range(3):
+        (tree / "srv" / f"s{number}").unlink()  # as unpacking the blob makes it
+    report = check(home, digest, deep=True)
+    assert report.ok and report.layers == 1, report.faults
 
 
 def test_differences_tell_type_changes_and_cover_what_is_below() -> None:

@@ -257,6 +257,16 @@ def load(layout: Layout, blob: Descriptor, what: str) -> dict[str, Node]:
     return nodes
 
 
+def without_sockets(nodes: Mapping[str, Node]) -> dict[str, Node]:
+    """``nodes`` less the sockets: tar leaves them out of a layer blob, so only the store that
+    baked a layer holds them in its unpacked copy (and lists them in its inventory)."""
+    return {
+        path: item
+        for path, item in nodes.items()
+        if not (item.kind == "other" and stat.S_ISSOCK(item.mode))
+    }
+
+
 def differences(recorded: Mapping[str, Node], actual: Mapping[str, Node]) -> list[tuple[str, str]]:
     """(path, what differs) for each path where one layer's tree as it is (``actual``, a
     :func:`listing` with hashes) is not what its inventory recorded, sorted by path: its
