@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from isal import isal_zlib
 
+from kiln import proc
 from kiln.errors import StoreError
 from kiln.home import Home
 from kiln.store import layer, unpacked
@@ -195,3 +196,12 @@ def test_a_tree_of_20000_sockets_is_captured_though_tar_warns_of_each(
     ).stdout.decode()
     assert "./run/" in names.splitlines() and "s1" not in names and "./bin/tool" in names
     assert leftovers(home) == []
+
+
+def test_a_capture_tar_fails_is_an_error_with_its_words_and_leaves_no_blob(
+    home: Home, tmp_path: Path
+) -> None:
+    with pytest.raises(proc.CommandError, match="exit code 2") as caught:
+        layer.capture(layout_of(home), home.tmp, tmp_path / "gone")
+    assert "Cannot open: No such file or directory" in caught.value.output
+    assert leftovers(home) == [] and list(layout_of(home).blobs.iterdir()) == []
