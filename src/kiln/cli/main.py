@@ -137,7 +137,6 @@ def _internal(exc: Exception) -> None:
 
 
 def main() -> None:
-    os.umask(0o022)  # a belt: what kiln makes has its own modes (kiln.machines.folder)
     try:
         cli.main(standalone_mode=False)
     except KilnError as exc:
@@ -146,9 +145,9 @@ def main() -> None:
         if exc.filename is None:
             exc.filename = _file_being_written(exc)
         _report(from_os_error(exc, _doing()))
-    except click.exceptions.UsageError as exc:
+    except click.exceptions.ClickException as exc:  # a usage error (2), a file click opened
         exc.show()
-        sys.exit(2)
+        sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         err.print("aborted")
         sys.exit(1)
