@@ -137,6 +137,7 @@ def _internal(exc: Exception) -> None:
 
 
 def main() -> None:
+    os.umask(0o022)  # a belt: what kiln makes has its own modes (kiln.machines.folder)
     try:
         cli.main(standalone_mode=False)
     except KilnError as exc:
