@@ -240,6 +240,8 @@ BAD = {
     "a NUL in a key file": '[trust]\nkeys = ["a\\u0000"]\n',
     "a duration": '[channels.prod]\nsoak = "1y"\n',
     "a table that is a value": "channels = 1\n",
+    "an integer too long to read": "[retention]\n\nkeep_last = " + "9" * 5000 + "\n",
+    "nesting too deep to parse": "[retention]\n\nkeep_last = " + "[" * 2000 + "]" * 2000 + "\n",
     "every problem at once": '[retention]\nkeep_last = "5"\n[channels.prod]\nafter = "prod"\n'
     'tests = "true"\n[trust]\nrequire_signatures = "yes"\nkey = []\n',
 }
@@ -265,3 +267,14 @@ def test_a_channel_name_the_policy_refuses_says_why(tmp_path: Path) -> None:
     assert [problem.split(": ")[1] for problem in found] == ["channels.Prod", "channels.prod.after"]
     assert "'Prod' is not a channel name: a channel name is lower-case" in found[0]
     assert "after = 'x' names a channel this file does not define" in found[1]
+
+
+def test_the_toml_parser_s_problems_are_told_of_a_policy_file(tmp_path: Path) -> None:
+    path = tmp_path / "kiln.toml"
+    path.write_bytes(b"[trust]\nkeys = []\n\xff\n")
+    with pytest.raises(RecipeError) as raised:
+        policy.load(path)
+    assert str(raised.value.problems[0]).endswith(
+        ":3: not UTF-8 text (byte 18): is this a policy file?"
+    )
+    assert "recipe" not in raised.value.message

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -301,6 +302,27 @@ def _type_hints(problems: list[Problem], error: ValidationError) -> list[Problem
     return out
 
 
+def _parse_problem(found: Problem, data: bytes) -> Problem:
+    """The TOML parser's problem, told of a policy file, with a line where the parser gave
+    none: the last line for an unfinished document, the line of an integer too long to read
+    or of the bracket that nests too deep."""
+    found = replace(found, message=found.message.replace("a recipe?", "a policy file?"))
+    if found.line is not None:
+        return found
+    if "end of document" in found.message:
+        return replace(found, line=data.count(b"\n") + (not data.endswith(b"\n")))
+    digits = re.search(rb"[0-9][0-9_]{4000,}", data) if "integer" in found.message else None
+    if digits is not None:
+        return replace(found, line=data.count(b"\n", 0, digits.start()) + 1)
+    if "nested too deeply" in found.message:  # where the brackets first open too deep
+        depth = 0
+        for at, byte in enumerate(data):
+            depth += (byte in b"[{") - (byte in b"]}")
+            if depth > limits.MAX_DEPTH:
+                return replace(found, line=data.count(b"\n", 0, at) + 1)
+    return found
+
+
 def load(path: Path) -> Policy:
     """Load and validate a policy file; RecipeError lists every problem (exit 2)."""
     path = Path(os.path.realpath(path))
@@ -312,11 +334,7 @@ def load(path: Path) -> Policy:
     try:
         text, raw = parse_toml(file, data)
     except RecipeError as exc:  # the TOML parser's own problems, with their lines
-        last = data.count(b"\n") + (not data.endswith(b"\n"))
-        problems = [
-            replace(p, line=last) if p.line is None and "end of document" in p.message else p
-            for p in exc.problems
-        ]
+        problems = [_parse_problem(found, data) for found in exc.problems]
         raise RecipeError(problems, hint=f"see {DOCS}", what="policy file") from None
     index = Lines(text)
 
