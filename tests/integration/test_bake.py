@@ -185,6 +185,44 @@ def test_no_cache_rebuilds_tiny_with_a_new_version(fresh: Kiln) -> None:
     assert not second["cached"] and second["version"] == first["version"] + 1
 
 
+AGAIN = """[image]
+name = "again"
+source_date_epoch = 1700000000
+
+[[steps]]
+copy = "hello"
+to = "/hello"
+"""
+
+
+def test_a_bake_of_an_existing_versions_bytes_adds_no_copy(fresh: Kiln, tmp_path: Path) -> None:
+    """A stamped scratch image (reproducible): --no-cache that makes the newest version's
+    bytes adds nothing and says so; a bake whose key names an older version makes its bytes
+    the newest again, under a new number; revoked bytes are never made again."""
+    recipe = tmp_path / "again.toml"
+    recipe.write_text(AGAIN)
+    hello = tmp_path / "hello"
+    hello.write_text("kiln\n")
+    first = fresh.json("bake", str(recipe))
+    same = " ".join(fresh.run("bake", str(recipe), "--no-cache").stdout.split())
+    assert f"baked {first['ref']} {first['digest'][:19]}" in same
+    assert f"(the same bytes as {first['ref']}: no new version)" in same
+
+    hello.write_text("changed\n")
+    second = fresh.json("bake", str(recipe))
+    hello.write_text("kiln\n")  # back to what the first version was baked from
+    back = fresh.json("bake", str(recipe))
+    assert back["cached"] and back["again_of"] == first["ref"] and back["digest"] == first["digest"]
+    assert back["version"] == second["version"] + 1
+    newest = fresh.json("inspect", "again")
+    assert (newest["ref"], newest["digest"]) == (back["ref"], first["digest"])
+
+    fresh.run("revoke", first["ref"], "--reason", "CVE-0000-0001")
+    refused = fresh.run("bake", str(recipe), check=False)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"these inputs make the bytes of {first['ref']}" in refused.stderr
+
+
 QUICK_PROBE = """
 import json, sys
 from kiln.cli.main import main

@@ -1,9 +1,9 @@
 """kiln rebuild --prove for real: the examples as baked (no lock file) and an image baked
 from a lock file, rebuilt from their stored locks in a fresh KILN_HOME, give the same
 digests; a step that writes something new each time fails with a diff naming the file;
-an edited or missing input is reported without a bake; a loopback mirror serves the
-packages with --no-package-cache, or is named for what it lacks; the result shows in
-kiln where, kiln history and the proven_within gate."""
+an old version is rebuilt from the source archive its bake kept, not from the checkout as
+it is now; a loopback mirror serves the packages with --no-package-cache, or is named for
+what it lacks; the result shows in kiln where, kiln history and the proven_within gate."""
 
 from __future__ import annotations
 
@@ -83,7 +83,23 @@ def test_a_step_that_differs_each_time_fails_with_a_diff(baked: Kiln, tmp_path: 
     assert f"kiln rebuild {ref} --prove" in refused.stdout + refused.stderr
 
 
-def test_an_edited_or_missing_input_is_reported_without_a_bake(baked: Kiln, tmp_path: Path) -> None:
+def drop_source_archive(kiln: Kiln, digest: str) -> None:
+    """Make the image one baked before kiln kept source archives: its referrer goes."""
+    from kiln.store.layout import Layout
+
+    def source_of(entry: dict[str, Any]) -> bool:
+        notes = entry.get("annotations") or {}
+        return (
+            notes.get("org.kiln.subject") == digest and notes.get("org.kiln.artefact") == "source"
+        )
+
+    Layout(kiln.oci).prune(source_of)
+
+
+def test_an_old_version_is_proven_after_the_checkout_moved_on(baked: Kiln, tmp_path: Path) -> None:
+    """Proven from the source archive the bake kept, whatever the recipe folder holds now;
+    without one (an image baked before kiln kept them), a changed or missing input means
+    the proof cannot start: exit 2, not a failed proof."""
     folder = tmp_path / "recipes"
     shutil.copytree(EXAMPLES / "tiny", folder / "tiny")
     recipe = folder / "input.toml"
@@ -91,18 +107,27 @@ def test_an_edited_or_missing_input_is_reported_without_a_bake(baked: Kiln, tmp_
     ref = baked_ref(baked, recipe)
     hello = folder / "tiny" / "hello"
     hello.write_text(hello.read_text() + "# edited\n")
-    result = baked.run("rebuild", ref, "--prove", "--json", check=False)
-    assert result.returncode == 1
-    assert "prepare root" not in result.stderr, "nothing is baked"
-    data = json.loads(result.stdout)
-    [changed] = data["inputs"]
-    assert changed["input"] == "steps[1].copy" and changed["path"] == "tiny/hello"
-    assert changed["state"] == "changed" and changed["found"] != changed["expected"]
-    assert data["chain"][0]["rebuilt"] is None
+    recipe.write_text(recipe.read_text() + "# and the recipe moved on too\n")
+    code, data = prove(baked, ref)
+    assert code == 0 and data["ok"], json.dumps(data, indent=1)
+    [link] = data["chain"]
+    assert link["source"] == "archive" and link["rebuilt"] == link["digest"]
 
-    hello.unlink()
-    _code, data = prove(baked, ref)
-    assert [(c["input"], c["state"]) for c in data["inputs"]] == [("steps[1].copy", "missing")]
+    drop_source_archive(baked, link["digest"])
+    result = baked.run("rebuild", ref, "--prove", check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "prepare root" not in result.stderr, "nothing is baked"
+    assert (
+        f"not proven {ref}: cannot rebuild (the recipe folder changed since the bake and the "
+        "image keeps no source archive)"
+    ) in " ".join(result.stdout.split())
+    result = baked.run("rebuild", ref, "--prove", "--json", check=False)
+    assert result.returncode == 2
+    data = json.loads(result.stdout)
+    assert data["cannot"] and not data["ok"]
+    assert ("recipe", "changed") in [(c["input"], c["state"]) for c in data["inputs"]]
+    [version] = [v for v in baked.json("where", ref)["versions"] if v["ref"] == ref]
+    assert version["proof"]["ok"] is True, "a proof that could not start is not a failed one"
 
 
 @pytest.fixture

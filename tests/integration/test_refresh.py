@@ -1,7 +1,8 @@
 """kiln refresh against a loopback repository with real bookworm and bookworm-security
 suites that the image names in its own apt sources: a security update is baked into a new
 version from the bumped lock, tested and promoted; a second refresh does nothing; a new
-version whose tests fail is not promoted."""
+version whose tests fail is not promoted; a lock moved back to an earlier version's makes
+that version's bytes the newest again, and a refresh from there moves on."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ class Setup:
     repo: AptRepo
     recipe: Path
     policy: Path
+    first_lock: str  # the lock refresh-app:1 was baked from
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,7 @@ def refreshable(baked: Kiln, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         baked.json("bake", str(child))
         policy = scratch / "kiln.toml"
         policy.write_text('[channels.staging]\ntests = true\nmax_security_age = "7d"\n')
-        yield Setup(baked, repo, app, policy)
+        yield Setup(baked, repo, app, policy, app.with_name("refresh-app.toml.lock").read_text())
 
 
 def refresh(setup: Setup, *args: str) -> tuple[int, dict[str, Any]]:
@@ -142,3 +144,34 @@ def test_refresh_bakes_tests_and_promotes_a_security_update_once(refreshable: Se
     assert told[-1]["ref"] == image["ref"] and "kiln test" in told[-1]["detail"]["error"]
     table = kiln.run("refresh", "refresh-app", "--policy", str(refreshable.policy), check=False)
     assert table.returncode == 1 and "failed" in table.stdout
+
+    # the broken update is withdrawn, and the lock goes back to the first version's (as a
+    # kiln lock against a mirror without the security suite would): the bake is a cache
+    # hit on refresh-app:1, whose bytes are the newest version again, under a new number
+    repo.debs["bookworm-security"] = [
+        deb for deb in repo.debs["bookworm-security"] if "broken" not in deb.name
+    ]
+    repo.index("bookworm-security")
+    first = kiln.json("inspect", before)
+    refreshable.recipe.with_name("refresh-app.toml.lock").write_text(refreshable.first_lock)
+    back = kiln.json("bake", str(refreshable.recipe))
+    assert back["cached"] and back["again_of"] == before and back["digest"] == first["digest"]
+    assert kiln.json("inspect", "refresh-app")["ref"] == back["ref"]
+    plan = kiln.json("propagate", "refresh-app", "--dry-run")
+    assert [i["name"] for i in plan["items"]] == ["refresh-child"], "its children follow"
+
+    # kiln-patch 1.0 is outdated again: the refresh bumps the lock to the exact lock of
+    # the version it refreshed to before, and those bytes become the newest, are tested
+    # and promoted; refresh-child already is on them, so nothing is to propagate
+    code, data = refresh(refreshable, "--security-only", "--promote", "staging", "--fetch")
+    assert code == 0, data
+    [image] = data["images"]
+    assert image["previous"] == back["ref"] and image["state"] == "refreshed", image
+    assert image["steps"]["bake"]["again_of"] == new, "the lock is the one it was baked from"
+    assert image["ref"] not in (new, back["ref"])
+    assert kiln.json("inspect", "refresh-app")["ref"] == image["ref"]
+    assert kiln.json("inspect", image["ref"])["digest"] == kiln.json("inspect", new)["digest"]
+    assert staging(kiln) == image["ref"]
+    assert kiln.json("propagate", "refresh-app", "--dry-run")["items"] == []
+    code, again = refresh(refreshable, "--security-only", "--promote", "staging")
+    assert code == 0 and again["images"] == [], "not stuck: nothing is left to refresh"
