@@ -43,7 +43,7 @@ def test_every_event_is_one_aligned_row_of_words(
             web1.version,
             web1.digest,
             by="gc",
-            rules={"keep_last": 1, "keep_younger_than": None, "keep_channel_history": None},
+            rules={"keep_last": 0, "keep_younger_than": None, "keep_channel_history": None},
             policy=None,
             machines=[],
             held=["web:prod"],
@@ -74,7 +74,7 @@ def test_every_event_is_one_aligned_row_of_words(
     text = "\n".join(rows)
     assert "prod back from web:2" in text
     assert "CVE-2026-0001; through base:1 (versions 1, 2)" in text
-    assert "by gc (keep_last=1); channels held it: web:prod" in text
+    assert "by gc (keep_last=0); channels held it: web:prod" in text
     assert "refreshed from web:2: 2 updates (1 security)" in text
     detail = json.loads(CliRunner().invoke(history, ["web", "--json"]).output)[-1]["detail"]
     assert detail["updates"][0] == {"package": "openssl", "security": True}

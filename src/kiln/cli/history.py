@@ -80,7 +80,8 @@ def _baked(detail: Detail) -> str:
 
 
 def _removed(detail: Detail) -> str:
-    rules = ", ".join(f"{k}={v}" for k, v in sorted((detail.get("rules") or {}).items()) if v)
+    told = sorted((detail.get("rules") or {}).items())
+    rules = ", ".join(f"{k}={v}" for k, v in told if v is not None)
     text = f"by {detail.get('by', 'gc')}"
     if rules:
         text += f" ({rules}" + (f"; policy {detail['policy']})" if detail.get("policy") else ")")
