@@ -40,6 +40,7 @@ def store(baked: Kiln, tmp_path_factory: pytest.TempPathFactory) -> Kiln:
 def keys(store: Kiln) -> dict[str, Path]:
     """A release key pair that signs tiny and base, and a stranger's that signs nothing."""
     folder = store.home.parent / "keys"
+    folder.mkdir(mode=0o700)  # kiln key generate makes no folder it is not told of
     out = {}
     for name in ("release", "stranger"):
         made = json.loads(kiln(store, "key", "generate", "--output", str(folder / name), "--json"))
