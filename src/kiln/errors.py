@@ -30,6 +30,14 @@ class BadInput(KilnError):
     exit_code = 2
 
 
+def shown(text: str, limit: int = 64) -> str:
+    """A value a user gave, quoted for a message: cut, with its length, when it is long, so
+    a hostile 5,000-character name does not fill the screen."""
+    if len(text) <= limit:
+        return f"'{text}'"
+    return f"'{text[:limit]}...' ({len(text)} characters)"
+
+
 @dataclass(frozen=True)
 class Problem:
     """One validation problem: where it is (file:line and key path) and what is wrong."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from kiln.errors import BadInput
+from kiln.errors import BadInput, shown
 
 MAX_NAME = 63  # an image or channel name
 MAX_VERSION = 2**63 - 1  # a version number: what a signed 64-bit integer holds
@@ -67,7 +67,7 @@ class Ref:
 def problem(text: str) -> str | None:
     """Why ``text`` is not an image ref, or None when it is one."""
     if len(text) > _LONGEST:
-        return f"'{text[:40]}...' is not an image ref: it is {len(text)} characters long"
+        return f"{shown(text)} is not an image ref: it is too long"
     match = REF_RE.fullmatch(text)
     if match is None:
         return f"'{text}' is not an image ref{_why(text)}"

@@ -26,7 +26,7 @@ from kiln import refs
 from kiln.actor import actor
 from kiln.catalog.lifecycle import Assignment
 from kiln.catalog.lookup import AssignmentRow, ImageRow, Lookup, iso
-from kiln.errors import BadInput
+from kiln.errors import BadInput, shown
 
 PROMOTE, ROLLBACK, REVOKE = "promote", "rollback", "revoke"
 
@@ -44,7 +44,9 @@ def reader(session: Session) -> Lookup:
 def check_name(channel: str) -> str:
     why = refs.channel_problem(channel)
     if why is not None:
-        raise BadInput(f"'{channel}' is not a channel name: {why}", hint="e.g. dev, staging, prod")
+        raise BadInput(
+            f"{shown(channel)} is not a channel name: {why}", hint="e.g. dev, staging, prod"
+        )
     return channel
 
 

@@ -287,21 +287,6 @@ def pipeline_problems(raw: dict[str, Any]) -> list[tuple[KeyPath, str]]:
     return out
 
 
-def _type_hints(problems: list[Problem], error: ValidationError) -> list[Problem]:
-    """A string where a number or a boolean belongs says so: kiln never converts one."""
-    out = []
-    for found, item in zip(problems, error.errors(), strict=True):
-        if item["type"] in ("int_type", "bool_type") and isinstance(item["input"], str):
-            unquoted = "a number" if item["type"] == "int_type" else "true or false"
-            found = replace(
-                found,
-                message=f"{found.message}, not the string {item['input']!r}"
-                f" (write {unquoted}, without quotes)",
-            )
-        out.append(found)
-    return out
-
-
 def _parse_problem(found: Problem, data: bytes) -> Problem:
     """The TOML parser's problem, told of a policy file, with a line where the parser gave
     none: the last line for an unfinished document, the line of an integer too long to read
@@ -347,7 +332,7 @@ def load(path: Path) -> Policy:
         try:
             model = PolicyModel.model_validate(raw)
         except ValidationError as exc:
-            problems += _type_hints(pydantic_problems(file, index, exc, DOCS), exc)
+            problems += pydantic_problems(file, index, exc, DOCS)
     if problems:
         problems.sort(key=lambda p: p.line or 0)
         raise RecipeError(problems, hint=f"see {DOCS} for every key", what="policy file")

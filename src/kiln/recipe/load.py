@@ -82,6 +82,10 @@ def pydantic_problems(
             message = f"unknown key (check its spelling against {reference})"
         elif message.startswith("Value error, "):
             message = message[len("Value error, ") :]
+        elif item["type"] in ("int_type", "bool_type") and isinstance(item["input"], str):
+            # kiln never converts a string: say what to write instead
+            unquoted = "a number" if item["type"] == "int_type" else "true or false"
+            message += f", not the string {item['input']!r} (write {unquoted}, without quotes)"
         problems.append(Problem(file, index.line_of(loc), format_path(loc), message))
     return problems
 
