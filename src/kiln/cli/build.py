@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 from rich.markup import escape
 
 from kiln.app.workspace import opened, with_workspace
-from kiln.cli.output import console, err, human_size, json_flag, policy_option, print_json, wide
+from kiln.cli.output import (
+    console,
+    err,
+    human_size,
+    json_flag,
+    policy_option,
+    print_json,
+    progress,
+    wide,
+)
 from kiln.errors import BadInput
 
 # Commands import their services when they run, so `kiln --help` and a cache-hit bake
@@ -34,35 +41,6 @@ verbose_flag = click.option(
 )
 
 
-@contextmanager
-def progress(label: str, verbose: bool) -> Iterator[Callable[[str], None]]:
-    """A log for a long bake or lock: a spinner on a terminal; elsewhere (CI logs) one
-    line per finished stage with its time. With ``verbose``, commands' output too."""
-    from kiln import proc
-    from kiln.app.bake import ONGOING
-
-    def line(text: str) -> None:
-        err.print(escape(text), highlight=False)
-
-    with proc.echo_to(line if verbose else None):
-        if not err.is_terminal:
-
-            def plain(message: str) -> None:
-                if not message.endswith(ONGOING):
-                    line(message)
-
-            yield plain
-            return
-        with err.status(label, spinner="dots") as status:
-
-            def spin(message: str) -> None:
-                status.update(escape(message))
-                if "\n" in message:
-                    line(message)
-
-            yield spin
-
-
 @click.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--no-cache", is_flag=True, help="rebuild even when the cache key exists")
@@ -83,7 +61,7 @@ def bake(
     from kiln.app.bake import Options, bake_path
 
     options = Options(no_cache=no_cache, keep_on_error=on_error == "keep", mirror=mirror)
-    with progress("baking", verbose) as log, opened() as workspace:
+    with progress("baking", verbose, label_lines=False) as log, opened() as workspace:
         results = bake_path(workspace, path, options, log)
     if as_json:
         data = [r.to_json() for r in results]
@@ -108,7 +86,7 @@ def lock(path: Path, update: bool, mirror: str | None, verbose: bool, as_json: b
     """Write PATH.lock beside each recipe: parent digest and every package, exactly."""
     from kiln.app.bake import Options, lock_path
 
-    with progress("locking", verbose) as log, opened() as workspace:
+    with progress("locking", verbose, label_lines=False) as log, opened() as workspace:
         results = lock_path(workspace, path, update, Options(mirror=mirror), log)
     if as_json:
         print_json([r.to_json() for r in results])

@@ -60,15 +60,39 @@ def policy_option(what: str = "") -> Callable[[F], F]:
 
 
 @contextmanager
-def progress(label: str) -> Iterator[Callable[[str], None]]:
+def progress(
+    label: str, verbose: bool = False, *, label_lines: bool = True
+) -> Iterator[Callable[[str], None]]:
     """A command's progress as it goes: on a terminal a spinner on stderr showing the
-    latest message; into a pipe or a file, one line ``LABEL: MESSAGE`` per message, each
-    flushed as it is written (a spinner there would show nothing)."""
-    if err.is_terminal:
+    latest message; into a pipe or a file, one line per message, each flushed as it is
+    written (a spinner there would show nothing), leaving out the ones that only say a
+    stage has begun (ending in ``ONGOING``: its line with its time follows). A message of
+    several lines is printed whole on a terminal too. With ``verbose``, the output of
+    echoed commands (apt, ansible, a step's shell) as well. ``label_lines`` starts each
+    plain line with ``LABEL: `` (a bake's messages name their recipe themselves)."""
+    from kiln import proc
+    from kiln.app.bake import ONGOING
+
+    def line(text: str) -> None:
+        err.print(escape(text), highlight=False)
+
+    with proc.echo_to(line if verbose else None):
+        if not err.is_terminal:
+
+            def plain(message: str) -> None:
+                if not message.endswith(ONGOING):
+                    line(f"{label}: {message}" if label_lines else message)
+
+            yield plain
+            return
         with err.status(escape(label), spinner="dots") as status:
-            yield lambda message: status.update(escape(f"{label}: {message}"))
-        return
-    yield lambda message: err.print(escape(f"{label}: {message}"), highlight=False)
+
+            def spin(message: str) -> None:
+                status.update(escape(f"{label}: {message}"))
+                if "\n" in message:
+                    line(message)
+
+            yield spin
 
 
 def print_json(value: Any) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from kiln.cli.build import mirror_option, progress, verbose_flag
-from kiln.cli.output import console, json_flag, print_json
+from kiln.cli.build import mirror_option, verbose_flag
+from kiln.cli.output import console, json_flag, print_json, progress
 
 
 def _say(text: str) -> None:
@@ -90,7 +90,7 @@ def rebuild(
     from kiln.app import proof
     from kiln.app.workspace import opened
 
-    with progress("proving", verbose) as log, opened() as workspace:
+    with progress("proving", verbose, label_lines=False) as log, opened() as workspace:
         result = proof.rebuild(
             workspace, ref, prove, package_cache=not no_package_cache, mirror=mirror, log=log
         )
