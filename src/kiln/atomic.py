@@ -1,4 +1,5 @@
-"""Atomic file writes: temp file in the same folder, fsync, rename, fsync the folder."""
+"""How kiln writes files and folders: atomically (temp file in the same folder, fsync,
+rename, fsync the folder), and always with a mode of its own, never the caller's umask."""
 
 from __future__ import annotations
 
@@ -7,6 +8,26 @@ import tempfile
 from pathlib import Path
 
 from kiln import locks
+
+FOLDER_MODE = 0o755
+
+
+def make_dirs(path: Path, mode: int = FOLDER_MODE) -> Path:
+    """Make ``path`` and the parents it lacks, each with ``mode`` whatever the umask (a
+    caller's ``umask 077`` would leave a machine's ``/`` or a layer's root 0700); a folder
+    that exists keeps its mode (a machine may have changed its own ``/``)."""
+    missing = []
+    probe = path
+    while not os.path.lexists(probe) and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode)
+        except FileExistsError:
+            continue  # made meanwhile by another kiln: its maker set the mode
+        os.chmod(folder, mode)
+    return path
 
 
 def fsync_dir(path: Path) -> None:
@@ -24,7 +45,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, tmp_dir: Path | Non
     store's ``tmp/``) the temp file is made there and its flock held until the rename,
     so ``kiln gc`` can tell the leftover of a dead writer from a write in flight.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     held: locks.Held | None = None
     if tmp_dir is not None:
         tmp_path, fd, held = locks.owned_file(tmp_dir, f"write-{path.name[:16]}-")

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.atomic import make_dirs
+
 DEFAULT_HOME = Path("/var/lib/kiln")
 
 
@@ -63,4 +65,4 @@ class Home:
 
     def ensure(self) -> None:
         for path in (self.root, self.layers, self.debs, self.tmp, self.builds, self.locks):
-            path.mkdir(parents=True, exist_ok=True)
+            make_dirs(path)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kiln import proc
+from kiln.atomic import make_dirs
 from kiln.errors import StoreError
 
 KILL_WAIT = 10.0  # seconds for a killed process to be gone
@@ -34,8 +35,10 @@ class Overlay:
         return f"lowerdir={lower},upperdir={self.upper},workdir={self.work}"
 
     def mount(self) -> Overlay:
-        for path in (self.upper, self.work, self.target):
-            path.mkdir(parents=True, exist_ok=True)
+        # the upper dir's mode is the merged root's: never the caller's umask
+        make_dirs(self.upper)
+        make_dirs(self.work, 0o700)  # overlayfs alone uses it
+        make_dirs(self.target)
         proc.run(["mount", "-t", "overlay", "overlay", "-o", self.options(), str(self.target)])
         self.mounted = True
         return self

@@ -82,3 +82,31 @@ def test_a_new_volume_keeps_the_images_mode_and_an_existing_folder_its_own(
     own = make_dir(tmp_path / "own", 0o700)
     os.chmod(own, 0o711)
     assert mode(make_dir(own)) == 0o711, "a folder that exists keeps its mode"
+
+
+def test_a_store_and_a_build_overlay_take_no_mode_from_the_umask(
+    tmp_path: Path, umask_077: None
+) -> None:
+    """A bake's overlay upper is its layer's root: made 0700, every image of it would be a
+    root no service can enter. The store's folders and atomic writes keep their modes too."""
+    from kiln.atomic import write_atomic
+    from kiln.mounts import Overlay
+
+    home = Home(tmp_path / "home")
+    home.ensure()
+    assert {mode(path) for path in (home.root, home.layers, home.tmp, home.locks)} == {0o755}
+    write_atomic(tmp_path / "a" / "b" / "file", b"x")
+    assert mode(tmp_path / "a") == mode(tmp_path / "a" / "b") == 0o755
+    assert mode(tmp_path / "a" / "b" / "file") == 0o644
+    if os.geteuid() != 0:
+        pytest.skip("mounting an overlay needs root")
+    lower = make_dir(tmp_path / "lower")
+    overlay = Overlay(
+        [lower],
+        tmp_path / "build" / "upper",
+        tmp_path / "build" / "work",
+        tmp_path / "build" / "root",
+    )
+    with overlay:
+        assert mode(overlay.target) == 0o755
+    assert mode(overlay.upper) == 0o755 and mode(overlay.work) == 0o700

@@ -26,12 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kiln.atomic import write_atomic
+from kiln.atomic import FOLDER_MODE, make_dirs, write_atomic
 from kiln.errors import BadInput, StoreError
 from kiln.home import Home
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-FOLDER_MODE = 0o755
 FILE_MODE = 0o644
 SCRATCH_MODE = 0o700  # work/: overlayfs alone uses it
 
@@ -51,19 +50,8 @@ def machines_dir(home: Home) -> Path:
 
 
 def make_dir(path: Path, mode: int = FOLDER_MODE) -> Path:
-    """Make ``path`` and the parents it lacks, each with ``mode`` whatever the umask; a
-    folder that exists keeps its mode (a machine may have changed its own ``/``)."""
-    missing = []
-    probe = path
-    while not os.path.lexists(probe) and probe != probe.parent:
-        missing.append(probe)
-        probe = probe.parent
-    for folder in reversed(missing):
-        try:
-            folder.mkdir(mode)
-        except FileExistsError:
-            continue  # made meanwhile by another launch: its maker set the mode
-        os.chmod(folder, mode)
+    """:func:`kiln.atomic.make_dirs`, and ``path`` must end up a folder."""
+    make_dirs(path, mode)
     if not path.is_dir():
         raise BadInput(f"{path} is not a folder")
     return path
