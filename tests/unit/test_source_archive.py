@@ -137,3 +137,20 @@ def test_an_archive_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(archive, "MAX_MEMBERS", 1)
     with pytest.raises(archive.BadArchive, match="more than 1 members"):
         archive.unpack(tar_of(("a", plain, b""), ("b", plain, b"")), tmp_path / "out", "it")
+
+
+def test_a_bake_keeps_no_archive_a_proof_would_refuse(tmp_path: Path) -> None:
+    """Inputs holding a symlink out of the folder: no archive is kept (the proof then
+    falls back to the checkout, as for an image baked before archives were kept)."""
+    from kiln.bake import cachekey, source
+    from kiln.recipe import load_recipe
+
+    folder = folder_with_inputs(tmp_path)
+    recipe = folder / "web.toml"
+    recipe.write_text('[image]\nname = "web"\n\n[[steps]]\ncopy = "site/"\nto = "/srv/"\n')
+    loaded = load_recipe(recipe)
+    kept = source.pack(loaded, cachekey.materials(loaded), tmp_path / "tmp")
+    assert kept is not None and archive.readable(kept)
+    (folder / "site" / "etc").symlink_to("/etc")
+    loaded = load_recipe(recipe)
+    assert source.pack(loaded, cachekey.materials(loaded), tmp_path / "tmp") is None

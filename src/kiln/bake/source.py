@@ -5,7 +5,9 @@ records as an input (copied files and folders, playbooks), as the source archive
 Members are paths relative to the recipe's folder (every symlink on the way resolved,
 as the loader resolves them; a symlink the recipe names its input through is kept too,
 so the path as written still leads there). An imported base's vendor file is not kept:
-such an image keeps no lock either, and is not rebuilt by a proof.
+such an image keeps no lock either, and is not rebuilt by a proof. Nor is an archive a
+proof would refuse to unpack (a symlink among the inputs that leads out of the folder):
+such an image is proven from its checkout, as one baked before kiln kept archives.
 """
 
 from __future__ import annotations
@@ -45,4 +47,5 @@ def pack(recipe: RecipeFile, materials: list[Material], tmp: Path) -> bytes | No
     if found is None:
         return None
     folder, names = found
-    return archive.pack(folder, names, tmp)
+    data = archive.pack(folder, names, tmp)
+    return data if archive.readable(data) else None

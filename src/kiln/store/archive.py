@@ -176,6 +176,17 @@ def _members(archive: tarfile.TarFile, where: str) -> list[_Member]:
     return out
 
 
+def readable(data: bytes) -> bool:
+    """Whether :func:`unpack` would take the archive (a bake keeps no archive it would
+    refuse: inputs holding a symlink that leads out of the recipe's folder, say)."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+            _members(archive, "the source archive")
+    except (BadArchive, tarfile.TarError, EOFError, ValueError, UnicodeError):
+        return False
+    return True
+
+
 def unpack(data: bytes, dest: Path, where: str) -> None:
     """Write the archive's members into ``dest`` (made here, empty), once every member
     has been checked; ``where`` names the archive in messages."""
