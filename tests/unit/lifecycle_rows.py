@@ -81,12 +81,15 @@ def add_image(
     *,
     stored: bool = False,
     files: dict[str, bytes] | None = None,
+    bytes_of: ImageRow | None = None,
 ) -> ImageRow:
     """An image row as a bake leaves it (``stored``: its bytes in the store too, with
-    ``files`` in its layer)."""
+    ``files`` in its layer; ``bytes_of``: an older version's bytes, numbered anew)."""
     content = f"{name}:{version}".encode()
     digest = "sha256:" + hashlib.sha256(content).hexdigest()
     config_digest = digest
+    if bytes_of is not None:
+        digest, config_digest = bytes_of.digest, bytes_of.config_digest
     if stored:
         found, config = manifest(workspace, content, files)
         digest, config_digest = found.digest, config.digest

@@ -53,6 +53,30 @@ def test_descendants_inherit_it_and_say_from_whom(workspace: Workspace) -> None:
     assert lookup.image(refs.parse("web:latest")) == images["web:3"]
 
 
+def test_it_holds_for_every_version_with_the_revoked_bytes(workspace: Workspace) -> None:
+    """A bake back to base:1's inputs numbers its bytes base:3: revoking either number
+    revokes the bytes, so neither they nor what is built on them launch."""
+    images = family(workspace)
+    again = add_image(workspace, "base", 3, bytes_of=images["base:1"])
+    on_again = add_image(workspace, "api", 1, again)
+    done = lifecycle.revoke(workspace, "base:1", "CVE-2026-0001 in openssl")
+    assert "base:3" in done["descendants"]
+    lookup = workspace.lookup
+    for row in (again, on_again):
+        found = lookup.revocation(row.id)
+        assert found is not None and found.ref == "base:1"
+    assert lookup.image(refs.parse("base")) == images["base:2"]
+    with pytest.raises(Revoked, match="revoked through base:1"):
+        lookup.image(refs.parse("base:3"))
+    with pytest.raises(KilnError, match="inherits base:1's revocation"):
+        lifecycle.restore(workspace, "base:3")
+    lifecycle.restore(workspace, "base:1")
+    assert lookup.revocation(again.id) is None and lookup.revocation(on_again.id) is None
+    lifecycle.revoke(workspace, "base:3", "the same bytes, by their new number")
+    found = lookup.revocation(images["web:1"].id)
+    assert found is not None and found.ref == "base:3"
+
+
 def test_latest_is_the_newest_version_not_revoked(workspace: Workspace) -> None:
     images = family(workspace)
     lifecycle.revoke(workspace, "web:3", "bad build")

@@ -40,7 +40,10 @@ COLUMNS = (
 ASSIGNMENT_COLUMNS = (
     "a.id, a.name, a.channel, a.image_id, a.previous_id, a.action, a.at, a.actor, a.forced, a.gates"
 )
-# Every unrestored revocation of an image and of each of its ancestors, nearest first.
+# A revocation is of bytes: it holds for every version with the revoked image's digest (a
+# bake that lands on an older version's bytes numbers them anew) and all built on them.
+# Every unrestored revocation of an image, of each of its ancestors and of the versions
+# that share their bytes, nearest first.
 CHAIN_REVOCATIONS = """
 WITH RECURSIVE chain(id, parent_id, depth) AS (
     SELECT id, parent_id, 0 FROM images WHERE id = :id
@@ -49,8 +52,9 @@ WITH RECURSIVE chain(id, parent_id, depth) AS (
 )
 SELECT c.depth, r.id, r.image_id, i.name, i.version, r.reason, r.effective, r.actor, r.created
 FROM chain c
-JOIN revocations r ON r.image_id = c.id
-JOIN images i ON i.id = c.id
+JOIN images own ON own.id = c.id
+JOIN images i ON i.digest = own.digest
+JOIN revocations r ON r.image_id = i.id
 WHERE r.restored IS NULL
 ORDER BY c.depth, r.effective, r.id
 """
@@ -60,10 +64,11 @@ FROM revocations r JOIN images i ON i.id = r.image_id
 WHERE r.restored IS NULL
 ORDER BY r.effective, r.id
 """
-# The images below each revoked root (the roots themselves at depth 0).
+# The images below each root, the root and the versions with its bytes at depth 0.
 DESCENDANTS = """
 WITH RECURSIVE below(id, root, depth) AS (
-    SELECT id, id, 0 FROM images WHERE id IN ({roots})
+    SELECT same.id, r.id, 0 FROM images r JOIN images same ON same.digest = r.digest
+    WHERE r.id IN ({roots})
     UNION ALL
     SELECT i.id, b.root, b.depth + 1 FROM images i JOIN below b ON i.parent_id = b.id
 )
@@ -344,8 +349,8 @@ class Lookup:
             if revocation is not None:
                 raise Revoked(
                     f"these inputs make {found[0].ref}, and " + revocation.describe(found[0].ref),
-                    hint=f"change the recipe or its lock (kiln lock --update), kiln restore "
-                    f"{revocation.ref}, or bake it again anyway with --no-cache",
+                    hint="change the recipe or its lock (kiln lock --update), or kiln restore "
+                    f"{revocation.ref} if the revocation was a mistake",
                 )
         return found[0]
 
@@ -392,9 +397,10 @@ class Lookup:
         return {image_id: revocation for image_id, (_depth, revocation) in nearest.items()}
 
     def descendants(self, image_id: int) -> list[ImageRow]:
-        """Every image below ``image_id`` (children, their children, ...), by name, version."""
+        """What inherits ``image_id``'s revocation: the other versions with its bytes and
+        every image below them all (children, their children, ...), by name, version."""
         rows = self._query(DESCENDANTS.format(roots=":root"), {"root": image_id})
-        below = self.by_ids([found for found, _root, depth in rows if depth > 0])
+        below = self.by_ids([found for found, _root, _depth in rows if found != image_id])
         return sorted(below.values(), key=lambda row: (row.name, row.version))
 
     # channels
