@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kiln import proc, steps
+from kiln.atomic import make_dirs
 from kiln.bake import again, image, packages, seal, services, source
 from kiln.bake.bases import debian, imported
 from kiln.bake.context import BuildContext
@@ -75,7 +76,7 @@ def prepare_root(context: BuildContext) -> None:
         imported.import_root(source, context.root, context.home.tmp)
         image.import_special(context)  # what the vendor's tree holds, before any step runs
     else:
-        context.root.mkdir(mode=0o755)
+        make_dirs(context.root)
     with Root(context.root) as root:
         context.created_mount_points = [rel for rel in MOUNT_POINT_FILES if not root.exists(rel)]
 
@@ -182,7 +183,7 @@ def _run_stages(
 
 def resolve(context: BuildContext) -> None:
     """Bake as far as the package record, then throw the root away (kiln lock)."""
-    context.build_dir.mkdir(parents=True, exist_ok=True)  # the caller owns it (kiln.locks)
+    make_dirs(context.build_dir)  # the caller owns it (kiln.locks)
     with _BuildFolder(context) as folder:
         _run_stages(context, RESOLVE_STAGES, {})
         folder.success = True
@@ -195,7 +196,7 @@ def bake(context: BuildContext) -> BakeResult:
         # Unlocked and unstamped: stamp it with when it started, which the lock it keeps
         # says, so a rebuild from that lock can make the same bytes (kiln rebuild --prove).
         context.source_date_epoch = int(context.started.timestamp())
-    context.build_dir.mkdir(parents=True, exist_ok=True)  # the caller owns it (kiln.locks)
+    make_dirs(context.build_dir)  # the caller owns it (kiln.locks)
     with _BuildFolder(context) as folder:
         _run_stages(context, STAGES, stages)
         # From the first byte of the new layer until its tag is written, the blobs and the
@@ -204,6 +205,7 @@ def bake(context: BuildContext) -> BakeResult:
             begin = time.monotonic()
             context.log(f"capture layer{ONGOING}")
             lowers = context.parent.layer_dirs if context.parent else ()
+            seal.drop_sockets(context.layer_source)
             captured = layers.capture(
                 context.layout,
                 context.home.tmp,

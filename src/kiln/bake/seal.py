@@ -5,12 +5,16 @@ the host name a vendor's build machine left in /etc/hostname) or the leftovers o
 build (logs, apt lists and caches, dpkg's -old files, temp files). Each rule removes what
 it matches, then the seal checks that nothing matches any more; the checks are recorded
 in the image's labels and shown by ``kiln inspect``.
+
+Sockets a step left in the new layer go too (:func:`drop_sockets`), unrecorded: tar never
+puts one in a blob, so the unpacked layer would otherwise hold what no other store's does.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 from kiln.bake.context import BuildContext
 from kiln.errors import KilnError
@@ -44,6 +48,19 @@ def seal(context: BuildContext) -> list[dict[str, object]]:
     """
     with Root(context.root) as root:
         return _seal(root, rules(context))
+
+
+def drop_sockets(tree: Path) -> int:
+    """Remove every socket below ``tree`` (a layer about to be captured), inside it
+    (kiln.rootpath: never through a symlink); return how many."""
+    removed = 0
+    with Root(tree) as root:
+        for _folder, fd, entries in root.walk():
+            for name, found in entries.items():
+                if stat.S_ISSOCK(found.st_mode):
+                    os.unlink(name, dir_fd=fd)
+                    removed += 1
+    return removed
 
 
 def _seal(root: Root, rules: list[Rule]) -> list[dict[str, object]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln import locks, proc
+from kiln.atomic import make_dirs
 from kiln.errors import BadInput
 from kiln.rootpath import Root
 from kiln.store.apply import apply_tar
@@ -84,7 +85,7 @@ def _is_oci_archive(path: Path) -> bool:
 
 
 def import_root(source: Path, root: Path, tmp: Path) -> None:
-    root.mkdir(parents=True, exist_ok=True)
+    make_dirs(root)
     if not _is_oci_archive(source):
         apply_tar(source, root)
         return
