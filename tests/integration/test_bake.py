@@ -217,10 +217,15 @@ def test_a_bake_of_an_existing_versions_bytes_adds_no_copy(fresh: Kiln, tmp_path
     newest = fresh.json("inspect", "again")
     assert (newest["ref"], newest["digest"]) == (back["ref"], first["digest"])
 
-    fresh.run("revoke", first["ref"], "--reason", "CVE-0000-0001")
+    fresh.run("revoke", first["ref"], "--reason", "CVE-0000-0001")  # the bytes: both numbers
     refused = fresh.run("bake", str(recipe), check=False)
     assert refused.returncode == 1, refused.stdout + refused.stderr
-    assert f"these inputs make the bytes of {first['ref']}" in refused.stderr
+    assert f"these inputs make {back['ref']}" in refused.stderr
+    assert f"revoked through {first['ref']}" in refused.stderr
+    refused = fresh.run("bake", str(recipe), "--no-cache", check=False)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "these inputs make the bytes of" in refused.stderr
+    assert f"revoked through {first['ref']}" in refused.stderr
 
 
 QUICK_PROBE = """
