@@ -16,20 +16,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import delete, select, text, update
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING, Any
 
 from kiln import locks
 from kiln.app.workspace import Workspace
-from kiln.catalog import Catalog, Image, events
-from kiln.catalog.db import Conflict
-from kiln.catalog.freshness import Proof
-from kiln.catalog.lifecycle import Assignment, Event, Revocation, Signature
-from kiln.catalog.machines import Machine, TestRun
-from kiln.catalog.models import Artefact, Package
-from kiln.catalog.revisions import OK, PENDING
+from kiln.catalog import Catalog, events
+from kiln.catalog import retention as rows
+from kiln.catalog.revisions import PENDING
 from kiln.errors import KilnError
 from kiln.home import Home
 from kiln.lifecycle import channels, retention
@@ -39,6 +32,9 @@ from kiln.machines.folder import load as load_state
 from kiln.recipe import lockfile
 from kiln.store import gc
 from kiln.store.layout import Layout, image_ref
+
+if TYPE_CHECKING:
+    from kiln.catalog.db import Session
 
 
 @dataclass
@@ -140,17 +136,8 @@ class _Snapshot:
     machines: list[tuple[int, str, int, bool, bool]]  # row, name, image, stopped, removed
 
 
-SNAPSHOT = {  # plain SQL: ten thousand rows read through the ORM's types cost twice as much
-    "images": "SELECT id, name, version, digest, parent_id, created, status, config_digest,"
-    " recipe_path FROM images",
-    "assignments": "SELECT id, name, channel, image_id, at, previous_id, action"
-    " FROM channel_assignments",
-    "machines": "SELECT id, name, image_id, stopped, removed FROM machines",
-}
-
-
 def _snapshot(session: Session) -> _Snapshot:
-    images, rows, machines = (session.execute(text(sql)).all() for sql in SNAPSHOT.values())
+    images, assigned, machines = rows.snapshot(session)
     utc = retention.utc
     return _Snapshot(
         versions=[
@@ -161,9 +148,9 @@ def _snapshot(session: Session) -> _Snapshot:
         recipe_paths={row[0]: row[8] for row in images},
         assignments=[
             retention.Assigned(i, name, channel, image_id, utc(at), action)
-            for i, name, channel, image_id, at, _previous, action in rows
+            for i, name, channel, image_id, at, _previous, action in assigned
         ],
-        previous={row[0]: row[5] for row in rows if row[5] is not None},
+        previous={row[0]: row[5] for row in assigned if row[5] is not None},
         machines=[
             (i, name, image_id, stopped is not None, removed is not None)
             for i, name, image_id, stopped, removed in machines
@@ -284,11 +271,6 @@ def _mounted(
     return out
 
 
-def _chunks(ids: list[int], size: int = 500) -> Iterator[list[int]]:
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
-
-
 def _remove_rows(
     session: Session,
     snap: _Snapshot,
@@ -303,41 +285,10 @@ def _remove_rows(
     revocations and rebuild proofs go.
     """
     gone = {v.id for v in decision.removed}
-    ids = sorted(gone)
-    quiet = {"synchronize_session": False}
     history = [a.id for a in snap.assignments if a.image_id in gone]
     replaced = [row for row, image_id in snap.previous.items() if image_id in gone]
     machine_rows = [m for m in snap.machines if m[4] and m[2] in gone]
-    for chunk in _chunks(history):
-        session.execute(
-            update(Assignment).where(Assignment.id.in_(chunk)).values(image_id=None),
-            execution_options=quiet,
-        )
-    for chunk in _chunks(replaced):
-        session.execute(
-            update(Assignment).where(Assignment.id.in_(chunk)).values(previous_id=None),
-            execution_options=quiet,
-        )
-    for chunk in _chunks([m[0] for m in machine_rows]):
-        session.execute(delete(Machine).where(Machine.id.in_(chunk)), execution_options=quiet)
-    for table in (Package, Artefact, TestRun, Signature, Revocation, Proof):
-        for chunk in _chunks(ids):
-            session.execute(delete(table).where(table.image_id.in_(chunk)), execution_options=quiet)
-    for chunk in _chunks(ids):  # a parent and its child may go in different chunks
-        session.execute(
-            update(Image).where(Image.id.in_(chunk)).values(parent_id=None),
-            execution_options=quiet,
-        )
-    for chunk in _chunks(ids):
-        done = session.execute(
-            delete(Image).where(Image.id.in_(chunk), Image.status == OK),
-            execution_options=quiet,
-        )
-        if done.rowcount != len(chunk):  # type: ignore[attr-defined]
-            raise Conflict(
-                "an image version gc was removing changed under it",
-                hint="another kiln process changed the catalog; run kiln gc again",
-            )
+    rows.remove_versions(session, sorted(gone), history, replaced, [m[0] for m in machine_rows])
     machines_of: dict[int, list[str]] = defaultdict(list)
     for _row, name, image_id, _stopped, _removed in machine_rows:
         machines_of[image_id].append(name)
@@ -382,13 +333,7 @@ def _interrupted(
     if not dangling:
         return
     with workspace.catalog.reading() as session:
-        went = set(
-            session.execute(
-                select(Event.name, Event.version, Event.digest).where(
-                    Event.kind == "removed", Event.digest.in_(set(dangling.values()))
-                )
-            ).all()
-        )
+        went = rows.removed_earlier(session, dangling.values())
     for ref, digest in sorted(dangling.items()):
         name, _, version = ref.rpartition(":")
         if version.isdigit() and (name, int(version), digest) in went:
@@ -413,16 +358,8 @@ def _sweep_debs(
         notes.append(f"the package cache was left as it is: a bake is running ({running[0]})")
         return []
     kept = sorted(set(decision.kept) | {v.id for v in decision.versions.values() if v.pending})
-    needed: set[str] = set()
     with workspace.catalog.reading() as session:
-        for chunk in _chunks(kept):
-            needed |= set(
-                session.scalars(
-                    select(Package.sha256)
-                    .where(Package.image_id.in_(chunk), Package.sha256 != "")
-                    .distinct()
-                )
-            )
+        needed = rows.package_digests(session, kept)
     for recipe in sorted({recipes[image_id] for image_id in kept}):
         path = lockfile.lock_path(Path(recipe))
         if not path.is_file():
@@ -446,8 +383,9 @@ def _sweep_freshness(
     from kiln.lifecycle import freshness
 
     gone = {v.id for v in decision.removed}
-    rows = workspace.lookup.rows("SELECT id, digest FROM images")
-    kept = {digest for image_id, digest in rows if image_id not in gone}
+    kept = {
+        digest for image_id, digest in rows.image_digests(workspace.lookup) if image_id not in gone
+    }
     out = []
     for path in freshness.unused(workspace.home, kept):
         size = gc.size_of(path)
