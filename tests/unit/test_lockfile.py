@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from kiln.bake.debcache import parse_filename
-from kiln.bake.packages import (
+from kiln.bake.aptmarks import (
     MAX_EXTENDED_STATES,
     apply_lock_marks,
-    downloads_only,
     native_architecture,
     parse_extended_states,
     read_marks,
     render_extended_states,
     write_marks,
 )
+from kiln.bake.debcache import parse_filename
+from kiln.bake.packages import downloads_only
 from kiln.errors import KilnError, RecipeError
 from kiln.recipe.lockfile import Deb, Lock, bump, diff, lock_path, parse, rebase, write
 from kiln.rootpath import Root
