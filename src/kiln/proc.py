@@ -40,6 +40,8 @@ _echo: ContextVar[tuple[Echo, str] | None] = ContextVar("kiln_echo", default=Non
 
 
 # What a child process sees unless the caller adds more: enough to find tools and speak UTF-8.
+# A command in a build root (kiln.sandbox) or a machine (kiln.machines.enter) starts from it
+# too, and an image's config takes its PATH when its parent sets none.
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "LANG": "C.UTF-8",

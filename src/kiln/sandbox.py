@@ -31,12 +31,7 @@ from kiln import cgroups, proc
 from kiln.rootpath import Root, parts
 
 BUILD_HOSTNAME = "kiln-build"
-BUILD_ENV = {
-    "DEBIAN_FRONTEND": "noninteractive",
-    "LANG": "C.UTF-8",
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "HOME": "/root",
-}
+BUILD_ENV = {"DEBIAN_FRONTEND": "noninteractive", **proc.BASE_ENV}
 # apt-get in a root, a bake's or a machine's: no pty, no recommends, no fsync per file
 APT_OPTIONS = [
     "-o",

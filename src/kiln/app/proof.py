@@ -50,6 +50,7 @@ from kiln.lifecycle.proofs import Changed
 from kiln.recipe import lockfile
 from kiln.recipe.lockfile import Deb, Lock
 from kiln.store import archive, artefacts
+from kiln.times import rfc3339
 
 if TYPE_CHECKING:
     from kiln.bake.bake import Parent
@@ -107,7 +108,7 @@ class Result:
             "digest": self.digest,
             "rebuilt": self.rebuilt or None,
             "ok": self.ok,
-            "at": self.at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "at": rfc3339(self.at),
             "seconds": round(self.seconds, 3),
             "package_cache": self.package_cache,
             **self.detail(),

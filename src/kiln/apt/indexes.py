@@ -29,7 +29,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from kiln.apt.release import MAX_RELEASE, Release
 from kiln.apt.release import parse as parse_release
 from kiln.atomic import write_atomic
 from kiln.errors import BadInput, KilnError
+from kiln.times import second
 
 FORMAT = 2  # of parsed/*.json and view.json
 MAX_LINES = 64  # sources lines in one set
@@ -129,13 +130,9 @@ class View:
         return {
             "folder": str(self.folder),
             "lines": list(self.lines),
-            "checked": _iso(self.checked),
+            "checked": second(self.checked),
             "suites": [s.to_json() for s in self.suites],
         }
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).replace(tzinfo=None, microsecond=0).isoformat()
 
 
 def cache_root(home_root: Path) -> Path:

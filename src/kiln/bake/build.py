@@ -53,6 +53,7 @@ from kiln.store import archive, artefacts, inventory
 from kiln.store import layer as layers
 from kiln.store.gc import store_in_use
 from kiln.store.layout import MEDIA_CONFIG, MEDIA_MANIFEST, Descriptor
+from kiln.times import rfc3339
 
 # The end of a message that says what is starting (progress, not a result).
 
@@ -313,7 +314,7 @@ def _artefacts(
         if kept is not None:
             documents.append((archive.KIND, archive.MEDIA_TYPE, kept))
     out = []
-    created = stamped.strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = rfc3339(stamped)
     for kind, media_type, data in documents:
         descriptor = artefacts.put(context.layout, manifest, kind, media_type, data, created)
         blob = context.layout.read_json(descriptor.digest)["layers"][0]["digest"]

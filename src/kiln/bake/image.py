@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import platform
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from kiln import __version__
 from kiln.bake.bases import imported
 from kiln.bake.context import BuildContext
+from kiln.proc import BASE_ENV
 from kiln.store.layout import MEDIA_MANIFEST, Descriptor
+from kiln.times import rfc3339
 
 LABEL = "org.kiln."
 
@@ -30,10 +32,6 @@ ARCH = {
 }
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def labels(context: BuildContext, created: datetime) -> dict[str, str]:
     recipe = context.recipe
     out = {
@@ -43,7 +41,7 @@ def labels(context: BuildContext, created: datetime) -> dict[str, str]:
         f"{LABEL}parent.digest": context.parent.manifest.digest if context.parent else "",
         f"{LABEL}cache-key": context.cache_key,
         f"{LABEL}version": __version__,
-        "org.opencontainers.image.created": _iso(created),
+        "org.opencontainers.image.created": rfc3339(created),
         "org.opencontainers.image.title": recipe.name,
     }
     if recipe.recipe.image.description:
@@ -84,21 +82,19 @@ def config(context: BuildContext, diff_id: str, created: datetime) -> dict[str, 
     parent: dict[str, Any] = dict(context.parent.config) if context.parent else {}
     inherited = dict((parent.get("config") or {}).get("Labels") or {})
     image_config = dict(parent.get("config") or {})
-    image_config.setdefault(
-        "Env", ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
-    )
+    image_config.setdefault("Env", [f"PATH={BASE_ENV['PATH']}"])
     image_config["Labels"] = {**inherited, **labels(context, created)}
     history = list(parent.get("history") or [])
     history.append(
         {
-            "created": _iso(created),
+            "created": rfc3339(created),
             "created_by": f"kiln {__version__} bake {context.recipe.path.name}",
             "comment": context.recipe.recipe.image.description or context.recipe.name,
         }
     )
     diff_ids = context.parent.diff_ids if context.parent else []
     return {
-        "created": _iso(created),
+        "created": rfc3339(created),
         "architecture": parent.get("architecture") or ARCH.get(platform.machine(), "amd64"),
         "os": "linux",
         "config": image_config,

@@ -8,22 +8,19 @@ The host is named here and nowhere in the image, so the image's digest does not 
 from __future__ import annotations
 
 import socket
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from kiln import __version__
 from kiln.bake.context import BuildContext
 from kiln.bake.sbom import purl
 from kiln.recipe import lockfile
+from kiln.times import rfc3339
 
 MEDIA_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 BUILD_TYPE = "urn:kiln:bake:v1"
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _sha(value: str) -> dict[str, str]:
@@ -95,8 +92,8 @@ def statement(
                 },
                 "metadata": {
                     "invocationId": context.build_dir.name,
-                    "startedOn": _iso(context.started),
-                    "finishedOn": _iso(finished),
+                    "startedOn": rfc3339(context.started),
+                    "finishedOn": rfc3339(finished),
                 },
                 "byproducts": [{"name": "layer", "digest": _sha(layer_digest)}],
             },

@@ -31,6 +31,7 @@ from kiln.catalog.revisions import HEAD, OK
 from kiln.errors import KilnError, NotFound, StoreError
 from kiln.refs import Ref
 from kiln.suggest import did_you_mean
+from kiln.times import second, utc
 
 Query = Callable[[str, dict[str, Any]], Sequence[Sequence[Any]]]
 
@@ -84,14 +85,12 @@ class Revoked(KilnError):
 def moment(value: Any) -> datetime:
     """A time as the catalog returns it (SQLite: text; PostgreSQL: a datetime), in UTC."""
     found = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return found.replace(tzinfo=UTC) if found.tzinfo is None else found.astimezone(UTC)
+    return utc(found)
 
 
 def iso(value: datetime | None) -> str | None:
     """A time as kiln shows it: UTC, to the second, without an offset."""
-    if value is None:
-        return None
-    return moment(value).replace(tzinfo=None, microsecond=0).isoformat()
+    return None if value is None else second(moment(value))
 
 
 @dataclass(frozen=True)

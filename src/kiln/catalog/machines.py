@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from kiln.catalog.models import Base, Image
+from kiln.times import second
 
 
 def iso(moment: datetime | None) -> str | None:
     """A time as the catalog shows it: UTC, to the second, without an offset (as images)."""
-    if moment is None:
-        return None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment.replace(microsecond=0).isoformat()
+    return None if moment is None else second(moment)
 
 
 class Machine(Base):

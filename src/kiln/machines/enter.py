@@ -16,17 +16,12 @@ from collections.abc import Mapping, Sequence
 from kiln import proc
 from kiln.errors import BadInput
 
-MACHINE_ENV = {
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "LANG": "C.UTF-8",
-    "HOME": "/root",
-}
 ALL = ("-a",)
 ALL_BUT_NETWORK = ("-m", "-u", "-i", "-p", "-C")
 
 
 def _env(extra: Mapping[str, str] | None) -> list[str]:
-    merged = {**MACHINE_ENV, **(extra or {})}
+    merged = {**proc.BASE_ENV, **(extra or {})}
     return ["env", "-i", *(f"{k}={v}" for k, v in sorted(merged.items()))]
 
 
