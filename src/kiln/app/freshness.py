@@ -23,12 +23,12 @@ from kiln import refs
 from kiln.app.workspace import Workspace
 from kiln.apt import indexes
 from kiln.apt.indexes import View
+from kiln.catalog import versions
 from kiln.catalog.lookup import ImageRow, Lookup, iso
 from kiln.lifecycle import freshness
 from kiln.lifecycle.freshness import Update
 
 PACKAGES = "SELECT image_id, name, architecture, version FROM packages WHERE image_id IN ({ids})"
-NEWEST = "SELECT id, name FROM images WHERE status = 'ok' ORDER BY name, version DESC"
 
 
 @dataclass
@@ -107,12 +107,7 @@ def _channels(lookup: Lookup, now: datetime) -> tuple[dict[int, list[str]], list
 
 
 def _newest(lookup: Lookup, names: set[str] | None, now: datetime) -> list[int]:
-    revoked = lookup.revoked_images(now)
-    out: dict[str, int] = {}
-    for image_id, name in lookup.rows(NEWEST):
-        if (names is None or name in names) and name not in out and image_id not in revoked:
-            out[name] = image_id
-    return list(out.values())
+    return list(versions.newest_usable(lookup, names, lookup.revoked_images(now)).values())
 
 
 def targets(workspace: Workspace, given: Sequence[str], now: datetime) -> list[ImageRow]:

@@ -18,6 +18,7 @@ from typing import Any
 from kiln import refs
 from kiln.app.lifecycle import known, now_utc, settle_due
 from kiln.app.workspace import Workspace
+from kiln.catalog import versions
 from kiln.catalog.lookup import Head, ImageRow, Lookup, RevocationRow, iso, moment
 from kiln.errors import KilnError
 from kiln.lifecycle import proofs
@@ -164,15 +165,7 @@ def _public(machine: dict[str, Any]) -> dict[str, Any]:
 
 def _latest(lookup: Lookup, estate: _Estate, names: list[str]) -> dict[str, int]:
     """The newest version of each name that is not revoked, by image id (one query)."""
-    wanted = set(names)
-    out: dict[str, int] = {}
-    sql = "SELECT id, name FROM images WHERE status = 'ok' ORDER BY name, version DESC"
-    if len(wanted) == 1:
-        sql = sql.replace("WHERE", "WHERE name = :name AND")
-    for image_id, name in lookup.rows(sql, **({"name": names[0]} if len(wanted) == 1 else {})):
-        if name in wanted and name not in out and image_id not in estate.revoked:
-            out[name] = image_id
-    return out
+    return versions.newest_usable(lookup, set(names), estate.revoked)
 
 
 def where(

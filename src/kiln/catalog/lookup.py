@@ -272,9 +272,12 @@ class Lookup:
         )
 
     def _newest(self, ref: Ref, found: list[ImageRow]) -> ImageRow:
+        from kiln.catalog.versions import first_usable
+
         revoked = self.revoked_images()
+        usable = first_usable(((row.id, row.name) for row in found), revoked).get(ref.name)
         for row in found:
-            if row.id not in revoked:
+            if row.id == usable:
                 return row
         newest = found[0]
         revocation = revoked[newest.id]
