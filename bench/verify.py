@@ -12,12 +12,11 @@ so). Every unpack goes into a folder of its own on the store's file system, and 
 them are removed only at the end: on this machine kind, deleting a big tree slows the file
 creation right after it, which would skew whichever side runs next.
 
-Where the time goes (measured here, a 197 MB base layer unpacked onto tmpfs to take the
-disk out): tar -x alone 0.27 s; the verified unpack 0.29 s while the second core is free
-(sha256 runs there, about 0.11 s with SHA-NI, plus 0.06 s of copies) and 0.40 s when other
-work holds that core. Tar's default 10 KiB reads from a pipe cost another 0.08 s; 1 MiB
-records remove that. Pipe size (64 KiB or 1 MiB) and chunk size (256 KiB to 4 MiB) barely
-matter. splice(2) would save the copies but hand tar bytes that were never hashed.
+Where the time goes: sha256 runs on the second core while tar extracts, so the ratio
+depends on that core being free (run it on an idle machine, and with --home on tmpfs to
+take the disk out). Tar reads the pipe in 1 MiB records: its default 10 KiB reads from a
+pipe cost more than the hashing. splice(2) would save the copies but hand tar bytes that
+were never hashed.
 """
 
 from __future__ import annotations

@@ -377,7 +377,7 @@ def gc(
         policy_file=policy_file,
     )
     if as_json:
-        # on one line: Python's JSON encoder is four times slower indenting, and a dry
+        # on one line: Python's JSON encoder is slower indenting (bench/lifecycle_gc.py), a dry
         # run over a large store lists tens of thousands of items (jq reads it either way)
         click.echo(json.dumps(collected.to_json(), sort_keys=True, default=str))
         return

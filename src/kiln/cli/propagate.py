@@ -16,8 +16,9 @@ from kiln.cli.output import err, json_flag, policy_option, wide
 
 
 def print_json(value: Any) -> None:
-    """On one line, as kiln gc prints it: Python's JSON encoder is several times slower
-    indenting, and the plan of a large lineage holds thousands of items (jq . indents it)."""
+    """On one line, as kiln gc prints it: Python's JSON encoder is slower indenting
+    (bench/propagate.py), and the plan of a large lineage holds thousands of items (jq .
+    indents it)."""
     sys.stdout.write(json.dumps(value, sort_keys=True, default=str) + "\n")
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from kiln import proc
 from kiln.apt.sources import mirror_lines
 from kiln.bake.context import BuildContext
+from kiln.bake.keydoc import image_sources
 from kiln.bake.packages import mark_locked
-from kiln.errors import BadInput
 from kiln.recipe.models import Bootstrap
 
 VERSION = 5  # 5: a locked base marks its packages automatically installed as its lock says
@@ -41,14 +41,8 @@ def mmdebstrap_argv(
 
 
 def sources(spec: Bootstrap, fallback: str | None = None) -> list[str]:
-    """The lines the image's sources.list holds: the recipe's mirror, else the host's
-    Debian sources; a host without any falls back to the mirror setting."""
-    try:
-        return mirror_lines(spec.debian, spec.mirror, spec.components)
-    except BadInput:
-        if fallback is None:
-            raise
-        return mirror_lines(spec.debian, fallback, spec.components)
+    """The lines the image's sources.list holds (kiln.bake.keydoc.image_sources)."""
+    return image_sources(spec.debian, spec.mirror, spec.components, fallback)
 
 
 def fetch_sources(spec: Bootstrap, mirror: str | None) -> list[str]:
@@ -72,7 +66,7 @@ def bootstrap(context: BuildContext) -> None:
     listing.write_text("\n".join(sources(spec, context.options.mirror)) + "\n")
     fetch = fetch_sources(spec, context.options.mirror)
     keep_sources = f"--customize-hook=copy-in {listing} /etc/apt/"
-    # dpkg's fsyncs buy nothing in a root that becomes one fsynced blob; it is ~13% faster
+    # dpkg's fsyncs buy nothing in a root that becomes one fsynced blob; bench/bake.py times it
     unsafe_io = [
         '--setup-hook=mkdir -p "$1/etc/dpkg/dpkg.cfg.d" && '
         f'echo force-unsafe-io > "$1/{UNSAFE_IO}"',
