@@ -56,14 +56,16 @@ def current(lookup: Lookup, hit: ImageRow) -> ImageRow | None:
     return newest if newest.digest == hit.digest else None
 
 
-def result(row: ImageRow, key: str, recipe: str, started: float, cached: bool) -> BakeResult:
+def result(row: ImageRow, key: str, recipe: str, seconds: float, cached: bool) -> BakeResult:
+    """The answer of a bake whose result is ``row``, the newest version already: a cache
+    hit (the full path's or the quick path's), or a rebuild that made its bytes again."""
     return BakeResult(
         name=row.name,
         version=row.version,
         digest=row.digest,
         cache_key=key,
         cached=cached,
-        seconds=time.monotonic() - started,
+        seconds=seconds,
         recipe=recipe,
         same_as="" if cached else row.ref,
     )
@@ -85,7 +87,7 @@ def settle(
     lookup = catalog.lookup()
     newest = current(lookup, held)
     if newest is not None:
-        return result(newest, key, str(recipe.path), started, cached)
+        return result(newest, key, str(recipe.path), time.monotonic() - started, cached)
     return _again(catalog, layout, recipe, parent, held, key, started, cached)
 
 

@@ -112,7 +112,7 @@ def bake(
     hit = _cached(stores, key, options)
     newest = again.current(stores.lookup, hit) if hit is not None else None
     if newest is not None:
-        return again.result(newest, key, str(recipe.path), started, cached=True)
+        return again.result(newest, key, str(recipe.path), time.monotonic() - started, True)
     home = stores.home
     # One bake per cache key at a time: a second bake of the same inputs waits here, then
     # finds the first one's image. Bakes of other inputs run side by side.

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kiln import steps
-from kiln.bake import packages, seal, services
+from kiln.bake import keydoc, packages, seal, services
 from kiln.bake.bases import debian, imported
-from kiln.digests import file_sha256, json_sha256, tree_digest
+from kiln.digests import file_sha256, tree_digest
 from kiln.recipe import RecipeFile, lockfile
 from kiln.recipe.lockfile import Lock
 
@@ -90,20 +90,18 @@ def document(
     kiln lock's resolving bake, which ignores it); ``sources``: for a Debian base, the
     mirror lines that end up in its sources.list; ``found``: the recipe's materials, if
     already hashed."""
-    lock_digest = lock.digest if lock is not None else None
     listed = materials(recipe) if found is None else found
-    return {
-        "kiln": kiln_versions(),
-        "parent": parent_digest,
-        "recipe": recipe.recipe.model_dump(mode="json", by_alias=True),
-        "inputs": {material.key: material.digest for material in listed},
-        "lock": lock_digest,
-        "sources": sources,
-    }
+    return keydoc.document(
+        kiln=kiln_versions(),
+        recipe=recipe.recipe.model_dump(mode="json", by_alias=True),
+        parent=parent_digest,
+        inputs={material.key: material.digest for material in listed},
+        lock=lock.digest if lock is not None else None,
+        sources=sources,
+    )
 
 
-def key_of(document: dict[str, Any]) -> str:
-    return json_sha256(document)
+key_of = keydoc.key_of
 
 
 def compute(

@@ -12,8 +12,8 @@ the same: the parent's digest (from the catalog), the lock's digest, each input 
 digest, the host's apt sources. It then asks the catalog for that key. Anything short of
 a hit for every recipe (no memo, a new key, a stale lock, a file gone, a parent the
 catalog does not know) leaves the whole bake to the full path (kiln.bake.bake), which
-validates, reports and builds as always. Both paths make the key with the same function
-over the same document, so they cannot disagree.
+validates, reports and builds as always. Both paths build the key document with one
+function (kiln.bake.keydoc), so they cannot disagree.
 """
 
 from __future__ import annotations
@@ -30,13 +30,12 @@ from typing import Any, Protocol
 
 import kiln
 from kiln import refs
-from kiln.apt.sources import mirror_lines
 from kiln.atomic import write_atomic
-from kiln.bake import again
+from kiln.bake import again, keydoc
 from kiln.bake.result import BakeResult
 from kiln.catalog.lookup import Lookup
 from kiln.digests import canonical_json, file_sha256, input_digest, json_sha256
-from kiln.errors import BadInput, KilnError
+from kiln.errors import KilnError
 from kiln.home import Home
 from kiln.recipe import limits
 from kiln.store.layout import Layout
@@ -205,33 +204,22 @@ def _ordered(entries: dict[Path, Entry]) -> list[Entry] | None:
     return ordered
 
 
-def _sources(entry: Entry, mirror: str | None) -> list[str] | None:
-    if entry.sources is None:
-        return None
-    suite, own, components = entry.sources
-    try:
-        return mirror_lines(suite, own, components)
-    except BadInput:
-        if mirror is None:
-            raise
-        return mirror_lines(suite, mirror, components)
-
-
 def _key(entry: Entry, parent_digest: str | None, mirror: str | None) -> str | None:
-    lock = _lock_path(entry.path)
     if entry.uses_lock and entry.lock_parent != parent_digest:
         return None  # the lock is stale now: the full path says so
-    document = {
-        **entry.document,
-        "parent": parent_digest,
-        "inputs": {
-            key: input_digest(kind, Path(source), skip)
-            for key, source, kind, skip in entry.materials
-        },
-        "lock": file_sha256(lock) if entry.uses_lock else None,
-        "sources": _sources(entry, mirror),
-    }
-    return json_sha256(document)
+    return keydoc.key_of(
+        keydoc.document(
+            kiln=entry.document["kiln"],
+            recipe=entry.document["recipe"],
+            parent=parent_digest,
+            inputs={
+                key: input_digest(kind, Path(source), skip)
+                for key, source, kind, skip in entry.materials
+            },
+            lock=file_sha256(_lock_path(entry.path)) if entry.uses_lock else None,
+            sources=keydoc.image_sources(*entry.sources, mirror) if entry.sources else None,
+        )
+    )
 
 
 def cached(
@@ -280,15 +268,7 @@ def _cached(
             return None
         if again.current(reads.lookup, hit) is None:
             return None  # an older version's bytes: the full path makes them the newest
-        result = BakeResult(
-            name=hit.name,
-            version=hit.version,
-            digest=hit.digest,
-            cache_key=key,
-            cached=True,
-            seconds=clock() - started,
-            recipe=str(entry.path),
-        )
+        result = again.result(hit, key, str(entry.path), clock() - started, cached=True)
         made[entry.path] = names[entry.name] = result
         results.append(result)
     return results
