@@ -19,7 +19,7 @@ Items of one wave run in threads: bake and test change no process-wide state (no
 environment or signal handler; their commands are subprocesses; shared resources are
 flocks, which two threads contend for like two processes), and each thread opens its
 own Workspace, so no catalog connection or session is shared between threads. The test
-machines of a run boot one at a time (kiln.app.verify.BOOTS); bakes, whose nspawn runs
+machines of a run boot one at a time (kiln.app.qualify.BOOTS); bakes, whose nspawn runs
 no systemd, still run N at once.
 """
 
@@ -39,14 +39,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln import locks, refs
-from kiln.app import resolve, verify
-from kiln.app.verify import stamp as _stamp
+from kiln.app import qualify, resolve
 from kiln.app.workspace import Workspace, opened
 from kiln.catalog.lookup import ImageRow, Lookup
 from kiln.errors import BadInput, KilnError, from_os_error
 from kiln.home import Home
 from kiln.lifecycle import propagation
 from kiln.lifecycle.propagation import Plan, Row
+from kiln.times import precise
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -438,7 +438,7 @@ def _commit(workspace: Workspace, run: Run, task: Task, state: str, **detail: An
     """One state change of an item, committed now; an end state is an event too."""
     end = state in (PROMOTED, FAILED, SKIPPED) or (state == TESTED and run.channel is None)
     if end:
-        detail.setdefault("ended", _stamp())
+        detail.setdefault("ended", precise())
     with workspace.catalog.session() as session:
         _save(session, run, task, state, event=end, **detail)
 
@@ -568,7 +568,7 @@ def _item(
 
     with opened(home) as workspace:
         steps: dict[str, Any] = {}
-        started = _stamp()
+        started = precise()
         task.ref = task.digest = ""
         for earlier in ("lock_rebased", "pin_moved"):  # of an attempt before this one
             task.detail.pop(earlier, None)
@@ -577,7 +577,7 @@ def _item(
             recipe_path = Path(task.recipe)
             if not recipe_path.is_file():
                 raise Stop(f"its recipe is gone: {recipe_path}")
-            steps["bake"] = {"started": _stamp()}
+            steps["bake"] = {"started": precise()}
             pin = task.detail.get("move_pin")
             if isinstance(pin, str):
                 moved = _move_pin(workspace, task, tasks, pin)
@@ -594,21 +594,21 @@ def _item(
             if result.name != task.name:
                 raise Stop(f"its recipe {recipe_path} makes {result.name} now, not {task.name}")
             task.ref, task.digest = result.ref, result.digest
-            steps["bake"].update(ended=_stamp(), cached=result.cached, seconds=result.seconds)
+            steps["bake"].update(ended=precise(), cached=result.cached, seconds=result.seconds)
             _commit(workspace, run, task, BAKED, steps=steps)
             hit = " (cache hit)" if result.cached else ""
             log(
                 f"{task.name}: baked {result.ref}{hit}" + (f" {result.note}" if result.note else "")
             )
             steps["test"] = {}
-            passed = verify.test(workspace, result.ref, converge, steps["test"])
+            passed = qualify.test(workspace, result.ref, converge, steps["test"])
             _commit(workspace, run, task, TESTED, steps=steps)
             log(f"{task.name}: tested {result.ref}: {passed} passed")
             if run.channel is None:
                 return TESTED
             promoted: dict[str, Any] = {}
             steps["promote"] = promoted
-            verify.promote(workspace, result.ref, run.channel, options.policy_file, promoted)
+            qualify.promote(workspace, result.ref, run.channel, options.policy_file, promoted)
             _commit(workspace, run, task, PROMOTED, steps=steps)
             log(f"{task.name}: promoted {result.ref} to {run.channel}")
             return PROMOTED
@@ -616,7 +616,7 @@ def _item(
             error = exc if isinstance(exc, KilnError) else from_os_error(exc, "kiln propagate")
             message = error.message + (f" ({error.hint})" if error.hint else "")
             for step in steps.values():
-                step.setdefault("ended", _stamp())
+                step.setdefault("ended", precise())
             _commit(workspace, run, task, FAILED, steps=steps, error=message)
             log(f"{task.name}: failed: {message}")
             return FAILED
@@ -636,7 +636,7 @@ def propagate(workspace: Workspace, ref: str, options: Options, log: Log) -> Run
     if options.max_failures < 1:
         raise BadInput(f"--max-failures must be at least 1, not {options.max_failures}")
     if options.to is not None:  # a channel the policy does not define: refused before any bake
-        verify.converge_wanted(workspace, options.to, options.policy_file)
+        qualify.converge_wanted(workspace, options.to, options.policy_file)
     plan = make_plan(workspace, ref, options.to, options.recipes, options.include_pinned)
     origin = plan.origin
     lock = workspace.home.locks / f"propagate-{origin.digest[7:23]}-{options.to or '-'}.lock"
@@ -689,7 +689,7 @@ def _execute(workspace: Workspace, run: Run, options: Options, log: Log) -> None
             log(line)
 
     tasks = {task.name: task for task in run.tasks}
-    converge = verify.converge_wanted(workspace, run.channel, options.policy_file)
+    converge = qualify.converge_wanted(workspace, run.channel, options.policy_file)
     waves: dict[int, list[Task]] = {}
     for task in run.tasks:
         waves.setdefault(task.wave, []).append(task)

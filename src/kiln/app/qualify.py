@@ -1,4 +1,4 @@
-"""What a rebuilt image passes before it goes anywhere, for kiln propagate and kiln refresh:
+"""Qualifying a rebuilt image before it goes anywhere, for kiln propagate and kiln refresh:
 ``kiln test`` (with the convergence check when the channel's gates ask for one), then a
 promotion through the channel's gates.
 
@@ -9,12 +9,12 @@ raises :class:`Failed` with what failed, so the caller records how far the image
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kiln.app.workspace import Workspace
 from kiln.errors import KilnError
+from kiln.times import precise
 
 # The test machines of one process boot one at a time. Machines booted side by side used to
 # share one cgroup and fail each other's early units now and then ("booted degraded");
@@ -25,11 +25,6 @@ BOOTS = threading.Lock()
 
 class Failed(KilnError):
     """A check the image did not pass: the message says which and why."""
-
-
-def stamp(moment: datetime | None = None) -> str:
-    """A time in a step record: UTC, to the microsecond (parallel items overlap)."""
-    return (moment or datetime.now(UTC)).replace(tzinfo=None).isoformat()
 
 
 def converge_wanted(workspace: Workspace, channel: str | None, policy_file: Path | None) -> bool:
@@ -46,12 +41,12 @@ def test(workspace: Workspace, ref: str, converge: bool, step: dict[str, Any]) -
     without any)."""
     from kiln.app import machines
 
-    step.setdefault("started", stamp())
+    step.setdefault("started", precise())
     with BOOTS:
         report = machines.test(workspace, ref, check_convergence=converge)
     failing = [r.command for r in report.results if not r.ok]
     step.update(
-        ended=stamp(),
+        ended=precise(),
         converge=report.converge,
         ok=report.ok,
         machine=report.machine,
@@ -74,9 +69,9 @@ def promote(
     """Promote ``ref`` to ``channel`` through its gates (already there: fine)."""
     from kiln.app import lifecycle
 
-    step.setdefault("started", stamp())
+    step.setdefault("started", precise())
     data = lifecycle.promote(workspace, ref, channel, policy_file=policy_file).to_json()
-    step.update(ended=stamp(), channel=channel, gates=data["gates"])
+    step.update(ended=precise(), channel=channel, gates=data["gates"])
     if not (data["promoted"] or data["unchanged"]):
         unmet = "; ".join(f"{g['gate']}: {g['why']}" for g in data["gates"] if not g["ok"])
         raise Failed(

@@ -235,16 +235,16 @@ def _bake(workspace: Workspace, owner: Owner, locked: bool, log: Log) -> None:
 
 
 def _test_and_promote(workspace: Workspace, owner: Owner, options: Options, log: Log) -> None:
-    from kiln.app import verify
+    from kiln.app import qualify
 
     assert owner.ref is not None
-    converge = verify.converge_wanted(workspace, options.promote, options.policy_file)
+    converge = qualify.converge_wanted(workspace, options.promote, options.policy_file)
     owner.steps["test"] = {}
-    passed = verify.test(workspace, owner.ref, converge, owner.steps["test"])
+    passed = qualify.test(workspace, owner.ref, converge, owner.steps["test"])
     log(f"{owner.image.name}: tested {owner.ref}: {passed} passed")
     if options.promote is not None:
         owner.steps["promote"] = {}
-        verify.promote(
+        qualify.promote(
             workspace, owner.ref, options.promote, options.policy_file, owner.steps["promote"]
         )
         log(f"{owner.image.name}: promoted {owner.ref} to {options.promote}")
@@ -308,12 +308,12 @@ def refresh(
     """kiln refresh: ``{"images": [...], "outdated": N, "ok": bool}``; nothing outdated,
     nothing done."""
     if options.promote is not None:
-        from kiln.app import verify
+        from kiln.app import qualify
         from kiln.lifecycle.channels import check_name
 
         check_name(options.promote)
         # a channel the policy does not define is refused before anything is baked
-        verify.converge_wanted(workspace, options.promote, options.policy_file)
+        qualify.converge_wanted(workspace, options.promote, options.policy_file)
     lock = workspace.home.locks / "refresh.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     held = locks.hold(lock, wait=False)
