@@ -18,11 +18,11 @@ import pytest
 
 from kiln.errors import StoreError
 from kiln.home import Home
+from kiln.layers import OPAQUE_XATTR, merge
 from kiln.machines.drift import Drift, scan
 from kiln.machines.folder import Folder, Proc, State, save
 from kiln.store import inventory
 from kiln.store.layout import MEDIA_CONFIG, MEDIA_LAYER, MEDIA_MANIFEST, Layout
-from kiln.store.whiteout import OPAQUE_XATTR
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="overlay whiteouts need mknod and trusted.* xattrs (root)"
@@ -396,12 +396,12 @@ def test_merge_follows_overlayfs() -> None:
         "/b": node("dir", opaque=True),
         "/b/d": node("file"),
     }
-    merged = inventory.merge([bottom, top])
+    merged = merge([bottom, top])
     assert {path: index for path, (index, _node) in merged.items()} == {
         "/a": 1,
         "/a/x": 0,
         "/b": 1,
         "/b/d": 1,
     }
-    again = inventory.merge([bottom, {"/a": node("file")}])
+    again = merge([bottom, {"/a": node("file")}])
     assert sorted(again) == ["/a", "/b", "/b/c"]

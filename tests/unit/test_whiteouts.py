@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from kiln.store import layer, whiteout
+from kiln import layers
+from kiln.store import layer
 from kiln.store.layout import MEDIA_LAYER_GZIP, Layout
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="overlay whiteouts need mknod and trusted.* xattrs (root)"
 )
 
-OPAQUE = whiteout.OPAQUE_XATTR
+OPAQUE = layers.OPAQUE_XATTR
 OLD = 1_500_000_000_123_456_789  # a fixed past mtime (ns) that any change would move
 
 
@@ -97,7 +98,7 @@ def snapshot(root: Path) -> Snapshot:
 
 def test_scan_overlay_finds_whiteouts_and_opaque_dirs(tmp_path: Path) -> None:
     upper = build_upper(tmp_path / "upper")
-    found = whiteout.scan_overlay(upper)
+    found = layers.scan_overlay(upper)
     assert sorted(found.deleted) == ["etc/motd", "etc/nginx/sites-enabled"]
     assert sorted(found.opaque) == ["srv/fresh", "var/cache"]
 
@@ -108,7 +109,7 @@ def test_scan_overlay_ignores_other_devices_and_sees_an_opaque_root(tmp_path: Pa
     os.mknod(root / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
     (root / "file").write_text("")
     make_opaque(root)
-    found = whiteout.scan_overlay(root)
+    found = layers.scan_overlay(root)
     assert found.deleted == []
     assert found.opaque == [""]
 
@@ -116,8 +117,8 @@ def test_scan_overlay_ignores_other_devices_and_sees_an_opaque_root(tmp_path: Pa
 def test_overlay_to_oci_writes_markers_and_keeps_mtimes(tmp_path: Path) -> None:
     upper = build_upper(tmp_path / "upper")
     before = snapshot(upper)
-    found = whiteout.scan_overlay(upper)
-    whiteout.overlay_to_oci(upper, found)
+    found = layers.scan_overlay(upper)
+    layers.overlay_to_oci(upper, found)
 
     assert not (upper / "etc" / "motd").exists()
     assert not (upper / "etc" / "nginx" / "sites-enabled").exists()
@@ -140,19 +141,19 @@ def test_overlay_to_oci_writes_markers_and_keeps_mtimes(tmp_path: Path) -> None:
 def test_oci_to_overlay_restores_the_original(tmp_path: Path) -> None:
     upper = build_upper(tmp_path / "upper")
     before = snapshot(upper)
-    found = whiteout.scan_overlay(upper)
-    whiteout.overlay_to_oci(upper, found)
+    found = layers.scan_overlay(upper)
+    layers.overlay_to_oci(upper, found)
     assert snapshot(upper) != before
-    whiteout.oci_to_overlay(upper, found)
+    layers.oci_to_overlay(upper, found)
     assert snapshot(upper) == before
     assert os.lstat(upper / "etc" / "motd").st_rdev == os.makedev(0, 0)
 
 
 def test_scan_oci_reads_markers_back(tmp_path: Path) -> None:
     upper = build_upper(tmp_path / "upper")
-    found = whiteout.scan_overlay(upper)
-    whiteout.overlay_to_oci(upper, found)
-    again = whiteout.scan_oci(upper)
+    found = layers.scan_overlay(upper)
+    layers.overlay_to_oci(upper, found)
+    again = layers.scan_oci(upper)
     assert sorted(again.deleted) == sorted(found.deleted)
     assert sorted(again.opaque) == sorted(found.opaque)
 

@@ -1,10 +1,10 @@
 """The apt sources an image holds, read from its unpacked layers as overlayfs would merge
 them: ``/etc/apt/sources.list``, ``/etc/apt/sources.list.d/*.list`` and ``*.sources``.
 
-Layers are read top first, each through kiln.rootpath.Root: a whiteout (a character
-device 0:0) hides a path below it, an opaque folder (``trusted.overlay.opaque=y``) hides
-the folder's lower contents. A symlink is followed inside the image, never on the host:
-its target is looked up in the merged layers again (at most :data:`MAX_LINKS` times).
+Layers are stacked as kiln.layers says overlayfs does, each read through kiln.rootpath:
+a whiteout hides a path below it, an opaque folder the folder's lower contents. A symlink
+is followed inside the image, never on the host: its target is looked up in the merged
+layers again (at most :data:`MAX_LINKS` times).
 Each file is read to at most :data:`MAX_FILE` bytes, and at most :data:`MAX_FILES` files.
 Only http and https repositories are kept: a ``file:`` or ``copy:`` line would have
 kiln's apt read the host's files.
@@ -29,13 +29,13 @@ from typing import NamedTuple
 
 from kiln.apt.sources import Source, keep_inline_key, keep_keyring, parse
 from kiln.errors import BadInput, KilnError
-from kiln.rootpath import PATH, Root
+from kiln.layers import Stack
+from kiln.rootpath import Root
 
 MAX_FILE = 1 << 20
 MAX_FILES = 256
 MAX_LINKS = 16
 MAX_KEYRING = 1 << 20
-OPAQUE_XATTR = "trusted.overlay.opaque"
 SOURCES_LIST = "etc/apt/sources.list"
 SOURCES_PARTS = "etc/apt/sources.list.d"
 SCHEMES = ("http://", "https://")
@@ -47,47 +47,11 @@ class Layers:
     def __init__(self, dirs: Sequence[Path]) -> None:
         self.dirs = list(dirs)
 
-    def _lstat(self, root: Root, rel: str) -> os.stat_result | None:
-        try:
-            fd = root.open(rel, PATH, follow=False)
-        except (FileNotFoundError, NotADirectoryError, BadInput, KilnError):
-            return None
-        try:
-            return os.fstat(fd)
-        finally:
-            os.close(fd)
-
-    @staticmethod
-    def _opaque(root: Root, rel: str) -> bool:
-        try:
-            with root.directory(rel) as fd:
-                return os.getxattr(fd, OPAQUE_XATTR) == b"y"
-        except (OSError, BadInput, KilnError):
-            return False
-
     def _find(self, rel: str) -> tuple[Path, os.stat_result] | None:
         """The layer whose entry at ``rel`` is visible, and that entry (not followed)."""
-        names = [p for p in rel.split("/") if p]
-        for layer in reversed(self.dirs):
-            with Root(layer) as root:
-                hidden = False
-                for depth in range(1, len(names)):
-                    st = self._lstat(root, "/".join(names[:depth]))
-                    if st is None:
-                        break
-                    if not stat.S_ISDIR(st.st_mode):
-                        return None  # a whiteout or a file over a folder hides the rest
-                    if self._opaque(root, "/".join(names[:depth])):
-                        hidden = True
-                else:
-                    st = self._lstat(root, rel)
-                    if st is not None:
-                        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                            return None
-                        return layer, st
-                if hidden:
-                    return None
-        return None
+        with Stack(self.dirs) as stack:
+            found = stack.find(rel)
+        return None if found is None else (self.dirs[found[0]], found[1])
 
     def resolve(self, rel: str) -> tuple[Path, str, os.stat_result] | None:
         """Follow symlinks inside the image: (layer, path, entry) of what ``rel`` names."""
@@ -116,32 +80,14 @@ class Layers:
 
     def listdir(self, rel: str) -> list[str]:
         """The names in a folder of the merged image, whiteouts applied."""
-        names: set[str] = set()
-        hidden: set[str] = set()
         found = self.resolve(rel)
         if found is None or not stat.S_ISDIR(found[2].st_mode):
             return []
-        rel = found[1]
-        for layer in reversed(self.dirs):
-            with Root(layer) as root:
-                st = self._lstat(root, rel)
-                if st is None:
-                    continue
-                if not stat.S_ISDIR(st.st_mode):
-                    break
-                try:
-                    with root.directory(rel) as fd:
-                        for name in os.listdir(fd):
-                            entry = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                            if stat.S_ISCHR(entry.st_mode) and entry.st_rdev == 0:
-                                hidden.add(name)
-                            elif name not in hidden:
-                                names.add(name)
-                except (OSError, BadInput, KilnError):
-                    continue
-                if self._opaque(root, rel):
-                    break
-        return sorted(names)
+        with Stack(self.dirs) as stack:
+            try:
+                return sorted(stack.children(found[1]))
+            except (OSError, KilnError):
+                return []
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kiln.digests import file_sha256_of
 from kiln.rootpath import Root
-from kiln.store.tree import Entry
+from kiln.store.tree import Entry, entry_at
 from kiln.volatile import RULES
 
 VOLATILE = (
@@ -62,30 +60,12 @@ class Skip:
         return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.patterns)
 
 
-def _content(fd: int, name: str) -> str:
-    """sha256 of the regular file ``name`` in folder ``fd``, opened without following it."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-    file = os.open(name, flags, dir_fd=fd)
-    with os.fdopen(file, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(file).st_mode):
-            return "not a regular file any more"  # swapped while we looked: a change
-        return file_sha256_of(handle)
-
-
 def _entry(fd: int, name: str, st: os.stat_result, previous: tuple[Entry, StatKey] | None) -> Entry:
-    mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-    if stat.S_ISLNK(st.st_mode):
-        return Entry("link", mode, uid, gid, os.readlink(name, dir_fd=fd))
-    if stat.S_ISDIR(st.st_mode):
-        return Entry("dir", mode, uid, gid, "")
-    if stat.S_ISREG(st.st_mode):
-        key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        if previous is not None and previous[1] == key and previous[0].kind == "file":
-            content = previous[0].content
-        else:
-            content = _content(fd, name)
-        return Entry("file", mode, uid, gid, content)
-    return Entry("other", st.st_mode, uid, gid, str(st.st_rdev))
+    key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    content = None
+    if previous is not None and previous[1] == key and previous[0].kind == "file":
+        content = previous[0].content
+    return entry_at(fd, name, st, content)
 
 
 def snapshot(root: Path, skip: Skip, previous: Snapshot | None = None) -> Snapshot:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,15 +34,15 @@ from typing import Any
 
 from kiln.errors import KilnError, StoreError
 from kiln.home import Home
+from kiln.layers import Stack, is_opaque, is_whiteout, merge
 from kiln.machines import process
 from kiln.machines.contract import from_config
 from kiln.machines.converge import Skip
 from kiln.machines.folder import Folder, State, load
 from kiln.rootpath import DIR, Root
 from kiln.store import inventory
-from kiln.store.inventory import Node, is_whiteout
+from kiln.store.inventory import Node
 from kiln.store.layout import Layout
-from kiln.store.whiteout import is_opaque
 
 # Written by every machine as it boots; not drift. (/etc/machine-id is emptied by the seal,
 # so its checks in the image's labels name it too; an imported image may have none.)
@@ -195,76 +194,8 @@ def _collapse(changes: list[Change], ignored: Sequence[str]) -> list[Change]:
 # --- the fast check: the upper dir against the unpacked layers ---
 
 
-class _Lowers:
-    """The image's unpacked layers, looked up path by path the way overlayfs stacks them.
-
-    Which layers a folder is a real folder in is worked out once per folder, from its
-    parent's answer; no symlink is ever followed to get there."""
-
-    def __init__(self, dirs: Sequence[Path]) -> None:
-        self.roots = [Root(d) for d in reversed(dirs)]  # top first
-        self._stacks: dict[str, list[int]] = {"": list(range(len(self.roots)))}
-
-    def close(self) -> None:
-        for root in self.roots:
-            root.close()
-
-    def _lstat(self, index: int, rel: str) -> os.stat_result | None:
-        try:
-            return self.roots[index].lstat(rel)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-
-    def _opaque(self, index: int, rel: str) -> bool:
-        fd = self.roots[index].open(rel, DIR, follow=False)
-        try:
-            return is_opaque(fd)
-        finally:
-            os.close(fd)
-
-    def stack(self, rel_dir: str) -> list[int]:
-        """The layers (top first) whose folder ``rel_dir`` shows in the merged view."""
-        found = self._stacks.get(rel_dir)
-        if found is not None:
-            return found
-        parent, _, _name = rel_dir.rpartition("/")
-        found = []
-        for index in self.stack(parent):
-            st = self._lstat(index, rel_dir)
-            if st is None:
-                continue
-            if not stat.S_ISDIR(st.st_mode):
-                break  # a file or whiteout here hides the layers below
-            found.append(index)
-            if self._opaque(index, rel_dir):
-                break
-        self._stacks[rel_dir] = found
-        return found
-
-    def find(self, rel: str) -> tuple[int, os.stat_result] | None:
-        """The layer that shows ``rel`` and its lstat, or None when the image has no ``rel``."""
-        for index in self.stack(rel.rpartition("/")[0]):
-            st = self._lstat(index, rel)
-            if st is None:
-                continue
-            return None if is_whiteout(st) else (index, st)
-        return None
-
-    def children(self, rel_dir: str) -> dict[str, tuple[int, os.stat_result]]:
-        """What the image shows inside the folder ``rel_dir``: name -> (layer, lstat)."""
-        out: dict[str, tuple[int, os.stat_result]] = {}
-        hidden: set[str] = set()
-        for index in self.stack(rel_dir):
-            with self.roots[index].directory(rel_dir or "/") as fd:
-                for name in os.listdir(fd):
-                    if name in out or name in hidden:
-                        continue
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                    if is_whiteout(st):
-                        hidden.add(name)
-                    else:
-                        out[name] = (index, st)
-        return out
+class _Lowers(Stack):
+    """The image's unpacked layers as kiln.layers stacks them, with their entries as Nodes."""
 
     def node(self, index: int, rel: str, st: os.stat_result) -> Node:
         with self.roots[index].parent(rel) as (fd, name):
@@ -357,9 +288,9 @@ def _deep(
     view the inventories give; a layer without one stands for itself."""
     on_disk = [inventory.listing(d) for d in dirs]
     machine_upper = inventory.listing(upper)
-    lowers_now = inventory.merge(on_disk)
-    actual = inventory.merge([*on_disk, machine_upper])
-    expected = inventory.merge(
+    lowers_now = merge(on_disk)
+    actual = merge([*on_disk, machine_upper])
+    expected = merge(
         [nodes if nodes is not None else on_disk[i] for i, nodes in enumerate(recorded)]
     )
     top = len(dirs)  # the upper dir's index in ``actual``

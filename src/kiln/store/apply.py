@@ -20,8 +20,8 @@ from typing import IO
 
 from kiln import proc
 from kiln.errors import BadInput
+from kiln.layers import OPAQUE, WHITEOUT, oci_marker
 from kiln.rootpath import Root
-from kiln.store import whiteout
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 XATTR = "SCHILY.xattr."
@@ -81,11 +81,12 @@ def _path(tarball: Path, member: tarfile.TarInfo) -> str:
 def _whiteout(root: Root, tarball: Path, member: tarfile.TarInfo) -> None:
     path = _path(tarball, member)
     folder, base = path.rsplit("/", 1)
-    if base == whiteout.WH_OPAQUE:
+    marker = oci_marker(base)
+    if marker is not None and marker[0] == OPAQUE:
         with suppress(FileNotFoundError, NotADirectoryError):  # nothing below to hide
             root.empty(folder or "/")
-    elif base.startswith(whiteout.WH_PREFIX):
-        root.remove(f"{folder}/{base[len(whiteout.WH_PREFIX) :]}")
+    elif marker is not None and marker[0] == WHITEOUT:
+        root.remove(f"{folder}/{marker[1]}")
 
 
 def _extract(
@@ -96,7 +97,7 @@ def _extract(
     folders: list[tuple[str, int]],
 ) -> None:
     path = _path(tarball, member)
-    if path.rsplit("/", 1)[1].startswith(whiteout.WH_PREFIX):
+    if oci_marker(path.rsplit("/", 1)[1]) is not None:
         return
     mode = member.mode & 0o7777
     mtime = int(member.mtime * 1_000_000_000)

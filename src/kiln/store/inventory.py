@@ -24,17 +24,18 @@ import json
 import os
 import stat
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kiln.digests import CHUNK, canonical_json
+from kiln.digests import canonical_json, file_sha256_of
 from kiln.errors import StoreError
+from kiln.layers import DIRECTORY, FILE, LINK, WHITEOUT, is_opaque, kind
+from kiln.layers import mode as entry_mode
 from kiln.rootpath import Root
 from kiln.store.artefacts import KIND, MEDIA_EMPTY, SUBJECT
 from kiln.store.layout import FSCK_HINT, MEDIA_MANIFEST, Descriptor, Layout
-from kiln.store.whiteout import is_opaque
 
 ARTEFACT = "inventory"  # the artefact kind, in index.json and the catalog
 ARTIFACT_TYPE = "application/vnd.kiln.inventory.v1"
@@ -87,10 +88,6 @@ class Node:
         )
 
 
-def is_whiteout(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
 def file_sha256(fd: int, name: str) -> str:
     """sha256 of the regular file ``name`` in the folder ``fd``, never following a link."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
@@ -98,24 +95,21 @@ def file_sha256(fd: int, name: str) -> str:
     with os.fdopen(file, "rb") as handle:
         if not stat.S_ISREG(os.fstat(file).st_mode):
             return "not a regular file any more"  # swapped while we looked
-        digest = hashlib.sha256()
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-        return digest.hexdigest()
+        return file_sha256_of(handle)
 
 
 def node(fd: int, name: str, st: os.stat_result, sha256: str = "") -> Node:
     """The Node of ``name`` in folder ``fd`` from its lstat (a link is read, not followed)."""
-    mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-    if stat.S_ISREG(st.st_mode):
-        return Node("file", mode, uid, gid, st.st_size, sha256)
-    if stat.S_ISDIR(st.st_mode):
-        return Node("dir", mode, uid, gid)
-    if stat.S_ISLNK(st.st_mode):
-        return Node("link", mode, uid, gid, target=os.readlink(name, dir_fd=fd))
-    if is_whiteout(st):
-        return Node("whiteout")
-    return Node("other", st.st_mode, uid, gid, target=str(st.st_rdev))
+    what, mode, uid, gid = kind(st), entry_mode(st), st.st_uid, st.st_gid
+    if what == FILE:
+        return Node(what, mode, uid, gid, st.st_size, sha256)
+    if what == DIRECTORY:
+        return Node(what, mode, uid, gid)
+    if what == LINK:
+        return Node(what, mode, uid, gid, target=os.readlink(name, dir_fd=fd))
+    if what == WHITEOUT:
+        return Node(what)
+    return Node(what, mode, uid, gid, target=str(st.st_rdev))
 
 
 def _path(rel_dir: str, name: str) -> str:
@@ -314,35 +308,6 @@ def _differs(then: Node, now: Node) -> list[str]:
 
 def _parent(path: str) -> str:
     return path.rpartition("/")[0]
-
-
-def merge(layers: Sequence[Mapping[str, Node]]) -> dict[str, tuple[int, Node]]:
-    """The view overlayfs gives of ``layers`` (bottom first, each listed parents first):
-    path -> (index of the layer that provides it, its node). A whiteout removes a path and
-    everything below it; an opaque folder, or a non-folder over a folder, hides what the
-    layers below held under it."""
-    merged: dict[str, tuple[int, Node]] = {}
-    children: dict[str, set[str]] = {}
-
-    def drop_below(path: str) -> None:
-        for child in children.pop(path, set()):
-            merged.pop(child, None)
-            drop_below(child)
-
-    for index, nodes in enumerate(layers):
-        for path, item in nodes.items():
-            old = merged.get(path)
-            if item.kind == "whiteout":
-                if old is not None:
-                    del merged[path]
-                    children.get(_parent(path), set()).discard(path)
-                    drop_below(path)
-                continue
-            if old is not None and old[1].kind == "dir" and (item.kind != "dir" or item.opaque):
-                drop_below(path)
-            merged[path] = (index, item)
-            children.setdefault(_parent(path), set()).add(path)
-    return merged
 
 
 def walk_up(path: str) -> Iterator[str]:

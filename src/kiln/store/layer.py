@@ -37,9 +37,8 @@ from typing import BinaryIO, cast
 
 from isal import igzip, igzip_lib, isal_zlib
 
-from kiln import proc
+from kiln import layers, proc
 from kiln.errors import StoreError
-from kiln.store import whiteout
 from kiln.store.layout import (
     CHUNK,
     FSCK_HINT,
@@ -115,15 +114,15 @@ def capture(
         clamp_mtimes(source, source_date_epoch)
     if not lowers:  # nothing below a base layer: no deletion or opaque marker can matter
         return _stream(layout, tmp_dir, tar_argv(source, source_date_epoch))
-    found = whiteout.scan_overlay(source)
+    found = layers.scan_overlay(source)
     found.opaque = [
         rel for rel in found.opaque if rel and any((lower / rel).is_dir() for lower in lowers)
     ]
-    whiteout.overlay_to_oci(source, found)
+    layers.overlay_to_oci(source, found)
     try:
         return _stream(layout, tmp_dir, tar_argv(source, source_date_epoch))
     finally:
-        whiteout.oci_to_overlay(source, found)
+        layers.oci_to_overlay(source, found)
 
 
 def clamp_mtimes(tree: Path, epoch: int) -> None:
@@ -204,7 +203,7 @@ def unpack(
         try:
             names = _extract(source, blob, diff_id, dest, what)
             if _may_hold_whiteouts(names):  # most layers hold none: skip the walk
-                whiteout.oci_to_overlay(dest, whiteout.scan_oci(dest))
+                layers.oci_to_overlay(dest, layers.scan_oci(dest))
         except BaseException:
             remove_tree(dest)
             raise
@@ -240,7 +239,7 @@ def _extract(
 def _may_hold_whiteouts(names: bytes) -> bool:
     """True unless no member's base name starts with ``.wh.`` (tar -v lists every member;
     its quoting escapes only unprintable characters and backslashes, never these)."""
-    marker = whiteout.WH_PREFIX.encode()
+    marker = layers.WH_PREFIX.encode()
     return names.startswith(marker) or b"/" + marker in names or b"\n" + marker in names
 
 

@@ -1,61 +1,28 @@
 """The merged file tree of an image, read from its unpacked layers, and diffs between two.
 
-A view maps each path to the layer folder that provides it, applying whiteouts and opaque
-folders the way overlayfs does; layers are read through kiln.rootpath. Two images that
+A view maps each path to the layer folder that provides it, as kiln.layers merges a stack
+the way overlayfs does; layers are read through kiln.rootpath. Two images that
 share a layer share its entries, so a diff only reads (and hashes) files that come from
 different layers.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln.digests import CHUNK
+from kiln.layers import DIRECTORY, FILE, LINK, OTHER, kind, merge
+from kiln.layers import mode as entry_mode
 from kiln.rootpath import Root
-from kiln.store.whiteout import is_opaque
+from kiln.store.inventory import file_sha256, listing
 
 
 def view(layer_dirs: Sequence[Path]) -> dict[str, Path]:
     """path (relative, no leading ./) -> the layer folder whose entry is visible."""
-    merged: dict[str, Path] = {}
-    dirs: set[str] = set()
-    for layer in layer_dirs:
-        covers: set[str] = set()  # folders of this layer over a lower layer's folder
-        with Root(layer) as root:
-            for rel_dir, fd, entries in root.walk():
-                if rel_dir in covers and is_opaque(fd):  # hides everything below it
-                    _drop_below(merged, dirs, rel_dir)
-                    dirs.add(rel_dir)
-                for name, st in entries.items():
-                    rel = os.path.join(rel_dir, name)
-                    was_dir = rel in dirs
-                    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:  # whiteout
-                        merged.pop(rel, None)
-                        if was_dir:
-                            _drop_below(merged, dirs, rel)
-                        continue
-                    is_dir = stat.S_ISDIR(st.st_mode)
-                    if was_dir and not is_dir:
-                        _drop_below(merged, dirs, rel)
-                    elif was_dir:
-                        covers.add(rel)
-                    merged[rel] = layer
-                    if is_dir:
-                        dirs.add(rel)
-    return merged
-
-
-def _drop_below(merged: dict[str, Path], dirs: set[str], rel: str) -> None:
-    prefix = rel + "/"
-    for key in [k for k in merged if k.startswith(prefix)]:
-        del merged[key]
-        dirs.discard(key)
-    dirs.discard(rel)
+    merged = merge([listing(layer) for layer in layer_dirs])
+    return {path[1:]: layer_dirs[index] for path, (index, _node) in merged.items()}
 
 
 @dataclass(frozen=True)
@@ -72,20 +39,22 @@ class Entry:
         return f"{self.kind} {self.mode:04o} {self.uid}:{self.gid}"
 
 
+def entry_at(fd: int, name: str, st: os.stat_result, content: str | None = None) -> Entry:
+    """The Entry of ``name`` in folder ``fd`` from its lstat; a regular file is hashed (never
+    followed) unless its ``content`` is known. A whiteout is a special file here."""
+    what, mode, uid, gid = kind(st), entry_mode(st), st.st_uid, st.st_gid
+    if what == LINK:
+        return Entry(what, mode, uid, gid, os.readlink(name, dir_fd=fd))
+    if what == DIRECTORY:
+        return Entry(what, mode, uid, gid, "")
+    if what == FILE:
+        return Entry(what, mode, uid, gid, file_sha256(fd, name) if content is None else content)
+    return Entry(OTHER, mode, uid, gid, str(st.st_rdev))
+
+
 def entry(root: Root, rel: str) -> Entry:
-    st = root.lstat(rel)
-    mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-    if stat.S_ISLNK(st.st_mode):
-        return Entry("link", mode, uid, gid, root.readlink(rel))
-    if stat.S_ISDIR(st.st_mode):
-        return Entry("dir", mode, uid, gid, "")
-    if stat.S_ISREG(st.st_mode):
-        digest = hashlib.sha256()
-        with os.fdopen(root.open_file(rel, follow=False), "rb") as handle:
-            while chunk := handle.read(CHUNK):
-                digest.update(chunk)
-        return Entry("file", mode, uid, gid, digest.hexdigest())
-    return Entry("other", mode, uid, gid, str(st.st_rdev))
+    with root.parent(rel) as (fd, name):
+        return entry_at(fd, name, os.stat(name, dir_fd=fd, follow_symlinks=False))
 
 
 @dataclass
