@@ -18,7 +18,7 @@ from kiln.app.workspace import Workspace
 from kiln.errors import RecipeError
 from kiln.home import Home
 from kiln.lifecycle import policy, trust
-from kiln.lifecycle.locate import locate
+from kiln.lifecycle.policyfile import locate
 from tests.unit.lifecycle_rows import add_image, workspace
 
 __all__ = ["workspace"]  # the fixture

@@ -29,7 +29,7 @@ from kiln.catalog.lifecycle import Event, Signature
 from kiln.errors import BadInput
 from kiln.home import Home
 from kiln.lifecycle import policy, signing, trust
-from kiln.lifecycle.locate import locate
+from kiln.lifecycle.policyfile import locate
 from kiln.store import gc
 from kiln.store.layout import (
     MEDIA_MANIFEST,
@@ -425,7 +425,7 @@ def test_the_check_on_the_clock_imports_only_what_it_needs(home: Home, tmp_path:
         [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    loaded = "['kiln.lifecycle.locate', 'kiln.lifecycle.trust']"
+    loaded = "['kiln.lifecycle.policyfile', 'kiln.lifecycle.trust']"
     assert out.stdout.splitlines() == ["[]", loaded, "True False"]
 
 

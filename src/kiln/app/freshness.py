@@ -89,7 +89,7 @@ def _now() -> datetime:
 def index_max_age(workspace: Workspace, policy_file: Path | None = None) -> int:
     """The policy's ``[freshness] index_max_age`` in seconds (the models load only when
     there is a policy file)."""
-    from kiln.lifecycle.locate import locate
+    from kiln.lifecycle.policyfile import locate
 
     if locate(workspace.home, policy_file) is None:
         return 3600

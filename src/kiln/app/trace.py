@@ -269,7 +269,7 @@ def _pipeline(workspace: Workspace, used: set[str]) -> list[str]:
     """The channels as columns: those the policy file defines, in pipeline order (each
     after the one its ``after`` names, else in the file's order), then any others in use,
     sorted. Without a policy file: the channels in use, sorted."""
-    from kiln.lifecycle.locate import locate
+    from kiln.lifecycle.policyfile import locate
 
     path = locate(workspace.home, None)
     if path is None:

@@ -42,7 +42,7 @@ of ``after`` has no cycle. A promotion into a channel the file does not define i
 
 Which file: ``--policy PATH``, else ``KILN_POLICY``, else ``kiln.toml`` in the current
 folder, else ``$KILN_HOME/kiln.toml`` (anything there that is not a regular file is an
-error: kiln.lifecycle.locate); without one there are no gates, no trust policy, every
+error: kiln.lifecycle.policyfile); without one there are no gates, no trust policy, every
 channel name is open and gc keeps what its flags say. Commands that apply a policy say
 which file they used.
 """
@@ -63,10 +63,10 @@ from kiln import refs
 from kiln.durations import seconds
 from kiln.errors import BadInput, NotFound, Problem, RecipeError
 from kiln.home import Home
-from kiln.lifecycle.locate import MAX_POLICY_BYTES, NAME, locate
+from kiln.lifecycle.policyfile import MAX_POLICY_BYTES, NAME, locate
 from kiln.recipe import limits
+from kiln.recipe.keylines import KeyPath, LineIndex, format_path
 from kiln.recipe.load import parse_toml, pydantic_problems
-from kiln.recipe.locate import KeyPath, LineIndex, format_path
 from kiln.schema import Model
 from kiln.suggest import did_you_mean
 
@@ -340,6 +340,6 @@ def load(path: Path) -> Policy:
 
 
 def find(home: Home, given: Path | None = None) -> Policy:
-    """The policy in force (kiln.lifecycle.locate), loaded; the empty one if none."""
+    """The policy in force (kiln.lifecycle.policyfile), loaded; the empty one if none."""
     path = locate(home, given)
     return load(path) if path is not None else Policy(PolicyModel())

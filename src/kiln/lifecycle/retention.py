@@ -40,7 +40,7 @@ from kiln.durations import seconds
 from kiln.errors import BadInput
 from kiln.home import Home
 from kiln.lifecycle.channels import stack
-from kiln.lifecycle.locate import locate
+from kiln.lifecycle.policyfile import locate
 
 ANCESTOR_NAMES = 3  # descendants named in an "ancestor of" reason; the rest are counted
 NO_RULE = "no retention rule is set"

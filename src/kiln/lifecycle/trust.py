@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from kiln.errors import KilnError
 from kiln.home import Home
-from kiln.lifecycle.locate import MAX_POLICY_BYTES, locate
+from kiln.lifecycle.policyfile import MAX_POLICY_BYTES, locate
 from kiln.recipe.limits import read_regular
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from kiln import refs
 from kiln.errors import NotFound, Problem, RecipeError
 from kiln.recipe import limits
-from kiln.recipe.locate import KeyPath, LineIndex, format_path
+from kiln.recipe.keylines import KeyPath, LineIndex, format_path
 from kiln.recipe.models import STEP_KINDS, Recipe
 from kiln.steps import raw_inputs as step_inputs
 
