@@ -8,9 +8,10 @@ import os
 import time
 from pathlib import Path
 
-from kiln.app.propagate import Parents
+from kiln.app.propagation_plan import Parents
 from kiln.catalog.lookup import Lookup
-from kiln.lifecycle.propagation import Plan, Row, moved_pin, plan
+from kiln.lifecycle.propagation import Plan, Row, plan
+from kiln.recipe.pin import moved_pin
 
 
 class Rows:

@@ -20,7 +20,6 @@ them): a plan over 10,000 images takes milliseconds.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -306,27 +305,3 @@ def _held(
         f"it follows {written}, which does not hold a version built on the change yet: "
         f"promote the new {above} to {channel} first"
     )
-
-
-def moved_pin(text: str, line: int | None, pin: str, new: str) -> str | None:
-    """A recipe's text with its parent pin (``parent = "base:3"`` on ``line``) moved to
-    ``new``, and nothing else changed; None when the pin is not one plain string on that
-    line or the edit would change anything else (then a person moves it)."""
-    lines = text.splitlines(keepends=True)
-    index = (line or 0) - 1
-    if not 0 <= index < len(lines):
-        return None
-    quote = next((q for q in (f'"{pin}"', f"'{pin}'") if lines[index].count(q) == 1), None)
-    if quote is None:
-        return None
-    lines[index] = lines[index].replace(quote, quote[0] + new + quote[0])
-    changed = "".join(lines)
-    try:
-        before, after = tomllib.loads(text), tomllib.loads(changed)
-    except tomllib.TOMLDecodeError:
-        return None
-    image = after.get("image")
-    if not isinstance(image, dict) or image.get("parent") != new:
-        return None
-    image["parent"] = pin
-    return changed if after == before else None

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import stat
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from kiln.errors import NotFound, Problem, RecipeError
 from kiln.recipe import limits
 from kiln.recipe.keylines import KeyPath, LineIndex, format_path
 from kiln.recipe.models import STEP_KINDS, Recipe
+from kiln.recipe.text import parse_toml as parse_toml
 from kiln.steps import raw_inputs as step_inputs
 
 
@@ -206,32 +205,6 @@ def _raw_problems(file: str, folder: Path, index: LineIndex, raw: dict[str, Any]
                 "(a root filesystem tarball or an OCI archive)",
             )
     return problems
-
-
-def parse_toml(file: str, data: bytes) -> tuple[str, dict[str, Any]]:
-    def fail(line: int | None, message: str) -> RecipeError:
-        return RecipeError([Problem(file, line, "", message)])
-
-    try:
-        text = data.decode()
-    except UnicodeDecodeError as exc:
-        raise fail(
-            data.count(b"\n", 0, exc.start) + 1,
-            f"not UTF-8 text (byte {exc.start}): is this a recipe?",
-        ) from None
-    try:
-        return text, tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
-        line = int(match.group(1)) if match else None
-        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
-        raise fail(line, f"TOML syntax: {message}") from None
-    except RecursionError:
-        raise fail(
-            None, f"TOML nested too deeply to parse (at most {limits.MAX_DEPTH} levels)"
-        ) from None
-    except ValueError as exc:  # an integer of thousands of digits
-        raise fail(None, f"TOML value out of range: {exc}") from None
 
 
 def _capped(problems: list[Problem], file: str) -> list[Problem]:
