@@ -52,6 +52,8 @@ from kiln.recipe.lockfile import parse as parse_lock
 from kiln.store.layer import GZIP_LEVEL, capture, read_stream
 from kiln.store.layout import Descriptor, Layout
 
+# mmdebstrap's own hook that makes a file:// mirror visible to dpkg inside the root
+AUTOMOUNT = "--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount"
 # the compressor kiln captures with, as a pipe: the same library, level and stream format
 COMPRESS = shlex.join([sys.executable, "-m", "isal.igzip", f"-{GZIP_LEVEL}", "-n", "-c"])
 
@@ -129,15 +131,16 @@ def bench_locked(home: Path, runs: int, examples: Path, scratch: Path) -> list[R
     ours_argv = [*KILN, "bake", "--no-cache", str(recipe_path)]
     times: dict[str, list[float]] = {"kiln": [], "local": [], "mirror": []}
 
-    def peer(root: Path, include: tuple[str, ...], mirrors: list[str]) -> float:
+    def peer(root: Path, include: tuple[str, ...], mirrors: list[str], *hooks: str) -> float:
         argv = mmdebstrap_argv(spec, include, root, mirrors)
-        seconds = timed([a for a in argv if not a.startswith("--customize-hook")])
+        argv = [argv[0], *hooks, *(a for a in argv[1:] if not a.startswith("--customize-hook"))]
+        seconds = timed(argv)
         shutil.rmtree(root)
         return seconds
 
     sides = {
         "kiln": lambda run: timed(ours_argv, env),
-        "local": lambda run: peer(scratch / f"local-{run}", names, [local]),
+        "local": lambda run: peer(scratch / f"local-{run}", names, [local], AUTOMOUNT),
         "mirror": lambda run: peer(scratch / f"mirror-{run}", packages, sources(spec)),
     }
     for run in range(runs):

@@ -39,14 +39,19 @@ def kiln(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
 def timed(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
     """Wall-clock seconds of one run of argv (output discarded; failure raises)."""
     start = time.perf_counter()
-    subprocess.run(
+    done = subprocess.run(
         list(argv),
         env={**os.environ, **(env or {})},
-        check=True,
+        check=False,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        text=True,
     )
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.splitlines()[-20:])
+        raise SystemExit(f"{' '.join(argv)} exited {done.returncode}:\n{tail}")
+    return seconds
 
 
 def best_of(runs: int, fn: Callable[[], float]) -> list[float]:
