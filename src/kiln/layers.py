@@ -24,7 +24,7 @@ import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol, Self, TypeVar
 
 from kiln.errors import KilnError
 from kiln.rootpath import DIR, Root
@@ -234,7 +234,7 @@ class Stack:
         for root in self.roots:
             root.close()
 
-    def __enter__(self) -> Stack:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
