@@ -1,6 +1,6 @@
 """Spin-up benchmark: time to healthy for web, from its baked image and configured on demand.
 
-    sudo .venv/bin/python -m bench.spinup [--runs N] [--on-demand-runs N] [--json]
+    sudo .venv/bin/python -m bench.spinup [--home KILN_HOME] [--runs N] [--on-demand-runs N]
 
 Both sides are whole processes, timed from their start (interpreter and imports included)
 until web's health check (GET http://127.0.0.1/ inside the machine) passes.
@@ -13,7 +13,8 @@ until web's health check (GET http://127.0.0.1/ inside the machine) passes.
    The median of N runs (default 3; the stages shown are the median run's).
    Target: baked >= 20x faster, median against median.
 
-A fresh KILN_HOME under /var/tmp holds the bake of examples/ (not timed) and the machines.
+A fresh KILN_HOME under /var/tmp (or --home, kept) holds the bake of examples/ (not
+timed) and the machines; the bench's machines are removed at the end.
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--home", type=Path, help="a KILN_HOME to bake examples/ into and keep")
     parser.add_argument("--runs", type=int, default=5, help="baked boots to take the median of")
     parser.add_argument(
         "--on-demand-runs", type=int, default=3, help="configure-on-demand runs (median)"
@@ -160,14 +162,17 @@ def main() -> None:
         home, name = args.configure_on_demand
         print(json.dumps(configure_on_demand(Path(home), name)))
         return
-    folder = Path(tempfile.mkdtemp(prefix="kiln-bench-", dir="/var/tmp"))
+    folder = None if args.home else Path(tempfile.mkdtemp(prefix="kiln-bench-", dir="/var/tmp"))
+    home: Path = args.home.absolute() if folder is None else folder / "home"
     try:
-        data = measure(folder / "home", args.runs, args.on_demand_runs)
+        data = measure(home, args.runs, args.on_demand_runs)
     finally:
-        machines = folder / "home" / "machines"
+        machines = home / "machines"
         for machine in machines.iterdir() if machines.is_dir() else []:
-            kiln(folder / "home", "rm", "--volumes", machine.name, check=False)
-        remove_tree(folder)  # never crosses into a mount that is still there
+            if machine.name.startswith("bench-"):
+                kiln(home, "rm", "--volumes", machine.name, check=False)
+        if folder is not None:
+            remove_tree(folder)  # never crosses into a mount that is still there
     print(json.dumps(data, indent=2) if args.json else render(data))
     if not data["ok"]:
         sys.exit(1)
