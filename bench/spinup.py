@@ -159,11 +159,11 @@ def main() -> None:
     parser.add_argument("--configure-on-demand", nargs=2, metavar=("HOME", "NAME"), help="internal")
     args = parser.parse_args()
     if args.configure_on_demand:
-        home, name = args.configure_on_demand
-        print(json.dumps(configure_on_demand(Path(home), name)))
+        given, name = args.configure_on_demand
+        print(json.dumps(configure_on_demand(Path(given), name)))
         return
     folder = None if args.home else Path(tempfile.mkdtemp(prefix="kiln-bench-", dir="/var/tmp"))
-    home: Path = args.home.absolute() if folder is None else folder / "home"
+    home = args.home.absolute() if folder is None else folder / "home"
     try:
         data = measure(home, args.runs, args.on_demand_runs)
     finally:
