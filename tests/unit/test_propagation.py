@@ -208,3 +208,19 @@ def test_a_pin_moves_alone_or_not_at_all() -> None:
     assert moved_pin(triple, 3, "base:3", "base:4") == triple.replace("base:3", "base:4")
     other = '[image]\nname = "web"\nparent = "base:3"\ndescription = "base:3"\n'
     assert moved_pin(other, 3, "base:3", "base:4") == other.replace("base:3", "base:4", 1)
+
+
+def test_a_recipes_parent_is_read_as_the_loader_reads_it(tmp_path: Path) -> None:
+    from kiln.recipe.limits import MAX_RECIPE_BYTES
+    from kiln.recipe.text import named_parent, recipe_bytes
+
+    recipe = tmp_path / "web.toml"
+    recipe.write_text('[image]\nname = "web"\nparent = "base:2"\n')
+    data = recipe_bytes(recipe)
+    assert data is not None and named_parent(recipe, data) == "base:2"
+    assert named_parent(recipe, b"[image]\nparent = 3\n") is None  # not a ref: its bake says
+    assert named_parent(recipe, b"x = " + b"9" * 5000 + b"\n") is None  # too long to read
+    assert named_parent(recipe, b"\xff") is None
+    recipe.write_bytes(b"#" * (MAX_RECIPE_BYTES + 1))
+    assert recipe_bytes(recipe) is None  # larger than any recipe may be
+    assert recipe_bytes(tmp_path / "gone.toml") is None

@@ -343,3 +343,18 @@ def test_mount_points_are_not_crossed(root: Root, tree: Path, mounted: Path) -> 
     assert root.glob("/srv/**") == ["/srv", "/srv/mnt", "/srv/site"]
     assert (mounted / "data").read_text() == "on another mount\n"
     assert sorted(os.listdir(mounted)) == ["data"]
+
+
+def test_the_resolver_alone_reads_inside_the_root(tree: Path, kernel: bool, sentinel: Path) -> None:
+    """kiln.rootresolve resolves and reads without the tree operations Root adds on it."""
+    from kiln.rootresolve import Resolver
+
+    (tree / "etc" / "hostname").write_text("inside\n")
+    (tree / "etc" / "link").symlink_to("/etc/hostname")
+    with Resolver(tree, kernel=kernel) as resolver:
+        assert resolver.read_text("/etc/link") == "inside\n"  # absolute: inside the root
+        with pytest.raises(FileNotFoundError):
+            resolver.listdir("/esc")  # the sentinel's path, looked for inside the root
+        assert repr(resolver) == f"Resolver({str(tree)!r})"
+    with Root(tree, kernel=kernel) as root:
+        assert isinstance(root, Resolver) and repr(root) == f"Root({str(tree)!r})"
