@@ -14,10 +14,11 @@ from sqlalchemy import select
 from kiln import refs
 from kiln.app import lifecycle, trace
 from kiln.app.workspace import Workspace
+from kiln.catalog import session as catalog_session
 from kiln.catalog.lifecycle import Assignment
 from kiln.catalog.lookup import ImageRow, Revoked
 from kiln.errors import BadInput, KilnError
-from kiln.lifecycle import channels, revocation
+from kiln.lifecycle import revocation
 from tests.unit.lifecycle_rows import add_image, add_machine, workspace
 
 __all__ = ["workspace"]  # the fixture
@@ -138,7 +139,7 @@ def test_a_scheduled_revocation_takes_effect_when_its_time_comes(workspace: Work
     assert listed["prod"]["image"] is None
     assert listed["prod"]["head"]["action"] == "revoke"  # the read wrote the row
     with workspace.catalog.reading() as session:
-        reader = channels.reader(session)
+        reader = catalog_session.reader(session)
         assert revocation.settle(session, reader, datetime.now(UTC)) == []  # only once
 
 

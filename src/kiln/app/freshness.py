@@ -23,12 +23,11 @@ from kiln import refs
 from kiln.app.workspace import Workspace
 from kiln.apt import indexes
 from kiln.apt.indexes import View
+from kiln.catalog import outdated as installed_packages
 from kiln.catalog import versions
 from kiln.catalog.lookup import ImageRow, Lookup, iso
 from kiln.lifecycle import freshness
 from kiln.lifecycle.freshness import Update
-
-PACKAGES = "SELECT image_id, name, architecture, version FROM packages WHERE image_id IN ({ids})"
 
 
 @dataclass
@@ -136,14 +135,7 @@ def targets(workspace: Workspace, given: Sequence[str], now: datetime) -> list[I
 
 
 def _packages(lookup: Lookup, ids: list[int]) -> dict[int, list[tuple[str, str, str]]]:
-    out: dict[int, list[tuple[str, str, str]]] = {i: [] for i in ids}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        params = {f"i{n}": value for n, value in enumerate(chunk)}
-        sql = PACKAGES.format(ids=", ".join(":" + k for k in params))
-        for image_id, name, arch, version in lookup.rows(sql, **params):
-            out[image_id].append((name, arch, version))
-    return out
+    return installed_packages.package_versions(lookup, ids)
 
 
 def _views(

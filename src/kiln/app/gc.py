@@ -23,9 +23,10 @@ from kiln.app.workspace import Workspace
 from kiln.catalog import Catalog, events
 from kiln.catalog import retention as rows
 from kiln.catalog.revisions import PENDING
+from kiln.catalog.session import reader
 from kiln.errors import KilnError
 from kiln.home import Home
-from kiln.lifecycle import channels, retention
+from kiln.lifecycle import retention
 from kiln.machines import leftovers
 from kiln.machines.folder import Folder, machines_dir
 from kiln.machines.folder import load as load_state
@@ -34,7 +35,7 @@ from kiln.store import gc
 from kiln.store.layout import Layout, image_ref
 
 if TYPE_CHECKING:
-    from kiln.catalog.db import Session
+    from kiln.catalog.session import Session
 
 
 @dataclass
@@ -187,7 +188,7 @@ def _retire(
             if not removed
         ]
         pins = _folder_uses(workspace.home, snap, uses, notes)
-        revoked = set(channels.reader(session).revoked_images(now))  # rollback steps over
+        revoked = set(reader(session).revoked_images(now))  # rollback steps over
         decision = retention.decide(
             snap.versions, snap.assignments, uses, rules, now, pins, revoked
         )

@@ -18,6 +18,7 @@ from typing import Any
 from kiln import refs
 from kiln.app.workspace import Workspace
 from kiln.catalog.lookup import AssignmentRow, Head, ImageRow, Lookup, iso, moment
+from kiln.catalog.trace import is_known
 from kiln.errors import BadInput, KilnError, NotFound
 
 
@@ -81,6 +82,7 @@ def promote(
     """Point ``channel`` of the image's name at the image ``ref`` names, if every gate the
     policy sets for that channel holds (with ``force``, anyway: recorded as forced)."""
     from kiln.catalog import events
+    from kiln.catalog.session import reader
     from kiln.lifecycle import channels, gates, policy, revocation
 
     channels.check_name(channel)
@@ -95,7 +97,7 @@ def promote(
 
         freshness.image_lines(workspace.home, layout, workspace.lookup.image(parsed, usable=False))
     with workspace.catalog.session() as session:
-        lookup = channels.reader(session)
+        lookup = reader(session)
         now = now_utc()
         revocation.settle(session, lookup, now)
         image = lookup.image(parsed, usable=False)  # the revoked gate says why not
@@ -150,16 +152,16 @@ def settle_due(workspace: Workspace, heads: list[Head]) -> None:
     (only then does this read load the ORM)."""
     if not any(head.left is not None for head in heads):
         return
-    from kiln.lifecycle import channels, revocation
+    from kiln.catalog.session import reader
+    from kiln.lifecycle import revocation
 
     with workspace.catalog.session() as session:
-        revocation.settle(session, channels.reader(session), now_utc())
+        revocation.settle(session, reader(session), now_utc())
 
 
 def known(lookup: Lookup, name: str) -> None:
-    for table in ("images", "channel_assignments"):
-        if lookup.rows(f"SELECT 1 FROM {table} WHERE name = :name LIMIT 1", name=name):
-            return
+    if is_known(lookup, name):
+        return
     raise NotFound(f"no image named {name} in the catalog", hint="'kiln images' lists them")
 
 
@@ -227,11 +229,12 @@ def _with_removed(data: dict[str, Any], gone: Any) -> dict[str, Any]:
 def rollback(workspace: Workspace, name: str, channel: str) -> dict[str, Any]:
     """Point ``channel`` back at what it held before its current assignment."""
     from kiln.catalog import events
+    from kiln.catalog.session import reader
     from kiln.lifecycle import channels, revocation
 
     channels.check_name(channel)
     with workspace.catalog.session() as session:
-        lookup = channels.reader(session)
+        lookup = reader(session)
         now = now_utc()
         revocation.settle(session, lookup, now)
         rows = lookup.assignments(name, channel)
@@ -297,13 +300,14 @@ def _removed_below(lookup: Lookup, rows: list[AssignmentRow]) -> str:
 
 
 def revoke(workspace: Workspace, ref: str, reason: str, at: str | None = None) -> dict[str, Any]:
-    from kiln.lifecycle import channels, revocation
+    from kiln.catalog.session import reader
+    from kiln.lifecycle import revocation
 
     parsed = refs.parse(ref)
     now = now_utc()
     effective = parse_time(at) if at else now
     with workspace.catalog.session() as session:
-        lookup = channels.reader(session)
+        lookup = reader(session)
         revocation.settle(session, lookup, now)
         image = lookup.image(parsed, usable=False)
         done = revocation.revoke(session, lookup, image, reason, effective, now)
@@ -314,12 +318,13 @@ def restore(workspace: Workspace, ref: str) -> dict[str, Any]:
     """Lift a revocation: the image's own (a version, a digest, a channel's image), or,
     for a bare NAME, the newest revocation made on a version of it (``kiln revoke NAME``
     after ``kiln revoke NAME`` is lifted one at a time, newest first)."""
+    from kiln.catalog.session import reader
     from kiln.lifecycle import channels, revocation
 
     parsed = refs.parse(ref)
     now = now_utc()
     with workspace.catalog.session() as session:
-        lookup = channels.reader(session)
+        lookup = reader(session)
         revocation.settle(session, lookup, now)
         if parsed.newest:  # a name: what the newest revoke of one of its versions revoked
             last = revocation.last_revoked(lookup, parsed.name)

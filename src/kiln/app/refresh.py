@@ -34,6 +34,7 @@ from typing import Any
 from kiln import locks, refs
 from kiln.app import freshness
 from kiln.app.workspace import Workspace
+from kiln.catalog import trace
 from kiln.catalog.lookup import ImageRow, Lookup
 from kiln.errors import BadInput, KilnError, from_os_error
 from kiln.lifecycle.freshness import Update
@@ -160,9 +161,7 @@ def _targets(workspace: Workspace, names: Sequence[str]) -> list[ImageRow]:
                 f"kiln refresh takes image names, not {name!r}: it rebakes a name's newest version",
                 hint=f"kiln refresh {refs.parse(name).name}",
             )
-    wanted = set(names) or {
-        row[0] for row in workspace.lookup.rows("SELECT DISTINCT name FROM images")
-    }
+    wanted = set(names) or set(trace.names(workspace.lookup))
     found = []
     for name in sorted(wanted):
         try:

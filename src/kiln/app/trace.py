@@ -18,17 +18,13 @@ from typing import Any
 from kiln import refs
 from kiln.app.lifecycle import known, now_utc, settle_due
 from kiln.app.workspace import Workspace
+from kiln.catalog import trace as read
 from kiln.catalog import versions
-from kiln.catalog.lookup import Head, ImageRow, Lookup, RevocationRow, iso, moment
+from kiln.catalog.lookup import Head, ImageRow, Lookup, RevocationRow, iso
 from kiln.errors import KilnError
 from kiln.lifecycle import proofs
 from kiln.machines.folder import Folder, load
 from kiln.machines.process import running
-
-MACHINES = (
-    "SELECT name, image_id, image_ref, digest, folder, created, stopped, throwaway"
-    " FROM machines WHERE removed IS NULL ORDER BY name, created"
-)
 
 
 @dataclass
@@ -105,8 +101,8 @@ def _estate(workspace: Workspace, family: str | None = None, drift: bool = True)
     heads = lookup.heads(family, at=now)
     settle_due(workspace, heads)
     machines = []
-    for name, image_id, image_ref, digest, folder, created, stopped, throwaway in lookup.rows(
-        MACHINES
+    for name, image_id, image_ref, digest, folder, created, stopped, throwaway in read.machines(
+        lookup
     ):
         if family is not None and image_ref.partition(":")[0] != family:
             continue
@@ -127,9 +123,9 @@ def _estate(workspace: Workspace, family: str | None = None, drift: bool = True)
     ids = [h.current.id for h in heads if h.current is not None]
     ids += [m["image_id"] for m in machines]
     images = lookup.by_ids(ids)
-    created = _created(lookup, list(images))
+    created = read.created(lookup, list(images))
     revoked = lookup.revoked_images(now)
-    signed = {row[0] for row in lookup.rows("SELECT DISTINCT image_id FROM signatures")}
+    signed = read.signed(lookup)
     estate = _Estate(now, heads, machines, images, created, revoked, signed)
     estate.fresh = _freshness(workspace)
     estate.proofs = proofs.latest(lookup)
@@ -147,16 +143,6 @@ def _freshness(workspace: Workspace) -> Any:
     from kiln.app.freshness import Summaries
 
     return Summaries(workspace)
-
-
-def _created(lookup: Lookup, ids: list[int]) -> dict[int, datetime]:
-    out: dict[int, datetime] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        params = {f"i{n}": value for n, value in enumerate(chunk)}
-        sql = f"SELECT id, created FROM images WHERE id IN ({', '.join(':' + k for k in params)})"
-        out.update((row[0], moment(row[1])) for row in lookup.rows(sql, **params))
-    return out
 
 
 def _public(machine: dict[str, Any]) -> dict[str, Any]:
@@ -191,7 +177,7 @@ def where(
     estate = _estate(workspace, family, drift=not revoked_only)
     if image is not None:
         estate.images.setdefault(image.id, image)
-        estate.created.update(_created(lookup, [image.id]))
+        estate.created.update(read.created(lookup, [image.id]))
         estate.machines = [m for m in estate.machines if m["image_id"] == image.id]
     if revoked_only:
         from kiln.lifecycle import revocation
@@ -219,10 +205,10 @@ def where(
             if latest is not None:
                 ids.add(latest)
             else:  # every version revoked: the family as it is, each with its reason
-                ids |= {row[0] for row in lookup.rows(FAMILY, name=family)}
+                ids |= set(read.family(lookup, family))
             more = [i for i in ids if i not in estate.images]
             estate.images.update(lookup.by_ids(more))
-            estate.created.update(_created(lookup, more))
+            estate.created.update(read.created(lookup, more))
         versions = []
         for image_id in sorted(ids, key=lambda i: -estate.images[i].version):
             data = estate.image_json(image_id)
@@ -232,9 +218,6 @@ def where(
             versions.append(data)
         return {"name": family, "versions": versions}
     return _matrix(workspace, estate)
-
-
-FAMILY = "SELECT id FROM images WHERE name = :name AND status = 'ok'"
 
 
 def _left(head: Head) -> int | None:
@@ -295,16 +278,16 @@ def _matrix(workspace: Workspace, estate: _Estate) -> dict[str, Any]:
     from kiln.catalog import removed
 
     lookup = workspace.lookup
-    names = sorted({row[0] for row in lookup.rows("SELECT DISTINCT name FROM images")})
+    names = read.names(lookup)
     names = sorted(set(names) | {h.assignment.name for h in estate.heads})
     channel_names = _pipeline(workspace, {h.assignment.channel for h in estate.heads})
     latest = _latest(lookup, estate, names)
-    baked = {row[0] for row in lookup.rows("SELECT DISTINCT name FROM images WHERE status = 'ok'")}
+    baked = set(read.names(lookup, finished=True))
     emptied = [h for h in estate.heads if h.current is None]
     left = [i for i in (_left(h) for h in emptied) if i is not None]
     missing = [i for i in [*latest.values(), *left] if i not in estate.images]
     estate.images.update(lookup.by_ids(missing))
-    estate.created.update(_created(lookup, missing))
+    estate.created.update(read.created(lookup, missing))
     gone = removed.gone(lookup, {h.assignment.name for h in emptied})
     by_cell = {(h.assignment.name, h.assignment.channel): h for h in estate.heads}
     rows = []
@@ -341,17 +324,11 @@ def _matrix(workspace: Workspace, estate: _Estate) -> dict[str, Any]:
 # history
 
 
-EVENTS = (
-    "SELECT id, at, kind, name, version, digest, machine, actor, detail FROM events"
-    " WHERE name = :name ORDER BY at, id"
-)
-
-
 def history(workspace: Workspace, name: str) -> list[dict[str, Any]]:
     """Every event of the image family ``name``, oldest first."""
     lookup = workspace.lookup
     settle_due(workspace, lookup.heads(name))
-    rows = lookup.rows(EVENTS, name=name)
+    rows = read.events(lookup, name)
     if not rows:
         known(lookup, name)
     return [
@@ -384,13 +361,7 @@ def about(workspace: Workspace, image_id: int, name: str, digest: str) -> dict[s
     revocation = next((r for r in found if r.due(now)), None)
     scheduled = next((r for r in found if not r.due(now)), None)
     heads = lookup.heads(name, at=now)
-    baked = lookup.rows(
-        "SELECT detail FROM events WHERE kind = 'baked' AND name = :name AND digest = :digest"
-        " ORDER BY id DESC LIMIT 1",
-        name=name,
-        digest=digest,
-    )
-    detail = json.loads(baked[0][0]) if baked else {}
+    detail = read.baked_detail(lookup, name, digest)
     return {
         "revoked": revocation.to_json() if revocation is not None else None,
         "revocation_scheduled": scheduled.to_json() if scheduled and not revocation else None,

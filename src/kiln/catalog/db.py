@@ -11,8 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, func, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import Session as Session  # the transaction a use case is handed
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from kiln.catalog.lifecycle import ImageName
 from kiln.catalog.lookup import Lookup

@@ -14,6 +14,7 @@ propagation runs.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -28,7 +29,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from kiln.catalog.models import Base, Image
 
@@ -109,3 +110,20 @@ class PropagationItem(Base):
 
     def details(self) -> dict[str, Any]:
         return dict(json.loads(self.detail))
+
+
+def record_sightings(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert the sightings ``rows`` (each a dict of the columns) not recorded yet, in the
+    caller's write transaction; a rival inserting the same row at once is no error (its
+    time stands)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    for start in range(0, len(rows), 200):
+        statement = insert(Sighting).values(list(rows[start : start + 200]))
+        session.execute(
+            statement.on_conflict_do_nothing(
+                index_elements=["package", "architecture", "version", "suite"]
+            )
+        )

@@ -19,26 +19,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import text
-from sqlalchemy.orm import Session
-
 from kiln import refs
 from kiln.actor import actor
 from kiln.catalog.lifecycle import Assignment
-from kiln.catalog.lookup import AssignmentRow, ImageRow, Lookup, iso
+from kiln.catalog.lookup import AssignmentRow, ImageRow, iso
+from kiln.catalog.session import Session
 from kiln.errors import BadInput, shown
 
 PROMOTE, ROLLBACK, REVOKE = "promote", "rollback", "revoke"
-
-
-def reader(session: Session) -> Lookup:
-    """The lookup's questions, asked inside ``session``'s transaction."""
-
-    def query(sql: str, params: dict[str, Any]) -> Sequence[Sequence[Any]]:
-        session.flush()  # rows this transaction added are part of the answer
-        return [tuple(row) for row in session.execute(text(sql), params)]
-
-    return Lookup(query)
 
 
 def check_name(channel: str) -> str:

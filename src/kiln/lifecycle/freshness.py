@@ -31,6 +31,7 @@ from kiln.apt.indexes import Available, View
 from kiln.apt.sources import host_sources, keep_inline_key
 from kiln.apt.versions import compare
 from kiln.atomic import write_atomic
+from kiln.catalog import outdated
 from kiln.catalog.lookup import ImageRow, Lookup, iso, moment
 from kiln.durations import seconds
 from kiln.errors import BadInput
@@ -38,10 +39,9 @@ from kiln.home import Home
 from kiln.store.layout import Layout
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    from kiln.catalog.session import Session
 
 SOURCES_FORMAT = 2
-SIGHTINGS = "SELECT package, architecture, version, suite, first_seen FROM update_sightings"
 Key = tuple[str, str, str, str]  # package, architecture, version, suite
 
 
@@ -296,7 +296,7 @@ def sightings(lookup: Lookup) -> dict[Key, datetime]:
     """Every first sighting kiln recorded (one time object per distinct time)."""
     times: dict[Any, datetime] = {}
     out = {}
-    for p, a, v, s, at in lookup.rows(SIGHTINGS):
+    for p, a, v, s, at in outdated.sightings(lookup):
         when = times.get(at)
         if when is None:
             when = times[at] = moment(at)
@@ -323,7 +323,7 @@ def with_first_seen(found: Sequence[Update], seen: dict[Key, datetime]) -> list[
 def record(session: Session, found: Iterable[Update], now: datetime) -> int:
     """Insert the sightings not recorded yet, in the caller's write transaction; a rival
     inserting the same row at once is no error (its time stands). Returns rows offered."""
-    from kiln.catalog.freshness import Sighting
+    from kiln.catalog.freshness import record_sightings
 
     rows = {
         key: {
@@ -339,20 +339,8 @@ def record(session: Session, found: Iterable[Update], now: datetime) -> int:
     }
     if not rows:
         return 0
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-    values = list(rows.values())
-    for start in range(0, len(values), 200):
-        statement = insert(Sighting).values(values[start : start + 200])
-        session.execute(
-            statement.on_conflict_do_nothing(
-                index_elements=["package", "architecture", "version", "suite"]
-            )
-        )
-    return len(values)
+    record_sightings(session, list(rows.values()))
+    return len(rows)
 
 
 # --- the gate ---

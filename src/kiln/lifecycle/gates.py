@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from kiln.catalog import evidence
 from kiln.catalog.lookup import ImageRow, Lookup, iso
 from kiln.home import Home
 from kiln.lifecycle import channels, signing
@@ -48,13 +49,6 @@ class Outcome:
 
 Check = Callable[[Candidate], tuple[bool, str] | None]
 
-TEST_RUNS = """
-SELECT t.ok, t.converge, t.started, t.machine FROM test_runs t
-JOIN images i ON i.id = t.image_id
-WHERE i.digest = :digest
-ORDER BY t.started DESC, t.id DESC
-"""
-
 
 def span(seconds: float) -> str:
     """A duration as the policy writes them, to the two largest units: 1d3h, 5m20s."""
@@ -69,7 +63,7 @@ def span(seconds: float) -> str:
 
 def _latest_run(candidate: Candidate, converge: bool) -> tuple[bool, str]:
     image = candidate.image
-    runs = candidate.lookup.rows(TEST_RUNS, digest=image.digest)
+    runs = evidence.test_runs(candidate.lookup, image.digest)
     if converge:
         runs = [run for run in runs if run[1] is not None]
     what = "kiln test --converge" if converge else "kiln test"

@@ -14,19 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from kiln.catalog import evidence
 from kiln.catalog.lookup import ImageRow, Lookup, iso, moment
 from kiln.durations import seconds
-
-# The newest proof of every image: one row each, for kiln where over the whole catalog.
-LATEST = (
-    "SELECT p.image_id, p.ok, p.at, p.rebuilt FROM proofs p"
-    " JOIN (SELECT image_id, MAX(id) AS newest FROM proofs GROUP BY image_id) n"
-    " ON p.id = n.newest"
-)
-OF_DIGEST = (
-    "SELECT p.ok, p.at, p.rebuilt FROM proofs p WHERE p.digest = :digest"
-    " ORDER BY p.at DESC, p.id DESC LIMIT 1"
-)
 
 
 def summary(ok: Any, at: Any, rebuilt: str) -> dict[str, Any]:
@@ -36,7 +26,7 @@ def summary(ok: Any, at: Any, rebuilt: str) -> dict[str, Any]:
 
 def latest(lookup: Lookup) -> dict[int, dict[str, Any]]:
     """The newest proof of each image that has one, by image id."""
-    return {row[0]: summary(row[1], row[2], row[3]) for row in lookup.rows(LATEST)}
+    return {row[0]: summary(row[1], row[2], row[3]) for row in evidence.latest_proofs(lookup)}
 
 
 def proven(
@@ -47,10 +37,10 @@ def proven(
     if within is None:
         return None
     again = f"kiln rebuild {image.ref} --prove"
-    rows = lookup.rows(OF_DIGEST, digest=image.digest)
-    if not rows:
+    newest = evidence.newest_proof(lookup, image.digest)
+    if newest is None:
         return False, f"no rebuild proof of {image.ref} ({image.digest[:19]}) is recorded: {again}"
-    ok, at, _rebuilt = rows[0]
+    ok, at, _rebuilt = newest
     when = moment(at)
     if not ok:
         return False, f"the latest rebuild proof of {image.ref} ({iso(when)}) failed: {again}"

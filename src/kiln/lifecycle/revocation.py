@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from kiln.actor import actor
-from kiln.catalog import events
+from kiln.catalog import events, revocations
 from kiln.catalog.lifecycle import Revocation
-from kiln.catalog.lookup import REVOCATIONS, ImageRow, Lookup, RevocationRow, iso
+from kiln.catalog.lookup import ImageRow, Lookup, RevocationRow, iso
+from kiln.catalog.session import Session
 from kiln.errors import BadInput, KilnError
 from kiln.lifecycle import channels
 
@@ -129,17 +128,11 @@ def revoke(
     return done
 
 
-LAST_OF_NAME = (
-    "SELECT r.image_id FROM revocations r JOIN images i ON i.id = r.image_id"
-    " WHERE i.name = :name AND r.restored IS NULL ORDER BY r.created DESC, r.id DESC LIMIT 1"
-)
-
-
 def last_revoked(lookup: Lookup, name: str) -> ImageRow | None:
     """The version of ``name`` the newest revocation still unrestored was made on (what
     ``kiln revoke NAME`` revoked last: lifting it restores exactly what it revoked)."""
-    found = lookup.rows(LAST_OF_NAME, name=name)
-    return lookup.by_id(found[0][0]) if found else None
+    found = revocations.last_revoked_of(lookup, name)
+    return lookup.by_id(found) if found is not None else None
 
 
 @dataclass(frozen=True)
@@ -165,8 +158,7 @@ def standing(lookup: Lookup, now: datetime, name: str | None = None) -> list[Sta
     """Every revocation not restored (in force or scheduled), oldest first, with the
     images that inherit it; ``name``: those that reach an image of that name."""
     out = []
-    for row in lookup.rows(REVOCATIONS):
-        found = RevocationRow.of(row)
+    for found in revocations.unrestored(lookup):
         below = [d.ref for d in lookup.descendants(found.image_id)]
         names = {found.ref.rpartition(":")[0]} | {ref.rpartition(":")[0] for ref in below}
         if name is None or name in names:
