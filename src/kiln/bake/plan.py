@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from kiln import refs
-from kiln.errors import BadInput
+from kiln.errors import Problem, RecipeError
 from kiln.recipe import RecipeFile, load_recipes
 from kiln.recipe.limits import recipe_paths
+
+PARENT = ("image", "parent")
 
 
 def plan(target: Path) -> tuple[list[RecipeFile], list[RecipeFile]]:
@@ -45,19 +47,25 @@ def plan(target: Path) -> tuple[list[RecipeFile], list[RecipeFile]]:
     ordered: list[RecipeFile] = []
     state: dict[Path, str] = {}
 
-    def visit(recipe: RecipeFile, trail: list[str]) -> None:
+    def visit(recipe: RecipeFile, trail: list[RecipeFile]) -> None:
         mark = state.get(recipe.path)
         if mark == "done":
             return
         if mark == "visiting":
-            cycle = " -> ".join([*trail, recipe.path.name])
-            raise BadInput(
-                f"recipes form a cycle: {cycle}", hint="an image cannot be its own ancestor"
+            members = trail[[r.path for r in trail].index(recipe.path) :]
+            cycle = " -> ".join(r.path.name for r in [*members, recipe])
+            why = f"recipes form a cycle: {cycle}"
+            raise RecipeError(
+                [
+                    Problem(str(r.path), r.lines.line_of(PARENT), "image.parent", why)
+                    for r in members
+                ],
+                hint="an image cannot be its own ancestor",
             )
         state[recipe.path] = "visiting"
         parent = parent_of(recipe)
         if parent is not None:
-            visit(parent, [*trail, recipe.path.name])
+            visit(parent, [*trail, recipe])
         state[recipe.path] = "done"
         ordered.append(recipe)
 
