@@ -39,7 +39,7 @@ def run(workspace: Workspace, request: Request, ref: str) -> launch.Launched:
     row = resolve.image(workspace, ref)
     enforce_trust(workspace, row)  # a policy requiring signatures refuses it before it boots
     image = resolve.load(workspace, row)
-    return launch.run(request, image, row.id, workspace.home, started)
+    return launch.run(request, image, row.id, workspace.home, started, lambda: workspace.catalog)
 
 
 def start(workspace: Workspace, request: StartRequest) -> launch.Launched:
@@ -49,7 +49,7 @@ def start(workspace: Workspace, request: StartRequest) -> launch.Launched:
     row = resolve.image(workspace, f"{name}@{state.digest}")
     enforce_trust(workspace, row)
     image = resolve.load(workspace, row)
-    return launch.start(request, image, workspace.home)
+    return launch.start(request, image, workspace.home, lambda: workspace.catalog)
 
 
 def ps(workspace: Workspace, include_removed: bool = False) -> list[dict[str, Any]]:

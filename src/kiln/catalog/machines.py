@@ -95,3 +95,19 @@ def latest_test_runs(session: Session, image_id: int, limit: int = 10) -> Sequen
         .order_by(TestRun.started.desc(), TestRun.id.desc())
         .limit(limit)
     ).all()
+
+
+def machines(session: Session, include_removed: bool = False) -> Sequence[Machine]:
+    """Every machine row (``include_removed``: those ``kiln rm`` took too), by name and
+    creation."""
+    query = select(Machine).order_by(Machine.name, Machine.created)
+    if not include_removed:
+        query = query.where(Machine.removed.is_(None))
+    return session.scalars(query).all()
+
+
+def live(session: Session, name: str) -> Sequence[Machine]:
+    """The rows of the machine ``name`` not removed (one, unless a launch lost its folder)."""
+    return session.scalars(
+        select(Machine).where(Machine.name == name, Machine.removed.is_(None))
+    ).all()

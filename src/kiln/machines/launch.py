@@ -9,23 +9,20 @@ no process and no folder behind (volumes stay). The machine outlives this proces
 nspawn runs in a session of its own, its output going to the machine's console log.
 
 The caller hands in the image the catalog resolved (kiln.app.resolve, in plain SQL on the
-embedded catalog). Time to healthy counts from kiln's own start, so SQLAlchemy loads on a
-second thread while the machine boots, to record it; a failed record undoes the launch.
+embedded catalog) and the process's catalog, where kiln.machines.recording records the
+machine on a second thread while it boots; a failed record undoes the launch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import secrets
 import subprocess
 import sys
-import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +43,7 @@ from kiln.machines.folder import (
     save,
     write_file,
 )
+from kiln.machines.recording import Opener, Recorder, opened, record_start, recorded
 from kiln.mounts import Overlay, remove_tree
 from kiln.rootpath import Root
 from kiln.sandbox import Boot
@@ -193,87 +191,6 @@ def _stop_child(child: subprocess.Popen[bytes]) -> None:
             child.wait()
 
 
-class _Recorder(threading.Thread):
-    """The catalog's half of a launch, on its own thread while the machine boots.
-
-    It imports SQLAlchemy and the catalog first (the slow part), then waits to be told what
-    to record. ``result()`` raises what went wrong, so the launch can be undone.
-    """
-
-    def __init__(self, home: Home, request: Request, image_id: int) -> None:
-        super().__init__(name="catalog", daemon=True)
-        self.home, self.request, self.image_id = home, request, image_id
-        self.launched: Launched | None = None
-        self.error: BaseException | None = None
-        self._go = threading.Event()
-
-    def run(self) -> None:
-        try:
-            import kiln.catalog  # noqa: F401  (the import is what takes time)
-
-            self._go.wait()
-            if self.launched is not None:
-                _record(self.home, self.request, self.image_id, self.launched)
-        except BaseException as exc:  # handed to the main thread by result()
-            self.error = exc
-
-    def submit(self, launched: Launched) -> None:
-        self.launched = launched
-        self._go.set()
-
-    def cancel(self) -> None:
-        self._go.set()
-
-    def result(self) -> None:
-        self.join()
-        if self.error is not None:
-            raise self.error
-
-
-def _record(home: Home, request: Request, image_id: int, launched: Launched) -> None:
-    """Record the machine, and that any earlier machine of its name is history."""
-    from sqlalchemy import select
-
-    from kiln.catalog import Catalog, Machine, events
-
-    catalog = Catalog(home.catalog_url)
-    try:
-        with catalog.session() as session:
-            now = datetime.now(UTC)
-            stale = select(Machine).where(Machine.name == launched.name, Machine.removed.is_(None))
-            for old in session.scalars(stale):  # its folder is gone: that machine is history
-                old.removed = now
-            name, _colon, version = launched.image.partition(":")
-            events.record(
-                session,
-                "machine_started",
-                name,
-                int(version),
-                launched.digest,
-                machine=launched.name,
-                at=now,
-                throwaway=request.throwaway,
-            )
-            session.add(
-                Machine(
-                    name=launched.name,
-                    image_id=image_id,
-                    image_ref=launched.image,
-                    digest=launched.digest,
-                    folder=str(launched.folder.path),
-                    created=now,
-                    nspawn_pid=launched.state.nspawn.pid,
-                    leader_pid=launched.state.leader.pid,
-                    config=json.dumps(dict(launched.values.plain), sort_keys=True),
-                    secret_keys=json.dumps(sorted(launched.values.secrets)),
-                    volumes=json.dumps(launched.state.volumes, sort_keys=True),
-                    throwaway=request.throwaway,
-                )
-            )
-    finally:
-        catalog.close()
-
-
 def _discard(folder: Folder) -> None:
     """Undo a launch that did not finish: everything in the folder but the volumes."""
     if folder.root.is_mount():
@@ -317,9 +234,15 @@ def _boot(
 
 
 def run(
-    request: Request, image: StoredImage, image_id: int, home: Home, started: float | None = None
+    request: Request,
+    image: StoredImage,
+    image_id: int,
+    home: Home,
+    started: float | None = None,
+    catalog: Opener | None = None,
 ) -> Launched:
-    """Boot ``image`` (catalog row ``image_id``); ``started``: when the command began."""
+    """Boot ``image`` (catalog row ``image_id``); ``started``: when the command began;
+    ``catalog``: opens the process's catalog, where the machine is recorded."""
     started = time.monotonic() if started is None else started
     folder = Folder.of(home, request.name)
     contract = from_config(image.config)
@@ -331,7 +254,7 @@ def run(
     if request.wait:
         health.check_tools(request.health or contract.health)
     claim(folder)
-    recorder = _Recorder(home, request, image_id)
+    recorder = Recorder(home, request, image_id, catalog)
     recorder.start()
     not_ready: health.NotReady | None = None
     with ExitStack() as undo:
@@ -400,50 +323,9 @@ def stopped(home: Home, name: str) -> State:
     return state
 
 
-def _recorded(home: Home, name: str) -> tuple[dict[str, str], list[str]]:
-    """The plain values and the secret keys the machine was launched with (the catalog's)."""
-    from sqlalchemy import select
-
-    from kiln.catalog import Catalog, Machine
-
-    catalog = Catalog(home.catalog_url)
-    try:
-        with catalog.session() as session:
-            rows = session.scalars(
-                select(Machine).where(Machine.name == name, Machine.removed.is_(None))
-            ).all()
-            plain: dict[str, str] = {}
-            for row in rows:
-                plain.update(row.plain_config())
-            return plain, sorted({key for row in rows for key in json.loads(row.secret_keys)})
-    finally:
-        catalog.close()
-
-
-def _record_start(home: Home, state: State) -> None:
-    from sqlalchemy import select
-
-    from kiln.catalog import Catalog, Machine, events
-
-    catalog = Catalog(home.catalog_url)
-    try:
-        with catalog.session() as session:
-            rows = session.scalars(
-                select(Machine).where(Machine.name == state.name, Machine.removed.is_(None))
-            ).all()
-            for row in rows:
-                row.nspawn_pid = state.nspawn.pid
-                row.leader_pid = state.leader.pid
-                row.stopped = None
-            name, _colon, version = state.image.partition(":")
-            events.record(
-                session, "machine_started", name, int(version), state.digest, machine=state.name
-            )
-    finally:
-        catalog.close()
-
-
-def start(request: StartRequest, image: StoredImage, home: Home) -> Launched:
+def start(
+    request: StartRequest, image: StoredImage, home: Home, catalog: Opener | None = None
+) -> Launched:
     """Boot a stopped machine again (``image``: the one it was launched from, see
     ``stopped``), from its own upper dir (its changes kept), with the
     config, seed (same instance-id: cloud-init does not run its per-instance modules
@@ -453,7 +335,8 @@ def start(request: StartRequest, image: StoredImage, home: Home) -> Launched:
     folder = Folder.of(home, request.name)
     state = load(folder)
     contract = from_config(image.config)
-    plain, secret_keys = _recorded(home, request.name)
+    with opened(home, catalog) as held:
+        plain, secret_keys = recorded(held, request.name)
     secret_values = config.resolve_secrets(
         request.name, contract, secret_keys, request.sets, request.config_file
     )
@@ -492,7 +375,8 @@ def start(request: StartRequest, image: StoredImage, home: Home) -> Launched:
             request.name, state.image, state.digest, folder, state, contract, values, started
         )
         launched.seconds_to_start = time.monotonic() - started
-        _record_start(home, state)
+        with opened(home, catalog) as held:
+            record_start(held, state)
         undo.pop_all()
     if request.wait:
         try:

@@ -17,11 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from kiln import proc
 from kiln.catalog import Catalog, Machine, events
-from kiln.catalog.machines import iso
+from kiln.catalog.machines import iso, live, machines
 from kiln.errors import KilnError, NotFound
 from kiln.home import Home
 from kiln.machines import enter, leftovers, process
@@ -48,10 +46,7 @@ def _state_or_none(folder: Folder) -> State | None:
 
 def ps(catalog: Catalog, include_removed: bool = False) -> list[dict[str, Any]]:
     with catalog.reading() as session:
-        query = select(Machine).order_by(Machine.name, Machine.created)
-        if not include_removed:
-            query = query.where(Machine.removed.is_(None))
-        rows = session.scalars(query).all()
+        rows = machines(session, include_removed)
         out = []
         for row in rows:
             state = None if row.removed else _state_or_none(Folder(Path(row.folder)))
@@ -86,10 +81,7 @@ def _mark(catalog: Catalog, name: str, **changes: Any) -> None:
     """Set ``changes`` (stopped=, removed=) on the machine's rows, with the event."""
     kind = "machine_removed" if "removed" in changes else "machine_stopped"
     with catalog.session() as session:
-        rows = session.scalars(
-            select(Machine).where(Machine.name == name, Machine.removed.is_(None))
-        ).all()
-        for row in rows:
+        for row in live(session, name):
             if kind == "machine_removed" or row.stopped is None:  # not twice for one stop
                 family, _colon, version = row.image_ref.partition(":")
                 events.record(session, kind, family, int(version), row.digest, machine=name)
@@ -222,9 +214,7 @@ def rm(
 
 def _rows(catalog: Catalog, name: str) -> Sequence[Machine]:
     with catalog.reading() as session:
-        return session.scalars(
-            select(Machine).where(Machine.name == name, Machine.removed.is_(None))
-        ).all()
+        return live(session, name)
 
 
 def running_state(home: Home, name: str) -> State:

@@ -215,7 +215,7 @@ def run(
         recipe_folder=recipe.folder if recipe else None,
     )
     try:
-        launched = launch.run(request, image, image_id, home)
+        launched = launch.run(request, image, image_id, home, catalog=lambda: catalog)
     except BadInput:
         raise  # config that breaks the contract: nothing was started, nothing to record
     except KilnError as exc:  # the machine did not boot: a failed test run
