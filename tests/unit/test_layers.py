@@ -222,7 +222,7 @@ def test_drift_fast_and_deep_checks_agree_on_what_the_top_layer_changed(tmp_path
     full, below = merged([*lower, top]), merged(lower)
     assert {c.path for c in fast if c.change == drift.ADDED} == full.keys() - below.keys()
     gone = below.keys() - full.keys()
-    assert {c.path for c in fast if c.change == drift.DELETED} == {
+    assert {c.path for c in fast if c.change == drift.REMOVED} == {
         p for p in gone if _parent(p) not in gone
     }
 

@@ -13,14 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from kiln.app import resolve, trace
 from kiln.app.workspace import Workspace
 from kiln.catalog import Catalog, Image
 from kiln.catalog.lookup import PackageRow
 from kiln.catalog.machines import latest_test_runs
 from kiln.catalog.revisions import OK, PENDING
+from kiln.catalog.session import Session
 from kiln.errors import NotFound
 from kiln.recipe import lockfile
 from kiln.recipe.lockfile import Deb

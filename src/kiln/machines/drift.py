@@ -52,8 +52,8 @@ BOOT_PATHS = (
 )
 SEAL_LABEL = "org.kiln.seal"
 
-ADDED, CHANGED, DELETED, METADATA = "added", "changed", "deleted", "metadata"
-SIGNS = {ADDED: "+", CHANGED: "~", DELETED: "-", METADATA: "m"}
+ADDED, CHANGED, REMOVED, METADATA = "added", "changed", "deleted", "metadata"
+SIGNS = {ADDED: "+", CHANGED: "~", REMOVED: "-", METADATA: "m"}
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def _compare(
 def _covers(change: Change) -> bool:
     """Whether the change stands for everything below its path: a deleted folder, or a
     folder that became something else."""
-    if change.change == DELETED:
+    if change.change == REMOVED:
         return change.kind == "dir"
     return change.detail.startswith("type dir -> ")
 
@@ -223,7 +223,7 @@ def _fast(upper: Path, lowers: _Lowers, skip: Skip) -> list[Change]:
                     path = "/" + _join(rel_dir, name)
                     if name not in entries and not skip(path):
                         kind = lowers.node(index, _join(rel_dir, name), st).kind
-                        changes.append(Change(path, DELETED, kind))
+                        changes.append(Change(path, REMOVED, kind))
             for name, st in list(entries.items()):
                 rel = _join(rel_dir, name)
                 path = "/" + rel
@@ -234,7 +234,7 @@ def _fast(upper: Path, lowers: _Lowers, skip: Skip) -> list[Change]:
                 if is_whiteout(st):
                     if found is not None:
                         kind = lowers.node(found[0], rel, found[1]).kind
-                        changes.append(Change(path, DELETED, kind))
+                        changes.append(Change(path, REMOVED, kind))
                     continue
                 try:
                     mine = inventory.node(fd, name, st)
@@ -308,7 +308,7 @@ def _deep(
                 changes.append(Change(path, ADDED, now[1].kind, layer=layer))
             elif now is None and then is not None:
                 layer = then[0] if path not in lowers_now else None  # gone from the layer
-                changes.append(Change(path, DELETED, then[1].kind, layer=layer))
+                changes.append(Change(path, REMOVED, then[1].kind, layer=layer))
             elif now is not None and then is not None:
                 if now[0] == then[0] and recorded[now[0]] is None:
                     continue  # the same file of a layer taken as it is
