@@ -78,9 +78,29 @@ def test_touching_a_copied_file_rebuilds_web_only(baked: Kiln, examples: Path) -
     assert {"web:1", new_ref} <= children
 
 
-def test_bake_of_a_recipe_bakes_its_recipe_path_parent_first(baked: Kiln) -> None:
+def test_bake_of_a_recipe_bakes_its_recipe_path_parent_first(baked: Kiln, tmp_path: Path) -> None:
     results = json.loads(baked.run("bake", str(EXAMPLES / "web.toml"), "--json").stdout)
     assert results["ref"].startswith("web:") and results["cached"]
+    shown = baked.run("bake", str(EXAMPLES / "web.toml")).stdout.splitlines()
+    assert [line.split()[:2] for line in shown] == [["cached", "base:1"], ["cached", "web:1"]]
+
+    # a real bake of both: the child's step reads what its parent's step wrote, so it only
+    # passes when the parent was baked, and recorded, before it
+    (tmp_path / "first.toml").write_text(
+        '[image]\nname = "first"\nparent = "tiny:1"\n\n'
+        '[[steps]]\nrun = "echo from first > /etc/first"\n'
+    )
+    (tmp_path / "second.toml").write_text(
+        '[image]\nname = "second"\nparent = "first.toml"\n\n'
+        '[[steps]]\nrun = "cat /etc/first > /etc/second"\n'
+    )
+    shown = baked.run("bake", str(tmp_path / "second.toml")).stdout.splitlines()
+    assert [line.split()[:2] for line in shown] == [["baked", "first:1"], ["baked", "second:1"]]
+    images = {i["ref"]: i for i in baked.json("images")}
+    first, second = images["first:1"], images["second:1"]
+    assert second["parent"] == "first:1"
+    assert first["created"] <= second["created"]
+    assert [p["ref"] for p in baked.json("inspect", "second:1")["parents"]] == ["first:1", "tiny:1"]
 
 
 def test_inspect_shows_layers_parents_and_packages(baked: Kiln) -> None:
