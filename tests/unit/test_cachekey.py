@@ -324,3 +324,42 @@ def test_copy_through_a_symlinked_source_hashes_the_content(tmp_path: Path) -> N
     before = key_of(recipe)
     (tmp_path / "real" / "index.html").write_text("two\n")
     assert key_of(recipe) != before
+
+
+def test_every_stage_that_writes_into_an_image_versions_the_key() -> None:
+    """The versions come from the stages themselves (kiln.bake.build.stage), not a list:
+    each is in the key document, and a stage's version is its own module's VERSION."""
+    from kiln.bake import build, packages, seal, services
+    from kiln.bake.bases import debian, imported
+    from kiln.bake.cachekey import kiln_versions
+
+    versions = kiln_versions()
+    assert versions["pipeline"] == build.VERSION
+    assert {k: versions[k] for k in build.stage_versions()} == {
+        "debian": debian.VERSION,
+        "import": imported.VERSION,
+        "packages": packages.VERSION,
+        "services": services.VERSION,
+        "seal": seal.VERSION,
+    }
+    with pytest.raises(TypeError, match="two stages declare the version of 'seal'"):
+        build.stage({"seal": 9})(lambda: None)
+
+
+def test_the_quick_and_the_full_path_build_one_document(recipe: Path) -> None:
+    """kiln.bake.memo keeps the parts only the recipe's bytes decide and rebuilds the rest
+    through the same function as the full path: the same inputs give the same document."""
+    from kiln.bake import cachekey, keydoc
+
+    loaded = load_recipe(recipe)
+    full = cachekey.document(loaded, PARENT, lock=None)
+    rebuilt = keydoc.document(
+        kiln=full["kiln"],
+        recipe=full["recipe"],
+        parent=PARENT,
+        inputs=inputs(loaded),
+        lock=None,
+        sources=None,
+    )
+    assert rebuilt == full
+    assert keydoc.key_of(rebuilt) == compute(loaded, PARENT)

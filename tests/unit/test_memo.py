@@ -11,8 +11,8 @@ import pytest
 
 from kiln.app.workspace import Workspace
 from kiln.bake import memo
-from kiln.bake.bake import Parent, _key
 from kiln.bake.options import Options
+from kiln.bake.pipeline import Parent, _key
 from kiln.bake.plan import plan
 from kiln.catalog import Image
 from kiln.catalog.lookup import ImageRow

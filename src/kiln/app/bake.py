@@ -23,8 +23,8 @@ from kiln.catalog.lookup import Revoked
 from kiln.recipe.limits import recipe_paths
 
 if TYPE_CHECKING:
-    from kiln.bake.bake import Parent
     from kiln.bake.lock import LockResult
+    from kiln.bake.pipeline import Parent
     from kiln.recipe import RecipeFile
 
 __all__ = ["ONGOING", "Options", "bake_path", "lock_path", "parent_of"]
@@ -36,7 +36,7 @@ T = TypeVar("T")
 def parent_of(workspace: Workspace, recipe: RecipeFile, ref: str | None) -> Parent | None:
     """The recipe's parent image: ``ref`` when an earlier bake of this run made it."""
     from kiln.app import resolve
-    from kiln.bake.bake import Parent
+    from kiln.bake.pipeline import Parent
     from kiln.recipe.lockfile import Deb
 
     ref = ref or recipe.recipe.image.parent
@@ -78,10 +78,10 @@ def bake_path(workspace: Workspace, target: Path, options: Options, log: Log) ->
         hits = memo.cached(workspace, recipe_paths(target), options.mirror)
         if hits is not None:
             return hits
-    from kiln.bake.bake import bake
+    from kiln.bake.pipeline import bake_image
 
     def one(recipe: RecipeFile, parent: Parent | None) -> tuple[BakeResult, BakeResult]:
-        result = bake(workspace, recipe, parent, options, log)
+        result = bake_image(workspace, recipe, parent, options, log)
         return result, result
 
     return _each(workspace, target, one)

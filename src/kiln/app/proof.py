@@ -53,8 +53,8 @@ from kiln.store import archive, artefacts
 from kiln.times import rfc3339
 
 if TYPE_CHECKING:
-    from kiln.bake.bake import Parent
     from kiln.bake.options import Options
+    from kiln.bake.pipeline import Parent
     from kiln.recipe import RecipeFile
 
 Log = Callable[[str], None]
@@ -321,19 +321,30 @@ def _bake_one(
     """One bake in the scratch home from the stored lock, keyed as the original bake was
     (by its lock file, or without one for an image baked unlocked)."""
     from kiln.bake import build, cachekey
-    from kiln.bake.bake import build_context, key_document
+    from kiln.bake.pipeline import build_context
 
     lock = link.lock
     found = cachekey.materials(recipe)
     keyed = lock if link.locked else None
     parent_digest = parent.image.digest if parent else None
-    key = cachekey.key_of(key_document(recipe, parent_digest, keyed, options, found))
+    key = cachekey.key_of(
+        cachekey.bake_document(recipe, parent_digest, keyed, options.mirror, found)
+    )
     build_dir, held = locks.owned_dir(scratch.home.builds, f"{recipe.name}-")
     with held:
-        context = build_context(scratch, recipe, parent, options, key, build_dir, log)
-        context.lock, context.materials = lock, found
-        context.source_date_epoch = lock.source_date_epoch
-        return build.bake(context)
+        context = build_context(
+            scratch,
+            recipe,
+            parent,
+            options,
+            key,
+            build_dir,
+            log,
+            lock,
+            found,
+            lock.source_date_epoch,
+        )
+        return build.build_image(context)
 
 
 def _diff(workspace: Workspace, stored: ImageRow, scratch: Workspace, ref: str) -> dict[str, Any]:

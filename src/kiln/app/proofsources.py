@@ -72,7 +72,6 @@ def check_inputs(link: Link, options: Options, path: Path | None = None) -> list
     """What of the recipe and its inputs (at ``path``: the catalog's recipe path unless
     given) is not what the image was baked from."""
     from kiln.bake import cachekey
-    from kiln.bake.bake import key_document
     from kiln.recipe import load_recipe
 
     row = link.row
@@ -102,7 +101,9 @@ def check_inputs(link: Link, options: Options, path: Path | None = None) -> list
         return changed
     # kiln's own step and pipeline versions and a base's Debian sources count here too
     keyed = link.lock if link.locked else None
-    key = cachekey.key_of(key_document(recipe, link.lock.parent, keyed, options, found_now))
+    key = cachekey.key_of(
+        cachekey.bake_document(recipe, link.lock.parent, keyed, options.mirror, found_now)
+    )
     if key != row.cache_key:
         return [Changed(str(path), "cache key", path.name, row.cache_key, key)]
     return []

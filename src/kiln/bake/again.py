@@ -109,7 +109,7 @@ def _again(
     cached: bool,
 ) -> BakeResult:
     """A new version of ``held``'s name with its bytes, committed as a bake commits."""
-    from kiln.bake.build import allocate
+    from kiln.bake.commit import allocate
     from kiln.catalog import events
     from kiln.catalog.db import Conflict
     from kiln.catalog.models import Artefact, Image, Package

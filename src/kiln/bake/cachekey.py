@@ -13,13 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kiln import steps
-from kiln.bake import keydoc, packages, seal, services
-from kiln.bake.bases import debian, imported
+from kiln.bake import build, keydoc
 from kiln.digests import file_sha256, tree_digest
 from kiln.recipe import RecipeFile, lockfile
 from kiln.recipe.lockfile import Lock
-
-PIPELINE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -65,17 +62,10 @@ def inputs(recipe: RecipeFile) -> dict[str, str]:
 
 
 def kiln_versions() -> dict[str, Any]:
-    """The versions of kiln's pipeline, stages and step kinds: a change to what any of
-    them writes into an image bumps one, and every image made with it is rebaked."""
-    return {
-        "pipeline": PIPELINE_VERSION,
-        "steps": steps.versions(),
-        "packages": packages.VERSION,
-        "services": services.VERSION,
-        "seal": seal.VERSION,
-        "debian": debian.VERSION,
-        "import": imported.VERSION,
-    }
+    """The versions of kiln's pipeline, its stages and step kinds, each declared where
+    it is written (kiln.bake.build, kiln.steps): a change to what any of them writes into
+    an image bumps one, and every image made with it is rebaked."""
+    return {"pipeline": build.VERSION, "steps": steps.versions(), **build.stage_versions()}
 
 
 def document(
@@ -98,6 +88,27 @@ def document(
         inputs={material.key: material.digest for material in listed},
         lock=lock.digest if lock is not None else None,
         sources=sources,
+    )
+
+
+def bake_document(
+    recipe: RecipeFile,
+    parent_digest: str | None,
+    lock: Lock | None,
+    mirror: str | None,
+    found: list[Material],
+) -> dict[str, Any]:
+    """What the cache key of a bake of ``recipe`` on ``parent_digest`` from ``lock`` hashes
+    (``mirror``: the mirror setting, a Debian base's fallback for its sources)."""
+    spec = recipe.recipe.image.bootstrap
+    return document(
+        recipe,
+        parent_digest,
+        lock=lock,
+        sources=keydoc.image_sources(spec.debian, spec.mirror, spec.components, mirror)
+        if spec is not None
+        else None,
+        found=found,
     )
 
 

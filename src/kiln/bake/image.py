@@ -20,6 +20,8 @@ from kiln.store.layout import MEDIA_MANIFEST, Descriptor
 from kiln.times import rfc3339
 
 LABEL = "org.kiln."
+Checks = list[dict[str, object]]  # what the seal removed and asserted (kiln.bake.seal)
+Special = list[dict[str, str]]  # device nodes and setuid/setgid files of an imported base
 
 ARCH = {
     "x86_64": "amd64",
@@ -32,7 +34,9 @@ ARCH = {
 }
 
 
-def labels(context: BuildContext, created: datetime) -> dict[str, str]:
+def labels(
+    context: BuildContext, created: datetime, seal_checks: Checks, special: Special | None
+) -> dict[str, str]:
     recipe = context.recipe
     out = {
         f"{LABEL}name": recipe.name,
@@ -46,7 +50,7 @@ def labels(context: BuildContext, created: datetime) -> dict[str, str]:
     }
     if recipe.recipe.image.description:
         out["org.opencontainers.image.description"] = recipe.recipe.image.description
-    out[f"{LABEL}seal"] = json.dumps(context.seal_checks, sort_keys=True)
+    out[f"{LABEL}seal"] = json.dumps(seal_checks, sort_keys=True)
     runtime = recipe.recipe.runtime
     if runtime != type(runtime)():
         out[f"{LABEL}runtime"] = json.dumps(runtime.model_dump(mode="json"), sort_keys=True)
@@ -54,7 +58,7 @@ def labels(context: BuildContext, created: datetime) -> dict[str, str]:
     if tests != type(tests)():  # kiln test reads them from here, without the recipe file
         out[f"{LABEL}tests"] = json.dumps(tests.model_dump(mode="json"), sort_keys=True)
     if recipe.recipe.image.origin == "import":
-        special = import_special(context)
+        special = special or []
         out[IMPORT_SPECIAL] = json.dumps(special[: imported.MAX_LISTED], sort_keys=True)
     return out
 
@@ -62,28 +66,33 @@ def labels(context: BuildContext, created: datetime) -> dict[str, str]:
 IMPORT_SPECIAL = f"{LABEL}import.special"
 
 
-def import_special(context: BuildContext) -> list[dict[str, str]]:
+def import_special(context: BuildContext) -> Special:
     """What an imported base holds that a person should look at (devices, setuid and
     setgid files): found once, right after the import and before any step runs, and told
     in the log."""
-    if context.import_special is None:
-        context.import_special = imported.special_files(context.layer_source)
-        found = context.import_special
-        if found:
-            context.log(
-                f"the imported root holds {len(found)} device node(s) or setuid/setgid "
-                f"file(s) (label {IMPORT_SPECIAL} in kiln inspect):\n" + imported.describe(found)
-            )
-    return context.import_special
+    found = imported.special_files(context.layer_source)
+    if found:
+        context.log(
+            f"the imported root holds {len(found)} device node(s) or setuid/setgid "
+            f"file(s) (label {IMPORT_SPECIAL} in kiln inspect):\n" + imported.describe(found)
+        )
+    return found
 
 
-def config(context: BuildContext, diff_id: str, created: datetime) -> dict[str, Any]:
-    """The image config; ``diff_id`` is the new layer's (the sha256 of its tar stream)."""
+def config(
+    context: BuildContext,
+    diff_id: str,
+    created: datetime,
+    seal_checks: Checks,
+    special: Special | None,
+) -> dict[str, Any]:
+    """The image config; ``diff_id`` is the new layer's (the sha256 of its tar stream);
+    ``seal_checks`` and ``special`` (an imported base's) are told in its labels."""
     parent: dict[str, Any] = dict(context.parent.config) if context.parent else {}
     inherited = dict((parent.get("config") or {}).get("Labels") or {})
     image_config = dict(parent.get("config") or {})
     image_config.setdefault("Env", [f"PATH={BASE_ENV['PATH']}"])
-    image_config["Labels"] = {**inherited, **labels(context, created)}
+    image_config["Labels"] = {**inherited, **labels(context, created, seal_checks, special)}
     history = list(parent.get("history") or [])
     history.append(
         {

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kiln.bake.bake import Parent, Stores, bake, resolve
 from kiln.bake.options import Options
+from kiln.bake.pipeline import Parent, Stores, bake_image, resolve_packages
 from kiln.bake.result import BakeResult
 from kiln.errors import KilnError, RecipeError
 from kiln.recipe import RecipeFile, lockfile
@@ -69,13 +69,13 @@ def lock_one(
         if why is None:
             # Still fits: bake from it (a cache hit when nothing changed) so the children
             # see the digest their own locks name.
-            result = bake(stores, recipe, parent, options, log)
+            result = bake_image(stores, recipe, parent, options, log)
             return LockResult(
                 str(recipe.path), str(path), "current", len(old.packages), baked=[result]
             )
         log(f"{recipe.name}: {path.name} is stale ({why})")
     log(f"{recipe.name}: resolving against the mirror")
-    resolved = resolve(stores, recipe, parent, options, log)
+    resolved = resolve_packages(stores, recipe, parent, options, log)
     new = Lock(
         parent=resolved.parent_digest,
         source_date_epoch=int(time.time()),
@@ -104,5 +104,5 @@ def lock_one(
         state = "updated" if old is not None else "created"
         lockfile.write(path, new, recipe.path.name)
     log(f"{recipe.name}: baking from {path.name}")
-    final = bake(stores, recipe, parent, options, log)
+    final = bake_image(stores, recipe, parent, options, log)
     return LockResult(str(recipe.path), str(path), state, len(new.packages), diff, baked=[final])

@@ -11,7 +11,7 @@ The next bake of the same bytes recomputes everything that can change while they
 the same: the parent's digest (from the catalog), the lock's digest, each input file's
 digest, the host's apt sources. It then asks the catalog for that key. Anything short of
 a hit for every recipe (no memo, a new key, a stale lock, a file gone, a parent the
-catalog does not know) leaves the whole bake to the full path (kiln.bake.bake), which
+catalog does not know) leaves the whole bake to the full path (kiln.bake.pipeline), which
 validates, reports and builds as always. Both paths build the key document with one
 function (kiln.bake.keydoc), so they cannot disagree.
 """

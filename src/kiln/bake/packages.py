@@ -19,7 +19,7 @@ import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kiln import proc
@@ -70,25 +70,38 @@ def fetch_lines(context: BuildContext) -> list[str]:
     return mirror_lines(suite, context.options.mirror)
 
 
-def install(context: BuildContext, packages: tuple[str, ...]) -> None:
+Seen = dict[tuple[str, str, str], Deb]  # the .debs a bake saw, by (name, version, arch)
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What an install made: the .debs it saw (with their sha256), and those it unpacked
+    itself into a root without dpkg (which no dpkg database will list)."""
+
+    debs: Seen = field(default_factory=dict)
+    unpacked: tuple[Deb, ...] = ()
+
+
+def _unpacked(debs: list[Deb]) -> Installed:
+    return Installed({deb.key: deb for deb in debs}, tuple(debs))
+
+
+def install(context: BuildContext, packages: tuple[str, ...]) -> Installed:
     lock = context.lock
     if lock is not None:
         have = {deb.key for deb in context.parent_packages}
         wanted = [deb for deb in lock.packages if deb.key not in have]
         if wanted and not has_apt(context.root):
-            unpack_locked(context, wanted)
-            return
-        if wanted:
-            apt_locked(context, lock, wanted)
+            return _unpacked(unpack_locked(context, wanted))
+        seen = apt_locked(context, lock, wanted) if wanted else {}
         if (wanted or packages) and has_apt(context.root):
             mark_locked(context, wanted, packages)
-        return
+        return Installed(seen)
     if not packages:
-        return
+        return Installed()
     if has_apt(context.root):
-        apt_unlocked(context, packages)
-    else:
-        unpack(context, packages)
+        return Installed(apt_unlocked(context, packages))
+    return _unpacked(unpack(context, packages))
 
 
 def _apt_command(options: list[str], packages: list[str]) -> list[str]:
@@ -131,7 +144,7 @@ def _private_sources(context: BuildContext, lines: list[str]) -> tuple[list[str]
     return options, bind
 
 
-def apt_unlocked(context: BuildContext, packages: tuple[str, ...]) -> None:
+def apt_unlocked(context: BuildContext, packages: tuple[str, ...]) -> Seen:
     if context.options.mirror:
         lines = fetch_lines(context)
         options, bind = _private_sources(context, lines)
@@ -140,13 +153,12 @@ def apt_unlocked(context: BuildContext, packages: tuple[str, ...]) -> None:
         options, bind = _private_state(context)
         sandbox = context.sandbox.with_binds(bind)
     sandbox.run(_apt_command(options, list(packages)))
-    _harvest(context, bind.source / "archives")
+    return _harvest(context, bind.source / "archives")
 
 
-def _harvest(context: BuildContext, folder: Path) -> None:
+def _harvest(context: BuildContext, folder: Path) -> Seen:
     """Move the .debs apt downloaded into ``folder`` into the package cache."""
-    if downloads_only(folder):
-        context.debs.update(context.cache.harvest(folder))
+    return context.cache.harvest(folder) if downloads_only(folder) else {}
 
 
 def downloads_only(folder: Path) -> bool:
@@ -174,21 +186,20 @@ def _file_binds(lines: list[str]) -> list[Bind]:
     return binds
 
 
-def apt_locked(context: BuildContext, lock: Lock, wanted: list[Deb]) -> None:
+def apt_locked(context: BuildContext, lock: Lock, wanted: list[Deb]) -> Seen:
     context.cache.fetch(lock.packages, fetch_lines(context), context.home.tmp)
     repo = context.build_dir / "apt" / "repo"
     context.cache.make_repo(lock.packages, repo, os_codename(context.root) or "stable")
     options, bind = _private_sources(context, [f"deb [trusted=yes] file:{REPO}/repo ./"])
     context.sandbox.with_binds(bind).run(_apt_command(options, [spec(d) for d in wanted]))
-    context.debs.update({deb.key: deb for deb in lock.packages})
+    return {deb.key: deb for deb in lock.packages}
 
 
-def unpack_locked(context: BuildContext, wanted: list[Deb]) -> None:
+def unpack_locked(context: BuildContext, wanted: list[Deb]) -> list[Deb]:
     context.cache.fetch(wanted, fetch_lines(context), context.home.tmp)
     for deb in wanted:
         proc.run(["dpkg-deb", "--extract", str(context.cache.path(deb.sha256)), str(context.root)])
-        context.debs[deb.key] = deb
-        context.packages.append(deb)
+    return wanted
 
 
 @dataclass(frozen=True)
@@ -223,13 +234,14 @@ def candidate(package: str) -> Candidate:
     )
 
 
-def unpack(context: BuildContext, packages: tuple[str, ...]) -> None:
+def unpack(context: BuildContext, packages: tuple[str, ...]) -> list[Deb]:
     """For roots without dpkg (scratch): resolve with the host's apt, unpack with dpkg-deb.
 
     Dependencies and maintainer scripts are not run: this is for static tools such as
     busybox-static. A .deb already in the package cache (or the host's) needs no network.
     """
     cache = context.cache
+    out = []
     for package in packages:
         found = candidate(package)
         deb = Deb(found.name, found.architecture, found.version, found.sha256)
@@ -240,8 +252,8 @@ def unpack(context: BuildContext, packages: tuple[str, ...]) -> None:
             else:
                 cache.fetch([deb], fetch_lines(context), context.home.tmp)
         _extract_deb(context, cache.path(deb.sha256))
-        context.debs[deb.key] = deb
-        context.packages.append(deb)
+        out.append(deb)
+    return out
 
 
 @contextmanager
@@ -309,33 +321,42 @@ def mark_locked(context: BuildContext, wanted: Iterable[Deb], named: Iterable[st
         write_marks(image, marks.values(), before)
 
 
-def record(context: BuildContext) -> None:
-    """What the image holds, with each .deb's sha256 where kiln has seen the file and
-    apt's automatic mark; apt's extended_states is rewritten in canonical order."""
+@dataclass(frozen=True)
+class Record:
+    """What the image holds, and its distribution (``debian-bookworm``) for package URLs."""
+
+    packages: list[Deb]
+    distro: str | None
+
+
+def record(context: BuildContext, seen: Seen, unpacked: Iterable[Deb]) -> Record:
+    """What the image holds, with each .deb's sha256 where kiln has seen the file
+    (``seen``) and apt's automatic mark; apt's extended_states is rewritten in canonical
+    order. ``unpacked``: what was unpacked without dpkg."""
     codename = os_codename(context.root)
-    context.distro = f"debian-{codename}" if codename else None
+    distro = f"debian-{codename}" if codename else None
     if not has_dpkg(context.root):
-        known = {deb.key: deb for deb in [*context.parent_packages, *context.packages]}
-        context.packages = sorted(known.values())
-        return
+        known = {deb.key: deb for deb in [*context.parent_packages, *unpacked]}
+        return Record(sorted(known.values()), distro)
     known = {deb.key: deb for deb in context.parent_packages}
-    known.update(context.debs)
+    known.update(seen)
     debs = [known.get(key) or Deb(key[0], key[2], key[1], "") for key in installed(context.root)]
     native = native_architecture(debs)
     with Root(context.root) as image:
         marks, before = read_marks(image, _where(context), native)
         write_marks(image, marks.values(), before)
-    context.packages = [
+    packages = [
         replace(deb, auto=(mark := marks.get(apt_key(deb, native))) is not None and mark.auto)
         for deb in debs
     ]
+    return Record(packages, distro)
 
 
-def verify_lock(context: BuildContext) -> None:
+def verify_lock(context: BuildContext, packages: list[Deb]) -> None:
     """A locked bake must hold exactly the locked packages, no more, no fewer."""
     if context.lock is None:
         return
-    got = {(d.name, d.architecture, d.version) for d in context.packages}
+    got = {(d.name, d.architecture, d.version) for d in packages}
     want = {(d.name, d.architecture, d.version) for d in context.lock.packages}
     if got != want:
         extra = sorted(got - want)

@@ -15,6 +15,7 @@ from kiln import __version__
 from kiln.bake.context import BuildContext
 from kiln.bake.sbom import purl
 from kiln.recipe import lockfile
+from kiln.recipe.lockfile import Deb
 from kiln.times import rfc3339
 
 MEDIA_TYPE = "application/vnd.in-toto+json"
@@ -28,8 +29,14 @@ def _sha(value: str) -> dict[str, str]:
 
 
 def statement(
-    context: BuildContext, ref: str, manifest_digest: str, layer_digest: str, finished: datetime
+    context: BuildContext,
+    packages: list[Deb],
+    ref: str,
+    manifest_digest: str,
+    layer_digest: str,
+    finished: datetime,
 ) -> dict[str, Any]:
+    """``packages``: what the image holds (kiln.bake.packages.record)."""
     recipe = context.recipe
     dependencies: list[dict[str, Any]] = [
         {"name": "recipe", "uri": f"file:{recipe.path.name}", "digest": _sha(recipe.digest)},
@@ -58,7 +65,7 @@ def statement(
             }
         )
     inherited = {deb.key for deb in context.parent_packages}
-    for deb in context.packages:
+    for deb in packages:
         if deb.key not in inherited and deb.sha256:
             dependencies.append(
                 {"uri": purl(deb, None).to_string(), "digest": {"sha256": deb.sha256}}

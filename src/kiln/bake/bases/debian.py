@@ -15,7 +15,7 @@ from kiln import proc
 from kiln.apt.sources import mirror_lines
 from kiln.bake.context import BuildContext
 from kiln.bake.keydoc import image_sources
-from kiln.bake.packages import mark_locked
+from kiln.bake.packages import Seen, mark_locked
 from kiln.recipe.models import Bootstrap
 
 VERSION = 5  # 5: a locked base marks its packages automatically installed as its lock says
@@ -54,7 +54,8 @@ def fetch_sources(spec: Bootstrap, mirror: str | None) -> list[str]:
     return mirror_lines(spec.debian, mirror or spec.mirror, spec.components)
 
 
-def bootstrap(context: BuildContext) -> None:
+def bootstrap(context: BuildContext) -> Seen:
+    """The base root, by mmdebstrap; returns the .debs it installed."""
     spec = context.recipe.recipe.image.bootstrap
     assert spec is not None
     packages = context.recipe.recipe.packages.apt
@@ -84,8 +85,7 @@ def bootstrap(context: BuildContext) -> None:
             *unsafe_io,
         ]
         proc.run([argv[0], *hooks, *argv[1:]], env=env, echo=True)
-        context.debs.update(context.cache.harvest(harvest))
-        return
+        return context.cache.harvest(harvest)
     cache = context.cache
     cache.fetch(lock.packages, fetch, context.home.tmp)
     repo = context.build_dir / "repo"
@@ -97,4 +97,4 @@ def bootstrap(context: BuildContext) -> None:
     # apt was asked for every package, so it marked none: mark them as the unlocked
     # bootstrap the lock was resolved from left them
     mark_locked(context, lock.packages)
-    context.debs.update({deb.key: deb for deb in lock.packages})
+    return {deb.key: deb for deb in lock.packages}

@@ -1,9 +1,13 @@
 """Bake one recipe: find the image its inputs already made, or build it.
 
+    read_lock -> cache key (kiln.bake.cachekey) -> a cache hit? -> the cache-key lock
+    -> a cache hit now? -> build_image (kiln.bake.build)
+
 The caller (kiln.app.bake) has resolved the parent through the catalog; what is left is
 the lock, the cache key, the cache-key lock that makes a second bake of the same inputs
-wait for the first, and the pipeline (kiln.bake.build). A cache hit is answered by the
-catalog's plain-SQL lookup: SQLAlchemy loads only when something is built.
+wait for the first, and the build. A cache hit is answered by the catalog's plain-SQL
+lookup: SQLAlchemy loads only when something is built. :func:`resolve_packages` is
+``kiln lock``'s: the same stages up to the package record, on a root thrown away after.
 """
 
 from __future__ import annotations
@@ -11,12 +15,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from kiln import locks
 from kiln.bake import again, cachekey, memo
-from kiln.bake.bases import debian
 from kiln.bake.context import BuildContext
 from kiln.bake.options import Options
 from kiln.bake.result import BakeResult
@@ -48,31 +52,14 @@ class Parent:
     packages: list[Deb]
 
 
-def key_document(
-    recipe: RecipeFile,
-    parent_digest: str | None,
-    lock: Lock | None,
-    options: Options,
-    found: list[cachekey.Material],
-) -> dict[str, Any]:
-    """What the cache key of ``recipe`` on ``parent_digest`` keyed by ``lock`` hashes."""
-    spec = recipe.recipe.image.bootstrap
-    return cachekey.document(
-        recipe,
-        parent_digest,
-        lock=lock,
-        sources=debian.sources(spec, options.mirror) if spec is not None else None,
-        found=found,
-    )
-
-
 def _key(
     recipe: RecipeFile, parent: Parent | None, lock: Lock | None, options: Options
 ) -> tuple[str, list[cachekey.Material], memo.Entry]:
     """The cache key; it also leaves the memo a rebake that changes nothing starts from."""
     spec = recipe.recipe.image.bootstrap
     found = cachekey.materials(recipe)
-    document = key_document(recipe, parent.image.digest if parent else None, lock, options, found)
+    parent_digest = parent.image.digest if parent else None
+    document = cachekey.bake_document(recipe, parent_digest, lock, options.mirror, found)
     return (
         cachekey.key_of(document),
         found,
@@ -102,9 +89,11 @@ def read_lock(recipe: RecipeFile, parent: Parent | None, options: Options) -> Lo
     return lock
 
 
-def bake(
+def bake_image(
     stores: Stores, recipe: RecipeFile, parent: Parent | None, options: Options, log: Log
 ) -> BakeResult:
+    """The image ``recipe`` makes on ``parent``: the one its inputs made before (a cache
+    hit), or a new one built now."""
     started = time.monotonic()
     lock = read_lock(recipe, parent, options)
     key, found, entry = _key(recipe, parent, lock, options)
@@ -132,16 +121,20 @@ def bake(
             )
         from kiln.bake import build  # the pipeline, and SQLAlchemy with it, only to build
 
+        now = datetime.now(UTC)
+        epoch = (
+            lock.source_date_epoch if lock is not None else recipe.recipe.image.source_date_epoch
+        )
+        if epoch is None:
+            # Unlocked and unstamped: stamp it with when it started, which the lock it keeps
+            # says, so a rebuild from that lock can make the same bytes (kiln rebuild --prove).
+            epoch = int(now.timestamp())
         build_dir, held = locks.owned_dir(home.builds, f"{recipe.name}-")
         with held:  # released when the bake is over: then the folder is gone or kept
-            context = build_context(stores, recipe, parent, options, key, build_dir, log)
-            context.lock, context.materials = lock, found
-            context.source_date_epoch = (
-                lock.source_date_epoch
-                if lock is not None
-                else recipe.recipe.image.source_date_epoch
+            context = build_context(
+                stores, recipe, parent, options, key, build_dir, log, lock, found, epoch, now
             )
-            return build.bake(context)
+            return build.build_image(context)
 
 
 @dataclass(frozen=True)
@@ -152,7 +145,7 @@ class Resolved:
     packages: list[Deb]
 
 
-def resolve(
+def resolve_packages(
     stores: Stores, recipe: RecipeFile, parent: Parent | None, options: Options, log: Log
 ) -> Resolved:
     """Bake ``recipe`` without its lock, up to the package record, and keep nothing.
@@ -167,11 +160,12 @@ def resolve(
     build_dir, held = locks.owned_dir(stores.home.builds, f"{recipe.name}-")
     with held:
         unlocked = replace(options, ignore_lock=True, no_cache=True)
-        context = build_context(stores, recipe, parent, unlocked, key, build_dir, log)
-        context.materials = found
-        context.source_date_epoch = recipe.recipe.image.source_date_epoch
-        build.resolve(context)
-    return Resolved(parent.image.digest if parent else None, list(context.packages))
+        epoch = recipe.recipe.image.source_date_epoch
+        context = build_context(
+            stores, recipe, parent, unlocked, key, build_dir, log, None, found, epoch
+        )
+        packages = build.resolve_root(context)
+    return Resolved(parent.image.digest if parent else None, packages)
 
 
 def build_context(
@@ -182,8 +176,13 @@ def build_context(
     key: str,
     build_dir: Path,
     log: Log,
+    lock: Lock | None,
+    materials: list[cachekey.Material],
+    source_date_epoch: int | None,
+    started: datetime | None = None,
 ) -> BuildContext:
-    context = BuildContext(
+    """What a bake of ``recipe`` on ``parent`` knows before its first stage."""
+    return BuildContext(
         home=stores.home,
         layout=stores.layout,
         catalog=stores.catalog,
@@ -192,11 +191,14 @@ def build_context(
         cache_key=key,
         parent=parent.image if parent else None,
         parent_id=parent.row.id if parent else None,
+        parent_packages=tuple(parent.packages) if parent else (),
+        lock=lock,
+        materials=tuple(materials),
+        source_date_epoch=source_date_epoch,
         build_dir=build_dir,
         log=lambda message: log(f"{recipe.name}: {message}"),
+        started=started or datetime.now(UTC),
     )
-    context.parent_packages = list(parent.packages) if parent else []
-    return context
 
 
 def _cached(stores: Stores, key: str, options: Options) -> ImageRow | None:
