@@ -10,7 +10,6 @@ import typing
 from pathlib import Path
 
 import pytest
-from kiln.recipe.keylines import LineIndex, format_path
 from pydantic import BaseModel, ValidationError
 from pydantic.types import Strict
 
@@ -18,6 +17,7 @@ from kiln import steps
 from kiln.errors import BadInput, NotFound, Problem, RecipeError
 from kiln.machines.contract import from_json
 from kiln.recipe import CopyStep, RunStep, load_recipe
+from kiln.recipe.keylines import LineIndex, format_path
 from kiln.recipe.models import Recipe
 from kiln.store.layout import Layout
 
