@@ -1,5 +1,5 @@
-"""The forms kiln writes times in, and the environment its children start from: each
-written once, and what reads or shows them calls that one place."""
+"""The forms kiln writes times in: each written once (kiln.times), and what records or
+shows a time calls that one place."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-from kiln import proc, sandbox, times
+from kiln import times
 from kiln.apt import indexes
 from kiln.catalog import lookup, machines
-from kiln.machines import enter
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "kiln"
 MOMENT = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -70,24 +69,3 @@ def test_no_module_writes_a_time_form_of_its_own() -> None:
         if written.search(line)
     ]
     assert found == []
-
-
-def test_every_child_starts_from_one_environment() -> None:
-    assert proc.BASE_ENV == {
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "LANG": "C.UTF-8",
-        "HOME": "/root",
-    }
-    host = proc.environment()
-    assert {key: host[key] for key in proc.BASE_ENV} == proc.BASE_ENV
-    assert sandbox.BUILD_ENV == {**proc.BASE_ENV, "DEBIAN_FRONTEND": "noninteractive"}
-    inside = enter.argv(1, ["true"])
-    given = inside[inside.index("-i") + 1 : inside.index("true")]
-    assert given == sorted(f"{key}={value}" for key, value in proc.BASE_ENV.items())
-    # the environment is spelled in kiln.proc alone
-    spelled = [
-        str(path.relative_to(SRC))
-        for path in sorted(SRC.rglob("*.py"))
-        if path != SRC / "proc.py" and "/usr/local/sbin:/usr/local/bin" in path.read_text()
-    ]
-    assert spelled == []
