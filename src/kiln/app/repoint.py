@@ -5,7 +5,7 @@ onto the new parent's packages (``kiln.recipe.lockfile.rebase``)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln import refs
 from kiln.app import resolve
@@ -13,9 +13,22 @@ from kiln.app.workspace import Workspace
 from kiln.catalog import propagations
 from kiln.errors import KilnError
 
+if TYPE_CHECKING:
+    from kiln.recipe.lockfile import Deb
+
 
 class Stop(KilnError):
     """An item's step failed: the item is failed with this message."""
+
+
+def _debs(workspace: Workspace, image_id: int) -> list[Deb]:
+    """The packages the catalog recorded of an image, as a lock file lists them."""
+    from kiln.recipe.lockfile import Deb
+
+    return [
+        Deb(p.name, p.architecture, p.version, p.sha256)
+        for p in workspace.lookup.packages(image_id)
+    ]
 
 
 def _parent_for_lock(
@@ -25,7 +38,6 @@ def _parent_for_lock(
     recipe names, or (a name the plan follows) the ``rebuilt`` parent's digest."""
     from kiln.app.bake import parent_of
     from kiln.recipe import load_recipe
-    from kiln.recipe.lockfile import Deb
 
     recipe = load_recipe(recipe_path)
     if recipe.parent_recipe_path() is None and recipe.recipe.image.parent is not None:
@@ -35,10 +47,7 @@ def _parent_for_lock(
     found = propagations.image_id(workspace.lookup, rebuilt)
     if found is None:
         raise Stop(f"{name}: its new parent {rebuilt} is not in the catalog")
-    packages = [
-        Deb(p.name, p.architecture, p.version, p.sha256) for p in workspace.lookup.packages(found)
-    ]
-    return rebuilt, packages
+    return rebuilt, _debs(workspace, found)
 
 
 def rebase_lock(
@@ -47,7 +56,6 @@ def rebase_lock(
     """Move the recipe's lock onto the new parent, when it names another (written
     atomically beside the recipe); None when there is no lock or it fits already."""
     from kiln.recipe import lockfile
-    from kiln.recipe.lockfile import Deb
 
     path = lockfile.lock_path(recipe_path)
     if not path.is_file():
@@ -65,10 +73,7 @@ def rebase_lock(
                 "the packages it inherited cannot be told from its own",
                 hint=f"re-resolve it: kiln lock --update {recipe_path}",
             )
-        old = [
-            Deb(p.name, p.architecture, p.version, p.sha256)
-            for p in workspace.lookup.packages(found)
-        ]
+        old = _debs(workspace, found)
     new, changes = lockfile.rebase(lock, old, digest, packages)
     lockfile.write(path, new, recipe_path.name)
     return {
