@@ -178,6 +178,29 @@ def members(layout: Layout, digest: str) -> list[tarfile.TarInfo]:
         return archive.getmembers()
 
 
+def test_whether_a_lower_has_a_folder_is_asked_inside_that_layer(
+    tmp_path: Path, layout: Layout
+) -> None:
+    """A lower layer's /srv is a symlink to a host folder that has fresh/: read on the host
+    it would keep srv/fresh's opaque marker; inside the layer, /srv leads nowhere."""
+    outside = tmp_path / "outside"  # the sentinel: stands untouched
+    (outside / "fresh").mkdir(parents=True)
+    lower = lower_for(tmp_path)
+    (lower / "srv").symlink_to(outside)
+    (lower / "usr" / "lib").mkdir(parents=True)
+    (lower / "lib").symlink_to("usr/lib")  # a link inside the layer is followed there
+    upper = build_upper(tmp_path / "upper")
+    (upper / "lib" / "kept").mkdir(parents=True)
+    make_opaque(upper / "lib" / "kept")
+    (lower / "usr" / "lib" / "kept").mkdir()
+    before = sorted(p.name for p in outside.rglob("*"))
+    captured = layer.capture(layout, tmp_path / "tmp", upper, lowers=[lower])
+    names = [m.name.removeprefix("./") for m in members(layout, captured.descriptor.digest)]
+    assert "srv/fresh/.wh..wh..opq" not in names
+    assert "lib/kept/.wh..wh..opq" in names
+    assert sorted(p.name for p in outside.rglob("*")) == before
+
+
 def test_capture_writes_an_oci_layer_tar(tmp_path: Path, layout: Layout) -> None:
     upper = build_upper(tmp_path / "upper")
     captured = layer.capture(layout, tmp_path / "tmp", upper, lowers=[lower_for(tmp_path)])

@@ -28,6 +28,7 @@ import gzip
 import hashlib
 import io
 import os
+import stat
 import tempfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -38,7 +39,8 @@ from typing import BinaryIO, cast
 from isal import igzip, igzip_lib, isal_zlib
 
 from kiln import layers, proc
-from kiln.errors import StoreError
+from kiln.errors import KilnError, StoreError
+from kiln.rootpath import Root
 from kiln.store.layout import (
     CHUNK,
     FSCK_HINT,
@@ -115,14 +117,25 @@ def capture(
     if not lowers:  # nothing below a base layer: no deletion or opaque marker can matter
         return _stream(layout, tmp_dir, tar_argv(source, source_date_epoch))
     found = layers.scan_overlay(source)
-    found.opaque = [
-        rel for rel in found.opaque if rel and any((lower / rel).is_dir() for lower in lowers)
-    ]
+    found.opaque = [rel for rel in found.opaque if rel and _a_lower_has_folder(lowers, rel)]
     layers.overlay_to_oci(source, found)
     try:
         return _stream(layout, tmp_dir, tar_argv(source, source_date_epoch))
     finally:
         layers.oci_to_overlay(source, found)
+
+
+def _a_lower_has_folder(lowers: Sequence[Path], rel: str) -> bool:
+    """Whether a lower layer has a folder at ``rel``, each asked inside itself (a symlink
+    a layer holds is followed within that layer, never to the host's files)."""
+    for lower in lowers:
+        with Root(lower) as root:
+            try:
+                if stat.S_ISDIR(root.stat(rel).st_mode):
+                    return True
+            except (OSError, KilnError):  # missing, a loop, a link out of the layer
+                continue
+    return False
 
 
 def clamp_mtimes(tree: Path, epoch: int) -> None:
