@@ -313,6 +313,8 @@ def main() -> None:
             ]
     rows = [row for row in measured if row is not None]
     report(rows, args.json)
+    if not all(row.ok for row in rows):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import random
 import sqlite3
+import sys
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -214,6 +215,8 @@ def main() -> None:
     args = parser.parse_args()
     rows = bench_gc(args.images, args.runs)
     report(rows, args.json)
+    if not all(row.ok for row in rows):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
