@@ -1,8 +1,9 @@
 """SIGKILL at random moments of a bake, then kiln gc: nothing a dead kiln left remains.
 
-8 kills (seeded; ``python -m bench.soak`` runs the same scenario with 200) spread over a bake of ``tiny`` and of a child whose ``run`` step writes
-files and sleeps; the kiln process alone is killed, as a crash would, so its nspawn, tar
-and mounts live on until gc finds them. After each: gc, then fsck clean (exit 0, no
+8 kills (seeded; ``python -m bench.soak`` runs the same scenario with 200) spread over a
+bake of ``tiny`` and of a child whose ``run`` step writes files and sleeps; the kiln
+process alone is killed, as a crash would, so its nspawn, tar and mounts live on until gc
+finds them. After each: gc, then fsck clean (exit 0, no
 faults, no notes), no mounts under the home, no process naming it, nothing in builds/ or
 tmp/, and ``kiln images`` never lists an unfinished bake. Last, a rebake succeeds.
 """
