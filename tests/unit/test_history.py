@@ -15,11 +15,14 @@ from kiln.catalog import events
 from kiln.cli.history import SENTENCES, history
 from tests.unit.lifecycle_rows import add_image, workspace
 
+# a pipe's whole rows, whatever COLUMNS the runner has (pytest-xdist's workers set 80)
+WHOLE_ROWS: dict[str, str | None] = {"COLUMNS": None}
+
 __all__ = ["workspace"]  # the fixture
 
 
 def test_the_help_names_every_event_kind_and_each_has_its_sentence() -> None:
-    text = " ".join(CliRunner().invoke(history, ["--help"]).output.split())
+    text = " ".join(CliRunner(env=WHOLE_ROWS).invoke(history, ["--help"]).output.split())
     missing = [kind for kind in events.KINDS if kind not in text]
     assert missing == []
     assert list(SENTENCES) == list(events.KINDS)
@@ -61,7 +64,7 @@ def test_every_event_is_one_aligned_row_of_words(
             promoted=None,
         )
     monkeypatch.setenv("KILN_HOME", str(workspace.home.root))
-    out = CliRunner().invoke(history, ["web"])
+    out = CliRunner(env=WHOLE_ROWS).invoke(history, ["web"])
     assert out.exit_code == 0, out.output
     lines = out.output.splitlines()
     assert lines[0].split() == ["AT", "EVENT", "IMAGE", "MACHINE", "WHAT", "BY"]

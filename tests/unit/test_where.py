@@ -14,6 +14,9 @@ from kiln.cli.build import images as images_command
 from kiln.cli.lifecycle import where as where_command
 from tests.unit.lifecycle_rows import add_image, workspace, write_policy
 
+# a pipe's whole rows, whatever COLUMNS the runner has (pytest-xdist's workers set 80)
+WHOLE_ROWS: dict[str, str | None] = {"COLUMNS": None}
+
 __all__ = ["workspace"]  # the fixture
 
 PIPELINE = """
@@ -43,7 +46,7 @@ def test_images_marks_revoked_versions_and_lists_removed_ones(
     assert rows["web:2"]["revoked"] is None and rows["web:2"]["status"] == "ok"
     assert rows["web:1"]["status"] == "removed" and rows["web:1"]["removed"]["by"] == "gc"
     monkeypatch.setenv("KILN_HOME", str(workspace.home.root))
-    text = CliRunner().invoke(images_command, []).output
+    text = CliRunner(env=WHOLE_ROWS).invoke(images_command, []).output
     assert "web:1 (removed by gc)" in text
     [web3] = [line for line in text.splitlines() if line.strip().startswith("web:3")]
     assert "revoked: bad build" in web3
@@ -68,10 +71,10 @@ def test_where_tells_why_a_channel_is_empty_and_prints_a_revoked_family(
     assert web["empty"]["prod"]["left"] == "web:2"
     assert web["empty"]["prod"]["revoked"]["reason"] == "CVE-2026-0001"
     monkeypatch.setenv("KILN_HOME", str(workspace.home.root))
-    text = CliRunner().invoke(where_command, []).output
+    text = CliRunner(env=WHOLE_ROWS).invoke(where_command, []).output
     assert "- (web:2 revoked through base:1: CVE-2026-0001)" in text
     assert "- (every version revoked)" in text
-    named = CliRunner().invoke(where_command, ["web"]).output
+    named = CliRunner(env=WHOLE_ROWS).invoke(where_command, ["web"]).output
     assert "web:1" in named and "web:2" in named and "left prod when revoked" in named
 
 

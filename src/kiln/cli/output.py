@@ -36,13 +36,18 @@ err = Console(stderr=True, soft_wrap=True)
 PIPE_WIDTH = 1000
 
 
-def _wide() -> Console:
-    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
-        return console
-    return Console(soft_wrap=True, width=PIPE_WIDTH)
+class _Wide:
+    """Prints tables as wide as the terminal, or :data:`PIPE_WIDTH` where stdout is none:
+    asked at each print, not once at import (a test runner or a server swaps stdout)."""
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+            console.print(*objects, **options)
+        else:
+            Console(soft_wrap=True, width=PIPE_WIDTH).print(*objects, **options)
 
 
-wide = _wide()
+wide = _Wide()
 
 F = TypeVar("F", bound=Callable[..., Any])
 json_flag = click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
