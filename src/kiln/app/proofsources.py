@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,14 +145,12 @@ def _parent_recipe(path: Path, top: Path, parent: RecipeFile | None, what: str) 
     chain's parent: the loader wants it there, and the bake is handed the parent itself.
     (``path`` is the recipe checked against its digest: the bytes it was baked from.)"""
     from kiln.recipe.load import is_recipe_path
+    from kiln.recipe.text import named_parent, recipe_bytes
 
-    try:
-        image = tomllib.loads(path.read_text()).get("image")
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return  # the check that follows reports it
-    named = image.get("parent") if isinstance(image, dict) else None
-    if not isinstance(named, str) or not is_recipe_path(named):
-        return
+    data = recipe_bytes(path)  # read as the loader reads it: bounded, a regular file
+    named = named_parent(path, data) if data is not None else None
+    if named is None or not is_recipe_path(named):
+        return  # the check that follows reports a recipe it cannot read
     target = Path(os.path.realpath(path.parent / named))
     if parent is None or not target.is_relative_to(top):
         raise CannotRebuild(f"{what}: its parent recipe {named} cannot be placed beside it")
