@@ -29,7 +29,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -136,22 +136,7 @@ class Options:
 
 
 def _tasks(rows: list[ItemRow]) -> list[Task]:
-    tasks = [
-        Task(
-            item.id,
-            item.position,
-            item.wave,
-            item.name,
-            item.recipe,
-            item.parent,
-            item.reason,
-            item.state,
-            item.ref,
-            item.digest,
-            item.detail,
-        )
-        for item in rows
-    ]
+    tasks = [Task(**asdict(item)) for item in rows]  # a row read back is a task again
     names = {task.name for task in tasks}
     for task in tasks:
         task.after = task.parent if task.parent in names and task.parent != task.name else None
