@@ -34,7 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "bake": {"steps", "recipe", "store", "catalog", "apt"},
     "machines": {"steps", "recipe", "store", "catalog"},
     "lifecycle": {"recipe", "store", "catalog", "apt"},
-    "fleet": {"machines", "catalog", "store"},
+    "fleet": {"machines", "catalog", "store", "lifecycle", "recipe"},
     "app": {
         "recipe",
         "steps",

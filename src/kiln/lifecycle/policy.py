@@ -63,6 +63,7 @@ from kiln import refs
 from kiln.durations import seconds
 from kiln.errors import BadInput, NotFound, Problem, RecipeError
 from kiln.home import Home
+from kiln.lifecycle.fleetpolicy import GroupSpec, NetworkPolicy, check_groups
 from kiln.lifecycle.policyfile import MAX_POLICY_BYTES, NAME, locate
 from kiln.recipe import limits
 from kiln.recipe.keylines import KeyPath, LineIndex, format_path
@@ -176,6 +177,13 @@ class PolicyModel(Strict):
     channels: Channels = Channels()
     retention: Retention = Retention()
     freshness: Freshness = Freshness()
+    network: NetworkPolicy = NetworkPolicy()
+    groups: dict[str, GroupSpec] = Field(default_factory=dict)
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, value: dict[str, GroupSpec]) -> dict[str, GroupSpec]:
+        return check_groups(value)
 
 
 @dataclass(frozen=True)
@@ -214,6 +222,24 @@ class Policy:
     @property
     def freshness(self) -> Freshness:
         return self.model.freshness
+
+    @property
+    def network(self) -> NetworkPolicy:
+        return self.model.network
+
+    @property
+    def groups(self) -> dict[str, GroupSpec]:
+        return self.model.groups
+
+    def group(self, name: str) -> GroupSpec:
+        """The group ``name`` declares (BadInput naming the nearest one otherwise)."""
+        if name in self.model.groups:
+            return self.model.groups[name]
+        where = f"the policy {self.path}" if self.path else "no policy file (kiln.toml)"
+        raise BadInput(
+            f"no group named {name} in {where}" + did_you_mean(name, self.model.groups),
+            hint="declare it as [groups.NAME] with image and count (docs/fleet.md)",
+        )
 
     def key_paths(self) -> list[Path]:
         """The trusted keys' files, relative to the policy file's folder."""

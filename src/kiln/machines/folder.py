@@ -138,6 +138,13 @@ class State:
     tooling: bool = False  # kiln's venv and the recipe folder are bound in (kiln test)
     recipe_folder: str = ""
     layers: list[str] = field(default_factory=list)  # lowerdirs, bottom first
+    network: str = ""  # the network it is attached to ("" none: the host's own, as before)
+    address: str = ""  # its IPv4 address on that network, kept across restarts
+    ports: list[str] = field(default_factory=list)  # [HOST_IP:]HOST_PORT:PORT/PROTO forwarded
+    group: str = ""  # the group it is a member of (kiln up), "" for a machine of its own
+    slot: str = "a"  # A/B: the slot running now ("a" or "b"), see kiln.machines.slots
+    fallback: dict[str, Any] | None = None  # A/B: the stopped other slot (image, layers)
+    tentative: bool = False  # A/B: booted on a new slot, not yet marked good
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

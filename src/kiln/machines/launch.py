@@ -66,6 +66,9 @@ class Request:
     recipe_folder: Path | None = None  # bind kiln's venv and this folder (steps at runtime)
     values: config.Values | None = None  # already checked elsewhere: skip the image's contract
     health: Health | None = None  # instead of the image's own check
+    network: str = ""  # attach to this network (kiln.fleet.network prepares it), "" none
+    ports: tuple[str, ...] = ()  # [HOST_IP:]HOST_PORT:MACHINE_PORT[/PROTO], needs a network
+    group: str = ""  # a member of this group (kiln up)
 
 
 @dataclass
