@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from kiln.lifecycle.signing import Verified
     from kiln.store.layout import Layout
 
-SECTIONS = {"trust", "channels", "retention", "freshness"}  # the policy's tables (PolicyModel)
+# the policy's tables (PolicyModel)
+SECTIONS = {"trust", "channels", "retention", "freshness", "network", "groups"}
 TRUST_KEYS = {"keys", "require_signatures"}
 
 
