@@ -112,3 +112,49 @@ def postgres() -> Iterator[Postgres]:
             yield running
     except Missing as exc:
         pytest.fail(str(exc))
+
+
+APP_RECIPE = """\
+[image]
+name = "app"
+parent = "base.toml"
+description = "a fleet test image: healthy while /etc/app/ok exists"
+
+[[steps]]
+run = "mkdir -p /etc/app && echo {version} > /etc/app/version{healthy}"
+
+[runtime]
+state = ["/var/lib/app"]
+
+[runtime.health]
+command = "test -f /etc/app/ok"
+timeout = "10s"
+"""
+
+
+@dataclass(frozen=True)
+class AppImages:
+    """Three versions of the family ``app`` (a child of base) in the session's store."""
+
+    good: str  # app:N, healthy
+    good2: str  # a later healthy version, other bytes
+    bad: str  # a later version whose health check never passes
+    digests: dict[str, str]  # ref -> manifest digest
+
+
+@pytest.fixture(scope="session")
+def app_images(baked: Kiln, tmp_path_factory: pytest.TempPathFactory) -> AppImages:
+    """Fleet tests' images: boots in well under a second, no package of its own."""
+    folder = tmp_path_factory.mktemp("app-recipes")
+    shutil.copy(EXAMPLES / "base.toml", folder / "base.toml")
+    refs: list[str] = []
+    digests: dict[str, str] = {}
+    for version, healthy in (("one", True), ("two", True), ("bad", False)):
+        ok = " && touch /etc/app/ok" if healthy else ""
+        (folder / "app.toml").write_text(APP_RECIPE.format(version=version, healthy=ok))
+        results = baked.json("bake", str(folder / "app.toml"))
+        listed = results if isinstance(results, list) else [results]
+        app = next(r for r in listed if r["name"] == "app")
+        refs.append(f"app:{app['version']}")
+        digests[refs[-1]] = app["digest"]
+    return AppImages(refs[0], refs[1], refs[2], digests)

@@ -222,7 +222,12 @@ class GroupSpec(Strict):
         return [parse_port_range(item) for item in self.ports]
 
 
+RESERVED_GROUPS = ("status", "history", "abort")  # kiln rollout's own words
+
+
 def check_groups(groups: dict[str, GroupSpec]) -> dict[str, GroupSpec]:
     for name in groups:
         check_fleet_name(name, "group")
+        if name in RESERVED_GROUPS:
+            raise ValueError(f"'{name}' is a word of kiln rollout, not a group name: rename it")
     return groups
