@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,6 +21,11 @@ INSERT_IMAGES = (
     " recipe_path, recipe_digest, origin, created, status, size, seconds)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+def stamp(moment: datetime) -> str:
+    """A time as SQLAlchemy keeps it in SQLite, for rows a benchmark writes itself."""
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def insert_images(db: sqlite3.Connection, rows: Sequence[Sequence[object]]) -> None:

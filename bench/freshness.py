@@ -32,7 +32,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.common import KILN, Row, insert_images, median, timed
+from bench.common import KILN, Row, insert_images, median, stamp, timed
 from kiln.apt import indexes
 from kiln.catalog import Catalog
 from kiln.lifecycle.freshness import SOURCES_FORMAT
@@ -45,10 +45,6 @@ LINES = (
     f"deb [trusted=yes] {URL} bookworm-security main",
 )
 TARGET_SECONDS = 2.0
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")  # as SQLAlchemy keeps it in SQLite
 
 
 def _paragraph(n: int, version: str) -> str:
@@ -112,7 +108,7 @@ def synthetic(home: Path, images: int, packages: int) -> None:
             rows.append(
                 (image_id, f"img{name}", version, f"sha256:{digest}", f"sha256:{digest}", None,
                  digest, f"/recipes/img{name}.toml", "0" * 64, "bootstrap",
-                 _stamp(now - timedelta(hours=3 - version)), "ok", 1 << 20, 1.0)
+                 stamp(now - timedelta(hours=3 - version)), "ok", 1 << 20, 1.0)
             )  # fmt: skip
             (sources / f"{digest}.json").write_text(own)
             for k in range(packages):
@@ -122,7 +118,7 @@ def synthetic(home: Path, images: int, packages: int) -> None:
                 pkgs.append((image_id, f"pkg{n}", installed, arch, ""))
             if version == 1:
                 assignments.append(
-                    (f"img{name}", "prod", image_id, None, "promote", _stamp(now), "bench", 0, "[]")
+                    (f"img{name}", "prod", image_id, None, "promote", stamp(now), "bench", 0, "[]")
                 )
     insert_images(db, rows)
     db.executemany(

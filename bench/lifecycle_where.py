@@ -28,7 +28,7 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.common import KILN, Row, insert_images, median, timed
+from bench.common import KILN, Row, insert_images, median, stamp, timed
 from kiln.catalog import Catalog
 
 NAMES = 100
@@ -42,10 +42,6 @@ HEADS_SQL = (
     "JOIN (SELECT max(id) AS id FROM channel_assignments GROUP BY name, channel) h "
     "ON h.id = a.id LEFT JOIN images i ON i.id = a.image_id ORDER BY a.name, a.channel;"
 )
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")  # as SQLAlchemy keeps it in SQLite
 
 
 def synthetic(home: Path, images: int) -> None:
@@ -66,7 +62,7 @@ def synthetic(home: Path, images: int) -> None:
                 parent = ids[(name % BASES, max(1, version // 2))]
             ids[(name, version)] = next_id
             digest = f"sha256:{next_id:064x}"
-            created = _stamp(now - timedelta(hours=per_name - version))
+            created = stamp(now - timedelta(hours=per_name - version))
             rows.append(
                 (next_id, f"img{name}", version, digest, digest, parent, f"{next_id:064x}",
                  f"/recipes/img{name}.toml", "0" * 64,
@@ -85,7 +81,7 @@ def synthetic(home: Path, images: int) -> None:
             for step in range(ASSIGNMENTS):
                 version = max(1, per_name - ASSIGNMENTS * (number + 1) + step)
                 image = ids[(name, version)]
-                at = _stamp(now - timedelta(minutes=ASSIGNMENTS - step))
+                at = stamp(now - timedelta(minutes=ASSIGNMENTS - step))
                 assignments.append(
                     (f"img{name}", channel, image, previous, "promote", at, "bench", 0, "[]")
                 )
@@ -101,7 +97,7 @@ def synthetic(home: Path, images: int) -> None:
         image = ids[(name, per_name - number % 5)]
         machines.append(
             (f"m{number}", image, f"img{name}:{per_name - number % 5}", f"sha256:{image:064x}",
-             str(home / "machines" / f"m{number}"), _stamp(now), 0, 0, "{}", "[]", "{}", 0)
+             str(home / "machines" / f"m{number}"), stamp(now), 0, 0, "{}", "[]", "{}", 0)
         )  # fmt: skip
     db.executemany(
         "INSERT INTO machines (name, image_id, image_ref, digest, folder, created, nspawn_pid,"
@@ -113,12 +109,12 @@ def synthetic(home: Path, images: int) -> None:
     db.executemany(
         "INSERT INTO revocations (image_id, reason, effective, created, actor)"
         " VALUES (?, 'bench', ?, ?, 'bench')",
-        [(image, _stamp(now - timedelta(days=1)), _stamp(now)) for image in revoked],
+        [(image, stamp(now - timedelta(days=1)), stamp(now)) for image in revoked],
     )
     db.executemany(
         "INSERT INTO signatures (image_id, digest, key_id, signature_manifest, created, actor)"
         " VALUES (?, ?, 'key', 'sha256:0', ?, 'bench')",
-        [(i, f"sha256:{i:064x}", _stamp(now)) for i in range(1, next_id, 10)],
+        [(i, f"sha256:{i:064x}", stamp(now)) for i in range(1, next_id, 10)],
     )
     db.commit()
     db.close()

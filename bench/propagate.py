@@ -33,7 +33,7 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.common import KILN, Row, insert_images, median, report, timed
+from bench.common import KILN, Row, insert_images, median, report, stamp, timed
 from kiln.catalog import Catalog
 
 DEPTH = 6
@@ -41,10 +41,6 @@ VERSIONS = 2  # per name
 PIN_EVERY = 50  # one name in this many pins its parent's version
 CHANGED_EVERY = 10  # one recipe in this many was edited since its newest version's bake
 TARGET_SECONDS = 1.0
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")  # as SQLAlchemy keeps it in SQLite
 
 
 def synthetic(home: Path, recipes: Path, images: int) -> int:
@@ -65,7 +61,7 @@ def synthetic(home: Path, recipes: Path, images: int) -> int:
         image = len(rows) + 1
         ids[(name, version)] = image
         digest = f"sha256:{image:064x}"
-        at = _stamp(now - timedelta(minutes=images - image))
+        at = stamp(now - timedelta(minutes=images - image))
         rows.append(
             (image, name, version, digest, digest, parent, f"{image:064x}",
              str(recipes / f"{name}.toml"), recipe, "parent" if parent else "bootstrap",
