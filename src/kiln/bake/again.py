@@ -109,79 +109,46 @@ def _again(
     cached: bool,
 ) -> BakeResult:
     """A new version of ``held``'s name with its bytes, committed as a bake commits."""
-    from kiln.bake.commit import allocate
-    from kiln.catalog import events
-    from kiln.catalog.db import Conflict
-    from kiln.catalog.models import Artefact, Image, Package
-    from kiln.catalog.revisions import PENDING
+    from kiln.catalog import baking
 
     manifest = _manifest(layout, held)
-    with catalog.session() as session:
-        source = session.get(Image, held.id)
-        if source is None:
-            raise Conflict(f"{held.ref} left the catalog while it was being baked again")
-        packages = [(p.name, p.version, p.architecture, p.sha256) for p in source.packages]
-        documents = [(a.kind, a.media_type, a.manifest_digest, a.digest) for a in source.artefacts]
-        origin, size, seconds = source.origin, source.size, source.seconds
-
-    def pending_row(version: int) -> Image:
-        return Image(
-            name=held.name,
-            version=version,
-            digest=held.digest,
-            config_digest=held.config_digest,
-            parent_id=parent[0] if parent else None,
-            cache_key=key,
-            recipe_path=str(recipe.path),
-            recipe_digest=held.recipe_digest,  # what the bytes (and their archive) came from
-            origin=origin,
-            created=datetime.now(UTC).replace(microsecond=0),
-            status=PENDING,
-            size=size,
-            seconds=seconds,
-            packages=[
-                Package(name=n, version=v, architecture=a, sha256=s) for n, v, a, s in packages
-            ],
-        )
-
-    image_id, version = allocate(catalog, held.name, pending_row)
+    source = baking.copied(catalog, held.id, held.ref)
+    new = baking.NewVersion(
+        name=held.name,
+        digest=held.digest,
+        config_digest=held.config_digest,
+        parent_id=parent[0] if parent else None,
+        cache_key=key,
+        recipe_path=str(recipe.path),
+        recipe_digest=held.recipe_digest,  # what the bytes (and their archive) came from
+        origin=source.origin,
+        created=datetime.now(UTC).replace(microsecond=0),
+        size=source.size,
+        seconds=source.seconds,
+        packages=source.packages,
+    )
+    image_id, version = baking.take_version(catalog, new)
     ref = f"{held.name}:{version}"
     tagged = False
     try:
         layout.tag(ref, manifest)  # its referrers are listed already, by their subject
         tagged = True
-        with catalog.session() as session:
-            done = session.get(Image, image_id)
-            if done is None or done.status != PENDING:
-                raise Conflict(
-                    f"{ref} was removed from the catalog while it was being baked",
-                    hint="bake again",
-                )
-            done.artefacts = [
-                Artefact(kind=k, media_type=m, manifest_digest=md, digest=d)
-                for k, m, md, d in documents
-            ]
-            done.status = "ok"
-            events.record(
-                session,
-                "baked",
-                held.name,
-                version,
-                held.digest,
-                parent=parent[1] if parent else None,
-                parent_named=recipe.recipe.image.parent,
-                cache_key=key,
-                again_of=held.ref,
-                cached=cached,
-            )
+        baking.confirm(
+            catalog,
+            image_id,
+            ref,
+            source.artefacts,
+            parent=parent[1] if parent else None,
+            parent_named=recipe.recipe.image.parent,
+            cache_key=key,
+            again_of=held.ref,
+            cached=cached,
+        )
     except BaseException:
         try:
             if tagged:
                 layout.untag(ref, digest=held.digest)
-            with catalog.session() as session:
-                pending = session.get(Image, image_id)
-                if pending is not None and pending.status == PENDING:
-                    session.delete(pending)
+            baking.take_back(catalog, image_id)
         except (KilnError, OSError):
             pass  # kiln gc removes a pending row and its tag
         raise

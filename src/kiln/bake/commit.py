@@ -11,9 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,10 +19,8 @@ from kiln.bake import again, image, source
 from kiln.bake.context import BuildContext
 from kiln.bake.image import Checks, Special
 from kiln.bake.result import BakeResult
-from kiln.catalog import events, versions
-from kiln.catalog.db import Catalog, Conflict
-from kiln.catalog.models import Artefact, Image, Package
-from kiln.catalog.revisions import PENDING
+from kiln.catalog import baking, versions
+from kiln.catalog.baking import ArtefactFields, NewVersion
 from kiln.digests import canonical_json
 from kiln.errors import KilnError
 from kiln.recipe import lockfile
@@ -66,7 +62,7 @@ def _artefacts(
     manifest: Descriptor,
     layer: Descriptor,
     stamped: datetime,
-) -> list[tuple[Descriptor, Artefact]]:
+) -> list[tuple[Descriptor, ArtefactFields]]:
     """Provenance, SBOM and the layers' file inventories, stored as referrers of the image
     manifest."""
     # cyclonedx is slow to import; a cache hit never needs it
@@ -107,23 +103,11 @@ def _artefacts(
     for kind, media_type, data in documents:
         descriptor = artefacts.put(context.layout, manifest, kind, media_type, data, created)
         blob = context.layout.read_json(descriptor.digest)["layers"][0]["digest"]
-        out.append(
-            (
-                descriptor,
-                Artefact(
-                    kind=kind, media_type=media_type, manifest_digest=descriptor.digest, digest=blob
-                ),
-            )
-        )
+        out.append((descriptor, (kind, media_type, descriptor.digest, blob)))
     parent = context.parent.manifest.digest if context.parent else None
     files, top = inventory.attach(context.layout, context.home.layers, manifest, parent, created)
     kind, media_type = inventory.ARTEFACT, inventory.MEDIA_TYPE
-    out.append(
-        (
-            files,
-            Artefact(kind=kind, media_type=media_type, manifest_digest=files.digest, digest=top),
-        )
-    )
+    out.append((files, (kind, media_type, files.digest, top)))
     return out
 
 
@@ -187,30 +171,21 @@ def commit(
             cached=False,
         )
 
-    def pending_row(version: int) -> Image:
-        return Image(
-            name=recipe.name,
-            version=version,
-            digest=manifest_desc.digest,
-            config_digest=config_desc.digest,
-            parent_id=context.parent_id,
-            cache_key=context.cache_key,
-            recipe_path=str(recipe.path),
-            recipe_digest=recipe.digest,
-            origin=recipe.recipe.image.origin,
-            created=created,
-            status=PENDING,
-            size=layer.size,
-            seconds=seconds,
-            packages=[
-                Package(
-                    name=d.name, version=d.version, architecture=d.architecture, sha256=d.sha256
-                )
-                for d in built.packages
-            ],
-        )
-
-    image_id, version = allocate(context.catalog, recipe.name, pending_row)
+    new = NewVersion(
+        name=recipe.name,
+        digest=manifest_desc.digest,
+        config_digest=config_desc.digest,
+        parent_id=context.parent_id,
+        cache_key=context.cache_key,
+        recipe_path=str(recipe.path),
+        recipe_digest=recipe.digest,
+        origin=recipe.recipe.image.origin,
+        created=created,
+        size=layer.size,
+        seconds=seconds,
+        packages=[(d.name, d.version, d.architecture, d.sha256) for d in built.packages],
+    )
+    image_id, version = baking.take_version(context.catalog, new)
     ref = f"{recipe.name}:{version}"
     referrers: list[Descriptor] = []
     tagged = False
@@ -219,25 +194,15 @@ def commit(
         referrers = [descriptor for descriptor, _row in artefacts]
         context.layout.tag(ref, manifest_desc, referrers)
         tagged = True
-        with context.catalog.session() as session:
-            done = session.get(Image, image_id)
-            if done is None or done.status != PENDING:
-                raise Conflict(
-                    f"{ref} was removed from the catalog while it was being baked",
-                    hint="was 'kiln gc' run against another store sharing this catalog? bake again",
-                )
-            done.artefacts = [artefact for _descriptor, artefact in artefacts]
-            done.status = "ok"
-            events.record(
-                session,
-                "baked",
-                recipe.name,
-                version,
-                manifest_desc.digest,
-                parent=context.parent.ref if context.parent else None,
-                parent_named=recipe.recipe.image.parent,  # as written: base:prod, base.toml
-                cache_key=context.cache_key,
-            )
+        baking.confirm(
+            context.catalog,
+            image_id,
+            ref,
+            [artefact for _descriptor, artefact in artefacts],
+            parent=context.parent.ref if context.parent else None,
+            parent_named=recipe.recipe.image.parent,  # as written: base:prod, base.toml
+            cache_key=context.cache_key,
+        )
     except BaseException:
         _take_back(context, image_id, ref, manifest_desc.digest, referrers if tagged else None)
         raise
@@ -252,31 +217,6 @@ def commit(
     )
 
 
-ALLOCATE_ATTEMPTS = 20
-
-
-def allocate(catalog: Catalog, name: str, pending_row: Callable[[int], Image]) -> tuple[int, int]:
-    """Take the next version of ``name`` with a pending row; return its id and version.
-
-    On SQLite the write transaction is serialised; on PostgreSQL two bakes can pick the
-    same number, and the unique (name, version) constraint makes the later one try again.
-    """
-    for attempt in range(ALLOCATE_ATTEMPTS):
-        try:
-            with catalog.session() as session:
-                row = pending_row(catalog.next_version(session, name))
-                session.add(row)
-                session.flush()
-                return row.id, row.version
-        except Conflict:
-            time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
-    raise Conflict(
-        f"someone else got there first: every version of {name} tried was taken "
-        f"by another bake ({ALLOCATE_ATTEMPTS} attempts)",
-        hint="bake again",
-    )
-
-
 def _take_back(
     context: BuildContext,
     image_id: int,
@@ -288,9 +228,6 @@ def _take_back(
     try:
         if referrers is not None:  # the catalog did not take it: the store must not name it
             context.layout.untag(ref, referrers, digest=digest)
-        with context.catalog.session() as session:
-            pending = session.get(Image, image_id)
-            if pending is not None and pending.status == PENDING:
-                session.delete(pending)
+        baking.take_back(context.catalog, image_id)
     except (KilnError, OSError) as exc:
         context.log(f"could not take back {ref}: {exc} (kiln gc removes it)")
