@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from kiln.lifecycle.fleetpolicy import GroupSpec
 
+NOT_RUNNING = "not running"  # what Driver.healthy says of a member that is not running
 MEMBER_RE = re.compile(r"^(?P<group>[a-z0-9][a-z0-9-]*)-(?P<index>[1-9][0-9]{0,3})$")
 
 
@@ -79,7 +80,7 @@ class Driver(Protocol):
 
     def healthy(self, member: Member) -> tuple[bool, str]:
         """One run of the image's health check in the member now: (passed, what it saw).
-        A member that is not running is not healthy."""
+        A member that is not running is not healthy: (False, NOT_RUNNING)."""
         ...
 
     def remove(self, member: Member) -> None:
