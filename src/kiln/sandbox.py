@@ -175,17 +175,20 @@ class Boot:
     home_id: str  # its nspawn name and cgroup are this home's (machine_name)
     binds: tuple[Bind, ...] = ()
     credentials: Mapping[str, int] = field(default_factory=dict)  # id -> readable fd
-    private_network: bool = True
+    private_network: bool = True  # False: the host's own network (kiln run --network host)
     host_resolv_conf: bool = False  # steps reach the package mirror as in a bake
+    netns: Path | None = None  # a namespace kiln prepared (kiln.machines.netns), else loopback
 
     @property
     def cgroup(self) -> str:
         return machine_cgroup(self.home_id, self.name)
 
     def argv(self) -> list[str]:
-        """Boot with a private network (loopback only) by default; the console goes to
-        nspawn's output; secrets arrive as credentials read from file descriptors kiln
-        passes in, so they never touch a file system."""
+        """Boot with a private network: the namespace kiln prepared with its address and
+        route when given, else loopback only; or, without ``private_network``, in the
+        host's own network. The console goes to nspawn's output; secrets arrive as
+        credentials read from file descriptors kiln passes in, so they never touch a file
+        system."""
         out = [
             "systemd-nspawn",
             "--quiet",
@@ -202,7 +205,9 @@ class Boot:
             "--kill-signal=SIGRTMIN+4",
             f"--resolv-conf={'bind-host' if self.host_resolv_conf else 'off'}",
         ]
-        if self.private_network:
+        if self.netns is not None:
+            out.append(f"--network-namespace-path={self.netns}")
+        if self.private_network or self.netns is not None:
             out.append("--private-network")
         out += [bind.option() for bind in self.binds]
         out += [

@@ -29,7 +29,7 @@ from typing import Any
 from kiln import cgroups, proc
 from kiln.errors import BadInput, KilnError, StoreError
 from kiln.home import Home
-from kiln.machines import config, health, nspawn, process, volumes
+from kiln.machines import config, health, leftovers, netns, nspawn, process, volumes
 from kiln.machines.contract import Contract, Health, from_config
 from kiln.machines.folder import (
     FILE_MODE,
@@ -46,12 +46,14 @@ from kiln.machines.folder import (
 from kiln.machines.recording import Opener, Recorder, opened, record_start, recorded
 from kiln.mounts import Overlay, remove_tree
 from kiln.rootpath import Root
-from kiln.sandbox import Boot
+from kiln.sandbox import Bind, Boot
 from kiln.store.stored import StoredImage
 
 BOOT_TIMEOUT = 60.0  # to systemd's 'running'; the health check has its own timeout
 LEADER_TIMEOUT = 15.0
 INIT_PATHS = ("usr/lib/systemd/systemd", "lib/systemd/systemd")
+HOST_NETWORK = "host"  # Request.network: share the host's network namespace
+HOSTS_TARGET = "/etc/hosts"
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,9 @@ class Request:
     recipe_folder: Path | None = None  # bind kiln's venv and this folder (steps at runtime)
     values: config.Values | None = None  # already checked elsewhere: skip the image's contract
     health: Health | None = None  # instead of the image's own check
-    network: str = ""  # attach to this network (kiln.fleet.network prepares it), "" none
+    # a kiln network (kiln.fleet.network prepares it; launch gets its Attachment), HOST
+    # for the host's own network, "" for loopback only (kiln test's throwaway machines)
+    network: str = ""
     ports: tuple[str, ...] = ()  # [HOST_IP:]HOST_PORT:MACHINE_PORT[/PROTO], needs a network
     group: str = ""  # a member of this group (kiln up)
 
@@ -94,6 +98,9 @@ class Launched:
             "nspawn_pid": self.state.nspawn.pid,
             "leader_pid": self.state.leader.pid,
             "volumes": self.state.volumes,
+            "network": self.state.network or None,
+            "address": self.state.address or None,
+            "ports": list(self.state.ports),
             "generated": list(self.values.generated),
             "seconds_to_start": round(self.seconds_to_start, 3),
             "running_seconds": (
@@ -209,6 +216,18 @@ def _discard(folder: Folder) -> None:
         folder.path.rmdir()
 
 
+def _network(
+    home: Home, folder: Folder, name: str, network: str, link: netns.Attachment | None
+) -> tuple[list[Bind], Path | None]:
+    """The machine's hosts file and namespace, made before it boots (kiln.machines.netns)."""
+    if link is None:
+        return [], None
+    hosts = folder.config / "hosts"
+    make_dir(folder.config)
+    netns.write_hosts(hosts, link.hosts)
+    return [Bind(hosts, HOSTS_TARGET)], netns.prepare(home.id, name, link)
+
+
 def _boot(
     home: Home,
     folder: Folder,
@@ -217,15 +236,26 @@ def _boot(
     recipe_folder: Path | None,
     secret_values: dict[str, str],
     undo: ExitStack,
+    network: str = "",
+    link: netns.Attachment | None = None,
 ) -> tuple[subprocess.Popen[bytes], Proc, Proc]:
     """Start nspawn on the mounted overlay with the folder's config, the volumes and the
-    secrets; return it, its process and the machine's systemd. ``undo`` stops it."""
+    secrets, in its network; return it, its process and the machine's systemd. ``undo``
+    stops it and removes its namespace."""
     binds = nspawn.config_binds(folder.env_file, folder.seed)
     binds += nspawn.volume_binds(volume_map)
     if recipe_folder is not None:
         binds += nspawn.tooling_binds(Path(sys.prefix), recipe_folder)
+    undo.callback(netns.remove, home.id, name)
+    host_binds, path = _network(home, folder, name, network, link)
     boot = Boot(
-        folder.root, name, home.id, tuple(binds), host_resolv_conf=recipe_folder is not None
+        folder.root,
+        name,
+        home.id,
+        tuple(binds + host_binds),
+        private_network=network != HOST_NETWORK,
+        host_resolv_conf=recipe_folder is not None,
+        netns=path,
     )
     child = _start(boot, folder.console, secret_values)
     undo.callback(_stop_child, child)
@@ -236,6 +266,17 @@ def _boot(
     return child, nspawn_proc, leader
 
 
+def _check_network(name: str, network: str, ports: tuple[str, ...], link: object) -> None:
+    if ports and link is None:
+        raise BadInput(
+            f"machine {name}: --port needs a kiln network, and it has "
+            + ("the host's own network" if network == HOST_NETWORK else "none"),
+            hint="give --network NAME (the default network is kiln), or leave out --port",
+        )
+    if network not in ("", HOST_NETWORK) and link is None:
+        raise KilnError(f"machine {name}: network {network} was not prepared for it")
+
+
 def run(
     request: Request,
     image: StoredImage,
@@ -243,10 +284,13 @@ def run(
     home: Home,
     started: float | None = None,
     catalog: Opener | None = None,
+    link: netns.Attachment | None = None,
 ) -> Launched:
     """Boot ``image`` (catalog row ``image_id``); ``started``: when the command began;
-    ``catalog``: opens the process's catalog, where the machine is recorded."""
+    ``catalog``: opens the process's catalog, where the machine is recorded; ``link``:
+    where it plugs into the network ``request.network`` (kiln.fleet.network decides it)."""
     started = time.monotonic() if started is None else started
+    _check_network(request.name, request.network, request.ports, link)
     folder = Folder.of(home, request.name)
     contract = from_config(image.config)
     values = request.values or config.resolve(
@@ -275,6 +319,8 @@ def run(
             request.recipe_folder,
             dict(values.secrets),
             undo,
+            request.network,
+            link,
         )
         state = State(
             name=request.name,
@@ -288,6 +334,9 @@ def run(
             tooling=request.recipe_folder is not None,
             recipe_folder=str(request.recipe_folder or ""),
             layers=[str(d) for d in image.layer_dirs],
+            network=request.network,
+            address=link.address if link else "",
+            ports=list(link.ports) if link else [],
         )
         launched = Launched(
             request.name, image.ref, image.digest, folder, state, contract, values, started
@@ -327,16 +376,22 @@ def stopped(home: Home, name: str) -> State:
 
 
 def start(
-    request: StartRequest, image: StoredImage, home: Home, catalog: Opener | None = None
+    request: StartRequest,
+    image: StoredImage,
+    home: Home,
+    catalog: Opener | None = None,
+    link: netns.Attachment | None = None,
 ) -> Launched:
     """Boot a stopped machine again (``image``: the one it was launched from, see
     ``stopped``), from its own upper dir (its changes kept), with the
     config, seed (same instance-id: cloud-init does not run its per-instance modules
-    again), volumes and layers it was launched with. Its secrets are not stored, so they
+    again), volumes, layers and network address it was launched with (``link``: its
+    network's, from kiln.fleet.network). Its secrets are not stored, so they
     are given again; a missing one is named and nothing starts."""
     started = time.monotonic()
     folder = Folder.of(home, request.name)
     state = load(folder)
+    _check_network(request.name, state.network, tuple(state.ports), link)
     contract = from_config(image.config)
     with opened(home, catalog) as held:
         plain, secret_keys = recorded(held, request.name)
@@ -362,12 +417,20 @@ def start(
     if folder.root.is_mount():  # a host that went down with the machine running
         proc.run(["umount", str(folder.root)])
     not_ready: health.NotReady | None = None
-    with ExitStack() as undo:
+    with leftovers.preparing(home), ExitStack() as undo:  # gc leaves its namespace be
         _overlay(layers, folder).mount()
         undo.callback(proc.run, ["umount", str(folder.root)], check=False)
         recipe_folder = Path(state.recipe_folder) if state.tooling else None
         _child, nspawn_proc, leader = _boot(
-            home, folder, request.name, state.volumes, recipe_folder, secret_values, undo
+            home,
+            folder,
+            request.name,
+            state.volumes,
+            recipe_folder,
+            secret_values,
+            undo,
+            state.network,
+            link,
         )
         state = dataclasses.replace(
             state, boot_id=process.boot_id(), nspawn=nspawn_proc, leader=leader

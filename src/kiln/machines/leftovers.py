@@ -7,6 +7,12 @@ rm`` removes its machine's, and ``kiln gc`` what this home's nspawns left when t
 killed (a crash, SIGKILL, a poweroff inside a machine), never another home's, never one
 in use, and never one made in the last :data:`GRACE` seconds (a launch or a build command
 about to enter it).
+
+A machine on a kiln network has a namespace of its own and the host end of its veth
+(kiln.machines.netns) while it runs: a stop or ``kiln rm`` removes them once nspawn is gone,
+and ``kiln gc`` those of this home's machines that no longer run (nspawn killed, kiln killed
+mid-launch), never one of a launch under way (its state file does not read yet) nor of a
+``kiln start`` preparing it (it holds :func:`preparing` shared, gc exclusively).
 """
 
 from __future__ import annotations
@@ -16,10 +22,10 @@ import os
 import time
 from pathlib import Path
 
-from kiln import cgroups
+from kiln import cgroups, locks
 from kiln.errors import KilnError
 from kiln.home import Home
-from kiln.machines import process
+from kiln.machines import netns, process
 from kiln.machines.folder import Folder, load, machines_dir
 from kiln.sandbox import machine_cgroup, machine_name, of_home
 from kiln.store.gc import Item
@@ -27,6 +33,13 @@ from kiln.store.gc import Item
 PROPAGATE = Path("/run/systemd/nspawn/propagate")
 GRACE = 60.0
 KIND = "nspawn"  # gc's item kind for these
+NETNS_KIND = "netns"  # a machine's namespace and veth
+LINK_KIND = "link"  # a veth or bridge interface
+
+
+def preparing(home: Home) -> contextlib.AbstractContextManager[None]:
+    """Held shared while a launch or start makes a machine's namespace and boots it."""
+    return locks.locked(home.locks / "netns.lock", shared=True)
 
 
 def forget(home_id: str, name: str) -> None:
@@ -35,6 +48,7 @@ def forget(home_id: str, name: str) -> None:
     with contextlib.suppress(OSError):
         (PROPAGATE / machine_name(home_id, name)).rmdir()
     cgroups.remove(machine_cgroup(home_id, name))
+    netns.remove(home_id, name)
 
 
 def _live(home: Home) -> set[str]:
@@ -102,4 +116,38 @@ def sweep(
         except OSError:
             continue
         out.append(Item(KIND, entry.path, 0))
+    return out
+
+
+def _live_machines(home: Home) -> set[str]:
+    live = _live(home)
+    return {name for name in _machine_names(home) if machine_name(home.id, name) in live}
+
+
+def _machine_names(home: Home) -> list[str]:
+    top = machines_dir(home)
+    return sorted(path.name for path in top.iterdir()) if top.is_dir() else []
+
+
+def sweep_netns(home: Home, dry_run: bool) -> list[Item]:
+    """Remove (``dry_run``: list) this home's machine namespaces and veths that no running
+    machine (nor a launch under way) holds."""
+    out = []
+    with locks.locked(home.locks / "netns.lock"):
+        live = _live_machines(home)
+        prefix = netns.netns_prefix(home.id)
+        for ns in netns.namespaces(prefix):
+            machine = ns.removeprefix(prefix)
+            if machine in live:
+                continue
+            if not dry_run:
+                netns.remove(home.id, machine)
+            out.append(Item(NETNS_KIND, str(netns.NETNS_DIR / ns), 0))
+        held = {netns.veth_name(home.id, machine) for machine in live}
+        for link in netns.links(netns.veth_prefix(home.id)):
+            if link in held:
+                continue
+            if not dry_run:
+                netns.remove_link(link)
+            out.append(Item(LINK_KIND, link, 0))
     return out
