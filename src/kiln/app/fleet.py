@@ -16,31 +16,27 @@ someone ran as ``web-1`` by hand is never started, replaced or removed by ``kiln
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln import locks, refs
-from kiln.app import machines
+from kiln.app import machines, resolve
 from kiln.app.workspace import Workspace
-from kiln.errors import BadInput, KilnError, NotFound, RecipeError
+from kiln.errors import BadInput, KilnError
 from kiln.fleet import groups
 from kiln.fleet.members import NOT_RUNNING, Member, member_index, member_name
+from kiln.fleet.secrets import member_values, read_secrets
 from kiln.home import Home
 from kiln.lifecycle.fleetpolicy import GroupSpec
 from kiln.machines import config, health, launch, process
 from kiln.machines.contract import Contract, from_config
 from kiln.machines.folder import Folder, State, load, machines_dir, save
-from kiln.recipe.limits import read_regular
 
 if TYPE_CHECKING:
     from kiln.lifecycle.policy import Policy
-
-# put before a value --set would read as '-' (standard input) or '@FILE' while the values
-# are checked, and taken off again: the value itself reaches the machine
-LITERAL = "_"
 
 
 def state_root(home: Home) -> Path:
@@ -66,92 +62,6 @@ def group_lock(home: Home, group: str) -> Iterator[None]:
         )
     with held:
         yield
-
-
-def _strip_newline(data: bytes) -> bytes:
-    """One trailing newline (LF or CRLF) goes, as with ``kiln run --set KEY=@FILE``."""
-    if data.endswith(b"\r\n"):
-        return data[:-2]
-    return data[:-1] if data.endswith(b"\n") else data
-
-
-def read_secrets(
-    policy: Policy, group: str, spec: GroupSpec, environ: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """The group's secrets from their sources: ``file`` relative to the policy file's folder
-    (a regular file of bounded size, one trailing newline dropped), ``env`` from kiln's own
-    environment. Every source that cannot be read is named by its key path at once
-    (BadInput, exit 2), before anything starts."""
-    env = os.environ if environ is None else environ
-    folder = policy.path.parent if policy.path is not None else Path.cwd()
-    where_file = f" ({policy.path})" if policy.path is not None else ""
-    problems: list[str] = []
-    out: dict[str, str] = {}
-    for key, source in sorted(spec.secrets.items()):
-        where = f"groups.{group}.secrets.{key}"
-        if source.file is not None:
-            path = folder / source.file
-            try:
-                data = read_regular(path, config.MAX_VALUE_BYTES, "secret file")
-            except NotFound:
-                problems.append(f"{where}: file = '{source.file}': no such file ({path})")
-                continue
-            except RecipeError as exc:
-                problems += [f"{where}: file = '{source.file}': {p.message}" for p in exc.problems]
-                continue
-            except OSError as exc:
-                problems.append(f"{where}: file = '{source.file}': {exc.strerror} ({path})")
-                continue
-            try:
-                out[key] = _strip_newline(data).decode()
-            except UnicodeDecodeError:
-                problems.append(f"{where}: file = '{source.file}': the value is not UTF-8 text")
-        else:
-            assert source.env is not None
-            value = env.get(source.env)
-            if value is None:
-                problems.append(
-                    f"{where}: env = '{source.env}': kiln's environment has no {source.env}"
-                )
-            else:
-                out[key] = value
-    if problems:
-        count = len(problems)
-        raise BadInput(
-            f"group {group}: {count} secret source{'s' if count != 1 else ''} cannot be read"
-            f"{where_file}\n" + "\n".join(f"  {p}" for p in problems),
-            hint="put the file there or set the variable in kiln's environment; "
-            "nothing was started",
-        )
-    return out
-
-
-def member_values(
-    group: str, ref: str, contract: Contract, given: Mapping[str, str], policy: Policy
-) -> config.Values:
-    """The values a member starts with, checked against the image's contract exactly as
-    ``kiln run --set`` values are (unknown keys, required ones missing, defaults). A value
-    is the value itself here, never read as '-' (standard input) or '@FILE'."""
-    shielded = {
-        key: LITERAL + value
-        if value == config.STDIN or value.startswith(config.FROM_FILE)
-        else value
-        for key, value in given.items()
-    }
-    sets = [f"{key}={value}" for key, value in sorted(shielded.items())]
-    try:
-        checked = config.resolve(ref, contract, sets)
-    except config.ConfigError as exc:
-        where = f"the policy {policy.path}" if policy.path else "the policy file"
-        raise BadInput(
-            f"group {group}: " + exc.message,
-            hint=f"set them in [groups.{group}] config or secrets of {where}; nothing was started",
-        ) from None
-
-    def real(values: Mapping[str, str]) -> dict[str, str]:
-        return {key: given.get(key, value) for key, value in values.items()}
-
-    return config.Values(real(checked.plain), real(checked.secrets))
 
 
 def _state_or_none(folder: Folder) -> State | None:
@@ -307,6 +217,187 @@ class HostDriver:
             with_volumes=spec is not None and not spec.volumes,
             force=False,
         )
+
+
+@dataclass
+class Up:
+    """What kiln up did to one group."""
+
+    group: str
+    image: str  # the group's image ref
+    ref: str  # name:version it names now
+    outcome: groups.Outcome
+
+    def to_json(self) -> dict[str, Any]:
+        decided = self.outcome.plan
+        return {
+            "group": self.group,
+            "image": self.image,
+            "ref": self.ref,
+            "digest": decided.digest,
+            "count": decided.count,
+            "changed": not decided.empty,
+            "removed": [r.to_json() for r in self.outcome.removed],
+            "started": [s.to_json() for s in self.outcome.started],
+            "not_started": [n.to_json() for n in self.outcome.not_started],
+            "unhealthy": [s.member.name for s in self.outcome.unhealthy],
+            "kept": [m.name for m in decided.kept],
+            "elsewhere": [m.to_json() for m in decided.elsewhere],
+        }
+
+
+def _chosen(policy: Policy, group: str | None) -> list[str]:
+    if group is not None:
+        policy.group(group)  # BadInput naming the nearest one
+        return [group]
+    if not policy.groups:
+        where = f"the policy {policy.path}" if policy.path else "no policy file (kiln.toml)"
+        raise BadInput(
+            f"{where} declares no groups",
+            hint="declare one as [groups.NAME] with image and count (docs/fleet.md), "
+            "or give --policy PATH",
+        )
+    return list(policy.groups)
+
+
+def up(
+    workspace: Workspace,
+    group: str | None = None,
+    policy_file: Path | None = None,
+    log: Callable[[str], None] = lambda _message: None,
+) -> tuple[Policy, list[Up]]:
+    """kiln up: each chosen group (all the policy declares, when none is named) brought
+    to its count, under the group's lock. Every image ref is resolved once, and every
+    start is checked (secrets readable, values fit the image) before anything is done."""
+    from kiln.lifecycle.policy import find
+
+    policy = find(workspace.home, policy_file)
+    names = _chosen(policy, group)
+    log(f"policy: {policy.path}")
+    driver = HostDriver(workspace, policy)
+    results: list[Up] = []
+    with ExitStack() as held:
+        for name in names:
+            held.enter_context(group_lock(workspace.home, name))
+        rows = {name: resolve.image(workspace, policy.groups[name].image) for name in names}
+        plans = {}
+        for name in names:
+            spec = policy.groups[name]
+            found = driver.members(name)
+            decided = groups.plan(name, spec, found, rows[name].digest, driver.taken(name))
+            if decided.starts:
+                driver.check(name, spec, decided.digest, spec.config)
+            plans[name] = decided
+        for name in names:
+
+            def said(message: str, name: str = name) -> None:
+                log(f"{name}: {message}")
+
+            outcome = groups.apply(driver, policy.groups[name], plans[name], said)
+            results.append(Up(name, policy.groups[name].image, rows[name].ref, outcome))
+    return policy, results
+
+
+@dataclass
+class MemberView:
+    """A member as kiln group show lists it: one health check now, and its drift."""
+
+    member: Member
+    healthy: bool
+    health: str
+    drift: int | None = None  # paths changed against its image (the quick count)
+    drift_error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = describe_member(self.member)
+        data.update(healthy=self.healthy, health=self.health, drift=self.drift)
+        if self.drift_error is not None:
+            data["drift_error"] = self.drift_error
+        return data
+
+
+@dataclass
+class GroupView:
+    group: str
+    spec: GroupSpec
+    ref: str | None  # name:version the image ref names now (None: it names none)
+    digest: str | None
+    error: str | None
+    members: list[MemberView]
+
+    def to_json(self, with_members: bool = True) -> dict[str, Any]:
+        running = [v for v in self.members if v.member.running]
+        data: dict[str, Any] = {
+            "group": self.group,
+            "image": self.spec.image,
+            "ref": self.ref,
+            "digest": self.digest,
+            "error": self.error,
+            "network": self.spec.network,
+            "ports": list(self.spec.ports),
+            "volumes": self.spec.volumes,
+            "count": {
+                "wanted": self.spec.count,
+                "members": len(self.members),
+                "running": len(running),
+                "healthy": sum(1 for v in self.members if v.healthy),
+            },
+            "elsewhere": sorted(
+                v.member.name
+                for v in self.members
+                if self.digest and v.member.digest != self.digest
+            ),
+        }
+        if with_members:
+            data["members"] = [v.to_json() for v in self.members]
+        return data
+
+
+def _view(
+    workspace: Workspace, driver: HostDriver, name: str, spec: GroupSpec, with_drift: bool
+) -> GroupView:
+    from kiln.app import drift
+
+    ref = digest = error = None
+    try:
+        row = resolve.image(workspace, spec.image, usable=False)
+        ref, digest = row.ref, row.digest
+    except KilnError as exc:
+        error = exc.message
+    views = []
+    for member in driver.members(name):
+        ok, detail = driver.healthy(member)
+        view = MemberView(member, ok, detail)
+        if with_drift:
+            try:
+                view.drift = drift.drift(workspace, member.name).total
+            except KilnError as exc:
+                view.drift_error = exc.message
+        views.append(view)
+    return GroupView(name, spec, ref, digest, error, views)
+
+
+def group_ls(
+    workspace: Workspace, policy_file: Path | None = None
+) -> tuple[Policy, list[GroupView]]:
+    """Every group of the policy, with its members counted (one health check each now)."""
+    from kiln.lifecycle.policy import find
+
+    policy = find(workspace.home, policy_file)
+    driver = HostDriver(workspace, policy)
+    views = [_view(workspace, driver, n, s, False) for n, s in policy.groups.items()]
+    return policy, views
+
+
+def group_show(
+    workspace: Workspace, group: str, policy_file: Path | None = None
+) -> tuple[Policy, GroupView]:
+    """One group's members: index, version, digest, state, health now, address, ports, drift."""
+    from kiln.lifecycle.policy import find
+
+    policy = find(workspace.home, policy_file)
+    spec = policy.group(group)
+    return policy, _view(workspace, HostDriver(workspace, policy), group, spec, True)
 
 
 def describe_member(member: Member) -> dict[str, Any]:
