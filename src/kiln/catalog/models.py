@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -80,3 +81,61 @@ class Artefact(Base):
     digest: Mapped[str] = mapped_column(String(80))  # the document itself
 
     image: Mapped[Image] = relationship(back_populates="artefacts")
+
+
+class Rollout(Base):
+    """One ``kiln rollout`` of a group: where it moves the members (a digest resolved once,
+    and the plain config they start with), the state it reached and why, and the lowest
+    number of healthy members seen while it ran. ``stable_at`` is set when the target has
+    baked: it is then the group's stable digest."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_name: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(80))  # manifest digest
+    target_ref: Mapped[str] = mapped_column(String(128))  # name:version the ref named
+    named: Mapped[str] = mapped_column(String(128))  # the ref as given (web:prod)
+    config: Mapped[str] = mapped_column(Text)  # JSON: plain values the members start with
+    settings: Mapped[str] = mapped_column(Text)  # JSON: the group's update settings then
+    count: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(24))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    promoted: Mapped[bool] = mapped_column(Boolean, default=False)
+    lowest_healthy: Mapped[int | None] = mapped_column(Integer, default=None)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    stable_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    actor: Mapped[str] = mapped_column(String(128))
+
+    steps: Mapped[list[RolloutStep]] = relationship(
+        back_populates="rollout", cascade="all, delete-orphan", order_by="RolloutStep.position"
+    )
+
+
+class RolloutStep(Base):
+    """One step of a rollout's plan (start, remove, wait, promote, bake), written before it
+    acts (``intent``) and after (``done``), so a rollout cut short continues where it
+    stopped."""
+
+    __tablename__ = "rollout_steps"
+    __table_args__ = (UniqueConstraint("rollout_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(String(16))  # forward | rollback
+    action: Mapped[str] = mapped_column(String(16))
+    member: Mapped[str] = mapped_column(String(64))
+    index: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(80))
+    config: Mapped[str] = mapped_column(Text)  # JSON
+    replaces: Mapped[str] = mapped_column(String(64))
+    from_digest: Mapped[str] = mapped_column(String(80))
+    from_config: Mapped[str] = mapped_column(Text)  # JSON
+    state: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    rollout: Mapped[Rollout] = relationship(back_populates="steps")

@@ -5,7 +5,13 @@ checks they match the scripts). Opening a catalog at HEAD costs one query of
 alembic_version; anything else imports Alembic (kiln.catalog.migrate) and upgrades.
 """
 
-REVISIONS = ("0001_first", "0002_sizes_64bit", "0003_lifecycle", "0004_freshness")
+REVISIONS = (
+    "0001_first",
+    "0002_sizes_64bit",
+    "0003_lifecycle",
+    "0004_freshness",
+    "0005_rollouts",
+)
 FIRST, HEAD = REVISIONS[0], REVISIONS[-1]
 
 OK = "ok"
