@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln import locks
+from kiln.app import network
 from kiln.app.workspace import Workspace
 from kiln.catalog import Catalog, events
 from kiln.catalog import retention as rows
@@ -90,6 +91,7 @@ def collect_garbage(
     report.items += gc.sweep_owned(home.builds, "build", dry_run)
     report.items += gc.sweep_owned(home.tmp, "tmp", dry_run)
     report.items += leftovers.sweep(home, dry_run)  # this home's cgroups, nspawn folders
+    report.items += network.sweep(home, dry_run)  # namespaces, veths, bridges, forwards
     notes: list[str] = []
     with gc.store_sweep(home), _few_collections():
         index = layout.read_index()

@@ -54,6 +54,21 @@ def _health_line(name: str, data: dict[str, Any]) -> str:
     help="keep state path PATH in host folder DIR instead of the machine's folder",
 )
 @click.option("--wait", is_flag=True, help="wait until systemd runs and the health check passes")
+@click.option(
+    "--network",
+    default="kiln",
+    show_default=True,
+    metavar="NAME",
+    help="the private network to join (made on first use); 'host' shares the host's network",
+)
+@click.option(
+    "--port",
+    "ports",
+    multiple=True,
+    metavar="[HOST_IP:]HOST_PORT:MACHINE_PORT[/tcp|udp]",
+    help="forward a host port to the machine (repeatable); not answered on 127.0.0.1: "
+    "from this host use the network's bridge address (kiln ps shows it)",
+)
 @json_flag
 def run(
     ref: str,
@@ -62,6 +77,8 @@ def run(
     config_file: Path | None,
     volumes: tuple[str, ...],
     wait: bool,
+    network: str,
+    ports: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Boot a machine from an image: systemd as PID 1 under systemd-nspawn.
@@ -77,7 +94,7 @@ def run(
     from kiln.app.machines import Request
     from kiln.app.workspace import with_workspace
 
-    request = Request(name, sets, config_file, volumes, wait=wait)
+    request = Request(name, sets, config_file, volumes, wait=wait, network=network, ports=ports)
     launched = with_workspace(use.run, request, ref)
     data = launched.to_json()
     if as_json:
@@ -88,6 +105,8 @@ def run(
             f"its systemd pid {data['leader_pid']}) in {data['seconds_to_start']:.2f}s",
             highlight=False,
         )
+        if data["address"]:
+            console.print(f"{name} is {data['address']} on network {network}", highlight=False)
         if wait:
             console.print(escape(_health_line(name, data)), highlight=False)
     gc.freeze()
@@ -124,11 +143,17 @@ def start(
         console.print(escape(_health_line(name, data)), highlight=False)
 
 
+def _ports(row: dict[str, Any]) -> str:
+    """Each forward as where it is reached from this host (not 127.0.0.1) and its port."""
+    shown = [f"{f['reach']}->{f['port'].split(':')[-1]}" for f in row.get("forwards") or []]
+    return ", ".join(shown) or "-"
+
+
 @click.command()
 @click.option("--all", "include_removed", is_flag=True, help="include removed machines")
 @json_flag
 def ps(include_removed: bool, as_json: bool) -> None:
-    """List machines: image, state, volumes."""
+    """List machines: image, state, network, address, forwarded ports, volumes."""
     from rich.table import Table
 
     from kiln.app import machines as use
@@ -138,13 +163,27 @@ def ps(include_removed: bool, as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    table = Table("NAME", "IMAGE", "STATE", "PID", "CREATED", "VOLUMES", box=None)
+    table = Table(
+        "NAME",
+        "IMAGE",
+        "STATE",
+        "PID",
+        "NETWORK",
+        "ADDRESS",
+        "PORTS",
+        "CREATED",
+        "VOLUMES",
+        box=None,
+    )
     for row in rows:
         table.add_row(
             row["name"],
             row["image"],
             row["state"],
             str(row["nspawn_pid"]) if row["state"] == "running" else "-",
+            row.get("network") or "-",
+            row.get("address") or "-",
+            _ports(row),
             row["created"][:19],
             ", ".join(f"{k}={v}" for k, v in row["volumes"].items()) or "-",
         )

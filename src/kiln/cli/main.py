@@ -20,6 +20,7 @@ from kiln.cli import (
     freshness,
     lifecycle,
     machines,
+    network,
     proof,
     propagate,
     refresh,
@@ -51,6 +52,7 @@ def cli(debug: bool) -> None:
 
 build.register(cli)
 machines.register(cli)
+network.register(cli)
 drift.register(cli)
 catalog.register(cli)
 lifecycle.register(cli)

@@ -133,6 +133,7 @@ def sweep_netns(home: Home, dry_run: bool) -> list[Item]:
     """Remove (``dry_run``: list) this home's machine namespaces and veths that no running
     machine (nor a launch under way) holds."""
     out = []
+    gone: set[str] = set()
     with locks.locked(home.locks / "netns.lock"):
         live = _live_machines(home)
         prefix = netns.netns_prefix(home.id)
@@ -143,7 +144,8 @@ def sweep_netns(home: Home, dry_run: bool) -> list[Item]:
             if not dry_run:
                 netns.remove(home.id, machine)
             out.append(Item(NETNS_KIND, str(netns.NETNS_DIR / ns), 0))
-        held = {netns.veth_name(home.id, machine) for machine in live}
+            gone.add(netns.veth_name(home.id, machine))  # goes with its namespace
+        held = {netns.veth_name(home.id, machine) for machine in live} | gone
         for link in netns.links(netns.veth_prefix(home.id)):
             if link in held:
                 continue
