@@ -21,19 +21,17 @@ from typing import TYPE_CHECKING, Any
 from kiln import locks
 from kiln.app import network
 from kiln.app.workspace import Workspace
-from kiln.catalog import Catalog, events
 from kiln.catalog import retention as rows
+from kiln.catalog.lookup import Lookup
 from kiln.catalog.revisions import PENDING
-from kiln.catalog.session import reader
 from kiln.errors import KilnError
 from kiln.home import Home
 from kiln.lifecycle import retention
 from kiln.machines import leftovers
 from kiln.machines.folder import Folder, machines_dir
 from kiln.machines.folder import load as load_state
-from kiln.recipe import lockfile
 from kiln.store import gc
-from kiln.store.layout import Layout, image_ref
+from kiln.store.layout import image_ref
 
 if TYPE_CHECKING:
     from kiln.catalog.session import Session
@@ -98,7 +96,7 @@ def collect_garbage(
         decision, dropped, snap = _retire(workspace, rules, found, index, dry_run, notes)
         report.items += [gc.Item("version", v.ref, 0) for v in decision.removed]
         report.items += dropped.items
-        pending = _take_back_pending(layout, workspace.catalog, dry_run, snap)
+        pending = _take_back_pending(workspace, dry_run, snap)
         report.items += pending
         if dry_run:  # what the store would hold after the untagging a real run does
             refs = dropped.refs | {item.path for item in pending}
@@ -116,14 +114,15 @@ def collect_garbage(
 def _few_collections() -> Iterator[None]:
     """Hold Python's cyclic garbage collector off: gc builds tens of thousands of small
     objects beside a large parsed index.json, and each full collection would walk them
-    all again (it cost a 10,000-image dry run a third of its time). Nothing here makes
-    cycles that need collecting before the command ends."""
+    all again; at the end they are frozen, so no later collection walks them either.
+    Nothing here makes cycles that need collecting before the command ends."""
     was = cyclic.isenabled()
     cyclic.disable()
     try:
         yield
     finally:
-        if was:
+        if was:  # what was made meanwhile is set aside, not walked at the next collection
+            cyclic.freeze()
             cyclic.enable()
 
 
@@ -139,8 +138,8 @@ class _Snapshot:
     machines: list[tuple[int, str, int, bool, bool]]  # row, name, image, stopped, removed
 
 
-def _snapshot(session: Session) -> _Snapshot:
-    images, assigned, machines = rows.snapshot(session)
+def _snapshot(lookup: Lookup) -> _Snapshot:
+    images, assigned, machines = rows.snapshot(lookup)
     utc = retention.utc
     return _Snapshot(
         versions=[
@@ -180,17 +179,17 @@ def _retire(
     SQLite it is the write lock); then their tags. A rival row that names a version
     after it was read (a promotion, a machine) fails the transaction: nothing is removed
     and gc says to run again."""
-    catalog, layout = workspace.catalog, workspace.layout
+    layout = workspace.layout
     now = datetime.now(UTC)
-    with catalog.reading() if dry_run else catalog.session() as session:
-        snap = _snapshot(session)
+    with _transaction(workspace, dry_run) as (session, lookup):
+        snap = _snapshot(lookup)
         uses = [
             retention.Use(name, image_id, stopped)
             for _row, name, image_id, stopped, removed in snap.machines
             if not removed
         ]
         pins = _folder_uses(workspace.home, snap, uses, notes)
-        revoked = set(reader(session).revoked_images(now))  # rollback steps over
+        revoked = set(lookup.revoked_images(now))  # rollback steps over
         decision = retention.decide(
             snap.versions, snap.assignments, uses, rules, now, pins, revoked
         )
@@ -200,13 +199,28 @@ def _retire(
             decision = retention.decide(
                 snap.versions, snap.assignments, uses, rules, now, pins, revoked
             )
-        if not dry_run and decision.removed:
+        if session is not None and decision.removed:
             _remove_rows(session, snap, decision, found)
     dropped = _Dropped({v.ref for v in decision.removed})
     _interrupted(workspace, index, snap, dropped)
     if not dry_run and dropped.refs:
         layout.prune(lambda entry: image_ref(entry) in dropped.refs)
     return decision, dropped, snap
+
+
+@contextmanager
+def _transaction(workspace: Workspace, dry_run: bool) -> Iterator[tuple[Session | None, Lookup]]:
+    """The transaction retention reads its rows in, and the lookup that asks inside it: a
+    write transaction (its session) for a real run; for a dry run, a read transaction
+    that needs no ORM on the embedded catalog (kiln.catalog.retention.reading)."""
+    if dry_run:
+        with rows.reading(workspace.home.catalog_url, lambda: workspace.catalog) as lookup:
+            yield None, lookup
+        return
+    from kiln.catalog.session import reader
+
+    with workspace.catalog.session() as session:
+        yield session, reader(session)
 
 
 def _folder_uses(
@@ -287,6 +301,8 @@ def _remove_rows(
     with it (their machine_* events stay); packages, artefacts, test runs, signatures,
     revocations and rebuild proofs go.
     """
+    from kiln.catalog import events
+
     gone = {v.id for v in decision.removed}
     history = [a.id for a in snap.assignments if a.image_id in gone]
     replaced = [row for row, image_id in snap.previous.items() if image_id in gone]
@@ -335,8 +351,7 @@ def _interrupted(
     }
     if not dangling:
         return
-    with workspace.catalog.reading() as session:
-        went = rows.removed_earlier(session, dangling.values())
+    went = rows.removed_earlier(workspace.lookup, dangling.values())
     for ref, digest in sorted(dangling.items()):
         name, _, version = ref.rpartition(":")
         if version.isdigit() and (name, int(version), digest) in went:
@@ -360,9 +375,10 @@ def _sweep_debs(
     if running:
         notes.append(f"the package cache was left as it is: a bake is running ({running[0]})")
         return []
+    from kiln.recipe import lockfile
+
     kept = sorted(set(decision.kept) | {v.id for v in decision.versions.values() if v.pending})
-    with workspace.catalog.reading() as session:
-        needed = rows.package_digests(session, kept)
+    needed = rows.package_digests(workspace.lookup, kept)
     for recipe in sorted({recipes[image_id] for image_id in kept}):
         path = lockfile.lock_path(Path(recipe))
         if not path.is_file():
@@ -405,15 +421,14 @@ def _sweep_freshness(
     return out
 
 
-def _take_back_pending(
-    layout: Layout, catalog: Catalog, dry_run: bool, snap: _Snapshot
-) -> list[gc.Item]:
+def _take_back_pending(workspace: Workspace, dry_run: bool, snap: _Snapshot) -> list[gc.Item]:
     """Rows of bakes that died between taking a version and finishing: with the sweep
     lock held, no live bake on this store is in that window. A dry run lists those of
     the snapshot retention decided on, without a write transaction."""
     if dry_run:
         pending = sorted((v for v in snap.versions if v.pending), key=lambda v: v.id)
         return [gc.Item("image", v.ref, 0) for v in pending]
+    layout, catalog = workspace.layout, workspace.catalog
     out = []
     with catalog.session() as session:
         for image in catalog.pending(session):

@@ -1,27 +1,26 @@
 """The catalog's side of ``kiln gc``: the rows retention decides on, read in one go, and
 the removal of the versions that go, in the caller's write transaction.
 
-The rows are read as plain SQL: ten thousand rows read through the ORM's types cost
-twice as much. The removal is ORM statements in chunks (a bound parameter list stays
-small on both SQLite and PostgreSQL), without synchronising the session: nothing in it
-holds the rows removed.
+The rows are read as plain SQL through kiln.catalog.lookup's questions: ten thousand rows
+read through the ORM's types cost twice as much, and a dry run on the embedded catalog
+reads them through the standard library's sqlite3 in one read transaction, without
+importing SQLAlchemy at all (:func:`reading`). The removal is ORM statements in chunks (a
+bound parameter list stays small on both SQLite and PostgreSQL), without synchronising the
+session: nothing in it holds the rows removed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select, text, update
-from sqlalchemy.orm import Session
+from kiln.catalog.lookup import Lookup, open_sqlite, sqlite_path
 
-from kiln.catalog.db import Conflict
-from kiln.catalog.freshness import Proof
-from kiln.catalog.lifecycle import Assignment, Event, Revocation, Signature
-from kiln.catalog.lookup import Lookup
-from kiln.catalog.machines import Machine, TestRun
-from kiln.catalog.models import Artefact, Image, Package
-from kiln.catalog.revisions import OK
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from kiln.catalog.db import Catalog
 
 IMAGES = (
     "SELECT id, name, version, digest, parent_id, created, status, config_digest,"
@@ -31,23 +30,53 @@ ASSIGNMENTS = "SELECT id, name, channel, image_id, at, previous_id, action FROM 
 MACHINES = "SELECT id, name, image_id, stopped, removed FROM machines"
 DIGESTS = "SELECT id, digest FROM images"
 
+REMOVED_EARLIER = (
+    "SELECT name, version, digest FROM events WHERE kind = 'removed' AND digest IN ({digests})"
+)
+PACKAGE_DIGESTS = "SELECT DISTINCT sha256 FROM packages WHERE image_id IN ({ids}) AND sha256 != ''"
+
 Rows = Sequence[Sequence[Any]]
 QUIET = {"synchronize_session": False}
 
 
-def chunks(ids: Sequence[int], size: int = 500) -> Iterator[list[int]]:
+def chunks(ids: Sequence[Any], size: int = 500) -> Iterator[list[Any]]:
     for start in range(0, len(ids), size):
         yield list(ids[start : start + size])
 
 
-def snapshot(session: Session) -> tuple[Rows, Rows, Rows]:
+@contextmanager
+def reading(url: str, catalog: Callable[[], Catalog]) -> Iterator[Lookup]:
+    """The lookup's questions asked in one read transaction, so every answer is of the same
+    moment: on the embedded SQLite catalog at HEAD through sqlite3 (a deferred ``BEGIN`` on
+    the lookup's own connection, rolled back when it closes); on any other, or one that
+    needs upgrading, through ``catalog()``'s read-only session."""
+    path = sqlite_path(url)
+    fast = open_sqlite(path) if path is not None else None
+    if fast is None:
+        from kiln.catalog.session import reader
+
+        with catalog().reading() as session:
+            yield reader(session)
+        return
+    try:
+        fast.rows("BEGIN")
+        yield fast
+    finally:
+        fast.close()
+
+
+def snapshot(lookup: Lookup) -> tuple[Rows, Rows, Rows]:
     """Every image (id, name, version, digest, parent_id, created, status, config_digest,
     recipe_path), every channel assignment (id, name, channel, image_id, at, previous_id,
     action) and every machine row (id, name, image_id, stopped, removed)."""
-    images, assignments, machines = (
-        session.execute(text(sql)).all() for sql in (IMAGES, ASSIGNMENTS, MACHINES)
-    )
+    images, assignments, machines = (lookup.rows(sql) for sql in (IMAGES, ASSIGNMENTS, MACHINES))
     return images, assignments, machines
+
+
+def _in(values: Sequence[Any], prefix: str) -> tuple[str, dict[str, Any]]:
+    """Named parameters for an ``IN (...)`` list: the placeholders and their values."""
+    params = {f"{prefix}{n}": value for n, value in enumerate(values)}
+    return ", ".join(f":{key}" for key in params), params
 
 
 def image_digests(lookup: Lookup) -> Rows:
@@ -68,6 +97,15 @@ def remove_versions(
     artefacts, test runs, signatures, revocations and rebuild proofs. An image that is no
     longer a finished row (a rival changed it) raises Conflict: the caller's transaction
     then removes nothing."""
+    from sqlalchemy import delete, update
+
+    from kiln.catalog.db import Conflict
+    from kiln.catalog.freshness import Proof
+    from kiln.catalog.lifecycle import Assignment, Revocation, Signature
+    from kiln.catalog.machines import Machine, TestRun
+    from kiln.catalog.models import Artefact, Image, Package
+    from kiln.catalog.revisions import OK
+
     ids = sorted(images)
     for chunk in chunks(history):
         session.execute(
@@ -101,26 +139,23 @@ def remove_versions(
             )
 
 
-def removed_earlier(session: Session, digests: Iterable[str]) -> set[tuple[str, int | None, str]]:
+def removed_earlier(lookup: Lookup, digests: Iterable[str]) -> set[tuple[str, int | None, str]]:
     """(name, version, digest) of each version with one of ``digests`` that a "removed"
     event says gc took."""
-    rows = session.execute(
-        select(Event.name, Event.version, Event.digest).where(
-            Event.kind == "removed", Event.digest.in_(set(digests))
-        )
-    ).all()
-    return {(name, version, digest) for name, version, digest in rows}
+    found: set[tuple[str, int | None, str]] = set()
+    for chunk in chunks(sorted(set(digests))):
+        placeholders, params = _in(chunk, "d")
+        rows = lookup.rows(REMOVED_EARLIER.format(digests=placeholders), **params)
+        found |= {(name, version, digest) for name, version, digest in rows}
+    return found
 
 
-def package_digests(session: Session, image_ids: Sequence[int]) -> set[str]:
+def package_digests(lookup: Lookup, image_ids: Sequence[int]) -> set[str]:
     """The sha256 of every cached package file the images ``image_ids`` hold."""
     needed: set[str] = set()
     for chunk in chunks(image_ids):
-        needed |= set(
-            session.scalars(
-                select(Package.sha256)
-                .where(Package.image_id.in_(chunk), Package.sha256 != "")
-                .distinct()
-            )
-        )
+        placeholders, params = _in(chunk, "i")
+        needed |= {
+            row[0] for row in lookup.rows(PACKAGE_DIGESTS.format(ids=placeholders), **params)
+        }
     return needed

@@ -17,14 +17,16 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kiln import refs
 from kiln.actor import actor
-from kiln.catalog.lifecycle import Assignment
 from kiln.catalog.lookup import AssignmentRow, ImageRow, iso
-from kiln.catalog.session import Session
 from kiln.errors import BadInput, shown
+
+if TYPE_CHECKING:  # the replay (stack, spans) is gc's and the quick reads': no ORM for them
+    from kiln.catalog.lifecycle import Assignment
+    from kiln.catalog.session import Session
 
 PROMOTE, ROLLBACK, REVOKE = "promote", "rollback", "revoke"
 
@@ -115,6 +117,8 @@ def assign(
     at: datetime | None = None,
 ) -> Assignment:
     """Add one row to the channel's history (in the caller's write transaction)."""
+    from kiln.catalog.lifecycle import Assignment
+
     row = Assignment(
         name=name,
         channel=channel,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,17 +166,21 @@ class BlobDir:
             os.close(fd)
         return json.loads(b"".join(parts))
 
-    def names(self) -> list[str]:
+    def names(self, but: Collection[str] = ()) -> list[str]:
+        """The blobs' names (hex digests), sorted, less those in ``but``."""
         if self.fd < 0:
             return []
-        return sorted(os.listdir(self.fd))
+        return sorted(name for name in os.listdir(self.fd) if name not in but)
 
-    def blocks(self, name: str) -> int:
-        """Bytes the blob takes on disk (0 if it went meanwhile)."""
-        try:
-            return os.stat(name, dir_fd=self.fd, follow_symlinks=False).st_blocks * 512
-        except FileNotFoundError:
-            return 0
+    def blocks(self, names: Iterable[str]) -> list[int]:
+        """Bytes each blob takes on disk (0 for one that went meanwhile)."""
+        fd, lstat, out = self.fd, os.lstat, []
+        for name in names:
+            try:
+                out.append(lstat(name, dir_fd=fd).st_blocks * 512)
+            except FileNotFoundError:
+                out.append(0)
+        return out
 
     def unlink(self, name: str) -> None:
         with suppress(FileNotFoundError):
@@ -256,9 +260,12 @@ def sweep_store(
             layout.prune(lambda entry: image_ref(entry) is None and entry["digest"] in drop)
     keep_hex = {digest.split(":", 1)[1] for digest in blobs if ":" in digest}
     with BlobDir(layout) as store:
-        folder, blocks = str(layout.blobs), store.blocks
-        going = [name for name in store.names() if name not in keep_hex]
-        out += [Item("blob", f"{folder}/{name}", blocks(name)) for name in going]
+        folder = str(layout.blobs)
+        going = store.names(but=keep_hex)
+        out += [
+            Item("blob", f"{folder}/{name}", size)
+            for name, size in zip(going, store.blocks(going), strict=True)
+        ]
         if not dry_run:
             for name in going:
                 store.unlink(name)
