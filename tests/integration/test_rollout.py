@@ -88,8 +88,10 @@ def test_a_group_rolls_forward_back_and_on_after_a_kill(
     assert digests(baked) == [good] * COUNT
 
     # forward to good2: done, capacity kept, stable; a second run is a no-op
+    began = time.monotonic()
     with sampled(baked.home, policy) as counts:
         code, data, err = rollout(baked, policy, "--to", app_images.good2)
+    print(f"forward: {time.monotonic() - began:.1f}s, fewest healthy {min(counts)}")
     assert code == 0, err
     assert data["rollout"]["state"] == "done" and data["rollout"]["stable"]
     assert digests(baked) == [good2] * COUNT
@@ -103,6 +105,7 @@ def test_a_group_rolls_forward_back_and_on_after_a_kill(
     with sampled(baked.home, policy) as counts:
         code, data, err = rollout(baked, policy, "--to", app_images.bad)
     took = time.monotonic() - began
+    print(f"rolled back: {took:.1f}s, fewest healthy {min(counts)} of {len(counts)} samples")
     assert code == 1 and "rolled-back" in err and "not healthy" in err, err
     assert data["rollout"]["state"] == "rolled-back"
     assert digests(baked) == [good2] * COUNT
@@ -137,7 +140,9 @@ def test_a_group_rolls_forward_back_and_on_after_a_kill(
     assert cut is not None and cut.state == "running"
     code, _data, err = rollout(baked, policy, "--to", app_images.good2)
     assert code == 2 and f"rollout {cut.id} of {GROUP}" in err, err  # one at a time
+    began = time.monotonic()
     code, data, err = rollout(baked, policy, "--resume")
+    print(f"resumed: {time.monotonic() - began:.1f}s")
     assert code == 0, err
     assert data["rollout"]["state"] == "done"
     assert digests(baked) == [good] * COUNT

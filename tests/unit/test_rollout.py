@@ -394,3 +394,13 @@ def test_the_catalog_keeps_a_rollout_and_refuses_a_second(tmp_path: Path) -> Non
     assert [r.id for r in rows.history(catalog, GROUP)] == [made.id]
     assert done.lowest_healthy == 3  # one member replaced in place at a time
     catalog.close()
+
+
+def test_an_abort_stops_the_run_after_its_current_step() -> None:
+    group = spec(max_surge=0, max_unavailable=1, auto_promote=True)
+    host = Members(Clock(), 3)
+    journal = begin(host, group)
+    host.moves.append(lambda: journal.set_state(rows.ABORTED, reason="aborted by test"))
+    assert run(host, journal, group) == rows.ABORTED
+    assert [op for op, _name, _digest in host.ops] == ["remove", "start"]
+    assert journal.rollout.reason == "aborted by test"
