@@ -33,7 +33,7 @@ def test_host_routes_but_the_default_one_are_taken() -> None:
 
 def test_a_subnet_skips_host_routes_and_other_networks() -> None:
     space = IPv4Network("10.231.0.0/16")
-    taken = network.routed(ROUTES) + [IPv4Network("10.231.1.0/24")]
+    taken = [*network.routed(ROUTES), IPv4Network("10.231.1.0/24")]
     assert network.choose_subnet(space, taken) == IPv4Network("10.231.3.0/24")
     assert network.choose_subnet(space, [IPv4Network("10.231.0.0/17")]) == IPv4Network(
         "10.231.128.0/24"
@@ -141,3 +141,18 @@ def test_network_names_are_checked_before_a_file_is_named(home: Home) -> None:
             network.check_name(bad)
     with pytest.raises(BadInput):
         network.load(home, "../../etc/passwd")
+
+
+def test_a_machine_keeps_its_address_and_a_new_one_takes_the_first_free() -> None:
+    net = network.Network("kiln", "kb", "10.231.4.0/24")
+    net.members = {"a": {"address": "10.231.4.2"}, "b": {"address": "10.231.4.4"}}
+    assert network._address(net, "b", "10.231.4.4") == "10.231.4.4"  # kiln start
+    assert network._address(net, "c") == "10.231.4.3"
+    assert network._address(net, "c", "10.231.4.2") == "10.231.4.3"  # a's, not c's
+
+
+def test_a_machine_keeps_its_mac_across_restarts() -> None:
+    mac = netns.mac_address("0a1b2c3d", "web", "machine")
+    assert mac == netns.mac_address("0a1b2c3d", "web", "machine")
+    assert mac != netns.mac_address("0a1b2c3d", "web", "host")
+    assert int(mac[:2], 16) & 0x03 == 0x02  # unicast, locally administered

@@ -259,8 +259,9 @@ def _allocate(top: Path, home: Home, net: Network, space: IPv4Network) -> None:
     net.subnet = str(chosen)
 
 
-def _address(net: Network, wanted: str = "") -> str:
-    used = set(net.addresses().values())
+def _address(net: Network, machine: str, wanted: str = "") -> str:
+    """``wanted`` when it is free (the machine's own counts as free), else the first free."""
+    used = {address for name, address in net.addresses().items() if name != machine}
     hosts = list(net.net.hosts())[1:]  # .1 is the bridge's
     if wanted and wanted not in used and IPv4Address(wanted) in hosts:
         return wanted
@@ -309,7 +310,7 @@ def join(
         if not net.subnet:
             _allocate(top, home, net, space())
         keep = str(net.members.get(machine, {}).get("address", address))
-        given = _address(net, keep)
+        given = _address(net, machine, keep)
         net.members[machine] = {
             "address": given,
             "ports": [f.text for f in forwards],

@@ -433,7 +433,11 @@ def start(
             link,
         )
         state = dataclasses.replace(
-            state, boot_id=process.boot_id(), nspawn=nspawn_proc, leader=leader
+            state,
+            boot_id=process.boot_id(),
+            nspawn=nspawn_proc,
+            leader=leader,
+            address=link.address if link else state.address,
         )
         save(folder, state)
         values = config.Values(plain, secret_values)

@@ -68,6 +68,15 @@ def bridge_name(home_id: str, network: str) -> str:
     return _ifname("kb", home_id, network)
 
 
+def mac_address(home_id: str, machine: str, end: str) -> str:
+    """A fixed, locally administered MAC for one end (``host`` or ``machine``) of the
+    machine's veth, as nspawn derives its own from the machine's name: a restarted machine
+    answers at its old MAC, so its neighbours' ARP caches stay right."""
+    raw = bytearray(hashlib.sha256(f"{home_id}/{machine}/{end}".encode()).digest()[:6])
+    raw[0] = (raw[0] & 0xFE) | 0x02  # unicast, locally administered
+    return ":".join(f"{byte:02x}" for byte in raw)
+
+
 def netns_name(home_id: str, machine: str) -> str:
     return f"kiln-{home_id}-{machine}"
 
@@ -115,7 +124,8 @@ def prepare(home_id: str, machine: str, link: Attachment) -> Path:
     try:
         _batch(
             [
-                f"link add {veth} type veth peer name {PEER} netns {ns}",
+                f"link add {veth} address {mac_address(home_id, machine, 'host')} type veth "
+                f"peer name {PEER} address {mac_address(home_id, machine, 'machine')} netns {ns}",
                 f"link set {veth} master {link.bridge}",
                 f"link set {veth} up",
             ]
