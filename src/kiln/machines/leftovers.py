@@ -120,8 +120,26 @@ def sweep(
 
 
 def _live_machines(home: Home) -> set[str]:
+    """This home's machines that run, or may: a state file that does not read is a launch
+    under way unless it is older than :data:`GRACE` and no nspawn boots its root (a kiln
+    killed mid-launch)."""
     live = _live(home)
-    return {name for name in _machine_names(home) if machine_name(home.id, name) in live}
+    out = set()
+    for name in _machine_names(home):
+        if machine_name(home.id, name) not in live:
+            continue
+        folder = Folder(machines_dir(home) / name)
+        try:
+            load(folder)
+        except KilnError:
+            try:
+                old = time.time() - folder.state_file.stat().st_mtime > GRACE
+            except OSError:
+                old = False
+            if old and not process.nspawns_of(folder.root):
+                continue
+        out.add(name)
+    return out
 
 
 def _machine_names(home: Home) -> list[str]:
