@@ -156,3 +156,32 @@ def test_a_machine_keeps_its_mac_across_restarts() -> None:
     assert mac == netns.mac_address("0a1b2c3d", "web", "machine")
     assert mac != netns.mac_address("0a1b2c3d", "web", "host")
     assert int(mac[:2], 16) & 0x03 == 0x02  # unicast, locally administered
+
+
+def test_two_homes_never_pick_one_subnet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host-wide claims, not the bridges, keep two homes apart: the bridge calls are
+    left out (no root here), the host's routes are a fixed list."""
+    monkeypatch.setattr(network, "HOST_DIR", tmp_path / "run")
+    monkeypatch.setattr(network, "host_routes", lambda: [IPv4Network("10.231.0.0/24")])
+    monkeypatch.setattr(netns, "ensure_bridge", lambda *_args: True)
+    monkeypatch.setattr(netns, "remove_link", lambda _name: True)
+    space = IPv4Network("10.231.0.0/16")
+    first, second = Home(tmp_path / "one"), Home(tmp_path / "two")
+    a = network.join(first, lambda: space, "kiln", "web", ("8080:80",))
+    b = network.join(second, lambda: space, "kiln", "web", ("8080:80",))  # another home
+    assert (a.address, b.address) == ("10.231.1.2", "10.231.2.2")
+    assert a.gateway == "10.231.1.1" and a.prefix == 24 and "10.231.1.2\tweb" in a.hosts
+    with pytest.raises(BadInput, match="forwarded to machine web"):
+        network.join(first, lambda: space, "kiln", "db", ("8080:80",))
+    with pytest.raises(BadInput, match="exists"):
+        network.join(first, lambda: space, "kiln", "web")
+    again = network.join(first, lambda: space, "kiln", "web", ("8080:80",), a.address, again=True)
+    assert again.address == a.address
+    with pytest.raises(BadInput, match="has machines attached: web"):
+        network.remove(first, "kiln")
+    network.leave(first, "web")
+    held = network.load(first, "kiln")
+    assert held is not None and held.subnet == "" and held.members == {}
+    c = network.join(Home(tmp_path / "three"), lambda: space, "kiln", "web")
+    assert c.address == "10.231.1.2"  # given back by the first home
+    assert network.remove(first, "kiln").name == "kiln"
