@@ -175,15 +175,22 @@ class HostDriver:
             ports=groups.member_ports(spec, index),
             group=group,
         )
-        launched = machines.run(self.workspace, request, self._ref(spec, digest))
-        state = launched.state
-        if state.group != group:  # the group is what makes the machine a member
-            state = dataclasses.replace(state, group=group)
-            save(launched.folder, state)
+        folder = Folder.of(self.workspace.home, name)
+        if folder.exists():
+            raise BadInput(
+                f"a machine named {name} exists and is no member of group {group}",
+                hint=f"kiln rm {name}, or rename the group",
+            )
         try:
+            launched = machines.run(self.workspace, request, self._ref(spec, digest))
+            state = launched.state
+            if state.group != group:  # the group is what makes the machine a member
+                state = dataclasses.replace(state, group=group)
+                save(launched.folder, state)
             health.wait_running(state, launched.folder.console, launch.BOOT_TIMEOUT)
         except KilnError:
-            machines.rm(self.workspace, name, with_volumes=not spec.volumes, force=True)
+            if folder.exists():  # it booted, then something after the boot failed
+                machines.rm(self.workspace, name, with_volumes=not spec.volumes, force=True)
             raise
         return Member(
             name=name,

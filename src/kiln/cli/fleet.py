@@ -80,12 +80,15 @@ def up(group: str | None, policy_file: Path | None, as_json: bool) -> None:
             parts.append(f"not healthy in time: {', '.join(unhealthy)} (left running for a look)")
         if failed:
             parts.append(f"did not start: {', '.join(failed)}")
-        first = (unhealthy or failed)[0]
-        raise KilnError(
-            "kiln up: " + "; ".join(parts),
-            hint=f"kiln logs {first}; kiln group show {first.rsplit('-', 1)[0]}; "
-            "kiln up again replaces a member only once it stops",
-        )
+        if unhealthy:
+            first = unhealthy[0]
+            hint = (
+                f"kiln logs {first}; kiln group show {first.rsplit('-', 1)[0]}; kiln up replaces "
+                "a member only once it stops (kiln rm it to have kiln up start it again)"
+            )
+        else:
+            hint = "the error of each start is above; nothing of those members is left"
+        raise KilnError("kiln up: " + "; ".join(parts), hint=hint)
 
 
 @click.group(cls=Group)
