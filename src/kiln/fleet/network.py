@@ -314,6 +314,7 @@ def join(
         net.members[machine] = {
             "address": given,
             "ports": [f.text for f in forwards],
+            "veth": netns.veth_name(home.id, machine),  # its host end, named for gc
             "joined": time.time(),
         }
         _claim(top, home, net)
