@@ -9,7 +9,7 @@ Values are JSON text: plain config values only, never a secret.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -111,3 +111,23 @@ def live(session: Session, name: str) -> Sequence[Machine]:
     return session.scalars(
         select(Machine).where(Machine.name == name, Machine.removed.is_(None))
     ).all()
+
+
+def repoint(
+    session: Session,
+    name: str,
+    image_id: int,
+    image_ref: str,
+    digest: str,
+    config: Mapping[str, str],
+    secret_keys: Sequence[str],
+) -> int:
+    """The machine ``name`` now runs another image with these plain values and secret keys
+    (kiln update switched its slot): its live rows say so, for kiln where and kiln ps.
+    Returns the number of rows changed."""
+    rows = live(session, name)
+    for row in rows:
+        row.image_id, row.image_ref, row.digest = image_id, image_ref, digest
+        row.config = json.dumps(dict(config), sort_keys=True)
+        row.secret_keys = json.dumps(sorted(secret_keys))
+    return len(rows)

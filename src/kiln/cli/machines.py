@@ -172,10 +172,16 @@ def ps(include_removed: bool, as_json: bool) -> None:
         "ADDRESS",
         "PORTS",
         "CREATED",
+        "SLOT",
         "VOLUMES",
         box=None,
     )
     for row in rows:
+        slot = row.get("slot") or "-"
+        if row.get("tentative"):
+            slot += " (tentative)"
+        if row.get("fallback"):
+            slot += f", fallback {row['fallback']['slot']}: {row['fallback']['image']}"
         table.add_row(
             row["name"],
             row["image"],
@@ -185,6 +191,7 @@ def ps(include_removed: bool, as_json: bool) -> None:
             row.get("address") or "-",
             _ports(row),
             row["created"][:19],
+            slot,
             ", ".join(f"{k}={v}" for k, v in row["volumes"].items()) or "-",
         )
     wide.print(table)

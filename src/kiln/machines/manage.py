@@ -75,6 +75,14 @@ def ps(catalog: Catalog, include_removed: bool = False) -> list[dict[str, Any]]:
                     "config": row.plain_config(),
                     "secrets": sorted(json.loads(row.secret_keys)),
                     "throwaway": row.throwaway,
+                    # A/B (kiln update): the active slot, and the stopped fallback's image
+                    "slot": state.slot if state is not None else None,
+                    "tentative": state.tentative if state is not None else False,
+                    "fallback": (
+                        {k: state.fallback.get(k) for k in ("slot", "image", "digest")}
+                        if state is not None and state.fallback
+                        else None
+                    ),
                 }
             )
         return out
