@@ -296,7 +296,8 @@ def refuse_pending(folder: Folder) -> None:
     if switch is not None:
         back = switch.origin if switch.op == "update" else switch.target
         raise KilnError(
-            f"machine {folder.name}: a {switch.op} to {switch.target.image} was interrupted "
+            f"machine {folder.name}: {'an' if switch.op == 'update' else 'a'} {switch.op} "
+            f"to {switch.target.image} was interrupted "
             f"at its step '{switch.undo or switch.step}'",
             hint=f"kiln update {folder.name} --rollback brings it back on {back.image}",
         )
