@@ -227,6 +227,15 @@ def describe(rollout: Rollout) -> str:
     return f"rollout {rollout.id} of {rollout.group} to {rollout.target_ref} ({rollout.state})"
 
 
+def refusal(found: Rollout) -> BadInput:
+    """Why a second rollout of a group is refused while ``found`` is unfinished."""
+    return BadInput(
+        f"group {found.group} already has an unfinished {describe(found)}",
+        hint=f"continue it with 'kiln rollout {found.group} --resume' (or --promote), or "
+        f"stop it with 'kiln rollout abort {found.group}'",
+    )
+
+
 def create(
     catalog: Catalog,
     group: str,
@@ -246,11 +255,7 @@ def create(
     with catalog.session() as session:
         found = _unfinished(session, group)
         if found is not None:
-            raise BadInput(
-                f"group {group} already has an unfinished {describe(_rollout(found))}",
-                hint=f"continue it with 'kiln rollout {group} --resume' (or --promote), or "
-                f"stop it with 'kiln rollout abort {group}'",
-            )
+            raise refusal(_rollout(found))
         now = _now()
         row = RolloutModel(
             group_name=group,
