@@ -17,6 +17,7 @@ from kiln.cli import (
     build,
     catalog,
     drift,
+    fleet,
     freshness,
     lifecycle,
     machines,
@@ -24,7 +25,9 @@ from kiln.cli import (
     proof,
     propagate,
     refresh,
+    rollout,
     signing,
+    update,
 )
 from kiln.cli.groups import Group
 from kiln.cli.output import err
@@ -61,6 +64,9 @@ freshness.register(cli)
 proof.register(cli)
 propagate.register(cli)
 refresh.register(cli)
+rollout.register(cli)
+update.register(cli)
+fleet.register(cli)
 
 
 def _report(exc: KilnError) -> None:
