@@ -47,7 +47,12 @@ def _render(data: dict[str, Any]) -> None:
             markup=False,
         )
     elif data["resumed"] and data["active"] == origin:
-        err.print(f"{name}: the interrupted update is undone{again}", highlight=False)
+        err.print(
+            f"{name}: the interrupted update to {_slot(to)} is undone",
+            highlight=False,
+            markup=False,
+        )
+        again = ""
     back = data["back"] if data["op"] == "update" or data["resumed"] else proof
     active = _slot(data["active"])
     if back is not None and back["ok"]:
