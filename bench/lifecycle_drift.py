@@ -200,7 +200,7 @@ def measure(home: Path, runs: int) -> list[Row]:
     ]
 
 
-def rows(home: Path | None = None, runs: int = 5) -> list[Row]:
+def rows(home: Path | None = None, runs: int = 3) -> list[Row]:
     """The rows for this script or bench/lifecycle.py; ``home`` holds a web image, else
     examples/ is baked into a scratch store first."""
     if shutil.which("aide") is None:
@@ -223,7 +223,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--home", type=Path, help="a KILN_HOME with a web image in it")
-    parser.add_argument("--runs", type=int, default=5, help="runs of each side (median)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each side (median)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
     found = rows(args.home.absolute() if args.home else None, args.runs)

@@ -186,9 +186,9 @@ def bench_gc(images: int, runs: int) -> list[Row]:
         env = {"KILN_HOME": str(home.root), "KILN_POLICY": ""}
         dry = [*KILN, "gc", "--dry-run", *FLAGS]
         timed(dry, env)  # warms the page cache
-        ours = median([timed(dry, env) for _ in range(max(runs, 5))])
-        as_json = median([timed([*dry, "--json"], env) for _ in range(max(runs, 3))])
-        floor = median([timed([*KILN, "--version"], env) for _ in range(max(runs, 5))])
+        ours = median([timed(dry, env) for _ in range(runs)])
+        as_json = median([timed([*dry, "--json"], env) for _ in range(runs)])
+        floor = median([timed([*KILN, "--version"], env) for _ in range(runs)])
         real = timed([*KILN, "gc", *FLAGS], env)
     return [
         Row(
@@ -210,7 +210,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--images", type=int, default=10_000, help="image versions to make")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs of each command")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs of each command (median)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
     rows = bench_gc(args.images, args.runs)

@@ -25,13 +25,17 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from kiln.digests import CHUNK
 from kiln.errors import KilnError, StoreError
 from kiln.home import Home
 from kiln.layers import Stack, is_opaque, is_whiteout, merge
@@ -50,6 +54,9 @@ BOOT_PATHS = (
     "/etc/machine-id",  # machine identity, made at first boot
     "/etc/.pwd.lock",  # the lock taken on /etc/passwd by shadow's and systemd's user tools
 )
+# A network member's /etc/hosts is kiln's hosts file bind-mounted over the image's (the
+# HOSTS_TARGET of kiln.machines.launch): the upper dir holds only its mount point.
+NETWORK_PATHS = ("/etc/hosts",)
 SEAL_LABEL = "org.kiln.seal"
 
 ADDED, CHANGED, REMOVED, METADATA = "added", "changed", "deleted", "metadata"
@@ -257,7 +264,7 @@ def _fast(upper: Path, lowers: _Lowers, skip: Skip) -> list[Change]:
 
 
 class _Trees:
-    """The unpacked layers and the upper dir, for hashing a file where a view says it is."""
+    """The unpacked layers and the upper dir, for hashing files where a view says they are."""
 
     def __init__(self, dirs: Sequence[Path]) -> None:
         self.roots = [Root(d) for d in dirs]
@@ -266,16 +273,64 @@ class _Trees:
         for root in self.roots:
             root.close()
 
-    def sha256(self, index: int, path: str) -> str:
-        fd = self.roots[index].open(path.rpartition("/")[0] or "/", DIR)
-        try:
-            return inventory.file_sha256(fd, path.rpartition("/")[2])
-        finally:
-            os.close(fd)
+    def sha256s(self, wanted: Iterable[tuple[int, str, int]]) -> dict[tuple[int, str], str]:
+        """sha256 of each (tree, path, size) file, by (tree, path). Each folder is opened
+        once for all its files; a large file is hashed on a worker thread (reading and
+        hashlib let go of the GIL), while this thread goes on with the small ones, whose
+        cost is the system calls and Python's work per file."""
+        by_folder: dict[tuple[int, str], list[tuple[str, int]]] = defaultdict(list)
+        for index, path, size in wanted:
+            parent, _, name = path.rpartition("/")
+            by_folder[(index, parent)].append((name, size))
+        out: dict[tuple[int, str], str] = {}
+        large: list[tuple[tuple[int, str], Future[str]]] = []
+        with ThreadPoolExecutor(_workers(), thread_name_prefix="kiln-drift") as pool:
+            try:
+                for (index, parent), names in by_folder.items():
+                    fd = self.roots[index].open(parent or "/", DIR)
+                    try:
+                        for name, size in names:
+                            key = (index, f"{parent}/{name}")
+                            if size < LARGE:
+                                out[key] = inventory.file_sha256(fd, name)
+                                continue
+                            found = inventory.open_regular(fd, name)
+                            if found is None:
+                                out[key] = inventory.NOT_REGULAR
+                            else:
+                                large.append((key, pool.submit(_hash_large, *found)))
+                    finally:
+                        os.close(fd)
+                for key, future in large:
+                    out[key] = future.result()
+            finally:
+                for _key, future in large:
+                    future.cancel()
+        return out
 
 
-def _view_hashes(trees: _Trees, image: Node, then: int, now: int, path: str) -> tuple[str, str]:
-    return image.sha256 or trees.sha256(then, path), trees.sha256(now, path)
+LARGE = 1 << 16  # bytes from which a file is hashed on a worker thread
+_buffers = threading.local()
+
+
+def _workers() -> int:
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def _hash_large(file: int, size: int) -> str:
+    buffer = getattr(_buffers, "buffer", None)
+    if buffer is None:
+        buffer = _buffers.buffer = bytearray(CHUNK)
+    return inventory.sha256_of(file, size, buffer)
+
+
+def _known(hashes: tuple[str, str]) -> tuple[str, str]:
+    return hashes
+
+
+def _both_files(image: Node, machine: Node) -> bool:
+    """Whether _compare asks for the two files' sha256: two regular files of one size."""
+    return image.kind == machine.kind == "file" and image.size == machine.size
 
 
 def _deep(
@@ -285,7 +340,9 @@ def _deep(
     skip: Skip,
 ) -> list[Change]:
     """Compare the merged view (layers as they are on disk, then the upper dir) with the
-    view the inventories give; a layer without one stands for itself."""
+    view the inventories give; a layer without one stands for itself. The paths on both
+    sides are found first, then every file that needs its bytes read is hashed in one go
+    (:meth:`_Trees.sha256s`), then the pairs are compared."""
     on_disk = [inventory.listing(d) for d in dirs]
     machine_upper = inventory.listing(upper)
     lowers_now = merge(on_disk)
@@ -294,33 +351,42 @@ def _deep(
         [nodes if nodes is not None else on_disk[i] for i, nodes in enumerate(recorded)]
     )
     top = len(dirs)  # the upper dir's index in ``actual``
-    trees = _Trees([*dirs, upper])
     changes: list[Change] = []
+    pairs: list[tuple[str, tuple[int, Node], tuple[int, Node]]] = []  # path, then, now
     skipped: set[str] = set()
+    for path in sorted(actual.keys() | expected.keys()):
+        if path.rpartition("/")[0] in skipped or skip(path):
+            skipped.add(path)
+            continue
+        now, then = actual.get(path), expected.get(path)
+        if then is None and now is not None:
+            layer = now[0] if now[0] < top else None
+            changes.append(Change(path, ADDED, now[1].kind, layer=layer))
+        elif now is None and then is not None:
+            layer = then[0] if path not in lowers_now else None  # gone from the layer
+            changes.append(Change(path, REMOVED, then[1].kind, layer=layer))
+        elif now is not None and then is not None:
+            if now[0] == then[0] and recorded[now[0]] is None:
+                continue  # the same file of a layer taken as it is
+            pairs.append((path, then, now))
+    wanted: list[tuple[int, str, int]] = []
+    for path, (then_index, image), (now_index, machine) in pairs:
+        if _both_files(image, machine):
+            wanted.append((now_index, path, machine.size))
+            if not image.sha256:
+                wanted.append((then_index, path, image.size))
+    trees = _Trees([*dirs, upper])
     try:
-        for path in sorted(actual.keys() | expected.keys()):
-            if path.rpartition("/")[0] in skipped or skip(path):
-                skipped.add(path)
-                continue
-            now, then = actual.get(path), expected.get(path)
-            if then is None and now is not None:
-                layer = now[0] if now[0] < top else None
-                changes.append(Change(path, ADDED, now[1].kind, layer=layer))
-            elif now is None and then is not None:
-                layer = then[0] if path not in lowers_now else None  # gone from the layer
-                changes.append(Change(path, REMOVED, then[1].kind, layer=layer))
-            elif now is not None and then is not None:
-                if now[0] == then[0] and recorded[now[0]] is None:
-                    continue  # the same file of a layer taken as it is
-                image, machine = then[1], now[1]
-
-                hashes = partial(_view_hashes, trees, image, then[0], now[0], path)
-                differs = _compare(image, machine, hashes)
-                if differs is not None:
-                    layer = now[0] if now[0] < top else None
-                    changes.append(Change(path, differs[0], machine.kind, differs[1], layer))
+        hashed = trees.sha256s(wanted)
     finally:
         trees.close()
+    for path, (then_index, image), (now_index, machine) in pairs:
+        then_sha256 = image.sha256 or hashed.get((then_index, path), "")
+        both = (then_sha256, hashed.get((now_index, path), ""))
+        differs = _compare(image, machine, partial(_known, both))
+        if differs is not None:
+            layer = now_index if now_index < top else None
+            changes.append(Change(path, differs[0], machine.kind, differs[1], layer))
     return changes
 
 
@@ -371,7 +437,8 @@ def scan(home: Home, name: str, deep: bool = False) -> Drift:
             "are known state paths"
         )
     drift.ignored = sorted(set(from_config(config).state) | set(state.volumes))
-    skip = Skip.for_machine(drift.ignored, [*_seal_paths(config), *BOOT_PATHS])
+    kiln_paths = [*BOOT_PATHS, *(NETWORK_PATHS if state.network else ())]
+    skip = Skip.for_machine(drift.ignored, [*_seal_paths(config), *kiln_paths])
     dirs = _layer_dirs(state, name)
     if not folder.upper.is_dir():
         raise StoreError(f"machine {name} has no upper dir ({folder.upper})")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kiln.digests import canonical_json, file_sha256_of
+from kiln.digests import CHUNK, canonical_json
 from kiln.errors import StoreError
 from kiln.layers import DIRECTORY, FILE, LINK, WHITEOUT, is_opaque, kind
 from kiln.layers import mode as entry_mode
@@ -88,14 +88,48 @@ class Node:
         )
 
 
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+NOT_REGULAR = "not a regular file any more"  # a file's digest when it was swapped as we looked
+
+
+def open_regular(fd: int, name: str) -> tuple[int, int] | None:
+    """A descriptor of the regular file ``name`` in the folder ``fd`` and its size (a link
+    is never followed, a FIFO never waited on), or None when ``name`` is no regular file."""
+    file = os.open(name, OPEN_FLAGS, dir_fd=fd)
+    st = os.fstat(file)
+    if stat.S_ISREG(st.st_mode):
+        return file, st.st_size
+    os.close(file)
+    return None
+
+
+def sha256_of(file: int, size: int, buffer: bytearray | None = None) -> str:
+    """sha256 of what is left to read from the descriptor ``file`` (``size``: its size as
+    it was opened, a hint for the reads), which is closed after.
+
+    Read with plain system calls, without a buffered file object: a layer holds
+    thousands of small files, each read in one call of its own size. A large file is read
+    into ``buffer`` (one per thread) rather than into a new bytes object per chunk. Either
+    way the file is read to its end, however much it grew."""
+    digest = hashlib.sha256()
+    try:
+        if buffer is None:
+            step = min(CHUNK, max(size, 0) + 1)
+            while chunk := os.read(file, step):
+                digest.update(chunk)
+        else:
+            view = memoryview(buffer)
+            while count := os.readv(file, [buffer]):
+                digest.update(view[:count])
+    finally:
+        os.close(file)
+    return digest.hexdigest()
+
+
 def file_sha256(fd: int, name: str) -> str:
     """sha256 of the regular file ``name`` in the folder ``fd``, never following a link."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-    file = os.open(name, flags, dir_fd=fd)
-    with os.fdopen(file, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(file).st_mode):
-            return "not a regular file any more"  # swapped while we looked
-        return file_sha256_of(handle)
+    found = open_regular(fd, name)
+    return NOT_REGULAR if found is None else sha256_of(*found)
 
 
 def node(fd: int, name: str, st: os.stat_result, sha256: str = "") -> Node:
