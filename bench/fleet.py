@@ -11,10 +11,11 @@ exits (each process waits for web's health check, GET http://127.0.0.1/ inside i
   web's packages (and kiln-fleet-demo) from there, applies web's steps, enables and
   restarts its services and waits for the same check (as bench.spinup does for one).
 
-The on-demand machines keep their own loopback-only network (each nginx has its own port
-80); their apt, steps and service commands run in the host's network namespace (kiln's
-provisioning does, as a bake's do), which is how the 127.0.0.1 mirror is reachable from
-inside them. The baked machines never talk to a mirror.
+The on-demand machines keep a loopback-only network of their own rather than the host's
+(ten nginx in the host's namespace would share one port 80); their apt, steps and service
+commands run in the host's network namespace (kiln's provisioning does, as a bake's do),
+which is how the 127.0.0.1 mirror is reachable from inside them. The baked machines get
+the network `kiln run` gives them and never talk to a mirror.
 
 1. speed: baked burst <= 3 s; on-demand burst / baked burst >= 30x; one baked machine to
    healthy (the median of five sequential `kiln run --wait`) <= 0.35 s.
