@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import ipaddress
+import json
 import os
 import signal
 import time
@@ -19,9 +21,12 @@ from tests.integration.conftest import AppImages, Kiln
 GROUP = "grp"  # the session's home is shared: a name no other test's machines take
 
 
+PORTS = 'ports = ["28431-28433:80"]\n'  # member n forwards host port 28430+n
+
+
 def policy(path: Path, image: str, count: int, deadline: str = "30s", extra: str = "") -> str:
     path.write_text(
-        f'[groups.{GROUP}]\nimage = "{image}"\ncount = {count}\n{extra}'
+        f'[groups.{GROUP}]\nimage = "{image}"\ncount = {count}\n{PORTS}{extra}'
         f'[groups.{GROUP}.update]\nhealthy_deadline = "{deadline}"\n'
     )
     return str(path)
@@ -32,8 +37,6 @@ def members(kiln: Kiln) -> dict[str, dict[str, Any]]:
 
 
 def up(kiln: Kiln, path: str, check: bool = True) -> tuple[int, dict[str, Any], str]:
-    import json
-
     result = kiln.run("up", "--policy", path, "--json", check=check)
     data = json.loads(result.stdout) if result.stdout.strip() else {}
     group = data["groups"][0] if data else {}
@@ -69,7 +72,9 @@ def test_kiln_up_keeps_a_group_at_its_count(
     assert first["version"] == int(app_images.good.split(":")[1])
     assert first["digest"] == good and first["state"] == "running"
     assert first["healthy"] is True and first["health"] == "exit code 0"
-    assert isinstance(first["drift"], int) and first["ports"] == [] and "address" in first
+    assert isinstance(first["drift"], int)
+    assert [m["ports"] for m in shown["members"]] == [[f"2843{n}:80/tcp"] for n in (1, 2, 3)]
+    assert ipaddress.IPv4Address(first["address"]).is_private
     listed = baked.json("group", "ls", "--policy", path)
     assert [(g["group"], g["count"]["healthy"], g["digest"]) for g in listed] == [(GROUP, 3, good)]
 
