@@ -372,6 +372,10 @@ def render(data: dict[str, Any]) -> str:
             f"members: {s['distinct_sets']} distinct   ({DEMO} {versions})   target {target}"
             f"   {_state(c[f'{side}_siblings'])}"
         )
+    for condition, runs in baked.items():
+        failures = [failure for b in runs for failure in b["failures"]]
+        if failures:
+            lines.append(f"baked failures ({condition}): {_failures(failures)}")
     lines.append(_rollout_line(data["rollout"]))
     return "\n".join(lines)
 
