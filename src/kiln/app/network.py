@@ -18,6 +18,14 @@ HOST = network.HOST_NETWORK
 
 
 def _space(home: Home) -> IPv4Network:
+    """The policy's ``[network] range``; without a policy file the default, without loading
+    the policy's models (kiln run of a network's first machine stays quick)."""
+    from kiln.lifecycle.policyfile import locate
+
+    if locate(home) is None:
+        from kiln.lifecycle.fleetdefaults import DEFAULT_RANGE
+
+        return IPv4Network(DEFAULT_RANGE)
     from kiln.lifecycle import policy
 
     return policy.find(home).network.network

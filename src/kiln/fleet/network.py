@@ -40,13 +40,13 @@ from kiln.atomic import make_dirs, write_atomic
 from kiln.errors import BadInput, KilnError
 from kiln.fleet.netports import Forward, check_free, parse_port
 from kiln.home import Home
+from kiln.lifecycle.fleetdefaults import NETWORK_PREFIX
 from kiln.machines import netns
 from kiln.machines.folder import Folder
 
 HOST_DIR = Path("/run/kiln")  # host-wide: the subnet lock and every home's claims
 FILE_MODE = 0o644
 HOST_NETWORK = "host"  # kiln run --network host: the host's own network, no kiln network
-NETWORK_PREFIX = 24  # kiln.lifecycle.fleetpolicy's: one /24 per network
 GRACE = 60.0  # a member this young may be a launch that has not made its folder yet
 
 

@@ -41,11 +41,9 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from kiln import refs
 from kiln.durations import seconds
+from kiln.lifecycle.fleetdefaults import DEFAULT_NETWORK, DEFAULT_RANGE, NETWORK_PREFIX
 from kiln.schema import ENV_RE, Model
 
-DEFAULT_RANGE = "10.231.0.0/16"
-DEFAULT_NETWORK = "kiln"
-NETWORK_PREFIX = 24  # one /24 per network: 253 machines, the bridge's address is .1
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 PORT_RE = re.compile(
     r"^(?:(?P<ip>[0-9.]+):)?(?P<first>\d{1,5})(?:-(?P<last>\d{1,5}))?"
