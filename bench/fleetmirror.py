@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from tests.integration.aptrepo import host_arch, paragraph
 
@@ -153,7 +153,7 @@ class Handler(SimpleHTTPRequestHandler):
             finally:
                 source.close()
 
-    def copyfile(self, source: Any, outputfile: BinaryIO) -> None:
+    def copyfile(self, source: Any, outputfile: Any) -> None:
         while chunk := source.read(CHUNK):
             if self.bucket is not None:
                 self.bucket.take(len(chunk))

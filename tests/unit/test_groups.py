@@ -249,7 +249,7 @@ def test_apply_removes_then_starts_and_names_the_unhealthy() -> None:
 def test_a_start_that_fails_stops_the_starts_after_it() -> None:
     group = spec(3)
     decided = groups.plan("web", group, [], NOW)
-    driver = FakeDriver({"web-1": [(True, "ok")]}, fail={2})
+    driver = FakeDriver({"web-1": [(True, "ok")]}, fail=frozenset({2}))
     clock = Clock()
     outcome = groups.apply(driver, group, decided, clock=clock, sleep=clock.sleep)
     assert driver.started == [1]

@@ -425,7 +425,8 @@ def test_the_check_on_the_clock_imports_only_what_it_needs(home: Home, tmp_path:
         [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    loaded = "['kiln.lifecycle.policyfile', 'kiln.lifecycle.trust']"
+    # fleetdefaults: three constants, the network range kiln run falls back to
+    loaded = "['kiln.lifecycle.fleetdefaults', 'kiln.lifecycle.policyfile', 'kiln.lifecycle.trust']"
     assert out.stdout.splitlines() == ["[]", loaded, "True False"]
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -25,6 +25,7 @@ from kiln.machines import update as steps
 from kiln.machines.contract import Contract, Key
 from kiln.machines.folder import Folder, Proc, State, load, save
 from kiln.machines.launch import StartRequest
+from kiln.store.stored import StoredImage
 
 
 @dataclass
@@ -110,12 +111,12 @@ def update(
         start,
         "web",
         origin,
-        one,
-        two,
+        cast(StoredImage, one),
+        cast(StoredImage, two),
         2,
         values,
         1.0,
-        2.0,  # type: ignore[arg-type]
+        2.0,
     )
 
 
@@ -273,17 +274,18 @@ def test_a_rollback_cut_at_any_step_is_finished_by_the_next(
         wanted = "app:1" if active == "app:2" else "app:2"
         cut_at(monkeypatch, step, before=False)
         with pytest.raises(Cut):
-            rollback(home, one if wanted == "app:1" else two)  # type: ignore[arg-type]
+            rollback(home, one if wanted == "app:1" else two)
         assert kiln_start_would_boot(folder) in (None, active, wanted)
         monkeypatch.setattr(slots, "at", real_at)
-        outcome = rollback(home, one if wanted == "app:1" else two)  # type: ignore[arg-type]
+        outcome = rollback(home, one if wanted == "app:1" else two)
         assert outcome.resumed and load(folder).image == wanted
         marker = "slot-a" if wanted == "app:1" else "slot-b"
         other = "slot-b" if marker == "slot-a" else "slot-a"
         assert files(folder)[f"upper/root/{marker}"]
         assert files(folder)[f"fallback/upper/root/{other}"]
-        assert load(folder).fallback is not None
-        assert load(folder).fallback["image"] == active
+        fallback = load(folder).fallback
+        assert fallback is not None
+        assert fallback["image"] == active
         assert slots.pending(folder) is None
 
 
