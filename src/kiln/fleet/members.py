@@ -74,13 +74,15 @@ class Driver(Protocol):
     ) -> Member:
         """Boot member ``index`` from the image ``digest`` (of the family spec.image names)
         with the group's network, ports, volumes and secrets and these plain values; return
-        once it is booted (systemd running), not waiting for its health check. Raises
-        KilnError when it cannot boot; nothing of it is left then."""
+        once its systemd is PID 1, not waiting for the boot to finish: members boot side by
+        side, and their health checks (``healthy``) say when each is up. Raises KilnError
+        when it cannot start; nothing of it is left then."""
         ...
 
     def healthy(self, member: Member) -> tuple[bool, str]:
-        """One run of the image's health check in the member now: (passed, what it saw).
-        A member that is not running is not healthy: (False, NOT_RUNNING)."""
+        """One run of the image's health check in the member now: (passed, what it saw);
+        for an image without one, whether its systemd has finished booting. A member that
+        is not running is not healthy: (False, NOT_RUNNING)."""
         ...
 
     def remove(self, member: Member) -> None:
