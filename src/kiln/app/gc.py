@@ -28,8 +28,7 @@ from kiln.errors import KilnError
 from kiln.home import Home
 from kiln.lifecycle import retention
 from kiln.machines import leftovers
-from kiln.machines.folder import Folder, machines_dir
-from kiln.machines.folder import load as load_state
+from kiln.machines.folder import each as machine_folders
 from kiln.store import gc
 from kiln.store.layout import image_ref
 
@@ -235,26 +234,23 @@ def _folder_uses(
     by_digest: dict[str, list[int]] = defaultdict(list)
     for version in snap.versions:
         by_digest[version.digest].append(version.id)
-    top = machines_dir(home)
-    for path in sorted(top.iterdir()) if top.is_dir() else []:
-        folder = Folder(path)
-        if not folder.exists() or path.name in with_rows:
+    for folder, state in machine_folders(home):
+        name = folder.name
+        if name in with_rows:
             continue
-        try:
-            state = load_state(folder)
-        except KilnError:
+        if state is None:
             notes.append(
-                f"no image version was removed: machine {path.name} has no readable state "
-                f"yet (a launch under way, or damaged: 'kiln rm {path.name}' clears it)"
+                f"no image version was removed: machine {name} has no readable state "
+                f"yet (a launch under way, or damaged: 'kiln rm {name}' clears it)"
             )
             for version in snap.versions:
-                out[version.id].append(f"machine {path.name} may be launching from it")
+                out[version.id].append(f"machine {name} may be launching from it")
             continue
         exact = by_ref.get(state.image)
         ids = [exact] if exact in by_digest.get(state.digest, []) else by_digest[state.digest]
         for image_id in ids:
             if image_id is not None:
-                out[image_id].append(f"machine {path.name} runs it")
+                out[image_id].append(f"machine {name} runs it")
     return out
 
 

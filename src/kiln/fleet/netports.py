@@ -27,7 +27,7 @@ from kiln import locks, proc
 from kiln.errors import BadInput, KilnError
 from kiln.home import Home
 from kiln.machines import process
-from kiln.machines.folder import Folder, load, machines_dir
+from kiln.machines.folder import each
 from kiln.proc import CommandError
 
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
@@ -168,19 +168,11 @@ def forwarded(home_id: str) -> list[str]:
 
 def running_forwards(home: Home) -> dict[str, tuple[str, list[Forward]]]:
     """The forwards of this home's machines that run: machine -> (address, forwards)."""
-    out = {}
-    top = machines_dir(home)
-    for path in sorted(top.iterdir()) if top.is_dir() else []:
-        folder = Folder(path)
-        if not folder.exists():
-            continue
-        try:
-            state = load(folder)
-        except KilnError:
-            continue
-        if state.ports and state.address and process.running(state):
-            out[state.name] = (state.address, [Forward.from_text(p) for p in state.ports])
-    return out
+    return {
+        state.name: (state.address, [Forward.from_text(p) for p in state.ports])
+        for _folder, state in each(home)
+        if state is not None and state.ports and state.address and process.running(state)
+    }
 
 
 def refresh(home: Home) -> list[str]:

@@ -39,7 +39,7 @@ from kiln.digests import CHUNK
 from kiln.errors import KilnError, StoreError
 from kiln.home import Home
 from kiln.layers import Stack, is_opaque, is_whiteout, merge
-from kiln.machines import process
+from kiln.machines import nspawn, process
 from kiln.machines.contract import from_config
 from kiln.machines.converge import Skip
 from kiln.machines.folder import Folder, State, load
@@ -54,9 +54,9 @@ BOOT_PATHS = (
     "/etc/machine-id",  # machine identity, made at first boot
     "/etc/.pwd.lock",  # the lock taken on /etc/passwd by shadow's and systemd's user tools
 )
-# A network member's /etc/hosts is kiln's hosts file bind-mounted over the image's (the
-# HOSTS_TARGET of kiln.machines.launch): the upper dir holds only its mount point.
-NETWORK_PATHS = ("/etc/hosts",)
+# A network member's /etc/hosts is kiln's hosts file bind-mounted over the image's: the
+# upper dir holds only its mount point.
+NETWORK_PATHS = (nspawn.HOSTS_TARGET,)
 SEAL_LABEL = "org.kiln.seal"
 
 ADDED, CHANGED, REMOVED, METADATA = "added", "changed", "deleted", "metadata"

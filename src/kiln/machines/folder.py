@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kiln.atomic import FOLDER_MODE, make_dirs, write_atomic
-from kiln.errors import BadInput, StoreError
+from kiln.errors import BadInput, KilnError, StoreError
 from kiln.home import Home
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -186,3 +187,17 @@ def load(folder: Folder) -> State:
             f"{folder.state_file} is damaged or the launch did not finish: {exc}",
             hint=f"kiln rm {folder.name} removes what is left of it",
         ) from None
+
+
+def each(home: Home) -> Iterator[tuple[Folder, State | None]]:
+    """Every machine folder of ``home`` with a state file, by name, and its state: None
+    while it does not read (a launch under way, or a damaged file)."""
+    top = machines_dir(home)
+    for path in sorted(top.iterdir()) if top.is_dir() else []:
+        folder = Folder(path)
+        if not folder.exists():
+            continue
+        try:
+            yield folder, load(folder)
+        except KilnError:
+            yield folder, None

@@ -53,7 +53,6 @@ BOOT_TIMEOUT = 60.0  # to systemd's 'running'; the health check has its own time
 LEADER_TIMEOUT = 15.0
 INIT_PATHS = ("usr/lib/systemd/systemd", "lib/systemd/systemd")
 HOST_NETWORK = "host"  # Request.network: share the host's network namespace
-HOSTS_TARGET = "/etc/hosts"
 
 
 @dataclass(frozen=True)
@@ -225,7 +224,7 @@ def _network(
     hosts = folder.config / "hosts"
     make_dir(folder.config)
     netns.write_hosts(hosts, link.hosts)
-    return [Bind(hosts, HOSTS_TARGET)], netns.prepare(home.id, name, link)
+    return [Bind(hosts, nspawn.HOSTS_TARGET)], netns.prepare(home.id, name, link)
 
 
 def _boot(

@@ -26,7 +26,7 @@ from kiln import cgroups, locks
 from kiln.errors import KilnError
 from kiln.home import Home
 from kiln.machines import netns, process
-from kiln.machines.folder import Folder, load, machines_dir
+from kiln.machines.folder import Folder, each, load, machines_dir
 from kiln.sandbox import machine_cgroup, machine_name, of_home
 from kiln.store.gc import Item
 
@@ -54,19 +54,11 @@ def forget(home_id: str, name: str) -> None:
 def _live(home: Home) -> set[str]:
     """The nspawn names of this home's machines that run, or may: a state file that does
     not read yet is a launch under way (or a machine kiln rm --force is for)."""
-    live = set()
-    top = machines_dir(home)
-    for path in sorted(top.iterdir()) if top.is_dir() else []:
-        folder = Folder(path)
-        if not folder.exists():
-            continue
-        try:
-            running = process.running(load(folder))
-        except KilnError:
-            running = True
-        if running:
-            live.add(machine_name(home.id, path.name))
-    return live
+    return {
+        machine_name(home.id, folder.name)
+        for folder, state in each(home)
+        if state is None or process.running(state)
+    }
 
 
 def _cgroup_of(nspawn_name: str) -> str:

@@ -13,6 +13,7 @@ from kiln.steps.target import RECIPE_TARGET
 
 ENV_TARGET = "/run/kiln/config.env"
 SEED_TARGET = "/var/lib/cloud/seed/nocloud"
+HOSTS_TARGET = "/etc/hosts"  # a network member's hosts file (kiln.machines.netns)
 
 
 def config_binds(env_file: Path, seed: Path) -> list[Bind]:
