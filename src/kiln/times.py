@@ -31,6 +31,11 @@ def second(moment: datetime) -> str:
     return utc(moment).replace(tzinfo=None, microsecond=0).isoformat()
 
 
+def iso(moment: datetime | None) -> str | None:
+    """:func:`second`, or None for a time that is not (yet) there: a catalog row's."""
+    return None if moment is None else second(moment)
+
+
 def precise(moment: datetime | None = None) -> str:
     """``2026-01-02T03:04:05.678901`` (now, unless given): to the microsecond, without an
     offset (a whole second has no fraction, as ``datetime.isoformat`` writes it)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kiln import times
 from kiln.apt import indexes
-from kiln.catalog import lookup, machines
+from kiln.catalog import lookup
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "kiln"
 MOMENT = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -45,9 +45,9 @@ def test_precise_without_a_moment_is_now() -> None:
 
 
 def test_the_catalog_shows_times_in_the_second_form() -> None:
-    assert lookup.iso(None) is None and machines.iso(None) is None
+    assert lookup.iso(None) is None and times.iso(None) is None
     for value in (MOMENT, MOMENT.astimezone(EAST), MOMENT.replace(tzinfo=None)):
-        assert lookup.iso(value) == machines.iso(value) == "2026-01-02T03:04:05"
+        assert lookup.iso(value) == times.iso(value) == "2026-01-02T03:04:05"
     # SQLite hands a time back as text
     assert lookup.iso("2026-01-02 03:04:05.678901") == "2026-01-02T03:04:05"  # type: ignore[arg-type]
     assert lookup.moment("2026-01-02T08:34:05.678901+05:30") == MOMENT

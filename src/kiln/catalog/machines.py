@@ -17,12 +17,7 @@ from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, String, Te
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from kiln.catalog.models import Base, Image
-from kiln.times import second
-
-
-def iso(moment: datetime | None) -> str | None:
-    """A time as the catalog shows it: UTC, to the second, without an offset (as images)."""
-    return None if moment is None else second(moment)
+from kiln.times import iso
 
 
 class Machine(Base):

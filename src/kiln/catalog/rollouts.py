@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from kiln.errors import BadInput, NotFound
-from kiln.times import second
+from kiln.times import iso
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -48,10 +48,6 @@ FORWARD, ROLLBACK = "forward", "rollback"
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else second(moment)
 
 
 @dataclass(frozen=True)
@@ -161,7 +157,7 @@ def _step(row: RolloutStep) -> Step:
         from_config=dict(json.loads(row.from_config)),
         state=row.state,
         detail=row.detail,
-        updated=_iso(row.updated),
+        updated=iso(row.updated),
     )
 
 
@@ -179,10 +175,10 @@ def _rollout(row: RolloutModel) -> Rollout:
         reason=row.reason,
         promoted=row.promoted,
         lowest_healthy=row.lowest_healthy,
-        created=_iso(row.created),
-        updated=_iso(row.updated),
-        finished=_iso(row.finished),
-        stable_at=_iso(row.stable_at),
+        created=iso(row.created),
+        updated=iso(row.updated),
+        finished=iso(row.finished),
+        stable_at=iso(row.stable_at),
         actor=row.actor,
         steps=tuple(_step(step) for step in row.steps),
     )

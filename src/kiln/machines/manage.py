@@ -19,12 +19,13 @@ from typing import Any
 
 from kiln import proc
 from kiln.catalog import Catalog, Machine, events
-from kiln.catalog.machines import iso, live, machines
+from kiln.catalog.machines import live, machines
 from kiln.errors import KilnError, NotFound
 from kiln.home import Home
 from kiln.machines import enter, leftovers, process
 from kiln.machines.folder import Folder, State, load
 from kiln.mounts import remove_tree
+from kiln.times import iso
 
 STOP_TIMEOUT = 30.0
 

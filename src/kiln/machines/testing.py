@@ -22,7 +22,6 @@ from typing import Any
 
 from kiln.catalog import Catalog, Image, TestRun, events
 from kiln.catalog.lookup import ImageRow
-from kiln.catalog.machines import iso
 from kiln.errors import BadInput, KilnError
 from kiln.home import Home
 from kiln.machines import converge, enter, health, launch, manage, provision
@@ -30,6 +29,7 @@ from kiln.machines.contract import commands_from_config, from_config
 from kiln.machines.converge import Change
 from kiln.recipe import RecipeFile, load_recipe
 from kiln.store.stored import StoredImage
+from kiln.times import iso
 
 COMMAND_TIMEOUT = 300.0
 
