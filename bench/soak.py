@@ -158,9 +158,27 @@ class KillStats:
         }
 
 
-def kill_once(home: Home, recipe: Path, delay: float, stats: KillStats) -> None:
-    """Start a bake, SIGKILL the kiln process after ``delay`` s, then gc and fsck."""
+def build_started(home: Home, child: subprocess.Popen[str], limit: float = 120.0) -> float:
+    """Wait until the bake has a folder in builds/ (or has ended); the seconds it took."""
+    start = time.monotonic()
+    while child.poll() is None and time.monotonic() - start < limit:
+        if leftover_entries(home.root):
+            break
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def kill_once(
+    home: Home, recipe: Path, delay: float, stats: KillStats, *, in_build: bool = False
+) -> None:
+    """Start a bake, SIGKILL the kiln process after ``delay`` s, then gc and fsck.
+
+    With ``in_build`` the kill also waits for the bake's build folder to appear, so it
+    lands in a live bake however slow the host's start-up is today.
+    """
     child = home.start("bake", "--no-cache", str(recipe))
+    if in_build:
+        delay = max(0.0, delay - build_started(home, child))
     time.sleep(delay)
     if child.poll() is None:
         os.kill(child.pid, signal.SIGKILL)
@@ -205,7 +223,9 @@ def kill_rounds(home: Home, folder: Path, kills: int, seed: int) -> KillStats:
     """``kills`` SIGKILLs spread over bakes of tiny and of a child with a run step.
 
     Each recipe is baked twice first (the first bake also fetches packages and makes the
-    catalog); the second one's time bounds the random moments of the kills.
+    catalog); the second one's time bounds the random moments of the kills. Every other
+    pair of kills lands after the build folder appears, so half of them hit a live bake
+    even when start-up takes most of a bake's time on a loaded host.
     """
     rng = random.Random(seed)
     tiny, child = folder / "tiny.toml", folder / "child.toml"
@@ -216,7 +236,8 @@ def kill_rounds(home: Home, folder: Path, kills: int, seed: int) -> KillStats:
     stats = KillStats()
     for number in range(kills):
         recipe = tiny if number % 2 == 0 else child
-        kill_once(home, recipe, rng.uniform(0.0, durations[recipe] * 0.95), stats)
+        delay = rng.uniform(0.0, durations[recipe] * 0.95)
+        kill_once(home, recipe, delay, stats, in_build=number % 4 >= 2)
     return stats
 
 
