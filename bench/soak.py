@@ -159,7 +159,8 @@ class KillStats:
 
 
 def build_started(home: Home, child: subprocess.Popen[str], limit: float = 120.0) -> float:
-    """Wait until the bake has a folder in builds/ (or has ended); the seconds it took."""
+    """Wait until the bake has an entry in builds/ or tmp/ (or has ended); the seconds
+    it took."""
     start = time.monotonic()
     while child.poll() is None and time.monotonic() - start < limit:
         if leftover_entries(home.root):
@@ -173,8 +174,8 @@ def kill_once(
 ) -> None:
     """Start a bake, SIGKILL the kiln process after ``delay`` s, then gc and fsck.
 
-    With ``in_build`` the kill also waits for the bake's build folder to appear, so it
-    lands in a live bake however slow the host's start-up is today.
+    With ``in_build`` the kill also waits for the bake's first build or scratch entry, so
+    it lands in a live bake however slow the host's start-up is today.
     """
     child = home.start("bake", "--no-cache", str(recipe))
     if in_build:
