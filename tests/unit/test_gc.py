@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +123,59 @@ def test_a_partial_blob_of_a_dead_writer_is_abandoned_and_a_live_one_is_not(
     writer._held.release()  # what the kernel does when the writer dies
     [item] = gc.sweep_owned(home.tmp, "tmp", dry_run=False)
     assert item.path == str(partial) and not partial.exists()
+
+
+def test_a_blob_is_read_as_json_loads_reads_it(tmp_path: Path) -> None:
+    """Manifests are parsed without json.loads' encoding guess when they are UTF-8 that
+    starts with ``{``: every other document, and every error, stays json.loads' own."""
+    _home, layout = store(tmp_path)
+    samples = [
+        b'{"a": [1, "\\u00e9", "\xc3\xa9"]}',
+        b'{"a": 1}  \n',
+        b'{"a": 1} {"b": 2}',  # extra data
+        b'{"a": "\xed\xa0\x80"}',  # a lone surrogate, which json.loads lets through
+        b'{"a": "\xff"}',  # no UTF-8
+        b'\xef\xbb\xbf{"a": 1}',  # a UTF-8 byte order mark
+        '{"a": 1}'.encode("utf-16-le"),
+        '{"a": 1}'.encode("utf-16"),
+        b"[1, 2]",
+        b"{",
+        b"{}",
+        b"",
+    ]
+    with gc.BlobDir(layout) as blobs:
+        for number, data in enumerate(samples):
+            name = f"{number:064x}"
+            (layout.blobs / name).write_bytes(data)
+            try:
+                want: object = json.loads(data)
+            except ValueError as exc:
+                want = type(exc)
+            try:
+                got: object = blobs.read_json(f"sha256:{name}", len(data))
+            except ValueError as exc:
+                got = type(exc)
+            assert got == want, data
+
+
+def test_a_manifest_tagged_twice_keeps_its_blobs_while_one_tag_stays(tmp_path: Path) -> None:
+    home, layout = store(tmp_path)
+    manifest, layer = image(layout, "both")
+    layout.tag("a:1", manifest)
+    layout.tag("b:1", manifest)
+    blobs, diff_ids, stale = gc.referenced(layout, dropped={"a:1"})
+    assert {manifest.digest, layer.digest} <= blobs and diff_ids == {layer.digest}
+    assert stale == []
+    blobs, diff_ids, _stale = gc.referenced(layout, dropped={"a:1", "b:1"})
+    assert blobs == set() and diff_ids == set()
+    going = gc.sweep_store(home, layout, dry_run=True, dropped={"a:1"})
+    assert going == []
+
+
+def test_a_blob_that_went_meanwhile_takes_no_bytes(tmp_path: Path) -> None:
+    _home, layout = store(tmp_path)
+    kept = layout.put_bytes(b"x" * 5000, MEDIA_LAYER)
+    with gc.BlobDir(layout) as blobs:
+        sizes = blobs.blocks([kept.hex, "0" * 64, kept.hex])
+    on_disk = os.lstat(layout.blobs / kept.hex).st_blocks * 512
+    assert sizes == [on_disk, 0, on_disk] and on_disk > 0

@@ -104,7 +104,7 @@ def collect_garbage(
             report.items += gc.sweep_store(home, layout, dry_run)
         if rules.active:
             report.items += _sweep_debs(workspace, decision, snap.recipe_paths, dry_run, notes)
-        report.items += _sweep_freshness(workspace, decision, dry_run)
+        report.items += _sweep_freshness(workspace, decision, dry_run, snap)
     gc.sweep_bake_locks(home, dry_run)  # tiny files, not worth a line in the report
     return Collected(report, decision, found, notes, sources)
 
@@ -391,16 +391,20 @@ def _sweep_debs(
 
 
 def _sweep_freshness(
-    workspace: Workspace, decision: retention.Decision, dry_run: bool
+    workspace: Workspace, decision: retention.Decision, dry_run: bool, snap: _Snapshot
 ) -> list[gc.Item]:
     """kiln outdated's cache (kiln.lifecycle.freshness.unused): what no image left needs.
-    An index folder being fetched into (its lock held) is left for the next gc."""
+    An index folder being fetched into (its lock held) is left for the next gc. A dry run
+    reads the images from the snapshot it decided on (every row, pending ones too); a
+    real run asks the catalog again, after it took back the pending rows."""
     from kiln.lifecycle import freshness
 
     gone = {v.id for v in decision.removed}
-    kept = {
-        digest for image_id, digest in rows.image_digests(workspace.lookup) if image_id not in gone
-    }
+    if dry_run:
+        kept = {v.digest for v in snap.versions if v.id not in gone}
+    else:
+        images = rows.image_digests(workspace.lookup)
+        kept = {digest for image_id, digest in images if image_id not in gone}
     out = []
     for path in freshness.unused(workspace.home, kept):
         size = gc.size_of(path)

@@ -123,6 +123,19 @@ def size_of(path: Path) -> int:
     return total
 
 
+_DECODER = json.JSONDecoder()  # json.loads' own decoder, with its defaults
+UNREADABLE = object()  # a manifest gc could not read or parse
+
+
+def _parse(data: bytes) -> Any:
+    """``json.loads(data)``, the same answer and the same errors, without its encoding
+    guess for the document every manifest is: UTF-8 that starts with ``{`` (json.loads
+    reads such bytes as UTF-8 too; anything else is left to it)."""
+    if data[:1] == b"{" and data[1:2] != b"\x00":
+        return _DECODER.decode(data.decode("utf-8", "surrogatepass"))
+    return json.loads(data)
+
+
 class BlobDir:
     """The blobs folder, opened once: blobs are read and stat'ed by name relative to it.
 
@@ -164,17 +177,25 @@ class BlobDir:
                     break
         finally:
             os.close(fd)
-        return json.loads(b"".join(parts))
+        return _parse(parts[0] if len(parts) == 1 else b"".join(parts))
 
     def names(self, but: Collection[str] = ()) -> list[str]:
         """The blobs' names (hex digests), sorted, less those in ``but``."""
         if self.fd < 0:
             return []
-        return sorted(name for name in os.listdir(self.fd) if name not in but)
+        out = [name for name in os.listdir(self.fd) if name not in but]
+        out.sort()
+        return out
 
     def blocks(self, names: Iterable[str]) -> list[int]:
         """Bytes each blob takes on disk (0 for one that went meanwhile)."""
-        fd, lstat, out = self.fd, os.lstat, []
+        fd, lstat = self.fd, os.lstat
+        names = list(names)
+        try:  # one comprehension; a blob that went meanwhile sends it down the slow way
+            return [lstat(name, dir_fd=fd).st_blocks * 512 for name in names]
+        except FileNotFoundError:
+            pass
+        out = []
         for name in names:
             try:
                 out.append(lstat(name, dir_fd=fd).st_blocks * 512)
@@ -206,32 +227,44 @@ def referenced(
     diff_ids: set[str] = set()
     stale: list[dict[str, Any]] = []
     manifests = (index or layout.read_index())["manifests"]
-    entries = [(e, image_ref(e)) for e in manifests]
-    entries = [(e, ref) for e, ref in entries if ref not in dropped]
+    entries = [(e, ref) for e in manifests if (ref := image_ref(e)) not in dropped]
     tagged = {e["digest"] for e, ref in entries if ref}
+    read: dict[str, Any] = {}  # manifest digest -> its JSON (or UNREADABLE), read once
+    configs: set[str] = set()  # configs whose diff_ids are in (or cannot be read)
+    add = blobs.add
     with BlobDir(layout) as store:
         for entry, ref in entries:
             digest = entry["digest"]
-            subject = (entry.get("annotations") or {}).get(SUBJECT)
-            if ref is None and subject is not None and subject not in tagged:
-                stale.append(entry)
-                continue
-            try:
-                manifest = store.read_json(digest, entry.get("size"))
-            except (StoreError, ValueError):
-                blobs.add(digest)  # a fault for fsck to report, not garbage to hide
+            if ref is None:
+                subject = (entry.get("annotations") or {}).get(SUBJECT)
+                if subject is not None and subject not in tagged:
+                    stale.append(entry)
+                    continue
+            if digest in read:
+                manifest = read[digest]
+            else:
+                try:
+                    manifest = store.read_json(digest, entry.get("size"))
+                except (StoreError, ValueError):
+                    manifest = UNREADABLE
+                read[digest] = manifest
+            if manifest is UNREADABLE:
+                add(digest)  # a fault for fsck to report, not garbage to hide
                 continue
             subject = (manifest.get("subject") or {}).get("digest")
             if ref is None and subject is not None and subject not in tagged:
                 stale.append(entry)
                 continue
-            blobs.add(digest)
+            add(digest)
             config = manifest.get("config") or {}
-            blobs.add(config.get("digest", ""))
-            blobs |= {layer.get("digest", "") for layer in manifest.get("layers", [])}
-            if layers and ref is not None and config.get("digest"):
+            add(config.get("digest", ""))
+            for layer in manifest.get("layers", []):
+                add(layer.get("digest", ""))
+            wanted = layers and ref is not None and config.get("digest")
+            if wanted and wanted not in configs:
+                configs.add(wanted)
                 with suppress(StoreError, ValueError, KeyError, TypeError):
-                    found = store.read_json(config["digest"], config.get("size"))
+                    found = store.read_json(wanted, config.get("size"))
                     diff_ids |= set(found["rootfs"]["diff_ids"])
     return blobs, diff_ids, stale
 
