@@ -15,6 +15,8 @@ import os
 import posixpath
 import stat
 import tarfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -216,7 +218,8 @@ def test_drift_fast_and_deep_checks_agree_on_what_the_top_layer_changed(tmp_path
     skip = Skip((), ())
     with drift._Lowers(lower) as lowers:
         fast = drift._collapse(drift._fast(top, lowers, skip), [])
-    recorded: list[dict[str, Node] | None] = [inventory.listing(d, True) for d in lower]
+    listed = [inventory.listing(d, True) for d in lower]
+    recorded: list[Callable[[], dict[str, Node]] | None] = [partial(dict, n) for n in listed]
     deep = drift._collapse(drift._deep(top, lower, recorded, skip), [])
     assert fast == deep
     full, below = merged([*lower, top]), merged(lower)

@@ -25,25 +25,21 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from kiln.digests import CHUNK
 from kiln.errors import KilnError, StoreError
 from kiln.home import Home
-from kiln.layers import Stack, is_opaque, is_whiteout, merge
-from kiln.machines import nspawn, process
+from kiln.layers import FILE, Stack, is_opaque, is_whiteout, merge
+from kiln.machines import nspawn, process, treehash
 from kiln.machines.contract import from_config
 from kiln.machines.converge import Skip
 from kiln.machines.folder import Folder, State, load
-from kiln.rootpath import DIR, Root
+from kiln.rootpath import Root
 from kiln.store import inventory
 from kiln.store.inventory import Node
 from kiln.store.layout import Layout
@@ -263,67 +259,6 @@ def _fast(upper: Path, lowers: _Lowers, skip: Skip) -> list[Change]:
 # --- the deep check: the merged view against the layers' inventories ---
 
 
-class _Trees:
-    """The unpacked layers and the upper dir, for hashing files where a view says they are."""
-
-    def __init__(self, dirs: Sequence[Path]) -> None:
-        self.roots = [Root(d) for d in dirs]
-
-    def close(self) -> None:
-        for root in self.roots:
-            root.close()
-
-    def sha256s(self, wanted: Iterable[tuple[int, str, int]]) -> dict[tuple[int, str], str]:
-        """sha256 of each (tree, path, size) file, by (tree, path). Each folder is opened
-        once for all its files; a large file is hashed on a worker thread (reading and
-        hashlib let go of the GIL), while this thread goes on with the small ones, whose
-        cost is the system calls and Python's work per file."""
-        by_folder: dict[tuple[int, str], list[tuple[str, int]]] = defaultdict(list)
-        for index, path, size in wanted:
-            parent, _, name = path.rpartition("/")
-            by_folder[(index, parent)].append((name, size))
-        out: dict[tuple[int, str], str] = {}
-        large: list[tuple[tuple[int, str], Future[str]]] = []
-        with ThreadPoolExecutor(_workers(), thread_name_prefix="kiln-drift") as pool:
-            try:
-                for (index, parent), names in by_folder.items():
-                    fd = self.roots[index].open(parent or "/", DIR)
-                    try:
-                        for name, size in names:
-                            key = (index, f"{parent}/{name}")
-                            if size < LARGE:
-                                out[key] = inventory.file_sha256(fd, name)
-                                continue
-                            found = inventory.open_regular(fd, name)
-                            if found is None:
-                                out[key] = inventory.NOT_REGULAR
-                            else:
-                                large.append((key, pool.submit(_hash_large, *found)))
-                    finally:
-                        os.close(fd)
-                for key, future in large:
-                    out[key] = future.result()
-            finally:
-                for _key, future in large:
-                    future.cancel()
-        return out
-
-
-LARGE = 1 << 16  # bytes from which a file is hashed on a worker thread
-_buffers = threading.local()
-
-
-def _workers() -> int:
-    return max(1, min(4, len(os.sched_getaffinity(0))))
-
-
-def _hash_large(file: int, size: int) -> str:
-    buffer = getattr(_buffers, "buffer", None)
-    if buffer is None:
-        buffer = _buffers.buffer = bytearray(CHUNK)
-    return inventory.sha256_of(file, size, buffer)
-
-
 def _known(hashes: tuple[str, str]) -> tuple[str, str]:
     return hashes
 
@@ -333,51 +268,68 @@ def _both_files(image: Node, machine: Node) -> bool:
     return image.kind == machine.kind == "file" and image.size == machine.size
 
 
+class _Skipped:
+    """Whether a path is left out: ``skip`` says so of it, or of a folder above it."""
+
+    def __init__(self, skip: Skip) -> None:
+        self.skip = skip
+        self.known: dict[str, bool] = {"": False}
+
+    def __call__(self, path: str) -> bool:
+        found = self.known.get(path)
+        if found is None:
+            parent = path.rpartition("/")[0]
+            above = self.known.get(parent)
+            found = (self(parent) if above is None else above) or self.skip(path)
+            self.known[path] = found
+        return found
+
+
 def _deep(
     upper: Path,
     dirs: Sequence[Path],
-    recorded: Sequence[dict[str, Node] | None],
+    recorded: Sequence[Callable[[], dict[str, Node]] | None],
     skip: Skip,
 ) -> list[Change]:
     """Compare the merged view (layers as they are on disk, then the upper dir) with the
-    view the inventories give; a layer without one stands for itself. The paths on both
-    sides are found first, then every file that needs its bytes read is hashed in one go
-    (:meth:`_Trees.sha256s`), then the pairs are compared."""
-    on_disk = [inventory.listing(d) for d in dirs]
-    machine_upper = inventory.listing(upper)
-    lowers_now = merge(on_disk)
-    actual = merge([*on_disk, machine_upper])
-    expected = merge(
-        [nodes if nodes is not None else on_disk[i] for i, nodes in enumerate(recorded)]
-    )
-    top = len(dirs)  # the upper dir's index in ``actual``
-    changes: list[Change] = []
-    pairs: list[tuple[str, tuple[int, Node], tuple[int, Node]]] = []  # path, then, now
-    skipped: set[str] = set()
-    for path in sorted(actual.keys() | expected.keys()):
-        if path.rpartition("/")[0] in skipped or skip(path):
-            skipped.add(path)
-            continue
-        now, then = actual.get(path), expected.get(path)
-        if then is None and now is not None:
-            layer = now[0] if now[0] < top else None
-            changes.append(Change(path, ADDED, now[1].kind, layer=layer))
-        elif now is None and then is not None:
-            layer = then[0] if path not in lowers_now else None  # gone from the layer
-            changes.append(Change(path, REMOVED, then[1].kind, layer=layer))
-        elif now is not None and then is not None:
-            if now[0] == then[0] and recorded[now[0]] is None:
-                continue  # the same file of a layer taken as it is
-            pairs.append((path, then, now))
-    wanted: list[tuple[int, str, int]] = []
-    for path, (then_index, image), (now_index, machine) in pairs:
-        if _both_files(image, machine):
-            wanted.append((now_index, path, machine.size))
-            if not image.sha256:
-                wanted.append((then_index, path, image.size))
-    trees = _Trees([*dirs, upper])
+    view the inventories give (``recorded``: each layer's, read when called); a layer
+    without one stands for itself.
+
+    The files of each tree go to be hashed on every core (kiln.machines.treehash) as soon
+    as that tree is listed, while this process lists the next, reads the inventories and
+    compares the two views: whatever the comparison asks for is hashed by then, but for
+    a file whose image copy is in a layer without an inventory (hashed after). Then the
+    pairs are compared."""
+    trees = treehash.Trees([*dirs, upper])
     try:
-        hashed = trees.sha256s(wanted)
+        hashing = treehash.Hashing(trees)
+        try:
+            top = len(dirs)  # the upper dir's index in ``actual``
+            skipped = _Skipped(skip)
+            listings = []
+            for index, tree in enumerate([*dirs, upper]):
+                listed = inventory.listing(tree)
+                if index == top or recorded[index] is not None:
+                    hashing.send(
+                        (index, path, item.size)
+                        for path, item in listed.items()
+                        if item.kind == FILE and not skipped(path)
+                    )
+                listings.append(listed)
+            on_disk = listings[:top]
+            actual = merge(listings)
+            loaded = [None if load is None else load() for load in recorded]
+            changes, pairs = _pairs(actual, on_disk, loaded, skipped, top)
+            wanted: list[treehash.File] = []
+            for path, (then_index, image), (now_index, machine) in pairs:
+                if _both_files(image, machine):
+                    wanted.append((now_index, path, machine.size))
+                    if not image.sha256:
+                        wanted.append((then_index, path, image.size))
+            hashed = hashing.result()
+        finally:
+            hashing.stop()
+        hashed.update(trees.sha256s(w for w in wanted if (w[0], w[1]) not in hashed))
     finally:
         trees.close()
     for path, (then_index, image), (now_index, machine) in pairs:
@@ -388,6 +340,42 @@ def _deep(
             layer = now_index if now_index < top else None
             changes.append(Change(path, differs[0], machine.kind, differs[1], layer))
     return changes
+
+
+Pair = tuple[str, tuple[int, Node], tuple[int, Node]]  # path, then (image), now (machine)
+
+
+def _pairs(
+    actual: dict[str, tuple[int, Node]],
+    on_disk: Sequence[dict[str, Node]],
+    recorded: Sequence[dict[str, Node] | None],
+    skipped: _Skipped,
+    top: int,
+) -> tuple[list[Change], list[Pair]]:
+    """The paths added and deleted, and the pairs of a path on both sides to compare."""
+    expected = merge(
+        [nodes if nodes is not None else on_disk[i] for i, nodes in enumerate(recorded)]
+    )
+    changes: list[Change] = []
+    pairs: list[Pair] = []
+    lowers_now: dict[str, tuple[int, Node]] | None = None
+    for path in sorted(actual.keys() | expected.keys()):
+        if skipped(path):
+            continue
+        now, then = actual.get(path), expected.get(path)
+        if then is None and now is not None:
+            layer = now[0] if now[0] < top else None
+            changes.append(Change(path, ADDED, now[1].kind, layer=layer))
+        elif now is None and then is not None:
+            if lowers_now is None:
+                lowers_now = merge(on_disk)  # asked only when something was deleted
+            layer = then[0] if path not in lowers_now else None  # gone from the layer
+            changes.append(Change(path, REMOVED, then[1].kind, layer=layer))
+        elif now is not None and then is not None:
+            if now[0] == then[0] and recorded[now[0]] is None:
+                continue  # the same file of a layer taken as it is
+            pairs.append((path, then, now))
+    return changes, pairs
 
 
 # --- one machine ---
@@ -442,10 +430,10 @@ def scan(home: Home, name: str, deep: bool = False) -> Drift:
     dirs = _layer_dirs(state, name)
     if not folder.upper.is_dir():
         raise StoreError(f"machine {name} has no upper dir ({folder.upper})")
-    recorded: list[dict[str, Node] | None] = []
+    recorded: list[Callable[[], dict[str, Node]] | None] = []
     if deep:
         recorded, drift.deep = _inventories(layout, state, dirs, drift.notes)
-    if deep and any(nodes is not None for nodes in recorded):
+    if deep and any(load is not None for load in recorded):
         changes = _deep(folder.upper, dirs, recorded, skip)
     else:
         lowers = _Lowers(dirs)
@@ -460,18 +448,17 @@ def scan(home: Home, name: str, deep: bool = False) -> Drift:
 
 def _inventories(
     layout: Layout, state: State, dirs: Sequence[Path], notes: list[str]
-) -> tuple[list[dict[str, Node] | None], list[LayerCheck]]:
+) -> tuple[list[Callable[[], dict[str, Node]] | None], list[LayerCheck]]:
+    """Each layer's stored inventory, to be read when called (None: it has none)."""
     stored = inventory.find(layout, state.digest)
-    recorded: list[dict[str, Node] | None] = []
+    recorded: list[Callable[[], dict[str, Node]] | None] = []
     checks = []
     for index, folder in enumerate(dirs):
         diff_id = f"sha256:{folder.name}"
         blob = stored.get(diff_id)
-        nodes = (
-            None if blob is None else inventory.load(layout, blob, f"{state.image} layer {index}")
-        )
-        recorded.append(nodes)
-        checks.append(LayerCheck(index, diff_id, nodes is not None))
+        what = f"{state.image} layer {index}"
+        recorded.append(None if blob is None else partial(inventory.load, layout, blob, what))
+        checks.append(LayerCheck(index, diff_id, blob is not None))
     missing = [c.index for c in checks if not c.inventory]
     if len(missing) == len(checks):
         notes.append(
