@@ -7,10 +7,12 @@ kiln.machines.drift.scan about it.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import pytest
 from kiln.errors import StoreError
 from kiln.home import Home
 from kiln.layers import OPAQUE_XATTR, merge
+from kiln.machines import treehash
 from kiln.machines.drift import Drift, scan
 from kiln.machines.folder import Folder, Proc, State, save
 from kiln.store import inventory
@@ -405,3 +408,76 @@ def test_merge_follows_overlayfs() -> None:
     }
     again = merge([bottom, {"/a": node("file")}])
     assert sorted(again) == ["/a", "/b", "/b/c"]
+
+
+ODD = "etc/odd\tnamé\n"  # a newline, a tab, a letter of two bytes
+
+
+def odd_and_large(root: Path) -> None:
+    write(root / ODD, "first\n")
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "usr/lib/big.so").write_bytes(bytes(range(256)) * 12_000)  # read in chunks
+
+
+def deep_changes(home: Home) -> dict[str, tuple[str, str]]:
+    return by_path(scan(home, "m1", deep=True))
+
+
+def test_deep_hashes_odd_names_and_large_files_in_its_children_or_threads(home: Home) -> None:
+    """The files go to forked children by name (NUL-ended, as bytes): a name holding a
+    newline, and a file larger than a read, come back right; a process running threads
+    hashes them on threads and finds the same."""
+    built = Image(home)
+    built.layer(base_tree)
+    built.layer(odd_and_large)
+    built.commit()
+    machine(home, built)
+    assert deep_changes(home) == {}
+    odd = built.dirs[1] / ODD
+    odd.write_text("other\n")  # the same size
+    with open(built.dirs[1] / "usr/lib/big.so", "r+b") as big:
+        big.seek(-1, os.SEEK_END)
+        big.write(b"\x00")  # was 0xff
+    expected = {
+        "/" + ODD: ("changed", "content"),
+        "/usr/lib/big.so": ("changed", "content"),
+    }
+    assert deep_changes(home) == expected
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        assert deep_changes(home) == expected
+    finally:
+        release.set()
+        other.join()
+
+
+def test_a_file_gone_before_it_is_hashed_is_raised_and_no_child_is_left(tmp_path: Path) -> None:
+    write(tmp_path / "tree/etc/here", "x\n")
+    trees = treehash.Trees([tmp_path / "tree"])
+    try:
+        hashing = treehash.Hashing(trees)
+        try:
+            hashing.send([(0, "/etc/here", 2), (0, "/etc/gone", 2)])
+            with pytest.raises(FileNotFoundError):
+                hashing.result()
+        finally:
+            hashing.stop()
+    finally:
+        trees.close()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_an_inventory_with_two_entries_on_a_line_is_refused(home: Home) -> None:
+    lines = [
+        b'{"diff_id":"sha256:0","inventory":1}',
+        b'{"path":"/a","type":"dir"},{"path":"/b","type":"dir"}',
+    ]
+    data = gzip.compress(b"\n".join(lines) + b"\n")
+    with pytest.raises(StoreError, match="damaged"):
+        inventory.decode(data, "test")
+    fine = gzip.compress(b"\n".join([lines[0], b'{"path":"/a","type":"dir"}']) + b"\n")
+    assert inventory.decode(fine, "test") == ("sha256:0", {"/a": inventory.Node("dir")})
+    assert inventory.decode(gzip.compress(lines[0] + b"\n"), "test") == ("sha256:0", {})

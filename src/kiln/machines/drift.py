@@ -23,10 +23,12 @@ followed.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -381,6 +383,20 @@ def _pairs(
 # --- one machine ---
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while the deep check runs: it makes a few objects for
+    every path of every layer and of every inventory, all alive until it ends and none
+    in a cycle, and the collector would walk them all again and again as they grow."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
 def _config(layout: Layout, digest: str) -> dict[str, Any]:
     manifest = layout.read_json(digest)
     config: dict[str, Any] = layout.read_json(manifest["config"]["digest"])
@@ -434,7 +450,8 @@ def scan(home: Home, name: str, deep: bool = False) -> Drift:
     if deep:
         recorded, drift.deep = _inventories(layout, state, dirs, drift.notes)
     if deep and any(load is not None for load in recorded):
-        changes = _deep(folder.upper, dirs, recorded, skip)
+        with _collector_paused():
+            changes = _deep(folder.upper, dirs, recorded, skip)
     else:
         lowers = _Lowers(dirs)
         try:
