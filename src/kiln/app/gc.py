@@ -338,13 +338,9 @@ def _interrupted(
     """Tags a gc killed after its catalog transaction left behind: no catalog row names
     them, and a "removed" event says that very version (name, version, digest) went.
     A tag the catalog never knew is fsck's to report, not gc's to remove."""
-    known = {v.ref for v in snap.versions} - dropped.refs
+    known = {v.ref for v in snap.versions}  # what goes now is among them
     tags = ((image_ref(entry), entry["digest"]) for entry in index["manifests"])
-    dangling = {
-        ref: digest
-        for ref, digest in tags
-        if ref is not None and ref not in known and ref not in dropped.refs
-    }
+    dangling = {ref: digest for ref, digest in tags if ref is not None and ref not in known}
     if not dangling:
         return
     went = rows.removed_earlier(workspace.lookup, dangling.values())
