@@ -153,15 +153,19 @@ def _compare(
     if image.kind != machine.kind:
         return CHANGED, f"type {image.kind} -> {machine.kind}"
     content = ""
-    if image.kind == "file" and (image.size != machine.size or len(set(hashes())) > 1):
-        content = "content"
+    if image.kind == "file":
+        if image.size != machine.size:
+            content = "content"
+        else:
+            first, second = hashes()
+            content = "content" if first != second else ""
     elif image.kind in ("link", "other") and image.target != machine.target:
         what = "target" if image.kind == "link" else "device"
         content = f"{what} {image.target} -> {machine.target}"
     meta = []
     if image.kind != "link" and image.mode != machine.mode:
         meta.append(f"mode {image.mode:04o} -> {machine.mode:04o}")
-    if _owner(image) != _owner(machine):
+    if image.uid != machine.uid or image.gid != machine.gid:
         meta.append(f"owner {_owner(image)} -> {_owner(machine)}")
     if content:
         return CHANGED, ", ".join([content, *meta])

@@ -76,16 +76,16 @@ class Node(NamedTuple):
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Node:
-        kind = str(data["type"])
+        get = data.get
         return cls(
-            kind=kind,
-            mode=int(data.get("mode", 0)),
-            uid=int(data.get("uid", 0)),
-            gid=int(data.get("gid", 0)),
-            size=int(data.get("size", 0)),
-            sha256=str(data.get("sha256", "")),
-            target=str(data.get("target", data.get("rdev", ""))),
-            opaque=bool(data.get("opaque", False)),
+            str(data["type"]),
+            int(get("mode", 0)),
+            int(get("uid", 0)),
+            int(get("gid", 0)),
+            int(get("size", 0)),
+            str(get("sha256", "")),
+            str(get("target", get("rdev", ""))),
+            bool(get("opaque", False)),
         )
 
 
