@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.errors import StoreError
+from kiln.errors import KilnError, StoreError
 from kiln.home import Home
 from kiln.layers import OPAQUE_XATTR, merge
 from kiln.machines import treehash
@@ -453,19 +453,38 @@ def test_deep_hashes_odd_names_and_large_files_in_its_children_or_threads(home: 
         other.join()
 
 
-def test_a_file_gone_before_it_is_hashed_is_raised_and_no_child_is_left(tmp_path: Path) -> None:
-    write(tmp_path / "tree/etc/here", "x\n")
-    trees = treehash.Trees([tmp_path / "tree"])
+def hashed_ahead(tree: Path, files: list[treehash.File]) -> dict[tuple[int, str], str]:
+    trees = treehash.Trees([tree])
     try:
         hashing = treehash.Hashing(trees)
         try:
-            hashing.send([(0, "/etc/here", 2), (0, "/etc/gone", 2)])
-            with pytest.raises(FileNotFoundError):
-                hashing.result()
+            hashing.send(files)
+            return hashing.result()
         finally:
             hashing.stop()
     finally:
         trees.close()
+
+
+def test_hashing_ahead_leaves_out_what_is_gone_and_raises_what_a_child_met(
+    tmp_path: Path,
+) -> None:
+    """A file gone since it was listed is left out of what the children hashed ahead (the
+    caller asks again for what it needs, and that raises); any other error a child meets
+    is raised here. No child is left behind either way."""
+    tree = tmp_path / "tree"
+    write(tree / "etc/here", "x\n")
+    (tree / "etc/loop").symlink_to("loop")
+    files = [(0, "/etc/here", 2), (0, "/etc/gone", 2), (0, "/gone/x", 2)]
+    assert hashed_ahead(tree, files) == {(0, "/etc/here"): hashlib.sha256(b"x\n").hexdigest()}
+    trees = treehash.Trees([tree])
+    try:
+        with pytest.raises(FileNotFoundError):
+            trees.sha256s(files)
+    finally:
+        trees.close()
+    with pytest.raises(KilnError, match="loop"):
+        hashed_ahead(tree, [(0, "/etc/here", 2), (0, "/etc/loop/x", 2)])
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
 

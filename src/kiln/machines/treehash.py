@@ -38,9 +38,11 @@ class Trees:
         for root in self.roots:
             root.close()
 
-    def sha256s(self, files: Iterable[File]) -> dict[tuple[int, str], str]:
+    def sha256s(self, files: Iterable[File], ahead: bool = False) -> dict[tuple[int, str], str]:
         """sha256 of each (tree, path, size) file, by (tree, path), one after another;
-        each folder is opened once for all its files."""
+        each folder is opened once for all its files. Hashing ``ahead`` of being asked
+        (:class:`Hashing`), a file or folder gone since it was listed is left out, not
+        raised: the caller asks again for what it needs."""
         by_folder: dict[tuple[int, str], list[tuple[str, int]]] = defaultdict(list)
         for index, path, size in files:
             parent, _, name = path.rpartition("/")
@@ -48,10 +50,20 @@ class Trees:
         buffer = bytearray(CHUNK)
         out: dict[tuple[int, str], str] = {}
         for (index, parent), names in by_folder.items():
-            fd = self.roots[index].open(parent or "/", DIR)
+            try:
+                fd = self.roots[index].open(parent or "/", DIR)
+            except (FileNotFoundError, NotADirectoryError):
+                if ahead:
+                    continue
+                raise
             try:
                 for name, size in names:
-                    found = inventory.open_regular(fd, name)
+                    try:
+                        found = inventory.open_regular(fd, name)
+                    except FileNotFoundError:
+                        if ahead:
+                            continue
+                        raise
                     out[(index, f"{parent}/{name}")] = (
                         inventory.NOT_REGULAR
                         if found is None
@@ -110,7 +122,7 @@ class Hashing:
             loads[i] += PER_FILE + file[2]
         for i, share in enumerate(shares):
             if self.pool is not None:
-                self.futures.append(self.pool.submit(self.trees.sha256s, share))
+                self.futures.append(self.pool.submit(self.trees.sha256s, share, True))
             elif share:
                 self.children[i].send(share)
 
@@ -135,7 +147,8 @@ class Hashing:
 class _Child:
     """A forked process hashing the files sent to it down a pipe (index, size, path, each
     ended by a NUL, which no path holds), as they come. It writes the digests (one line
-    each, in the order sent) or the exception it met (pickled) to an anonymous file."""
+    each, in the order sent; empty for a file gone since it was listed) or the exception
+    it met (pickled) to an anonymous file."""
 
     def __init__(self, trees: Trees, others: Sequence[int]) -> None:
         """``others``: the pipes into the children made before, which this one closes
@@ -183,7 +196,8 @@ class _Child:
         data = os.pread(self.out, os.fstat(self.out).st_size, 0)
         code = os.waitstatus_to_exitcode(status)
         if code == 0:
-            return dict(zip(self.keys, data.decode().split("\n"), strict=True)) if self.keys else {}
+            found = zip(self.keys, data.decode().split("\n"), strict=True) if self.keys else ()
+            return {key: digest for key, digest in found if digest}  # '': gone
         if code == 1:
             raise pickle.loads(data)
         raise KilnError(f"the process hashing files for kiln drift --deep ended with {code}")
@@ -219,8 +233,8 @@ def _child(trees: Trees, pipe: int, out: int) -> int:
                 for i in range(0, whole, 3)
             ]
             del fields[:whole]
-            found = trees.sha256s(files)
-            digests += (found[(index, path)] for index, path, _ in files)
+            found = trees.sha256s(files, ahead=True)
+            digests += (found.get((index, path), "") for index, path, _ in files)
         if fields or tail:
             raise KilnError("kiln drift --deep: a file was sent to be hashed only in part")
         data, code = "\n".join(digests).encode(), 0
