@@ -21,7 +21,7 @@ import pytest
 from kiln.errors import KilnError, StoreError
 from kiln.home import Home
 from kiln.layers import OPAQUE_XATTR, merge
-from kiln.machines import treehash
+from kiln.machines import drift, treehash
 from kiln.machines.drift import Drift, scan
 from kiln.machines.folder import Folder, Proc, State, save
 from kiln.store import inventory
@@ -500,3 +500,22 @@ def test_an_inventory_with_two_entries_on_a_line_is_refused(home: Home) -> None:
     fine = gzip.compress(b"\n".join([lines[0], b'{"path":"/a","type":"dir"}']) + b"\n")
     assert inventory.decode(fine, "test") == ("sha256:0", {"/a": inventory.Node("dir")})
     assert inventory.decode(gzip.compress(lines[0] + b"\n"), "test") == ("sha256:0", {})
+
+
+def test_deep_sends_a_large_tree_to_be_hashed_in_batches(home: Home) -> None:
+    def many(root: Path) -> None:
+        for n in range(3 * drift.BATCH):
+            write(root / f"usr/share/many/{n // 100}/{n}", f"{n:04d}\n")
+
+    built = Image(home)
+    built.layer(many)
+    built.commit()
+    machine(home, built)
+    assert deep_changes(home) == {}
+    last = 3 * drift.BATCH - 1
+    write(built.dirs[0] / f"usr/share/many/{last // 100}/{last}", "zzzz\n")  # the same size
+    write(built.dirs[0] / "usr/share/many/0/0", "X\n")
+    assert deep_changes(home) == {
+        f"/usr/share/many/{last // 100}/{last}": ("changed", "content"),
+        "/usr/share/many/0/0": ("changed", "content"),
+    }

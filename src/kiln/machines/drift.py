@@ -291,6 +291,31 @@ class _Skipped:
         return found
 
 
+class _Batch:
+    """The files of a tree, sent to be hashed a few hundred at a time as it is listed."""
+
+    def __init__(self, hashing: treehash.Hashing, index: int, skipped: _Skipped) -> None:
+        self.hashing, self.index, self.skipped = hashing, index, skipped
+        self.files: list[treehash.File] = []
+
+    def add(self, entries: list[tuple[str, Node]]) -> None:
+        index, skipped = self.index, self.skipped
+        self.files += (
+            (index, path, item.size)
+            for path, item in entries
+            if item.kind == FILE and not skipped(path)
+        )
+        if len(self.files) >= BATCH:
+            self.send()
+
+    def send(self) -> None:
+        self.hashing.send(self.files)
+        self.files = []
+
+
+BATCH = 256  # files sent to the hashing children at a time
+
+
 def _deep(
     upper: Path,
     dirs: Sequence[Path],
@@ -301,9 +326,9 @@ def _deep(
     view the inventories give (``recorded``: each layer's, read when called); a layer
     without one stands for itself.
 
-    The files of each tree go to be hashed on every core (kiln.machines.treehash) as soon
-    as that tree is listed, while this process lists the next, reads the inventories and
-    compares the two views: whatever the comparison asks for is hashed by then, but for
+    The files of each tree go to be hashed on every core (kiln.machines.treehash) as the
+    tree is listed, while this process lists on, reads the inventories and compares the
+    two views: whatever the comparison asks for is hashed by then, but for
     a file whose image copy is in a layer without an inventory (hashed after). Then the
     pairs are compared."""
     trees = treehash.Trees([*dirs, upper])
@@ -314,14 +339,12 @@ def _deep(
             skipped = _Skipped(skip)
             listings = []
             for index, tree in enumerate([*dirs, upper]):
-                listed = inventory.listing(tree)
                 if index == top or recorded[index] is not None:
-                    hashing.send(
-                        (index, path, item.size)
-                        for path, item in listed.items()
-                        if item.kind == FILE and not skipped(path)
-                    )
-                listings.append(listed)
+                    batch = _Batch(hashing, index, skipped)
+                    listings.append(inventory.listing(tree, each_folder=batch.add))
+                    batch.send()
+                else:
+                    listings.append(inventory.listing(tree))
             on_disk = listings[:top]
             actual = merge(listings)
             loaded = [None if load is None else load() for load in recorded]

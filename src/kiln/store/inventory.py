@@ -24,7 +24,7 @@ import json
 import os
 import stat
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -156,10 +156,15 @@ def _path(rel_dir: str, name: str) -> str:
     return f"/{rel_dir}/{name}" if rel_dir else f"/{name}"
 
 
-def listing(tree: Path, hash_files: bool = False) -> dict[str, Node]:
+def listing(
+    tree: Path,
+    hash_files: bool = False,
+    each_folder: Callable[[list[tuple[str, Node]]], None] | None = None,
+) -> dict[str, Node]:
     """Every path below ``tree`` (as '/etc/x'), parents before children, read through
     kiln.rootpath: no symlink is followed and no other mount entered. Files are hashed only
-    with ``hash_files``; a file hard-linked under several names is read once."""
+    with ``hash_files``; a file hard-linked under several names is read once.
+    ``each_folder`` is given the entries of each folder as soon as it is read."""
     out: dict[str, Node] = {}
     hashed: dict[tuple[int, int], str] = {}
     with Root(tree) as root:
@@ -167,6 +172,7 @@ def listing(tree: Path, hash_files: bool = False) -> dict[str, Node]:
             here = "/" + rel_dir if rel_dir else ""
             if here in out and is_opaque(fd):
                 out[here] = out[here]._replace(opaque=True)
+            folder = []
             for name, st in entries.items():
                 digest = ""
                 if hash_files and stat.S_ISREG(st.st_mode):
@@ -175,9 +181,12 @@ def listing(tree: Path, hash_files: bool = False) -> dict[str, Node]:
                         hashed[key] = file_sha256(fd, name)
                     digest = hashed[key]
                 try:
-                    out[_path(rel_dir, name)] = node(fd, name, st, digest)
+                    folder.append((_path(rel_dir, name), node(fd, name, st, digest)))
                 except FileNotFoundError:
                     continue  # removed while we walked
+            out.update(folder)
+            if each_folder is not None:
+                each_folder(folder)
     return out
 
 
