@@ -18,14 +18,17 @@ import signal
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kiln.digests import CHUNK
 from kiln.errors import KilnError
 from kiln.rootpath import DIR, Root
 from kiln.store import inventory
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 
 class Trees:
@@ -103,6 +106,8 @@ class Hashing:
         self.futures: list[Future[dict[tuple[int, str], str]]] = []
         self.loads = [0] * workers()
         if threading.active_count() > 1:
+            from concurrent.futures import ThreadPoolExecutor  # ~5 ms to import: only here
+
             self.pool = ThreadPoolExecutor(len(self.loads), thread_name_prefix="kiln-drift")
             return
         try:
