@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -388,7 +389,7 @@ def _pairs(
     changes: list[Change] = []
     pairs: list[Pair] = []
     lowers_now: dict[str, tuple[int, Node]] | None = None
-    for path in sorted(actual.keys() | expected.keys()):
+    for path in chain(actual, expected.keys() - actual.keys()):  # _collapse sorts
         if skipped(path):
             continue
         now, then = actual.get(path), expected.get(path)
