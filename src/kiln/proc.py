@@ -289,9 +289,13 @@ def _streaming(
 
 
 def spawn_detached(
-    argv: Sequence[str], log: Path, pass_fds: Sequence[int] = ()
+    argv: Sequence[str],
+    log: Path,
+    pass_fds: Sequence[int] = (),
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a long-lived process in a session of its own, output appended to ``log``.
+    """Start a long-lived process in a session of its own, output appended to ``log``;
+    ``env``: added to the base environment.
 
     It outlives kiln (a machine's nspawn); the caller keeps the Popen to watch its start.
     """
@@ -301,7 +305,7 @@ def spawn_detached(
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
-            env=environment(),
+            env=environment(env),
             start_new_session=True,
             pass_fds=list(pass_fds),
         )

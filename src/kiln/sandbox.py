@@ -203,6 +203,7 @@ class Boot:
             "--timezone=off",
             "--console=read-only",
             "--kill-signal=SIGRTMIN+4",
+            "--notify-ready=yes",  # READY=1 to NOTIFY_SOCKET once systemd finished booting
             f"--resolv-conf={'bind-host' if self.host_resolv_conf else 'off'}",
         ]
         if self.netns is not None:

@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any
 from kiln import locks, refs
 from kiln.app import machines, resolve
 from kiln.app.workspace import Workspace
+from kiln.catalog.machinelookup import live_launches
 from kiln.errors import BadInput, KilnError
 from kiln.fleet import groups
-from kiln.fleet.members import NOT_RUNNING, Member, member_index, member_name
+from kiln.fleet.members import BOOTING, NOT_RUNNING, Member, member_index, member_name
 from kiln.fleet.secrets import member_values, read_secrets
 from kiln.home import Home
 from kiln.lifecycle.fleetpolicy import GroupSpec
-from kiln.machines import config, enter, health, launch, process
+from kiln.machines import config, enter, health, launch, notify, process
 from kiln.machines.contract import Contract, from_config
 from kiln.machines.folder import Folder, State, load, machines_dir, save
 
@@ -79,6 +80,8 @@ class HostDriver:
         self.policy = policy
         self._secrets: dict[str, dict[str, str]] = {}
         self._contracts: dict[str, Contract] = {}
+        # the nspawn reports of members this driver started, until their boot has ended
+        self._booting: dict[str, notify.Channel] = {}
 
     # --- reading ---
 
@@ -115,12 +118,12 @@ class HostDriver:
         )
 
     def members(self, group: str) -> list[Member]:
-        rows = {row["name"]: row for row in machines.ps(self.workspace)}
+        launches = live_launches(self.workspace.lookup)
         out = []
         for index, folder, state in self._candidates(group):
             if state is None or state.group != group:
                 continue
-            row = rows.get(folder.name, {})
+            launch_row = launches.get(folder.name)
             out.append(
                 Member(
                     name=folder.name,
@@ -131,8 +134,8 @@ class HostDriver:
                     state="running" if process.running(state) else "stopped",
                     address=state.address,
                     ports=tuple(state.ports),
-                    config=dict(row.get("config") or {}),
-                    created=str(row.get("created") or ""),
+                    config=dict(launch_row.config) if launch_row else {},
+                    created=launch_row.created if launch_row else "",
                 )
             )
         return sorted(out, key=lambda member: member.index)
@@ -183,6 +186,8 @@ class HostDriver:
             )
         try:
             launched = machines.run(self.workspace, request, self._ref(spec, digest))
+            if launched.channel is not None:
+                self._booting[name] = launched.channel
             state = launched.state
             if state.group != group:  # the group is what makes the machine a member
                 state = dataclasses.replace(state, group=group)
@@ -207,6 +212,8 @@ class HostDriver:
         state = _state_or_none(Folder.of(self.workspace.home, member.name))
         if state is None or not process.running(state):
             return False, NOT_RUNNING
+        if self._still_booting(member.name):
+            return False, BOOTING
         check = self.contract(state.digest).health
         if check is None:  # booted is all it can say
             answer = enter.run(state.leader.pid, ["systemctl", "is-system-running"])
@@ -215,9 +222,25 @@ class HostDriver:
         health.check_tools(check)
         return health.check_once(state.leader.pid, check, check.timeout)
 
+    def _still_booting(self, name: str) -> bool:
+        """A member this driver started whose systemd has not said READY=1: asking it
+        anything now would only take CPU from its boot (kiln.machines.notify)."""
+        channel = self._booting.get(name)
+        if channel is None:
+            return False
+        channel.receive(0)
+        if not channel.ready:
+            return True
+        channel.close()
+        del self._booting[name]
+        return False
+
     def remove(self, member: Member) -> None:
         """kiln rm of the member: its folders under state/ stay. A group without volumes
         keeps nothing: the state paths in the member's own folder go with it."""
+        channel = self._booting.pop(member.name, None)
+        if channel is not None:
+            channel.close()
         spec = self.policy.groups.get(member.group)
         machines.rm(
             self.workspace,

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from kiln.lifecycle.fleetpolicy import GroupSpec
 
 NOT_RUNNING = "not running"  # what Driver.healthy says of a member that is not running
+BOOTING = "still booting"  # ... and of one whose systemd has not finished booting
 MEMBER_RE = re.compile(r"^(?P<group>[a-z0-9][a-z0-9-]*)-(?P<index>[1-9][0-9]{0,3})$")
 
 

@@ -14,11 +14,12 @@ from pathlib import Path
 
 from kiln import proc
 from kiln.errors import BadInput, KilnError
-from kiln.machines import enter, process
+from kiln.machines import enter, notify, process
 from kiln.machines.contract import Health
 from kiln.machines.folder import State
 
 POLL = 0.02
+READY_POLL = 0.1  # how often a boot waiting for READY=1 checks that nspawn still runs
 CHECK_TIMEOUT = 2.0  # for one attempt; the contract's timeout bounds them all
 
 
@@ -59,19 +60,43 @@ def _gone(state: State, console: Path) -> NotReady:
     )
 
 
-def wait_running(state: State, console: Path, timeout: float) -> str:
-    """Block until systemd in the machine has finished booting; its state is 'running'."""
+def _not_booted(state: State, timeout: float) -> NotReady:
+    return NotReady(
+        f"machine {state.name} did not finish booting in {timeout:.0f}s",
+        hint=f"see what it is waiting for: kiln exec {state.name} -- systemctl list-jobs",
+    )
+
+
+def _wait_ready(
+    state: State, console: Path, channel: notify.Channel, deadline: float, timeout: float
+) -> None:
+    """Until nspawn passes on systemd's READY=1: no process is started meanwhile."""
+    while not channel.ready:
+        if not process.alive(state.nspawn):
+            raise _gone(state, console)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _not_booted(state, timeout)
+        channel.receive(min(READY_POLL, remaining))
+    channel.close()
+
+
+def wait_running(
+    state: State, console: Path, timeout: float, channel: notify.Channel | None = None
+) -> str:
+    """Block until systemd in the machine has finished booting; its state is 'running'.
+    ``channel``: the nspawn reports of a machine this process booted, which say when the
+    boot is over; then one question to systemd tells 'running' from 'degraded'."""
     deadline = time.monotonic() + timeout
+    if channel is not None:
+        _wait_ready(state, console, channel, deadline, timeout)
     leader = state.leader.pid
     while True:
         if not process.alive(state.nspawn):
             raise _gone(state, console)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise NotReady(
-                f"machine {state.name} did not finish booting in {timeout:.0f}s",
-                hint=f"see what it is waiting for: kiln exec {state.name} -- systemctl list-jobs",
-            )
+            raise _not_booted(state, timeout)
         result = enter.run(leader, ["systemctl", "is-system-running", "--wait"], timeout=remaining)
         answer = result.stdout.decode(errors="replace").strip().splitlines()
         status = answer[-1] if answer else ""

@@ -29,7 +29,7 @@ from typing import Any
 from kiln import cgroups, proc
 from kiln.errors import BadInput, KilnError, StoreError
 from kiln.home import Home
-from kiln.machines import config, health, leftovers, netns, nspawn, process, volumes
+from kiln.machines import config, health, leftovers, netns, notify, nspawn, process, volumes
 from kiln.machines.contract import Contract, Health, from_config
 from kiln.machines.folder import (
     FILE_MODE,
@@ -87,6 +87,9 @@ class Launched:
     seconds_to_start: float = 0.0
     running_seconds: float | None = None
     health: health.Result | None = None
+    # nspawn's reports (kiln.machines.notify), open until the boot's end is known; only the
+    # process that booted the machine has it
+    channel: notify.Channel | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -151,18 +154,27 @@ def _overlay(layers: tuple[Path, ...], folder: Folder) -> Overlay:
     return Overlay(list(reversed(layers)), folder.upper, folder.work, folder.root)
 
 
-def _start(boot: Boot, console: Path, secret_values: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start nspawn detached (its own session); hand each secret over a pipe, never a file."""
+def _start(
+    boot: Boot, console: Path, secret_values: dict[str, str], channel: notify.Channel
+) -> subprocess.Popen[bytes]:
+    """Start nspawn detached (its own session); hand each secret over a pipe, never a file;
+    nspawn reports to ``channel``."""
     pipes = {key: os.pipe() for key in secret_values}
     boot = dataclasses.replace(boot, credentials={key: r for key, (r, _w) in pipes.items()})
     os.close(os.open(console, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE))
     os.chmod(console, FILE_MODE)  # nspawn's output is appended to it, whatever the umask
     try:
         argv = cgroups.enter(boot.cgroup, boot.argv())  # a cgroup no other machine shares
-        child = proc.spawn_detached(argv, console, pass_fds=[r for r, _w in pipes.values()])
+        child = proc.spawn_detached(
+            argv,
+            console,
+            pass_fds=[r for r, _w in pipes.values()],
+            env={"NOTIFY_SOCKET": channel.address},
+        )
     finally:
         for r, _w in pipes.values():
             os.close(r)
+    channel.expect(child.pid)  # cgroups.enter's shell execs nspawn: the same pid
     for key, (_r, w) in pipes.items():
         try:
             os.write(w, secret_values[key].encode())
@@ -173,10 +185,15 @@ def _start(boot: Boot, console: Path, secret_values: dict[str, str]) -> subproce
     return child
 
 
-def _find_leader(child: subprocess.Popen[bytes], name: str, console: Path) -> Proc:
+def _find_leader(
+    child: subprocess.Popen[bytes], name: str, console: Path, channel: notify.Channel
+) -> Proc:
+    """The machine's PID 1, as nspawn reports it once the machine's init runs."""
     deadline = time.monotonic() + LEADER_TIMEOUT
     while True:
-        found = process.leader(child.pid)
+        channel.receive(0.05)
+        pid = channel.leader_pid
+        found = process.identify(pid) if pid is not None else None
         if found is not None:
             return found
         if child.poll() is not None:
@@ -187,7 +204,6 @@ def _find_leader(child: subprocess.Popen[bytes], name: str, console: Path) -> Pr
             )
         if time.monotonic() > deadline:
             raise KilnError(f"{name}: systemd did not start in {LEADER_TIMEOUT:.0f}s")
-        time.sleep(0.005)
 
 
 def _stop_child(child: subprocess.Popen[bytes]) -> None:
@@ -237,10 +253,10 @@ def _boot(
     undo: ExitStack,
     network: str = "",
     link: netns.Attachment | None = None,
-) -> tuple[subprocess.Popen[bytes], Proc, Proc]:
+) -> tuple[Proc, Proc, notify.Channel]:
     """Start nspawn on the mounted overlay with the folder's config, the volumes and the
-    secrets, in its network; return it, its process and the machine's systemd. ``undo``
-    stops it and removes its namespace."""
+    secrets, in its network; return its process, the machine's systemd and the channel
+    nspawn reports the boot's end on. ``undo`` stops it and removes its namespace."""
     binds = nspawn.config_binds(folder.env_file, folder.seed)
     binds += nspawn.volume_binds(volume_map)
     if recipe_folder is not None:
@@ -256,13 +272,15 @@ def _boot(
         host_resolv_conf=recipe_folder is not None,
         netns=path,
     )
-    child = _start(boot, folder.console, secret_values)
+    channel = notify.Channel()
+    undo.callback(channel.close)
+    child = _start(boot, folder.console, secret_values, channel)
     undo.callback(_stop_child, child)
-    leader = _find_leader(child, name, folder.console)
+    leader = _find_leader(child, name, folder.console, channel)
     nspawn_proc = process.identify(child.pid)
     if nspawn_proc is None:
         raise KilnError(f"systemd-nspawn for {name} is gone")
-    return child, nspawn_proc, leader
+    return nspawn_proc, leader, channel
 
 
 def _check_network(name: str, network: str, ports: tuple[str, ...], link: object) -> None:
@@ -310,7 +328,7 @@ def run(
         for volume in planned:
             volumes.prepare(volume, folder.root)
         _write_config(folder, request.name, image.ref, values)
-        _child, nspawn_proc, leader = _boot(
+        nspawn_proc, leader, channel = _boot(
             home,
             folder,
             request.name,
@@ -340,6 +358,7 @@ def run(
         launched = Launched(
             request.name, image.ref, image.digest, folder, state, contract, values, started
         )
+        launched.channel = channel
         save(folder, state)
         launched.seconds_to_start = time.monotonic() - started
         recorder.submit(launched)
@@ -420,7 +439,7 @@ def start(
         _overlay(layers, folder).mount()
         undo.callback(proc.run, ["umount", str(folder.root)], check=False)
         recipe_folder = Path(state.recipe_folder) if state.tooling else None
-        _child, nspawn_proc, leader = _boot(
+        nspawn_proc, leader, channel = _boot(
             home,
             folder,
             request.name,
@@ -443,6 +462,7 @@ def start(
         launched = Launched(
             request.name, state.image, state.digest, folder, state, contract, values, started
         )
+        launched.channel = channel
         launched.seconds_to_start = time.monotonic() - started
         with opened(home, catalog) as held:
             record_start(held, state)
@@ -459,7 +479,7 @@ def start(
 
 def wait(launched: Launched, check: Health | None) -> None:
     """Until systemd runs, then until the health check passes (NotReady otherwise)."""
-    health.wait_running(launched.state, launched.folder.console, BOOT_TIMEOUT)
+    health.wait_running(launched.state, launched.folder.console, BOOT_TIMEOUT, launched.channel)
     launched.running_seconds = time.monotonic() - launched.started
     if check is None:
         return

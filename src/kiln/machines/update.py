@@ -109,7 +109,7 @@ def prove(
     state, console = launched.state, launched.folder.console
     end = launched.started + deadline
     try:
-        health.wait_running(state, console, max(end - time.monotonic(), 0.1))
+        health.wait_running(state, console, max(end - time.monotonic(), 0.1), launched.channel)
     except health.NotReady as exc:
         return Proof(False, exc.message.splitlines()[0])
     first: float | None = None
