@@ -225,6 +225,8 @@ def _child(trees: Trees, pipe: int, out: int) -> int:
     """Hash the files sent down ``pipe`` in a forked child, each batch as it comes: 0 when
     the digests were written to ``out``, 1 when an exception was."""
     gc.disable()  # a collection would touch (and so copy) every object of the parent
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_DFL)  # none of the parent's handlers runs here
     try:
         digests: list[str] = []
         fields: list[bytes] = []
