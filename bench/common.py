@@ -14,6 +14,12 @@ from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# Every bench times kiln as an installed kiln runs: from compiled bytecode. A source tree's
+# __pycache__ goes stale as files change, and with PYTHONDONTWRITEBYTECODE set each run would
+# compile those modules again (tens of ms that say nothing of what is measured). The
+# benches' processes and their children share a bytecode cache of their own instead.
+PYCACHE = Path("/var/tmp") / f"kiln-bench-pycache-{os.getuid()}"
+os.environ.update(PYTHONPYCACHEPREFIX=str(PYCACHE), PYTHONDONTWRITEBYTECODE="")
 EXAMPLES = REPO / "examples"
 KILN = [sys.executable, "-m", "kiln.cli.main"]
 INSERT_IMAGES = (

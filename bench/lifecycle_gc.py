@@ -179,19 +179,11 @@ def synthetic(home: Home, images: int, now: datetime) -> int:
     return len(rows)
 
 
-def _bytecode(folder: Path) -> dict[str, str]:
-    """Compiled bytecode in a cache of the bench's own, as an installed kiln has it: a
-    source tree's ``__pycache__`` goes stale as files change, and with
-    PYTHONDONTWRITEBYTECODE set every run would compile those modules again (tens of ms
-    that say nothing about gc). Every command timed runs with it."""
-    return {"PYTHONPYCACHEPREFIX": str(folder / "pycache"), "PYTHONDONTWRITEBYTECODE": ""}
-
-
 def bench_gc(images: int, runs: int) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="kiln-bench-gc-", dir="/var/tmp") as folder:
         home = Home(Path(folder) / "home")
         made = synthetic(home, images, datetime.now(UTC))
-        env = {"KILN_HOME": str(home.root), "KILN_POLICY": "", **_bytecode(Path(folder))}
+        env = {"KILN_HOME": str(home.root), "KILN_POLICY": ""}
         dry = [*KILN, "gc", "--dry-run", *FLAGS]
         timed(dry, env)  # warms the page cache and compiles the bytecode
         ours = median([timed(dry, env) for _ in range(runs)])
