@@ -95,3 +95,36 @@ def test_a_mistyped_command_names_the_nearest_one(
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == f"Error: {said}"
     assert "Did you mean" not in result.stderr
+
+
+def test_each_command_is_registered_by_the_module_the_lazy_map_names() -> None:
+    """kiln imports a command's module only when the command is asked for: the map says
+    which module registers each name, and every module registers exactly its names."""
+    import click
+
+    from kiln.cli.groups import LazyGroup
+    from kiln.cli.main import COMMANDS
+
+    by_module: dict[str, set[str]] = {}
+    for name, module in COMMANDS.items():
+        by_module.setdefault(module, set()).add(name)
+    for module, names in by_module.items():
+        group = LazyGroup(name="probe", modules={})
+        __import__(module, fromlist=["register"]).register(group)
+        assert set(group.commands) == names, module
+    everything = LazyGroup(modules=COMMANDS).load_all()
+    assert set(everything) == set(COMMANDS)
+    assert all(isinstance(command, click.Command) for command in everything.values())
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    """kiln ps does not import what the bake needs (kiln.cli.build and kiln.bake)."""
+    script = (
+        "import sys\nfrom kiln.cli.main import cli\n"
+        "cli.get_command(None, 'ps')\n"
+        "print(sorted(m for m in sys.modules if m in ('kiln.cli.build', 'kiln.bake.build')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout

@@ -70,7 +70,7 @@ def test_units_call_commands_and_flags_that_exist(unit: Path) -> None:
     calls = _invocations(unit.read_text())
     assert calls, f"{unit.name} runs no kiln command"
     for words in calls + _defaults(unit):
-        command = cli.commands.get(words[0])
+        command = cli.load_all().get(words[0])
         assert isinstance(command, click.Command), f"{unit.name}: no command kiln {words[0]}"
         flags = {flag for param in command.params for flag in getattr(param, "opts", [])}
         used = {w for w in words[1:] if w.startswith("--")}

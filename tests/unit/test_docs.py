@@ -125,7 +125,7 @@ def beside(folder: Path, data: dict[str, Any]) -> None:
         target.write_text(text)
 
 
-@pytest.mark.parametrize("command", sorted(cli.commands))
+@pytest.mark.parametrize("command", sorted(cli.load_all()))
 def test_every_command_is_in_the_readme(command: str) -> None:
     assert re.search(rf"\bkiln {re.escape(command)}\b", README.read_text()), (
         f"kiln {command} is not mentioned in README.md"

@@ -541,6 +541,6 @@ def test_fetch_is_the_one_flag_that_fetches_the_indexes_now(tmp_path: Path) -> N
     assert json.loads(old.stdout) == {"images": [], "outdated": 0}
     assert "--refresh is now called --fetch" in old.stderr
     for name in ("outdated", "refresh"):
-        command = cli.commands[name]
+        command = cli.load_all()[name]
         shown = {o for p in command.params if not getattr(p, "hidden", False) for o in p.opts}
         assert "--fetch" in shown and "--refresh" not in shown, name

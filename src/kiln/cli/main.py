@@ -13,23 +13,7 @@ import click
 from rich.markup import escape
 
 from kiln import __version__
-from kiln.cli import (
-    build,
-    catalog,
-    drift,
-    fleet,
-    freshness,
-    lifecycle,
-    machines,
-    network,
-    proof,
-    propagate,
-    refresh,
-    rollout,
-    signing,
-    update,
-)
-from kiln.cli.groups import Group
+from kiln.cli.groups import LazyGroup
 from kiln.cli.output import err
 from kiln.errors import KilnError, disk_full, from_os_error, space_hint
 from kiln.home import Home
@@ -38,8 +22,28 @@ INTERNAL_ERROR = 70  # EX_SOFTWARE (sysexits.h): a bug in kiln, not bad input or
 DEBUG_ENV = "KILN_DEBUG"
 _debug = {"on": False}  # set by --debug, read by main() once the command has ended
 
+_MODULES = {  # kiln.cli.<module>: the commands its register() adds
+    "build": ("bake", "diff", "export", "fsck", "gc", "images", "inspect", "lineage", "lock"),
+    "machines": ("exec", "logs", "ps", "rm", "run", "start", "stop", "test"),
+    "network": ("network",),
+    "drift": ("drift",),
+    "catalog": ("catalog",),
+    "lifecycle": ("channels", "history", "promote", "restore", "revoke", "rollback", "where"),
+    "signing": ("key", "sign", "verify"),
+    "freshness": ("outdated",),
+    "proof": ("rebuild",),
+    "propagate": ("propagate",),
+    "refresh": ("refresh",),
+    "rollout": ("rollout",),
+    "update": ("update",),
+    "fleet": ("group", "up"),
+}
+COMMANDS = {name: f"kiln.cli.{module}" for module, names in _MODULES.items() for name in names}
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(
+    cls=LazyGroup, modules=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, prog_name="kiln")
 @click.option(
     "--debug",
@@ -52,21 +56,6 @@ def cli(debug: bool) -> None:
     catalog. KILN_HOME (default /var/lib/kiln) holds the store and catalog."""
     _debug["on"] = debug
 
-
-build.register(cli)
-machines.register(cli)
-network.register(cli)
-drift.register(cli)
-catalog.register(cli)
-lifecycle.register(cli)
-signing.register(cli)
-freshness.register(cli)
-proof.register(cli)
-propagate.register(cli)
-refresh.register(cli)
-rollout.register(cli)
-update.register(cli)
-fleet.register(cli)
 
 
 def _report(exc: KilnError) -> None:
