@@ -1,4 +1,4 @@
-"""[services]: enable and disable systemd units in the root (no running systemd needed)."""
+"""[services]: enable, disable and mask systemd units in the root (no running systemd needed)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ VERSION = 1
 
 def apply(context: BuildContext) -> None:
     services = context.recipe.recipe.services
-    if not (services.enable or services.disable):
+    if not (services.enable or services.disable or services.mask):
         return
     with Root(context.root) as root:
         has_systemctl = root.exists("/usr/bin/systemctl", follow=True)
@@ -24,3 +24,5 @@ def apply(context: BuildContext) -> None:
         context.sandbox.run(["systemctl", "enable", *services.enable])
     if services.disable:
         context.sandbox.run(["systemctl", "disable", *services.disable])
+    if services.mask:
+        context.sandbox.run(["systemctl", "mask", *services.mask])

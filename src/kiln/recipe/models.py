@@ -152,8 +152,9 @@ STEP_KINDS = steps.names()
 class Services(Model):
     enable: tuple[str, ...] = ()
     disable: tuple[str, ...] = ()
+    mask: tuple[str, ...] = ()
 
-    @field_validator("enable", "disable")
+    @field_validator("enable", "disable", "mask")
     @classmethod
     def _units(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         bad = [u for u in value if len(u) > MAX_NAME or not UNIT_RE.match(u)]
