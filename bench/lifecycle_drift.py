@@ -6,7 +6,8 @@ A machine is booted from web; AIDE's database of its root (the overlay mount as 
 sees it, machines/<name>/root) is made right after the boot. Then five changes are made
 inside the machine (kiln exec): a file edited, one added, one deleted, one chmod'ed and one
 written in the state volume /var/lib/web. Each side is a whole process, the median of N
-runs, in the same run:
+runs (5 unless told), in the same run, the sides taking turns run by run (kiln, kiln
+--deep, aide, dpkg, then again), so that a host someone else also loads weighs on each alike:
 
 1. `kiln drift NAME --deep --json` (every file the machine sees re-hashed against the
    layers' inventories) against `aide --check` (sha256, type, mode, owner, size and link
@@ -64,20 +65,23 @@ MAKE_CHANGES = (
 )
 
 
-def _time(argv: list[str], runs: int, env: dict[str, str] | None = None) -> float:
-    """The median wall-clock seconds of ``argv`` (a non-zero exit is a finding, not a failure)."""
-    seconds = []
+def _times(sides: dict[str, list[str]], runs: int, env: dict[str, str]) -> dict[str, float]:
+    """The median wall-clock seconds of each side's argv (a non-zero exit is a finding, not
+    a failure). The sides take turns, run by run: on a host someone else also loads, a
+    busy spell then weighs on every side alike rather than on the one it fell on."""
+    seconds: dict[str, list[float]] = {side: [] for side in sides}
     for _ in range(runs):
-        begin = time.perf_counter()
-        subprocess.run(
-            argv,
-            env={**os.environ, **(env or {})},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=False,
-        )
-        seconds.append(time.perf_counter() - begin)
-    return median(seconds)
+        for side, argv in sides.items():
+            begin = time.perf_counter()
+            subprocess.run(
+                argv,
+                env={**os.environ, **env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
+            seconds[side].append(time.perf_counter() - begin)
+    return {side: median(values) for side, values in seconds.items()}
 
 
 def _reports_changes(home: Path, name: str, *flags: str) -> bool:
@@ -150,11 +154,15 @@ def measure(home: Path, runs: int) -> list[Row]:
             f"kiln drift found {'the' if right else 'other than the'} {len(CHANGES)} changes",
             file=sys.stderr,
         )
-        env = {"KILN_HOME": str(home)}
-        kiln_seconds = _time([*KILN, "drift", name, "--json"], runs, env)
-        deep_seconds = _time([*KILN, "drift", name, "--deep", "--json"], runs, env)
-        aide_seconds = _time(["aide", f"--config={config}", "--check"], runs)
-        dpkg_seconds = _time(["dpkg", f"--root={root}", "--verify"], runs)
+        sides = {
+            "upper": [*KILN, "drift", name, "--json"],
+            "deep": [*KILN, "drift", name, "--deep", "--json"],
+            "aide": ["aide", f"--config={config}", "--check"],
+            "dpkg": ["dpkg", f"--root={root}", "--verify"],
+        }
+        timed = _times(sides, runs, {"KILN_HOME": str(home)})
+        kiln_seconds, deep_seconds = timed["upper"], timed["deep"]
+        aide_seconds, dpkg_seconds = timed["aide"], timed["dpkg"]
         state = json.loads((home / "machines" / name / "machine.json").read_text())
         recorded, captured = inventory_cost(home, Path(state["layers"][0]), runs)
     finally:
@@ -200,7 +208,7 @@ def measure(home: Path, runs: int) -> list[Row]:
     ]
 
 
-def rows(home: Path | None = None, runs: int = 3) -> list[Row]:
+def rows(home: Path | None = None, runs: int = 5) -> list[Row]:
     """The rows for this script or bench/lifecycle.py; ``home`` holds a web image, else
     examples/ is baked into a scratch store first."""
     if shutil.which("aide") is None:
@@ -223,7 +231,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--home", type=Path, help="a KILN_HOME with a web image in it")
-    parser.add_argument("--runs", type=int, default=3, help="runs of each side (median)")
+    parser.add_argument("--runs", type=int, default=5, help="runs of each side (median)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
     found = rows(args.home.absolute() if args.home else None, args.runs)
