@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from kiln.catalog.ledger import Execute, sqlite_params
 from kiln.catalog.lifecycle import ImageName
 from kiln.catalog.lookup import Lookup
 from kiln.catalog.models import Image
@@ -52,6 +53,13 @@ def _sqlite_begin(connection: Connection) -> None:
     read-only ones stay deferred, so readers never wait for a writer (WAL)."""
     immediate = connection.get_execution_options().get(WRITE, True)
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _conflict(exc: IntegrityError) -> Conflict:
+    return Conflict(
+        f"someone else got there first: {exc.orig}",
+        hint="another kiln process wrote the same catalog row; run the command again",
+    )
 
 
 class Catalog:
@@ -105,10 +113,24 @@ class Catalog:
             with self._sessions() as session, session.begin():
                 yield session
         except IntegrityError as exc:
-            raise Conflict(
-                f"someone else got there first: {exc.orig}",
-                hint="another kiln process wrote the same catalog row; run the command again",
-            ) from None
+            raise _conflict(exc) from None
+        except OperationalError as exc:
+            raise _busy(exc) from None
+
+    @contextmanager
+    def writer(self) -> Iterator[Execute]:
+        """A write transaction for plain SQL with named parameters (kiln.catalog.ledger):
+        committed when the block ends, rolled back on any error, as ``session``'s."""
+        try:
+            with self.engine.begin() as connection:
+
+                def execute(sql: str, params: Mapping[str, Any]) -> None:
+                    values = sqlite_params(params) if self.sqlite else dict(params)
+                    connection.execute(text(sql), values)
+
+                yield execute
+        except IntegrityError as exc:
+            raise _conflict(exc) from None
         except OperationalError as exc:
             raise _busy(exc) from None
 

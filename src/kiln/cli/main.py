@@ -57,7 +57,6 @@ def cli(debug: bool) -> None:
     _debug["on"] = debug
 
 
-
 def _report(exc: KilnError) -> None:
     hint = exc.hint
     if disk_full(exc.message) and not (hint and "free space" in hint):

@@ -16,6 +16,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from kiln.actor import actor
+from kiln.catalog import ledger
+from kiln.catalog.lookup import sqlite_path
 from kiln.home import Home
 from kiln.machines.folder import State
 
@@ -44,8 +47,10 @@ def opened(home: Home, catalog: Opener | None) -> Iterator[Catalog]:
 class Recorder(threading.Thread):
     """The catalog's half of a launch, on its own thread while the machine boots.
 
-    It imports SQLAlchemy and the catalog first (the slow part), then waits to be told what
-    to record. ``result()`` raises what went wrong, so the launch can be undone.
+    On the embedded catalog at HEAD it writes through sqlite3 (kiln.catalog.ledger) and
+    imports no SQLAlchemy, whose import alone took CPU from the boot; on any other catalog
+    it imports the catalog first (the slow part), then waits to be told what to record.
+    ``result()`` raises what went wrong, so the launch can be undone.
     """
 
     def __init__(
@@ -60,12 +65,21 @@ class Recorder(threading.Thread):
 
     def run(self) -> None:
         try:
-            import kiln.catalog  # noqa: F401  (the import is what takes time)
-
+            path = sqlite_path(self.home.catalog_url)
+            if path is None:
+                import kiln.catalog  # noqa: F401  (the import is what takes time)
             self._go.wait()
-            if self.launched is not None:
-                with opened(self.home, self.catalog) as catalog:
-                    record_launch(catalog, self.request, self.image_id, self.launched)
+            if self.launched is None:
+                return
+            launch = _row(self.launched, self.image_id, self.request.throwaway)
+            at = datetime.now(UTC)
+            if path is not None:
+                with ledger.sqlite_writer(path) as execute:
+                    if execute is not None:
+                        ledger.record_launch(execute, launch, at, actor())
+                        return
+            with opened(self.home, self.catalog) as catalog, catalog.writer() as execute:
+                ledger.record_launch(execute, launch, at, actor())
         except BaseException as exc:  # handed to the main thread by result()
             self.error = exc
 
@@ -82,42 +96,20 @@ class Recorder(threading.Thread):
             raise self.error
 
 
-def record_launch(catalog: Catalog, request: Request, image_id: int, launched: Launched) -> None:
-    """Record the machine, and that any earlier machine of its name is history."""
-    from kiln.catalog import Machine, events
-    from kiln.catalog.machines import live
-
-    with catalog.session() as session:
-        now = datetime.now(UTC)
-        for old in live(session, launched.name):  # its folder is gone: that machine is history
-            old.removed = now
-        name, _colon, version = launched.image.partition(":")
-        events.record(
-            session,
-            "machine_started",
-            name,
-            int(version),
-            launched.digest,
-            machine=launched.name,
-            at=now,
-            throwaway=request.throwaway,
-        )
-        session.add(
-            Machine(
-                name=launched.name,
-                image_id=image_id,
-                image_ref=launched.image,
-                digest=launched.digest,
-                folder=str(launched.folder.path),
-                created=now,
-                nspawn_pid=launched.state.nspawn.pid,
-                leader_pid=launched.state.leader.pid,
-                config=json.dumps(dict(launched.values.plain), sort_keys=True),
-                secret_keys=json.dumps(sorted(launched.values.secrets)),
-                volumes=json.dumps(launched.state.volumes, sort_keys=True),
-                throwaway=request.throwaway,
-            )
-        )
+def _row(launched: Launched, image_id: int, throwaway: bool) -> ledger.Launch:
+    return ledger.Launch(
+        name=launched.name,
+        image_id=image_id,
+        image_ref=launched.image,
+        digest=launched.digest,
+        folder=str(launched.folder.path),
+        nspawn_pid=launched.state.nspawn.pid,
+        leader_pid=launched.state.leader.pid,
+        config=dict(launched.values.plain),
+        secret_keys=tuple(launched.values.secrets),
+        volumes=launched.state.volumes,
+        throwaway=throwaway,
+    )
 
 
 def recorded(catalog: Catalog, name: str) -> tuple[dict[str, str], list[str]]:
