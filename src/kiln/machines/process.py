@@ -43,27 +43,12 @@ def alive(proc: Proc) -> bool:
     return fields is not None and fields[0] not in ("Z", "X") and int(fields[19]) == proc.start
 
 
-def comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
 def children(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     except OSError:
         return []
     return [int(child) for child in text.split()]
-
-
-def leader(nspawn_pid: int) -> Proc | None:
-    """The machine's PID 1 once it runs systemd: nspawn's child, after its exec."""
-    for child in children(nspawn_pid):
-        if comm(child) == "systemd":
-            return identify(child)
-    return None
 
 
 def running(state: State) -> bool:
