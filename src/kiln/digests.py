@@ -13,9 +13,12 @@ from typing import Any, BinaryIO
 CHUNK = 1 << 20
 
 
-def canonical_json(value: Any) -> bytes:
-    """JSON with sorted keys and no spaces: equal values give equal bytes (and digests)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+def canonical_json(value: Any, errors: str = "strict") -> bytes:
+    """JSON with sorted keys and no spaces: equal values give equal bytes (and digests).
+    ``errors="surrogateescape"``: a file name that is not UTF-8 (Python holds its bytes as
+    lone surrogates) is written as those bytes, for kiln's own documents only."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", errors)
 
 
 def json_sha256(value: Any) -> str:

@@ -367,6 +367,21 @@ def test_an_inventory_is_the_same_bytes_for_the_same_layer(home: Home, tmp_path:
     assert tool.sha256 == hashlib.sha256(b"#!/bin/sh\n").hexdigest()
 
 
+def test_a_name_that_is_not_utf8_is_recorded_as_its_bytes(home: Home, tmp_path: Path) -> None:
+    """A package may ship a file whose name is no UTF-8: the inventory keeps its bytes and
+    reads them back as the file system names it, instead of failing the bake."""
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    name = os.fsdecode(b"caf\xe9.conf")
+    (tree / "etc" / name).write_text("x\n")
+    layout = Layout(home.oci)
+    recorded = inventory.record(layout, tree, "sha256:" + "0" * 64)
+    nodes = inventory.load(layout, recorded, "test")
+    assert sorted(nodes) == ["/etc", f"/etc/{name}"]
+    assert os.fsencode(f"/etc/{name}") == b"/etc/caf\xe9.conf"
+    assert inventory.record(layout, tree, "sha256:" + "0" * 64) == recorded
+
+
 def test_a_corrupt_inventory_is_refused(home: Home, tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     tree.mkdir()
@@ -410,7 +425,9 @@ def test_merge_follows_overlayfs() -> None:
     assert sorted(again) == ["/a", "/b", "/b/c"]
 
 
-ODD = "etc/odd\tnamé\n"  # a newline, a tab, a letter of two bytes
+# a newline, a tab, a letter of two bytes, and a byte that is no UTF-8 (0xe9 alone, which
+# Python names by a lone surrogate)
+ODD = "etc/odd\tnamé\n\udce9"
 
 
 def odd_and_large(root: Path) -> None:

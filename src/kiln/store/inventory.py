@@ -190,11 +190,16 @@ def listing(
     return out
 
 
+# A path is kept as the file system's bytes: one that is not UTF-8 round-trips through
+# Python's lone surrogates (os.fsdecode) instead of failing the bake that records it.
+NAMES = "surrogateescape"
+
+
 def encode(diff_id: str, nodes: Mapping[str, Node]) -> bytes:
     """The blob: a header line, then one line per path in sorted order, gzip'd with no
     time or name in its header, so the same layer always gives the same bytes."""
     lines = [canonical_json({"inventory": FORMAT, "diff_id": diff_id})]
-    lines += [canonical_json(nodes[path].to_json(path)) for path in sorted(nodes)]
+    lines += [canonical_json(nodes[path].to_json(path), NAMES) for path in sorted(nodes)]
     return gzip.compress(b"\n".join(lines) + b"\n", compresslevel=6, mtime=0)
 
 
@@ -209,12 +214,12 @@ def decode(data: bytes, what: str) -> tuple[str, dict[str, Node]]:
         header = json.loads(first)
         if header.get("inventory") != FORMAT:
             raise StoreError(f"{what} is inventory format {header.get('inventory')!r}, not 1")
-        body = body.removesuffix(b"\n")
+        lines = body.removesuffix(b"\n").decode("utf-8", NAMES)
         # The lines as one JSON array, parsed in one call rather than one call per line
         # (a line of canonical JSON holds no newline); as many items as lines, or a line
         # held more than one.
-        items = json.loads(b"[" + body.replace(b"\n", b",") + b"]") if body else []
-        if len(items) != (body.count(b"\n") + 1 if body else 0):
+        items = json.loads("[" + lines.replace("\n", ",") + "]") if lines else []
+        if len(items) != (lines.count("\n") + 1 if lines else 0):
             raise ValueError("a line holds more than one entry")
         nodes = {str(item["path"]): Node.from_json(item) for item in items}
         return str(header["diff_id"]), nodes
