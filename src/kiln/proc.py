@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import threading
 from collections import deque
@@ -309,3 +310,23 @@ def spawn_detached(
             start_new_session=True,
             pass_fds=list(pass_fds),
         )
+
+
+def fork(work: Callable[[], int], close: Sequence[int] = ()) -> int:
+    """Fork a worker that runs ``work`` in a copy of this process and exits with what it
+    returns (3 if it raised); the parent gets its pid, to reap with os.waitpid. The worker
+    closes ``close`` first (descriptors of the parent's it must not hold), runs none of
+    the parent's interrupt or termination handlers (the parent kills and reaps it), and
+    leaves by os._exit: no exit handler or buffered output of the parent runs twice."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 3
+    try:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_DFL)
+        for fd in close:
+            os.close(fd)
+        code = work()
+    finally:
+        os._exit(code)

@@ -22,6 +22,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kiln import proc
 from kiln.digests import CHUNK
 from kiln.errors import KilnError
 from kiln.rootpath import DIR, Root
@@ -164,19 +165,11 @@ class _Child:
         with suppress(OSError):  # room for every path at once: sending never waits
             fcntl.fcntl(self.into, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         try:
-            self.pid = os.fork()
+            self.pid = proc.fork(lambda: _child(trees, read, self.out), close=(self.into, *others))
         except BaseException:
             for fd in (self.out, read, self.into):
                 os.close(fd)
             raise
-        if self.pid == 0:
-            code = 3
-            try:
-                for fd in (self.into, *others):
-                    os.close(fd)
-                code = _child(trees, read, self.out)
-            finally:
-                os._exit(code)
         os.close(read)
 
     def send(self, files: Sequence[File]) -> None:
@@ -225,8 +218,6 @@ def _child(trees: Trees, pipe: int, out: int) -> int:
     """Hash the files sent down ``pipe`` in a forked child, each batch as it comes: 0 when
     the digests were written to ``out``, 1 when an exception was."""
     gc.disable()  # a collection would touch (and so copy) every object of the parent
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, signal.SIG_DFL)  # none of the parent's handlers runs here
     try:
         digests: list[str] = []
         fields: list[bytes] = []
