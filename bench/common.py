@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from kiln.catalog.ledger import sqlite_time
+
 REPO = Path(__file__).resolve().parents[1]
 # Every bench times kiln as an installed kiln runs: from compiled bytecode. A source tree's
 # __pycache__ goes stale as files change, and with PYTHONDONTWRITEBYTECODE set each run would
@@ -31,7 +33,7 @@ INSERT_IMAGES = (
 
 def stamp(moment: datetime) -> str:
     """A time as SQLAlchemy keeps it in SQLite, for rows a benchmark writes itself."""
-    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return sqlite_time(moment)
 
 
 def insert_images(db: sqlite3.Connection, rows: Sequence[Sequence[object]]) -> None:

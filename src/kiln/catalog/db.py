@@ -15,12 +15,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kiln.catalog.ledger import Execute, sqlite_params
 from kiln.catalog.lifecycle import ImageName
-from kiln.catalog.lookup import Lookup
+from kiln.catalog.lookup import BUSY_SECONDS, Lookup
 from kiln.catalog.models import Image
 from kiln.catalog.revisions import HEAD, PENDING
 from kiln.errors import StoreError
 
-BUSY_SECONDS = 30
 WRITE = "kiln_write"  # execution option: this connection's transactions write
 
 

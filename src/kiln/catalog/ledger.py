@@ -23,13 +23,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kiln.catalog.revisions import HEAD
+from kiln.catalog.lookup import BUSY_SECONDS, at_head
 from kiln.errors import StoreError
 from kiln.times import utc
 
 Execute = Callable[[str, Mapping[str, Any]], None]
-
-BUSY_SECONDS = 30  # as kiln.catalog.db waits for SQLite's write lock
 
 RETIRE = "UPDATE machines SET removed = :at WHERE name = :name AND removed IS NULL"
 EVENT = (
@@ -110,11 +108,7 @@ def sqlite_writer(path: Path) -> Iterator[Execute | None]:
     try:
         connection.execute("PRAGMA foreign_keys=ON")
         connection.execute("BEGIN IMMEDIATE")
-        try:
-            found = connection.execute("SELECT version_num FROM alembic_version").fetchone()
-        except sqlite3.OperationalError:  # no schema yet
-            found = None
-        if found is None or found[0] != HEAD:
+        if not at_head(connection):
             connection.execute("ROLLBACK")
             yield None
             return

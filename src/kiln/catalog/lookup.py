@@ -463,14 +463,25 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url[len(prefix) :])
 
 
+BUSY_SECONDS = 30  # how long a catalog connection waits for SQLite's write lock
+
+
+def at_head(connection: sqlite3.Connection) -> bool:
+    """The SQLite catalog behind ``connection`` has the schema at HEAD."""
+    try:
+        found = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:  # no schema yet
+        return False
+    return found is not None and found[0] == HEAD
+
+
 def open_sqlite(path: Path) -> Lookup | None:
-    """A lookup over the SQLite catalog at ``path`` through the standard library, or None
-    when the catalog is not there yet or not at HEAD (opening it through
-    kiln.catalog.Catalog creates or upgrades it)."""
+    """A lookup over the SQLite catalog at ``path`` through sqlite3, or None when it is
+    not there yet or not at HEAD (kiln.catalog.Catalog creates or upgrades it)."""
     if not path.is_file():
         return None
     try:
-        connection = sqlite3.connect(path, timeout=30, isolation_level=None)
+        connection = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None)
     except sqlite3.Error:
         return None
 
@@ -483,11 +494,7 @@ def open_sqlite(path: Path) -> Lookup | None:
                 hint="run 'kiln fsck'; another kiln may have held it for too long",
             ) from None
 
-    try:
-        revision = connection.execute("SELECT version_num FROM alembic_version").fetchone()
-    except sqlite3.Error:
-        revision = None
-    if revision is None or revision[0] != HEAD:
+    if not at_head(connection):
         connection.close()
         return None
     return Lookup(query, connection.close)

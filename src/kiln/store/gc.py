@@ -183,19 +183,11 @@ class BlobDir:
         """The blobs' names (hex digests), sorted, less those in ``but``."""
         if self.fd < 0:
             return []
-        out = [name for name in os.listdir(self.fd) if name not in but]
-        out.sort()
-        return out
+        return sorted(name for name in os.listdir(self.fd) if name not in but)
 
     def blocks(self, names: Iterable[str]) -> list[int]:
         """Bytes each blob takes on disk (0 for one that went meanwhile)."""
-        fd, lstat = self.fd, os.lstat
-        names = list(names)
-        try:  # one comprehension; a blob that went meanwhile sends it down the slow way
-            return [lstat(name, dir_fd=fd).st_blocks * 512 for name in names]
-        except FileNotFoundError:
-            pass
-        out = []
+        fd, lstat, out = self.fd, os.lstat, []
         for name in names:
             try:
                 out.append(lstat(name, dir_fd=fd).st_blocks * 512)
