@@ -278,3 +278,25 @@ def test_the_toml_parser_s_problems_are_told_of_a_policy_file(tmp_path: Path) ->
         ":3: not UTF-8 text (byte 18): is this a policy file?"
     )
     assert "recipe" not in raised.value.message
+
+
+def test_registry_and_schedule_tables_are_checked_with_their_lines(tmp_path: Path) -> None:
+    path = tmp_path / "kiln.toml"
+    path.write_text(
+        '[registry]\nurl = "docker://127.0.0.1:5000/team"\n\n'
+        '[schedule]\nrefresh = "daily"\nprove = "30 2 * * 0"\n'
+    )
+    loaded = policy.load(path)
+    assert loaded.registry.url == "docker://127.0.0.1:5000/team"
+    assert policy.cron(loaded.schedule.refresh or "") == "0 3 * * *"
+    assert loaded.schedule.prove == "30 2 * * 0"
+
+    path.write_text(
+        '[registry]\nurl = "docker://127.0.0.1:5000/team/web:3"\n\n'
+        '[schedule]\nrefresh = "sometimes"\n'
+    )
+    with pytest.raises(RecipeError) as caught:
+        policy.load(path)
+    text = str(caught.value)
+    assert f"{path}:2" in text and "no tag or digest" in text
+    assert f"{path}:5" in text and "hourly, daily, weekly" in text

@@ -28,6 +28,13 @@ proven_within = "30d"           # a passed kiln rebuild --prove no older than 30
 [freshness]
 index_max_age = "1h"            # kiln outdated fetches a cached Packages index again after this
 
+[registry]                      # the team's registry (docs/sharing.md)
+url = "docker://registry.example:5000/kiln"   # image NAME lives at kiln/NAME
+
+[schedule]                      # periodic jobs on a shared catalog's workers (kiln worker)
+refresh = "daily"               # hourly, daily, weekly or five cron fields
+prove = "weekly"
+
 [retention]                     # kiln gc; flags override
 keep_last = 5
 keep_younger_than = "30d"
@@ -148,6 +155,67 @@ class Freshness(Strict):
         return seconds(self.index_max_age)
 
 
+class Registry(Strict):
+    """``[registry]``: the team's registry, where kiln pulls an image whose bytes are in
+    another store, and where ``kiln push`` sends images by default."""
+
+    url: str | None = None  # docker://HOST[:PORT]/PREFIX: an image NAME lives at PREFIX/NAME
+    insecure: bool = False  # plain HTTP: allowed for a loopback host only
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None:
+            why = registry_url_problem(value)
+            if why is not None:
+                raise ValueError(f"'{value}' is not a registry url: {why}")
+        return value
+
+
+def registry_url_problem(value: str) -> str | None:
+    """Why ``value`` is not ``docker://HOST[:PORT][/PREFIX]`` without a tag, or None."""
+    if not value.startswith("docker://"):
+        return "it starts with docker:// (docker://HOST[:PORT]/PREFIX)"
+    rest = value.removeprefix("docker://").rstrip("/")
+    host, _, prefix = rest.partition("/")
+    if not host or any(c in host for c in "@ "):
+        return "it names a registry host after docker://"
+    if "@" in prefix or ":" in prefix:
+        return "it names a place (HOST/PREFIX), not an image: no tag or digest"
+    return None
+
+
+SCHEDULES = {"hourly": "0 * * * *", "daily": "0 3 * * *", "weekly": "0 4 * * 1"}
+
+
+class Schedule(Strict):
+    """``[schedule]``: periodic jobs the workers of a shared catalog run (kiln worker),
+    each ``hourly``, ``daily``, ``weekly`` or a cron expression (five fields)."""
+
+    refresh: str | None = None  # kiln refresh of every image with pending security updates
+    prove: str | None = None  # kiln rebuild --prove of what the channels point at
+
+    @field_validator("refresh", "prove")
+    @classmethod
+    def _when(cls, value: str | None) -> str | None:
+        if value is not None and cron(value) is None:
+            raise ValueError(
+                f"'{value}' is not a schedule: hourly, daily, weekly or five cron fields "
+                "(minute hour day month weekday)"
+            )
+        return value
+
+
+def cron(value: str) -> str | None:
+    """The cron expression a schedule value stands for, or None if it is not one."""
+    expression = SCHEDULES.get(value, value)
+    fields = expression.split()
+    allowed = set("0123456789*/,-")
+    if len(fields) != 5 or any(not f or not set(f) <= allowed for f in fields):
+        return None
+    return expression
+
+
 class Channels(Strict):
     """``[channels]``: one table of gates per channel, and ``open``, whether a promotion
     may enter a channel the file does not define (with no gates)."""
@@ -179,6 +247,8 @@ class PolicyModel(Strict):
     freshness: Freshness = Freshness()
     network: NetworkPolicy = NetworkPolicy()
     groups: dict[str, GroupSpec] = Field(default_factory=dict)
+    registry: Registry = Registry()
+    schedule: Schedule = Schedule()
 
     @field_validator("groups")
     @classmethod
@@ -226,6 +296,14 @@ class Policy:
     @property
     def network(self) -> NetworkPolicy:
         return self.model.network
+
+    @property
+    def registry(self) -> Registry:
+        return self.model.registry
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.model.schedule
 
     @property
     def groups(self) -> dict[str, GroupSpec]:
