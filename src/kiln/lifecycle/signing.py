@@ -37,7 +37,6 @@ from kiln.store.artefacts import KIND, SUBJECT
 from kiln.store.layout import (
     MEDIA_CONFIG,
     MEDIA_MANIFEST,
-    REF_ANNOTATION,
     Descriptor,
     Layout,
     signature_tag,
@@ -237,11 +236,7 @@ def payload(reference: str, digest: str, optional: dict[str, Any] | None = None)
 
 
 def _signature_entry(layout: Layout, digest: str) -> Descriptor | None:
-    tag = signature_tag(digest)
-    for entry in layout.read_index()["manifests"]:
-        if (entry.get("annotations") or {}).get(REF_ANNOTATION) == tag:
-            return Descriptor.from_json(entry)
-    return None
+    return layout.tagged(signature_tag(digest))
 
 
 def sign(

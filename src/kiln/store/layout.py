@@ -105,6 +105,10 @@ class BlobWriter:
         self._file.write(chunk)
         self.size += len(chunk)
 
+    def hexdigest(self) -> str:
+        """The sha256 of what was written so far."""
+        return self._hash.hexdigest()
+
     def commit(self, media_type: str) -> Descriptor:
         try:
             self._file.flush()
@@ -314,6 +318,13 @@ class Layout:
             index = self.read_index()
             index["manifests"] = [m for m in index["manifests"] if not drop(m)]
             self._write(self.root / "index.json", canonical_json(index))
+
+    def tagged(self, ref: str) -> Descriptor | None:
+        """What ``ref`` names (an image or a signature tag), or None."""
+        for entry in self.read_index()["manifests"]:
+            if (entry.get("annotations") or {}).get(REF_ANNOTATION) == ref:
+                return Descriptor.from_json(entry)
+        return None
 
     def refs(self) -> dict[str, Descriptor]:
         """The images index.json tags, by name:version (signature tags are not images)."""
