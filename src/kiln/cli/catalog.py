@@ -37,12 +37,22 @@ def status(as_json: bool) -> None:
     if as_json:
         print_json(found.to_json())
         return
-    console.print(f"catalog  {found.url}", highlight=False)
-    console.print(f"current  {found.current or '-'}", highlight=False)
-    console.print(f"head     {found.head}", highlight=False)
-    console.print(f"state    {STATES[found.state]}", highlight=False)
-    if found.pending:
-        console.print(f"pending  {', '.join(found.pending)}", highlight=False)
+    schema = found.schema
+    console.print(f"catalog  {schema.url}", highlight=False)
+    console.print(f"current  {schema.current or '-'}", highlight=False)
+    console.print(f"head     {schema.head}", highlight=False)
+    console.print(f"state    {STATES[schema.state]}", highlight=False)
+    if found.schema.pending:
+        console.print(f"pending  {', '.join(found.schema.pending)}", highlight=False)
+    console.print(f"jobs     {_jobs_state(found.jobs.to_json())}", highlight=False)
+
+
+def _jobs_state(jobs: dict[str, object]) -> str:
+    if not jobs["supported"]:
+        return "none: an SQLite catalog has no job queue (docs/sharing.md)"
+    if not jobs["installed"]:
+        return f"schema {jobs['schema']} not installed: run 'kiln catalog upgrade'"
+    return f"schema {jobs['schema']} installed (procrastinate {jobs['procrastinate']})"
 
 
 @catalog.command()
@@ -67,6 +77,10 @@ def upgrade(as_json: bool) -> None:
             f"to {done.after} "
             f"({', '.join(done.applied)})",
             highlight=False,
+        )
+    if done.jobs_installed:
+        console.print(
+            f"job queue installed in schema {done.jobs.to_json()['schema']}", highlight=False
         )
 
 

@@ -37,6 +37,7 @@ _MODULES = {  # kiln.cli.<module>: the commands its register() adds
     "rollout": ("rollout",),
     "update": ("update",),
     "fleet": ("group", "up"),
+    "jobs": ("jobs", "worker"),
 }
 COMMANDS = {name: f"kiln.cli.{module}" for module, names in _MODULES.items() for name in names}
 

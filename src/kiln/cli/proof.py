@@ -10,6 +10,7 @@ import click
 from rich.markup import escape
 
 from kiln.cli.build import mirror_option, verbose_flag
+from kiln.cli.jobs import queue_option
 from kiln.cli.output import console, json_flag, print_json, progress
 
 
@@ -80,6 +81,7 @@ def _render(data: dict[str, Any]) -> None:
 )
 @mirror_option
 @verbose_flag
+@queue_option("kiln.prove")
 @json_flag
 def rebuild(
     ref: str, prove: bool, no_package_cache: bool, mirror: str | None, verbose: bool, as_json: bool

@@ -10,6 +10,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
+from kiln.cli.jobs import queue_option
 from kiln.cli.output import err, json_flag, policy_option, wide
 
 # The use case loads when the command runs: a dry run over a large catalog stays quick.
@@ -91,6 +92,7 @@ def _run_table(data: dict[str, Any]) -> None:
     help="also rebake images whose recipe pins a parent by version or digest (the pin moves)",
 )
 @policy_option()
+@queue_option("kiln.propagate")
 @json_flag
 def propagate(
     ref: str,

@@ -8,6 +8,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
+from kiln.cli.jobs import queue_option
 from kiln.cli.output import console, err, json_flag, policy_option, print_json
 
 
@@ -58,6 +59,7 @@ def _summary(image: dict[str, Any]) -> str:
 )
 @click.option("--fetch", is_flag=True, help="fetch every Packages index now, whatever its age")
 @policy_option("whose gates and [freshness] apply")
+@queue_option("kiln.refresh")
 @json_flag
 def refresh(
     names: tuple[str, ...],

@@ -10,6 +10,7 @@ import click
 from rich.markup import escape
 
 from kiln.cli.groups import Group
+from kiln.cli.jobs import queue_option
 from kiln.cli.output import console, json_flag, policy_option, print_json, progress, wide
 from kiln.errors import KilnError
 
@@ -56,7 +57,8 @@ def rollout() -> None:
     group's image names now), resolved to a digest once; --resume continues a rollout cut
     short, --promote moves the rest after the canaries. Exit 1 when it fails or rolls
     back. Options of a rollout: --to REF, --set KEY=VALUE (repeatable), --resume,
-    --promote, --policy FILE, --json ('kiln rollout GROUP --help' says more)."""
+    --promote, --policy FILE, --queue [QUEUE], --json ('kiln rollout GROUP --help' says
+    more)."""
 
 
 @rollout.command(RUN, cls=_Run, hidden=True)
@@ -68,6 +70,7 @@ def rollout() -> None:
 @click.option("--resume", is_flag=True, help="continue the group's unfinished rollout")
 @click.option("--promote", is_flag=True, help="move the rest after the canaries")
 @policy_option("that declares the group")
+@queue_option("kiln.rollout")
 @json_flag
 def run(
     group: str,
