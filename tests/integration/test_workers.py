@@ -122,6 +122,12 @@ def test_catalog_upgrade_installs_the_job_schema_once(tmp_path: Path, postgres: 
         tables = connection.execute(
             "SELECT schemaname, tablename FROM pg_tables WHERE tablename LIKE '%job%'"
         ).fetchall()
+        unpinned = connection.execute(
+            "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = 'kiln_jobs' "
+            "AND NOT coalesce(p.proconfig, '{}') @> ARRAY['search_path=kiln_jobs']"
+        ).fetchall()
+    assert unpinned == []  # its triggers work from any session's search_path
     assert {schema for schema, _ in tables} == {"kiln_jobs"}
     assert ("kiln_jobs", "procrastinate_jobs") in tables
 
@@ -288,15 +294,38 @@ def test_a_periodic_job_runs_once_per_period_with_two_workers(
     a.run("catalog", "upgrade")
     every_two = "--cron=prove=* * * * * */2"
     started = [workers.start(a, every_two), workers.start(b, every_two)]
+    # rows written by someone who can write the queue's tables: nothing of them runs
+    pwned = tmp_path / "pwned"
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    from kiln.catalog.jobschema import conninfo
+
+    hostile = [
+        ("kiln.bake", {"path": str(tmp_path), "argv": ["touch", str(pwned)]}),
+        ("kiln.test", {"ref": f"--config={pwned}"}),
+        ("builtin:procrastinate.builtin_tasks.remove_old_jobs", {"max_hours": 0}),
+    ]
+    with psycopg.connect(conninfo(a.url)) as connection:
+        for task, args in hostile:
+            connection.execute(
+                "INSERT INTO kiln_jobs.procrastinate_jobs (queue_name, task_name, args) "
+                "VALUES ('default', %s, %s)",
+                (task, Jsonb(args)),
+            )
     until(
         "three periods of proofs",
-        lambda: len({j["args"]["timestamp"] for j in a.json("jobs")}) >= 3,
+        lambda: len({j["args"].get("timestamp") for j in a.json("jobs")} - {None}) >= 3,
         20,
         workers,
     )
     assert [workers.stop(child) for child in started] == [0, 0]
     found = a.json("jobs")
-    assert {j["task"] for j in found} == {"kiln.prove"}
+    refused = [j for j in found if j["task"] != "kiln.prove"]
+    assert len(refused) == len(hostile)
+    assert {j["state"] for j in refused} == {"failed"} and {j["runs"] for j in refused} == {0}
+    assert not pwned.exists()
+    found = [j for j in found if j["task"] == "kiln.prove"]
     stamps = [j["args"]["timestamp"] for j in found]
     assert len(stamps) == len(set(stamps)), stamps  # each period's job once
     done = [j for j in found if j["state"] == "done"]

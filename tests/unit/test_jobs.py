@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kiln.app.jobs_args import SPECS, TASKS, argv, check, lock_of, summary
+from kiln.app.jobs_args import SPECS, TASKS, argv, check, lock_of, queueing_lock_of, summary
 from kiln.app.jobs_worker import schedule_of
 from kiln.errors import BadInput
 from kiln.lifecycle.policy import Schedule
@@ -117,6 +117,8 @@ def test_locks_are_named_for_the_image(tmp_path: Path) -> None:
     assert lock_of(check("kiln.refresh", {})) == "refresh:all"
     assert lock_of(check("kiln.prove", {})) == "prove:channels"
     assert lock_of(check("kiln.rollout", {"group": "front"})) == "group:front"
+    # one waiting job per task and name: a test waits behind a bake, it is not dropped
+    assert queueing_lock_of(check("kiln.test", {"ref": "web:3"})) == "kiln.test:web"
 
 
 def test_a_summary_of_hostile_arguments_stays_one_short_line() -> None:
@@ -152,13 +154,13 @@ def test_the_periodic_tasks_reach_procrastinate(tmp_path: Path) -> None:
         WorkerOptions(queues=["builds"]),
         {"kiln.refresh": "0 3 * * *"},
     )
-    assert set(SPECS) <= set(app.tasks)
+    assert set(app.tasks) == set(SPECS)  # nothing else a row could name
     (periodic,) = app.periodic_registry.periodic_tasks.values()
     assert periodic.task.name == "kiln.refresh" and periodic.cron == "0 3 * * *"
     assert periodic.configure_kwargs == {
         "queue": "builds",
         "lock": "refresh:all",
-        "queueing_lock": "refresh:all",
+        "queueing_lock": "kiln.refresh:refresh:all",
     }
 
 

@@ -4,8 +4,9 @@
 The tasks are ``kiln.bake``, ``kiln.test``, ``kiln.refresh``, ``kiln.propagate``,
 ``kiln.prove`` and ``kiln.rollout`` (their arguments: kiln.app.jobs_args.SPECS). Each
 job holds a lock and a queueing lock named for the image it works on
-(jobs_args.lock_of): one job per name runs at a time, one waits. A second job deferred
-for a name while one waits is not written: the caller is told which job waits.
+(jobs_args.lock_of): one job per name runs at a time, and one job of each task per name
+waits (jobs_args.queueing_lock_of). A second job of a task deferred for a name while one
+waits is not written: the caller is told which job waits.
 ``kiln worker`` runs them (kiln.app.jobs_worker). An SQLite catalog has no queue.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.app.jobs_args import Job, check, lock_of, queue_name, summary
+from kiln.app.jobs_args import Job, check, lock_of, queue_name, queueing_lock_of, summary
 from kiln.app.workspace import Workspace
 from kiln.catalog import jobs as rows
 from kiln.catalog import jobschema
@@ -87,16 +88,16 @@ def defer(
 def _defer(workspace: Workspace, url: str, job: Job, queue: str) -> Deferred:
     from procrastinate.exceptions import AlreadyEnqueued
 
-    lock = lock_of(job)
+    lock, queueing = lock_of(job), queueing_lock_of(job)
     app = build_app(jobschema.sync_connector(url))
     app.open()
     try:
         for _ in range(5):  # the waiting job may start between the refusal and the look
-            deferrer = app.configure_task(job.task, lock=lock, queueing_lock=lock, queue=queue)
+            deferrer = app.configure_task(job.task, lock=lock, queueing_lock=queueing, queue=queue)
             try:
                 job_id = deferrer.defer(**job.args)
             except AlreadyEnqueued:
-                found = rows.waiting(workspace.catalog, lock)
+                found = rows.waiting(workspace.catalog, queueing)
                 if found is not None:
                     return Deferred(found.id, found.task, found.queue, lock, False)
                 continue

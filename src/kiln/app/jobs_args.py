@@ -270,6 +270,13 @@ def lock_of(job: Job) -> str:
     return "prove:channels"  # the periodic proof of what every channel points at
 
 
+def queueing_lock_of(job: Job) -> str:
+    """The job's queueing lock: its task and lock. While a job waits, another of the same
+    task for the same name is not queued beside it (it would do the same work), but a job
+    of another task is: a test of web waits behind a bake of web, it is not dropped."""
+    return f"{job.task}:{lock_of(job)}"
+
+
 def _recipe_name(path: Path) -> str | None:
     """The [image] name of the recipe file at ``path`` (None for a folder or a file that
     does not say: the lock is then the path)."""

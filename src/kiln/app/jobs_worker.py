@@ -27,7 +27,7 @@ from procrastinate.job_context import AbortReason
 from procrastinate.jobs import Status
 
 from kiln.app.jobs import require_installed, require_queue
-from kiln.app.jobs_args import check, lock_of
+from kiln.app.jobs_args import check, lock_of, queueing_lock_of
 from kiln.app.jobs_run import Abandoned, JobFailed, Run, Worker, execute
 from kiln.app.workspace import Workspace
 from kiln.catalog import jobschema
@@ -131,14 +131,20 @@ def build_worker_app(
     from kiln.app.jobs_args import SPECS
 
     app = App(connector=jobschema.connector(url, pool=options.concurrency + 3))
+    for name in list(app.tasks):  # procrastinate's built-in tasks: no row may start them
+        del app.tasks[name]
     queue = options.queues[0] if options.queues else "default"
     tasks = {}
     for task in SPECS:
         tasks[task] = app.task(name=task, pass_context=True, retry=Retry())(_task(task, worker))
     for task, expression in schedule.items():
-        lock = lock_of(check(task, {}))
+        job = check(task, {})
         app.periodic(
-            cron=expression, periodic_id=PERIODIC_ID, queue=queue, lock=lock, queueing_lock=lock
+            cron=expression,
+            periodic_id=PERIODIC_ID,
+            queue=queue,
+            lock=lock_of(job),
+            queueing_lock=queueing_lock_of(job),
         )(tasks[task])
     return app
 

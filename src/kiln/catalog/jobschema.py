@@ -51,6 +51,24 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.kiln_job_schema (
     procrastinate text NOT NULL
 );
 """
+# procrastinate's functions and triggers name its tables unqualified: pinned to kiln_jobs,
+# they find them from any session (a trigger fired by kiln's own queries, whose
+# search_path is the catalog's), and no other schema on the path can stand in for them.
+PIN_FUNCTIONS = f"""
+DO $$
+DECLARE routine record;
+BEGIN
+    FOR routine IN
+        SELECT p.oid::regprocedure AS signature FROM pg_proc p
+          JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = '{SCHEMA}'
+           AND NOT coalesce(p.proconfig, '{{}}') @> ARRAY['search_path={SCHEMA}']
+    LOOP
+        EXECUTE format('ALTER ROUTINE %s SET search_path = {SCHEMA}', routine.signature);
+    END LOOP;
+END;
+$$;
+"""
 
 
 @dataclass(frozen=True)
@@ -132,11 +150,13 @@ def install(engine: Engine) -> tuple[JobSchema, bool]:
             assert raw is not None
             if before.installed:
                 raw.execute(RUNS_DDL)  # kiln's tables may be newer than the queue's
+                raw.execute(PIN_FUNCTIONS)
                 return _read(connection), False
             raw.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
             raw.execute(f"SET LOCAL search_path = {SCHEMA}")
             raw.execute(SchemaManager.get_schema())
             raw.execute(RUNS_DDL)
+            raw.execute(PIN_FUNCTIONS)
             connection.execute(
                 text(f"INSERT INTO {SCHEMA}.kiln_job_schema (procrastinate) VALUES (:v)"),
                 {"v": version("procrastinate")},
