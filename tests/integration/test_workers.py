@@ -217,14 +217,19 @@ def test_a_killed_workers_job_runs_once_on_the_other_and_locks_hold(
     assert workers.stop(worker_b) == 0
     assert _children_of(recipe) == []  # the killed worker's child and b's both stopped
     assert job(b, baking.job)["state"] == "queued"
-    c = Host(tmp_path / "host-c", a.url)
+    c, d = Host(tmp_path / "host-c", a.url), Host(tmp_path / "host-d", a.url)
     worker_c = workers.start(c)
-    done = until(
-        "the bake to finish on host c",
-        lambda: (j := job(c, baking.job))["state"] in ("done", "failed") and j,
-        45,
+    until(
+        "the bake to run on host c",
+        lambda: (j := job(c, baking.job))["state"] == "running" and j["home"] == str(c.home),
+        30,
         workers,
     )
+    worker_d = workers.start(d)
+    # stopped with the default --stop-timeout, host c finishes its job, beating its heart
+    # meanwhile: host d, watching, does not take the job from it
+    assert workers.stop(worker_c) == 0
+    done = job(c, baking.job)
     assert done["state"] == "done", c.run("jobs", "logs", str(baking.job)).stdout
     assert done["home"] == str(c.home) and done["runs"] == 3 and done["host"]
     logs = c.json("jobs", "logs", str(baking.job))
@@ -241,13 +246,13 @@ def test_a_killed_workers_job_runs_once_on_the_other_and_locks_hold(
 
     propagated = until(
         "the propagation to run after the bake",
-        lambda: (j := job(c, waiting["job"]))["state"] in ("done", "failed") and j,
+        lambda: (j := job(d, waiting["job"]))["state"] in ("done", "failed") and j,
         30,
         workers,
     )
-    assert propagated["state"] == "done", c.run("jobs", "logs", str(waiting["job"])).stdout
+    assert propagated["state"] == "done", d.run("jobs", "logs", str(waiting["job"])).stdout
     assert propagated["started_at"] >= done["finished_at"]
-    listed = c.json("jobs", "--state", "done")
+    listed = d.json("jobs", "--state", "done")
     assert {j["id"] for j in listed} == {baking.job, waiting["job"]}
 
     # a bake of a git commit: cloned into KILN_HOME/tmp, checked out detached, removed
@@ -255,7 +260,7 @@ def test_a_killed_workers_job_runs_once_on_the_other_and_locks_hold(
     shutil.copytree(EXAMPLES / "tiny", repo / "tiny")
     shutil.copy(EXAMPLES / "tiny.toml", repo / "tiny.toml")
     commit = _commit(repo)
-    with opened(Home(c.home)) as workspace:
+    with opened(Home(d.home)) as workspace:
         from_git = defer(
             workspace,
             "kiln.bake",
@@ -265,26 +270,28 @@ def test_a_killed_workers_job_runs_once_on_the_other_and_locks_hold(
     assert from_git.lock == f"git:file://{repo}@{commit}"
     baked = until(
         "the git bake",
-        lambda: (j := job(c, from_git.job))["state"] in ("done", "failed") and j,
+        lambda: (j := job(d, from_git.job))["state"] in ("done", "failed") and j,
         30,
         workers,
     )
-    assert baked["state"] == "done", c.run("jobs", "logs", str(from_git.job)).stdout
-    output = c.run("jobs", "logs", str(from_git.job)).stdout
+    assert baked["state"] == "done", d.run("jobs", "logs", str(from_git.job)).stdout
+    output = d.run("jobs", "logs", str(from_git.job)).stdout
     assert f"checkout --quiet --detach {commit}" in output and '"ref": "tiny:' in output
     failed = until(
         "the bake of a commit the repository lacks",
-        lambda: (j := job(c, missing.job))["state"] in ("done", "failed") and j,
+        lambda: (j := job(d, missing.job))["state"] in ("done", "failed") and j,
         30,
         workers,
     )
     assert failed["state"] == "failed"
-    assert [j["id"] for j in c.json("jobs", "--state", "failed")] == [missing.job]
-    (run,) = c.json("jobs", "logs", str(missing.job))["log"]
+    assert [j["id"] for j in d.json("jobs", "--state", "failed")] == [missing.job]
+    (run,) = d.json("jobs", "logs", str(missing.job))["log"]
     assert "error: git checkout failed (exit 128)" in run["output"] and run["exit_code"] == 128
-    assert workers.stop(worker_c) == 0
-    assert list((c.home / "tmp").glob("job-*")) == []  # scratch clones and logs removed
-    assert "back in the queue" in workers.logs()
+    assert workers.stop(worker_d) == 0
+    for host in (c, d):  # scratch clones and logs removed
+        assert list((host.home / "tmp").glob("job-*")) == []
+    # only the SIGKILLed worker's job was taken from it; the stopping one kept beating
+    assert workers.logs().count("back in the queue") == 1
 
 
 def test_a_periodic_job_runs_once_per_period_with_two_workers(

@@ -5,8 +5,10 @@ A worker registers with procrastinate and beats its heart every HEARTBEAT second
 worker also checks, every CHECK_SECONDS, for jobs left running by a worker whose heart
 stopped (killed, its host gone): each goes back to the queue, and another worker runs
 it; the dead workers' rows are pruned. On SIGTERM or SIGINT a worker takes no new job,
-waits up to ``stop_timeout`` for the one it runs, then abandons it (the child is told to
-stop; the job goes back to the queue for another worker) and exits 0.
+waits up to ``stop_timeout`` for the one it runs, its heart still beating (procrastinate
+stops its own heartbeat first: kiln beats too, so no other worker takes the job), then
+abandons it (the child is told to stop; the job goes back to the queue for another
+worker) and exits 0.
 
 Periodic jobs come from the policy's ``[schedule]`` (refresh, prove): procrastinate's
 periodic deferrer runs in every worker, and the catalog defers each period's job once
@@ -20,11 +22,12 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from procrastinate import App, BaseRetryStrategy, RetryDecision
 from procrastinate.job_context import AbortReason
 from procrastinate.jobs import Status
+from procrastinate.worker import Worker as ProcrastinateWorker
 
 from kiln.app.jobs import require_installed, require_queue
 from kiln.app.jobs_args import check, lock_of, queueing_lock_of
@@ -176,24 +179,44 @@ async def _check_stalled(
             log(f"stalled-job check: {' '.join(str(exc).split())}")
 
 
+async def _beat(app: Any, runner: Any, options: WorkerOptions, log: Callable[[str], None]) -> None:
+    """The worker's heartbeat while it is registered, its shutdown included: procrastinate
+    stops its own when the worker is asked to stop, but the worker then waits up to
+    --stop-timeout for its jobs, and a silent worker's job would run again elsewhere."""
+    while True:
+        await asyncio.sleep(options.heartbeat)
+        worker_id = runner.worker_id
+        if worker_id is not None:
+            try:
+                await app.job_manager.update_heartbeat(worker_id)
+            except Exception as exc:  # a lost connection: the next beat tries again
+                log(f"heartbeat: {' '.join(str(exc).split())}")
+
+
 async def _serve(app: Any, worker: Worker, options: WorkerOptions) -> None:
     async with app.open_async():
-        checker = asyncio.create_task(_check_stalled(app, worker.catalog, options, worker.log))
+        runner = ProcrastinateWorker(
+            app=app,
+            queues=options.queues,
+            concurrency=options.concurrency,
+            name=f"{worker.host}:{worker.home.root}",
+            update_heartbeat_interval=options.heartbeat,
+            stalled_worker_timeout=options.stalled_after,
+            fetch_job_polling_interval=POLL_SECONDS,
+            abort_job_polling_interval=POLL_SECONDS,
+            shutdown_graceful_timeout=options.stop_timeout,
+            install_signal_handlers=True,
+        )
+        side = [
+            asyncio.create_task(_check_stalled(app, worker.catalog, options, worker.log)),
+            asyncio.create_task(_beat(app, runner, options, worker.log)),
+        ]
         try:
-            await app.run_worker_async(
-                queues=options.queues,
-                concurrency=options.concurrency,
-                name=f"{worker.host}:{worker.home.root}",
-                update_heartbeat_interval=options.heartbeat,
-                stalled_worker_timeout=options.stalled_after,
-                fetch_job_polling_interval=POLL_SECONDS,
-                abort_job_polling_interval=POLL_SECONDS,
-                shutdown_graceful_timeout=options.stop_timeout,
-                install_signal_handlers=True,
-            )
+            await cast(Any, runner).run()  # untyped in procrastinate
         finally:
-            checker.cancel()
-            await asyncio.gather(checker, return_exceptions=True)
+            for task in side:
+                task.cancel()
+            await asyncio.gather(*side, return_exceptions=True)
 
 
 def run_worker(workspace: Workspace, options: WorkerOptions, log: Callable[[str], None]) -> None:
