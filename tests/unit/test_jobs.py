@@ -153,6 +153,7 @@ def test_the_periodic_tasks_reach_procrastinate(tmp_path: Path) -> None:
         worker,
         WorkerOptions(queues=["builds"]),
         {"kiln.refresh": "0 3 * * *"},
+        tmp_path / "kiln.toml",
     )
     assert set(app.tasks) == set(SPECS)  # nothing else a row could name
     (periodic,) = app.periodic_registry.periodic_tasks.values()
@@ -161,6 +162,7 @@ def test_the_periodic_tasks_reach_procrastinate(tmp_path: Path) -> None:
         "queue": "builds",
         "lock": "refresh:all",
         "queueing_lock": "kiln.refresh:refresh:all",
+        "task_kwargs": {"policy": str(tmp_path / "kiln.toml")},  # the worker's own policy
     }
 
 

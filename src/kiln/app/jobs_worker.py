@@ -129,8 +129,15 @@ def _task(task: str, worker: Worker) -> Callable[..., Any]:
 
 
 def build_worker_app(
-    url: str, worker: Worker, options: WorkerOptions, schedule: dict[str, str]
+    url: str,
+    worker: Worker,
+    options: WorkerOptions,
+    schedule: dict[str, str],
+    policy: Path | None = None,
 ) -> Any:
+    """The worker's procrastinate App: kiln's tasks and nothing else, and the periodic
+    jobs of ``schedule`` (a periodic refresh applies ``policy``, the file the schedule
+    came from)."""
     from kiln.app.jobs_args import SPECS
 
     app = App(connector=jobschema.connector(url, pool=options.concurrency + 3))
@@ -141,13 +148,15 @@ def build_worker_app(
     for task in SPECS:
         tasks[task] = app.task(name=task, pass_context=True, retry=Retry())(_task(task, worker))
     for task, expression in schedule.items():
-        job = check(task, {})
+        given = {"policy": str(policy.absolute())} if task == "kiln.refresh" and policy else {}
+        job = check(task, given)
         app.periodic(
             cron=expression,
             periodic_id=PERIODIC_ID,
             queue=queue,
             lock=lock_of(job),
             queueing_lock=queueing_lock_of(job),
+            task_kwargs=dict(given),
         )(tasks[task])
     return app
 
@@ -235,7 +244,7 @@ def run_worker(workspace: Workspace, options: WorkerOptions, log: Callable[[str]
         policy = load(found)
     schedule = schedule_of(policy.schedule if policy is not None else None, options.crons)
     worker = Worker.here(workspace.home, workspace.catalog, log)
-    app = build_worker_app(url, worker, options, schedule)
+    app = build_worker_app(url, worker, options, schedule, found)
     for task, expression in sorted(schedule.items()):
         log(f"periodic {task}: {expression}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
