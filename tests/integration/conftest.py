@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 
 from bench.postgres import Missing, Postgres, cluster
+from bench.registry import Missing as NoRegistry
+from bench.registry import serving
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -102,6 +104,31 @@ def examples(tmp_path: Path) -> Path:
 def fresh(tmp_path: Path) -> Iterator[Kiln]:
     """An empty KILN_HOME of the test's own."""
     yield Kiln(tmp_path / "home")
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[str]:
+    """host:port of a registry of the test's own (storage in ``tmp_path``/registry)."""
+    try:
+        with serving(tmp_path) as address:
+            yield address
+    except NoRegistry as exc:
+        pytest.fail(str(exc))
+
+
+SKIP_IN_COPY = {"machines", "builds", "tmp", "cache", "layers", "store.id"}
+
+
+def copy_home(source: Kiln, home: Path) -> Kiln:
+    """A copy of ``source``'s store and catalog (unpacked layers hard-linked: nothing writes
+    to them) with a store id of its own, for tests that sign, damage or share images."""
+    home.mkdir(parents=True)
+    for entry in sorted(source.home.iterdir()):
+        if entry.name not in SKIP_IN_COPY:
+            subprocess.run(["cp", "-a", "--", str(entry), str(home)], check=True)
+    subprocess.run(["cp", "-al", "--", str(source.home / "layers"), str(home)], check=True)
+    (home / "tmp").mkdir()
+    return Kiln(home)
 
 
 @pytest.fixture(scope="session")

@@ -9,63 +9,10 @@ with its own config and storage in the test's tmp dir.
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.integration.conftest import Kiln
-
-REGISTRY = "docker-registry"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[str]:
-    """host:port of a registry of the test's own, stopped at the end."""
-    if shutil.which(REGISTRY) is None:
-        pytest.fail(f"{REGISTRY} is missing: run scripts/setup")
-    port = free_port()
-    storage = tmp_path / "registry"
-    storage.mkdir()
-    config = tmp_path / "registry.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log:\n  level: warn\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {storage}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    log = (tmp_path / "registry.log").open("wb")
-    server = subprocess.Popen(
-        [REGISTRY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"{REGISTRY} did not start:\n{(tmp_path / 'registry.log').read_text()}"
-                    ) from None
-                time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        log.close()
 
 
 def skopeo(*args: str) -> str:

@@ -17,23 +17,15 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Kiln
+from tests.integration.conftest import Kiln, copy_home
 from tests.tamper import flip_byte
 
-SKIP = {"machines", "builds", "tmp", "cache", "layers"}
 PASSWORD = "integration password"
 
 
 @pytest.fixture(scope="module")
 def store(baked: Kiln, tmp_path_factory: pytest.TempPathFactory) -> Kiln:
-    home = tmp_path_factory.mktemp("signing") / "home"
-    home.mkdir()
-    for entry in sorted(baked.home.iterdir()):
-        if entry.name not in SKIP:
-            subprocess.run(["cp", "-a", "--", str(entry), str(home)], check=True)
-    subprocess.run(["cp", "-al", "--", str(baked.home / "layers"), str(home)], check=True)
-    (home / "tmp").mkdir()
-    return Kiln(home)
+    return copy_home(baked, tmp_path_factory.mktemp("signing") / "home")
 
 
 @pytest.fixture(scope="module")

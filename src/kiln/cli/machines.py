@@ -10,6 +10,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
+from kiln.cli.jobs import queue_option
 from kiln.cli.output import console, err, json_flag, print_json, progress, wide
 
 # Commands import their services when they run: `kiln run` is on the clock (time to healthy).
@@ -277,6 +278,7 @@ def rm(names: tuple[str, ...], with_volumes: bool, force: bool) -> None:
     is_flag=True,
     help="also re-apply the recipe's steps and fail if that changes any file",
 )
+@queue_option("kiln.test")
 @json_flag
 def test(
     ref: str,
