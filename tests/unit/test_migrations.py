@@ -155,6 +155,7 @@ def test_a_catalog_at_the_first_revision_is_upgraded(tmp_path: Path) -> None:
         *("events", "image_names", "channel_assignments", "revocations", "signatures"),
         *("update_sightings", "proofs", "propagations", "propagation_items"),
         *("rollouts", "rollout_steps"),
+        *("stores", "holdings"),
     }
     assert ("modify_type", None, "images", "size") in types
     result = migrate.upgrade(Catalog(url, upgrade=False))

@@ -4,6 +4,13 @@ retention rule) the image versions no rule keeps, with the reasons for what stay
 The decision is kiln.lifecycle.retention's; here the catalog rows are read and removed in
 one write transaction (each removed version leaves a ``removed`` event), then the store's
 tags, referrers, blobs, unpacked layers and cached packages follow under the store lock.
+
+A catalog many stores share (KILN_CATALOG_URL) says which store holds each version
+(kiln.catalog.holdings). gc works for its own store: a version retention lets go loses
+this store's copy and holding, and its catalog row (with a ``removed`` event) only when no
+other store holds it (a registry's copy keeps no row: the notes say so); a version only
+other stores hold stays, for their gc to decide. Of the rows of unfinished bakes, only
+this store's go.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln import locks
-from kiln.app import network
+from kiln.app import network, stores
 from kiln.app.workspace import Workspace
+from kiln.catalog import holdings
 from kiln.catalog import retention as rows
 from kiln.catalog.lookup import Lookup
 from kiln.catalog.revisions import PENDING
@@ -95,7 +103,7 @@ def collect_garbage(
         decision, dropped, snap = _retire(workspace, rules, found, index, dry_run, notes)
         report.items += [gc.Item("version", v.ref, 0) for v in decision.removed]
         report.items += dropped.items
-        pending = _take_back_pending(workspace, dry_run, snap)
+        pending = _take_back_pending(workspace, dry_run, snap, notes)
         report.items += pending
         if dry_run:  # what the store would hold after the untagging a real run does
             refs = dropped.refs | {item.path for item in pending}
@@ -135,6 +143,7 @@ class _Snapshot:
     assignments: list[retention.Assigned]
     previous: dict[int, int]  # assignment row -> the image it replaced
     machines: list[tuple[int, str, int, bool, bool]]  # row, name, image, stopped, removed
+    places: stores.Places = field(default_factory=lambda: stores.Places(""))
 
 
 def _snapshot(lookup: Lookup) -> _Snapshot:
@@ -182,6 +191,9 @@ def _retire(
     now = datetime.now(UTC)
     with _transaction(workspace, dry_run) as (session, lookup):
         snap = _snapshot(lookup)
+        snap.places = stores.places(
+            workspace, session, lookup, ((v.id, v.ref, v.digest) for v in snap.versions), index
+        )
         uses = [
             retention.Use(name, image_id, stopped)
             for _row, name, image_id, stopped, removed in snap.machines
@@ -198,8 +210,11 @@ def _retire(
             decision = retention.decide(
                 snap.versions, snap.assignments, uses, rules, now, pins, revoked
             )
+        decision, gone = stores.per_store(decision, snap.places, notes)
         if session is not None and decision.removed:
-            _remove_rows(session, snap, decision, found)
+            _remove_rows(session, snap, decision, found, gone)
+            released = [v.id for v in decision.removed if v.id not in gone]
+            holdings.release_all(session, released, snap.places.here)
     dropped = _Dropped({v.ref for v in decision.removed})
     _interrupted(workspace, index, snap, dropped)
     if not dry_run and dropped.refs:
@@ -289,8 +304,10 @@ def _remove_rows(
     snap: _Snapshot,
     decision: retention.Decision,
     found: dict[str, str | None],
+    gone: set[int],
 ) -> None:
-    """Every row of the versions that go, and a "removed" event for each.
+    """Every row of the versions ``gone`` (of those retention removes, the ones no other
+    store holds), and a "removed" event for each.
 
     Channel history rows that name one keep their place with the image left out (the
     event history still says which it was); rows of removed machines made from one go
@@ -299,11 +316,13 @@ def _remove_rows(
     """
     from kiln.catalog import events
 
-    gone = {v.id for v in decision.removed}
+    if not gone:
+        return
     history = [a.id for a in snap.assignments if a.image_id in gone]
     replaced = [row for row, image_id in snap.previous.items() if image_id in gone]
     machine_rows = [m for m in snap.machines if m[4] and m[2] in gone]
-    rows.remove_versions(session, sorted(gone), history, replaced, [m[0] for m in machine_rows])
+    machines = [m[0] for m in machine_rows]
+    rows.remove_versions(session, sorted(gone), history, replaced, machines, snap.places.here)
     machines_of: dict[int, list[str]] = defaultdict(list)
     for _row, name, image_id, _stopped, _removed in machine_rows:
         machines_of[image_id].append(name)
@@ -315,7 +334,7 @@ def _remove_rows(
     for row_id, image_id in snap.previous.items():
         if image_id in gone:
             replaced_of[image_id].append(row_id)
-    for version in decision.removed:
+    for version in (v for v in decision.removed if v.id in gone):
         events.record(
             session,
             "removed",
@@ -417,17 +436,30 @@ def _sweep_freshness(
     return out
 
 
-def _take_back_pending(workspace: Workspace, dry_run: bool, snap: _Snapshot) -> list[gc.Item]:
-    """Rows of bakes that died between taking a version and finishing: with the sweep
-    lock held, no live bake on this store is in that window. A dry run lists those of
-    the snapshot retention decided on, without a write transaction."""
+def _take_back_pending(
+    workspace: Workspace, dry_run: bool, snap: _Snapshot, notes: list[str]
+) -> list[gc.Item]:
+    """Rows of this store's bakes that died between taking a version and finishing: with
+    the sweep lock held, no live bake on this store is in that window. Another store's
+    stay: its bakes may be live. A dry run lists those of the snapshot retention decided
+    on, without a write transaction."""
+    places = snap.places
+    others = [v for v in snap.versions if v.pending and not places.mine(v.id)]
+    if others:
+        notes.append(
+            f"{len(others)} unfinished bake{'s' if len(others) != 1 else ''} of other "
+            f"stores left to their own gc (first: {others[0].ref})"
+        )
     if dry_run:
         pending = sorted((v for v in snap.versions if v.pending), key=lambda v: v.id)
-        return [gc.Item("image", v.ref, 0) for v in pending]
+        return [gc.Item("image", v.ref, 0) for v in pending if places.mine(v.id)]
     layout, catalog = workspace.layout, workspace.catalog
     out = []
     with catalog.session() as session:
+        mine = holdings.held_by(session, places.here)
         for image in catalog.pending(session):
+            if image.id not in mine:
+                continue
             out.append(gc.Item("image", image.ref, 0))
             layout.untag(image.ref, digest=image.digest)  # its referrers go in the sweep
             session.delete(image)

@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kiln.app import resolve, trace
+from kiln.app import resolve, stores, trace
 from kiln.app.workspace import Workspace
-from kiln.catalog import Catalog, Image
+from kiln.catalog import Catalog, Image, holdings
 from kiln.catalog.lookup import PackageRow
 from kiln.catalog.machines import latest_test_runs
 from kiln.catalog.revisions import OK, PENDING
@@ -24,7 +24,7 @@ from kiln.errors import NotFound
 from kiln.recipe import lockfile
 from kiln.recipe.lockfile import Deb
 from kiln.store import export, fsck, tree
-from kiln.store.fsck import CatalogRows
+from kiln.store.fsck import CatalogRows, Elsewhere
 from kiln.store.layout import MEDIA_MANIFEST, Descriptor
 
 
@@ -40,13 +40,16 @@ def _reading(workspace: Workspace, ref: str) -> Iterator[tuple[Session, Image]]:
 
 
 def list_images(workspace: Workspace) -> list[dict[str, Any]]:
-    """Every image version in the catalog, each with the revocation in force on it, and
-    every version kiln gc removed (``status`` "removed"), by name then version."""
+    """Every image version in the catalog, each with the revocation in force on it and
+    the places holding its bytes (``stores``: this store, others sharing the catalog,
+    registries), and every version kiln gc removed (``status`` "removed"), by name then
+    version."""
     from kiln.catalog import removed
 
     catalog, lookup = workspace.catalog, workspace.lookup
     revoked = lookup.revoked_images()
     with catalog.reading() as session:
+        places = stores.Places(stores.here(workspace), holdings.all_holders(session))
         rows = [
             {
                 "ref": i.ref,
@@ -61,6 +64,7 @@ def list_images(workspace: Workspace) -> list[dict[str, Any]]:
                 "packages": len(i.packages),
                 "revoked": revoked[i.id].to_json() if i.id in revoked else None,
                 "removed": None,
+                "stores": places.stores_json(i.id),
             }
             for i in catalog.all_images(session)
         ]
@@ -84,6 +88,7 @@ def list_images(workspace: Workspace) -> list[dict[str, Any]]:
                 "packages": None,
                 "revoked": None,
                 "removed": gone.to_json(),
+                "stores": [],
             }
         )
     return sorted(rows, key=lambda row: (row["name"], row["version"]))
@@ -217,14 +222,29 @@ def export_image(workspace: Workspace, ref: str, kind: str, output: Path) -> str
 
 
 def check(workspace: Workspace, deep: bool = False) -> fsck.Report:
+    """`kiln fsck`: this store's bytes against the catalog rows it holds (after claiming
+    those it has the bytes of and no holding says so: kiln.app.stores); the rows only
+    other places hold are listed, not checked."""
     catalog = workspace.catalog
+    here = stores.claim(workspace).here
+    rest: Elsewhere = {}
 
     def rows() -> CatalogRows:
+        mine: CatalogRows = {}
+        rest.clear()
         with catalog.reading() as session:
-            return {
-                image.ref: (image.status == OK, image.digest)
-                for image in catalog.all_images(session, pending=True)
-                if image.status in (OK, PENDING)
-            }
+            places = stores.Places(here, holdings.all_holders(session))
+            for image in catalog.all_images(session, pending=True):
+                if image.status not in (OK, PENDING):
+                    continue
+                if places.mine(image.id):
+                    mine[image.ref] = (image.status == OK, image.digest)
+                else:
+                    held = [stores.description(h) for h in places.held.get(image.id, [])]
+                    rest[image.ref] = ", ".join(held) or "no store"
+        return mine
 
-    return fsck.check(workspace.home, workspace.layout, rows, deep)
+    def elsewhere() -> Elsewhere:
+        return dict(rest)
+
+    return fsck.check(workspace.home, workspace.layout, rows, deep, elsewhere)

@@ -1,5 +1,6 @@
 """Where images run and what happened to them: `kiln where` (machines, channels, the
-environment matrix, drift per machine) and `kiln history`; and what `kiln inspect` and
+environment matrix, drift per machine, the stores and registries holding each image's
+bytes) and `kiln history`; and what `kiln inspect` and
 `kiln lineage` add about an image's life (channels, revocation, the parent as named).
 
 Reads ask the catalog's plain-SQL lookup, so `kiln where` over a large catalog never loads
@@ -16,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from kiln import refs
+from kiln.app import stores
 from kiln.app.lifecycle import known, now_utc, settle_due
 from kiln.app.workspace import Workspace
+from kiln.catalog import holdings, versions
 from kiln.catalog import trace as read
-from kiln.catalog import versions
 from kiln.catalog.lookup import Head, ImageRow, Lookup, RevocationRow, iso
 from kiln.errors import KilnError
 from kiln.lifecycle import proofs
@@ -40,6 +42,18 @@ class _Estate:
     signed: set[int]
     fresh: Any = None  # kiln.app.freshness.Summaries, when any image's sources are cached
     proofs: dict[int, dict[str, Any]] = field(default_factory=dict)  # the newest of each
+    here: str = ""  # this store's id
+    lookup: Lookup | None = None  # asked for the holdings of the images shown, once each
+    held: dict[int, list[holdings.Holding]] = field(default_factory=dict)
+    asked: set[int] = field(default_factory=set)
+
+    def stores_json(self, image_id: int) -> list[dict[str, Any]]:
+        """Where the image's bytes are: read with those of every image known so far."""
+        if image_id not in self.asked and self.lookup is not None:
+            wanted = {image_id, *self.images} - self.asked
+            self.held.update(holdings.holders(self.lookup, sorted(wanted)))
+            self.asked |= wanted
+        return [h.to_json(self.here) for h in self.held.get(image_id, [])]
 
     def channels_of(self, image_id: int) -> list[str]:
         return sorted(
@@ -71,6 +85,7 @@ class _Estate:
             "machines": [m["name"] for m in self.machines_of(image_id)],
             "freshness": self.fresh.of(image) if self.fresh is not None else None,
             "proof": self.proofs.get(image_id),
+            "stores": self.stores_json(image_id),
         }
 
 
@@ -129,6 +144,7 @@ def _estate(workspace: Workspace, family: str | None = None, drift: bool = True)
     estate = _Estate(now, heads, machines, images, created, revoked, signed)
     estate.fresh = _freshness(workspace)
     estate.proofs = proofs.latest(lookup)
+    estate.here, estate.lookup = stores.here(workspace), lookup
     for machine in machines:
         machine["channels"] = estate.channels_of(machine["image_id"])
         machine["revoked"] = estate.revoked_json(machine["image_id"])

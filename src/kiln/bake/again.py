@@ -34,6 +34,7 @@ from kiln.store.layout import MEDIA_MANIFEST, Descriptor, Layout
 
 if TYPE_CHECKING:
     from kiln.catalog import Catalog
+    from kiln.catalog.holdings import Holder
     from kiln.recipe import RecipeFile
 
 
@@ -80,15 +81,17 @@ def settle(
     key: str,
     started: float,
     cached: bool,
+    holder: Holder | None = None,
 ) -> BakeResult:
     """The bake's answer when its result is ``held``'s bytes (``parent``: the id and ref
     of the parent row it was made on; ``cached``: a cache hit, else a build that
-    reproduced them). The caller holds the bake's cache-key lock."""
+    reproduced them; ``holder``: the bake's store, which holds a new version's row).
+    The caller holds the bake's cache-key lock."""
     lookup = catalog.lookup()
     newest = current(lookup, held)
     if newest is not None:
         return result(newest, key, str(recipe.path), time.monotonic() - started, cached)
-    return _again(catalog, layout, recipe, parent, held, key, started, cached)
+    return _again(catalog, layout, recipe, parent, held, key, started, cached, holder)
 
 
 def _manifest(layout: Layout, held: ImageRow) -> Descriptor:
@@ -107,6 +110,7 @@ def _again(
     key: str,
     started: float,
     cached: bool,
+    holder: Holder | None,
 ) -> BakeResult:
     """A new version of ``held``'s name with its bytes, committed as a bake commits."""
     from kiln.catalog import baking
@@ -127,7 +131,7 @@ def _again(
         seconds=source.seconds,
         packages=source.packages,
     )
-    image_id, version = baking.take_version(catalog, new)
+    image_id, version = baking.take_version(catalog, new, holder)
     ref = f"{held.name}:{version}"
     tagged = False
     try:

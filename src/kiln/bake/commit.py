@@ -21,6 +21,7 @@ from kiln.bake.image import Checks, Special
 from kiln.bake.result import BakeResult
 from kiln.catalog import baking, versions
 from kiln.catalog.baking import ArtefactFields, NewVersion
+from kiln.catalog.holdings import Holder
 from kiln.digests import canonical_json
 from kiln.errors import KilnError
 from kiln.recipe import lockfile
@@ -169,6 +170,7 @@ def commit(
             context.cache_key,
             time.monotonic() - seconds,
             cached=False,
+            holder=Holder.of(context.home),
         )
 
     new = NewVersion(
@@ -185,7 +187,7 @@ def commit(
         seconds=seconds,
         packages=[(d.name, d.version, d.architecture, d.sha256) for d in built.packages],
     )
-    image_id, version = baking.take_version(context.catalog, new)
+    image_id, version = baking.take_version(context.catalog, new, Holder.of(context.home))
     ref = f"{recipe.name}:{version}"
     referrers: list[Descriptor] = []
     tagged = False

@@ -24,6 +24,7 @@ from kiln.bake import again, cachekey, memo
 from kiln.bake.context import BuildContext
 from kiln.bake.options import Options
 from kiln.bake.result import BakeResult
+from kiln.catalog.holdings import Holder
 from kiln.catalog.lookup import ImageRow
 from kiln.errors import BadInput
 from kiln.recipe import RecipeFile, lockfile
@@ -117,7 +118,15 @@ def bake_image(
         if hit is not None:  # the newest version, or an older one made the newest again
             made_on = (parent.row.id, parent.row.ref) if parent else None
             return again.settle(
-                stores.catalog, stores.layout, recipe, made_on, hit, key, started, cached=True
+                stores.catalog,
+                stores.layout,
+                recipe,
+                made_on,
+                hit,
+                key,
+                started,
+                cached=True,
+                holder=Holder.of(home),
             )
         from kiln.bake import build  # the pipeline, and SQLAlchemy with it, only to build
 

@@ -3,7 +3,9 @@ with its artefacts and its ``baked`` event, or taken back.
 
 A bake writes its bytes, takes a version (the pending row, never shown as an image), tags
 the store and then confirms the row; a bake killed in between leaves a pending row that
-``kiln gc`` removes with its tag. A first build and a bake that lands on an older
+``kiln gc`` removes with its tag. The row is held by the bake's store from the moment it
+is taken (kiln.catalog.holdings), so the gc of another store sharing the catalog knows
+the pending row is not its own. A first build and a bake that lands on an older
 version's bytes (kiln.bake.again) commit through these same three calls.
 """
 
@@ -16,8 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kiln.catalog import events
+from kiln.catalog import events, holdings
 from kiln.catalog.db import Catalog, Conflict
+from kiln.catalog.holdings import Holder
 from kiln.catalog.models import Artefact, Image, Package
 from kiln.catalog.revisions import PENDING
 
@@ -76,8 +79,10 @@ class Copied:
     seconds: float
 
 
-def take_version(catalog: Catalog, new: NewVersion) -> tuple[int, int]:
-    """Take the next version of ``new.name`` with a pending row; return its id and version.
+def take_version(catalog: Catalog, new: NewVersion, holder: Holder | None) -> tuple[int, int]:
+    """Take the next version of ``new.name`` with a pending row held by ``holder`` (the
+    bake's store; None: by no store, as rows baked before holdings were); return its id
+    and version.
 
     On SQLite the write transaction is serialised; on PostgreSQL two bakes can pick the
     same number, and the unique (name, version) constraint makes the later one try again.
@@ -88,6 +93,9 @@ def take_version(catalog: Catalog, new: NewVersion) -> tuple[int, int]:
                 row = new.row(catalog.next_version(session, new.name))
                 session.add(row)
                 session.flush()
+                if holder is not None:
+                    holder.register(session)
+                    holdings.hold(session, row.id, holder.store_id)
                 return row.id, row.version
         except Conflict:
             time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
@@ -124,7 +132,8 @@ def confirm(
 
 
 def take_back(catalog: Catalog, image_id: int) -> None:
-    """Remove the pending row of a commit that did not finish (a confirmed row stays)."""
+    """Remove the pending row of a commit that did not finish, with its holdings (a
+    confirmed row stays)."""
     with catalog.session() as session:
         pending = session.get(Image, image_id)
         if pending is not None and pending.status == PENDING:

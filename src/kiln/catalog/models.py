@@ -49,6 +49,9 @@ class Image(Base):
     artefacts: Mapped[list[Artefact]] = relationship(
         back_populates="image", cascade="all, delete-orphan", order_by="Artefact.kind"
     )
+    holdings: Mapped[list[HoldingRow]] = relationship(
+        back_populates="image", cascade="all, delete-orphan", order_by="HoldingRow.place"
+    )
 
     @property
     def ref(self) -> str:
@@ -81,6 +84,35 @@ class Artefact(Base):
     digest: Mapped[str] = mapped_column(String(80))  # the document itself
 
     image: Mapped[Image] = relationship(back_populates="artefacts")
+
+
+class StoreRow(Base):
+    """A store (a KILN_HOME's OCI layout) that has written to this catalog: its id
+    (kiln.home.Home.store_id), the host and path it was last seen at."""
+
+    __tablename__ = "stores"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    home: Mapped[str] = mapped_column(Text)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class HoldingRow(Base):
+    """Where an image's bytes are: a store (``place`` is its id) or a registry (``place`` is
+    the location, ``docker://host:port/team/web@sha256:...``). Queries: kiln.catalog.holdings."""
+
+    __tablename__ = "holdings"
+    __table_args__ = (UniqueConstraint("image_id", "place"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    place: Mapped[str] = mapped_column(String(255), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # store | registry
+    recorded: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    image: Mapped[Image] = relationship(back_populates="holdings")
 
 
 class Rollout(Base):

@@ -90,20 +90,23 @@ def remove_versions(
     history: Sequence[int],
     replaced: Sequence[int],
     machines: Sequence[int],
+    store: str,
 ) -> None:
     """Remove the image rows ``images`` and all that hangs on them: the channel rows
     ``history`` keep their place with the image left out, those in ``replaced`` forget the
     image they replaced, the (removed) machine rows ``machines`` go, and so do packages,
-    artefacts, test runs, signatures, revocations and rebuild proofs. An image that is no
-    longer a finished row (a rival changed it) raises Conflict: the caller's transaction
-    then removes nothing."""
-    from sqlalchemy import delete, update
+    artefacts, test runs, signatures, revocations, rebuild proofs, and the holdings of
+    the store ``store`` and of registries. An image that is no longer a finished row (a
+    rival changed it), or that another store holds (a rival's holding keeps the row by
+    its foreign key), raises Conflict: the caller's transaction then removes nothing."""
+    from sqlalchemy import delete, or_, update
 
     from kiln.catalog.db import Conflict
     from kiln.catalog.freshness import Proof
+    from kiln.catalog.holdings import REGISTRY
     from kiln.catalog.lifecycle import Assignment, Revocation, Signature
     from kiln.catalog.machines import Machine, TestRun
-    from kiln.catalog.models import Artefact, Image, Package
+    from kiln.catalog.models import Artefact, HoldingRow, Image, Package
     from kiln.catalog.revisions import OK
 
     ids = sorted(images)
@@ -122,6 +125,14 @@ def remove_versions(
     for table in (Package, Artefact, TestRun, Signature, Revocation, Proof):
         for chunk in chunks(ids):
             session.execute(delete(table).where(table.image_id.in_(chunk)), execution_options=QUIET)
+    for chunk in chunks(ids):
+        session.execute(
+            delete(HoldingRow).where(
+                HoldingRow.image_id.in_(chunk),
+                or_(HoldingRow.place == store, HoldingRow.kind == REGISTRY),
+            ),
+            execution_options=QUIET,
+        )
     for chunk in chunks(ids):  # a parent and its child may go in different chunks
         session.execute(
             update(Image).where(Image.id.in_(chunk)).values(parent_id=None),

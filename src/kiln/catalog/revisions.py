@@ -11,6 +11,7 @@ REVISIONS = (
     "0003_lifecycle",
     "0004_freshness",
     "0005_rollouts",
+    "0006_holdings",
 )
 FIRST, HEAD = REVISIONS[0], REVISIONS[-1]
 

@@ -102,25 +102,27 @@ def lock(path: Path, update: bool, mirror: str | None, verbose: bool, as_json: b
 @click.command()
 @json_flag
 def images(as_json: bool) -> None:
-    """List every image version in the catalog."""
+    """List every image version in the catalog, and where its bytes are (BYTES: here,
+    here+registry, or the hosts of the other stores sharing the catalog that hold it)."""
     from rich.table import Table
 
     from kiln.app.images import list_images
+    from kiln.app.stores import shown
 
     with opened() as workspace:
         rows = list_images(workspace)
     if as_json:
         print_json(rows)
         return
-    table = Table("REF", "DIGEST", "PARENT", "LAYER", "PACKAGES", "CREATED", "STATE", box=None)
+    t = Table("REF", "DIGEST", "PARENT", "LAYER", "PACKAGES", "CREATED", "BYTES", "STATE", box=None)
     for row in rows:
         if row["removed"] is not None:
             gone = row["removed"]
             at = f" {str(gone['at'])[:19]}" if gone["at"] else ""
-            table.add_row(
+            t.add_row(
                 f"[dim]{row['ref']} (removed by {gone['by']})[/]",
                 str(row["digest"])[7:19],
-                *["-"] * 4,
+                *["-"] * 5,
                 f"[dim]removed{at}[/]",
             )
             continue
@@ -130,16 +132,17 @@ def images(as_json: bool) -> None:
             state = f"[red]revoked{through}: {escape(revoked['reason'])}[/]"
         else:
             state = "ok"
-        table.add_row(
+        t.add_row(
             str(row["ref"]),
             str(row["digest"])[7:19],
             str(row["parent"] or "-"),
             human_size(int(str(row["size"]))),
             str(row["packages"]),
             str(row["created"])[:19],
+            escape(shown(row["stores"])),
             state,
         )
-    wide.print(table)
+    wide.print(t)
 
 
 @click.command()
@@ -321,6 +324,15 @@ def fsck(deep: bool, as_json: bool) -> None:
             console.print(f"[red]fault[/] {escape(fault)}", highlight=False)
         for note in report.notes:
             console.print(f"note  {escape(note)}", highlight=False)
+        if report.elsewhere:
+            first, held = next(iter(sorted(report.elsewhere.items())))
+            count = len(report.elsewhere)
+            console.print(
+                f"note  {count} catalog image{'s' if count != 1 else ''} held elsewhere, "
+                f"not checked here (first: {escape(first)}, held by {escape(held)}; "
+                "--json lists them)",
+                highlight=False,
+            )
         state = "[green]ok[/]" if report.ok else f"[red]{len(report.faults)} faults[/]"
         layers = f", {report.layers} unpacked layers" if deep else ""
         console.print(f"{state}: {report.blobs} blobs, {report.images} images{layers} checked")

@@ -297,6 +297,20 @@ def _revoked_table(revoked: list[dict[str, Any]]) -> None:
     _say("")
 
 
+def _places(stores: list[dict[str, Any]]) -> str:
+    """Every place holding an image's bytes: 'here, store on host-b (/srv/kiln), registry
+    docker://...'; 'no store' when none does."""
+    out = []
+    for place in stores:
+        if place["here"]:
+            out.append("here")
+        elif place["kind"] == "store":
+            out.append(f"store on {place['host'] or place['place'][:8]} ({place['home']})")
+        else:
+            out.append(f"registry {place['place']}")
+    return ", ".join(out) or "no store"
+
+
 @click.command()
 @click.argument("target", required=False, metavar="[REF|NAME]")
 @click.option(
@@ -311,12 +325,21 @@ def where(target: str | None, revoked_only: bool, as_json: bool) -> None:
     """Which machines run which version, and which channels point at it.
 
     No argument: every image name against every channel (version, age, machines,
-    signed, revoked) and every machine. --revoked lists every revocation not restored
-    and exits 1 when a machine runs a revoked image."""
+    signed, revoked, and the host holding its bytes when this store does not) and every
+    machine. A NAME or REF: each version with the stores and registries holding its
+    bytes. --revoked lists every revocation not restored and exits 1 when a machine runs
+    a revoked image."""
     from rich.table import Table
 
     from kiln.app import trace
+    from kiln.app.stores import shown as where_bytes
     from kiln.app.workspace import with_workspace
+
+    def held(cell: dict[str, Any] | None) -> str:
+        """A cell's bytes, when this store does not hold them: ' @host-b'."""
+        if cell is None or any(s["here"] for s in cell.get("stores", [])):
+            return ""
+        return f" @{escape(where_bytes(cell.get('stores', [])))}"
 
     data = with_workspace(trace.where, target, revoked_only)
     if revoked_only:
@@ -342,6 +365,7 @@ def where(target: str | None, revoked_only: bool, as_json: bool) -> None:
             fresh = _freshness(version.get("freshness"))
             flags += [f"updates: {fresh}" if fresh != "fresh" else "up to date"] if fresh else []
             flags += _proof_flag(version.get("proof"))
+            flags.append(f"bytes: {escape(_places(version.get('stores', [])))}")
             if version.get("left"):
                 flags.append(f"left {', '.join(version['left'])} when revoked")
             if version["revoked"]:
@@ -360,12 +384,12 @@ def where(target: str | None, revoked_only: bool, as_json: bool) -> None:
         table.add_column("FRESHNESS")
     for row, text in zip(data["images"], pending, strict=True):
         cells = [
-            _cell(row["channels"][c])
+            _cell(row["channels"][c]) + held(row["channels"][c])
             if row["channels"][c] is not None
             else _empty_cell(row.get("empty", {}).get(c))
             for c in data["channels"]
         ]
-        newest = _cell(row["latest"])
+        newest = _cell(row["latest"]) + held(row["latest"])
         if row.get("all_revoked"):
             newest = "[red]- (every version revoked)[/]"
         table.add_row(row["name"], newest, *cells, *([text] if shown else []))

@@ -8,6 +8,10 @@ not unpacked yet (it is unpacked again on first use), leftovers of an interrupte
 (build folders and temporary entries nobody holds, a catalog row of an unfinished bake,
 unpacked layers no image uses): ``kiln gc`` removes those.
 
+On a catalog many stores share, the catalog rows fsck is handed are those this store
+holds; a row only other stores hold (``elsewhere``) is no fault for its bytes missing
+here: the report lists it, with where it is held.
+
 The unpacked layers under ``layers/`` are trusted as they are, the way containerd trusts a
 snapshot: a machine stacks them without reading its blobs, so a corrupt blob whose
 unpacked copy is intact still boots (and plain fsck reports the blob). ``--deep`` also
@@ -43,6 +47,7 @@ class Report:
     blobs: int = 0
     images: int = 0
     layers: int = 0  # unpacked layers compared with their inventories (--deep)
+    elsewhere: dict[str, str] = field(default_factory=dict)  # ref -> where it is held
 
     @property
     def ok(self) -> bool:
@@ -56,19 +61,29 @@ class Report:
             "blobs": self.blobs,
             "images": self.images,
             "layers": self.layers,
+            "elsewhere": [
+                {"ref": ref, "held": held} for ref, held in sorted(self.elsewhere.items())
+            ],
         }
 
 
 # What the catalog says of each image version: ref -> (finished, manifest digest), where a
 # row that is not finished is a bake between taking its version and tagging its image.
 CatalogRows = dict[str, tuple[bool, str]]
+# The catalog's rows this store does not hold, each with where it is held: ref -> what.
+Elsewhere = dict[str, str]
 
 
 def check(
-    home: Home, layout: Layout, catalog_rows: Callable[[], CatalogRows], deep: bool = False
+    home: Home,
+    layout: Layout,
+    catalog_rows: Callable[[], CatalogRows],
+    deep: bool = False,
+    elsewhere: Callable[[], Elsewhere] = dict,
 ) -> Report:
     """Check the store against the catalog; safe to run beside bakes and gc. With ``deep``,
-    also check each unpacked layer against its inventory.
+    also check each unpacked layer against its inventory. ``catalog_rows``: the rows this
+    store holds; ``elsewhere``: the rest, read after them.
 
     The shared store lock keeps ``kiln gc`` from removing blobs under the check. The
     catalog is read before index.json: a bake tags its image only after its catalog row
@@ -76,15 +91,21 @@ def check(
     read after it; an index entry newer than the catalog read is looked up again.
     """
     with store_in_use(home):
-        report = _check(home, layout, catalog_rows)
+        report = _check(home, layout, catalog_rows, elsewhere)
         if deep:
             _check_unpacked(home, layout, report)
         return report
 
 
-def _check(home: Home, layout: Layout, catalog_rows: Callable[[], CatalogRows]) -> Report:
+def _check(
+    home: Home,
+    layout: Layout,
+    catalog_rows: Callable[[], CatalogRows],
+    elsewhere: Callable[[], Elsewhere],
+) -> Report:
     report = Report()
     rows = catalog_rows()
+    others = elsewhere()
     _check_layout_files(layout, report)
     good: set[str] = set()
     for path in sorted(layout.blobs.iterdir()) if layout.blobs.is_dir() else []:
@@ -103,6 +124,7 @@ def _check(home: Home, layout: Layout, catalog_rows: Callable[[], CatalogRows]) 
     if unknown:  # tagged after the catalog was read: read those rows again
         again = catalog_rows()
         rows.update({ref: again[ref] for ref in unknown if ref in again})
+        others = {ref: held for ref, held in elsewhere().items() if ref not in rows}
     unpacks_to: dict[str, str | None] = {}  # a layer blob's diff_id, read once per blob
     for ref, manifest in sorted(refs.items()):
         report.images += 1
@@ -126,7 +148,14 @@ def _check(home: Home, layout: Layout, catalog_rows: Callable[[], CatalogRows]) 
         elif entry.digest != digest:
             report.faults.append(f"catalog says {ref} is {digest}, index.json says {entry.digest}")
     for ref in sorted(refs.keys() - rows.keys()):
-        report.faults.append(f"index.json names {ref}, which the catalog does not know")
+        if ref in others:
+            report.faults.append(  # a tag of the row's digest would have been claimed
+                f"index.json names {ref}, which the catalog says only {others[ref]} holds, "
+                f"as other bytes than {refs[ref].digest}"
+            )
+        else:
+            report.faults.append(f"index.json names {ref}, which the catalog does not know")
+    report.elsewhere = {ref: held for ref, held in others.items() if ref not in refs}
     _check_package_cache(home, report)
     _check_leftovers(home, layout, refs, report)
     return report
