@@ -27,7 +27,12 @@ def image(workspace: Workspace, ref: str | refs.Ref, usable: bool = True) -> Ima
 
 
 def load(workspace: Workspace, row: ImageRow) -> StoredImage:
-    """The image's manifest, config and unpacked layers, checked against the store."""
+    """The image's manifest, config and unpacked layers, checked against the store; pulled
+    first when another store sharing the catalog holds it (kiln.app.elsewhere)."""
+    if not workspace.layout.has_blob(row.digest):
+        from kiln.app import elsewhere
+
+        elsewhere.fetch(workspace, row)
     return stored.load(workspace.home, workspace.layout, row.ref, row.digest)
 
 

@@ -32,6 +32,8 @@ KINDS = (
     "refreshed",
     "propagated",
     "proved",
+    "pushed",
+    "pulled",
 )
 
 

@@ -123,6 +123,14 @@ def _proved(detail: Detail) -> str:
     return what + (f" (proving {detail['of']})" if detail.get("of") else "")
 
 
+def _pushed(detail: Detail) -> str:
+    return f"to {detail.get('to')}"
+
+
+def _pulled(detail: Detail) -> str:
+    return f"from {detail.get('source')}"
+
+
 def _machine(detail: Detail) -> str:
     return "for kiln test" if detail.get("throwaway") else ""
 
@@ -143,6 +151,8 @@ SENTENCES: dict[str, Callable[[Detail], str]] = {
     "refreshed": _refreshed,
     "propagated": _propagated,
     "proved": _proved,
+    "pushed": _pushed,
+    "pulled": _pulled,
 }
 
 
@@ -162,7 +172,8 @@ def history(name: str, as_json: bool) -> None:
     """Every event of an image family, oldest first, one of: baked, tested, signed,
     promoted, rolled_back, revoked, restored, machine_started, machine_stopped,
     machine_removed, removed (by kiln gc), refreshed (kiln refresh), propagated (kiln
-    propagate), proved (kiln rebuild --prove). --json keeps every detail."""
+    propagate), proved (kiln rebuild --prove), pushed (kiln push, with where to) and
+    pulled (kiln pull, with where from). --json keeps every detail."""
     from rich.table import Table
 
     from kiln.app import trace

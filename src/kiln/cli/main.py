@@ -38,6 +38,7 @@ _MODULES = {  # kiln.cli.<module>: the commands its register() adds
     "update": ("update",),
     "fleet": ("group", "up"),
     "jobs": ("jobs", "worker"),
+    "transfer": ("pull", "push"),
 }
 COMMANDS = {name: f"kiln.cli.{module}" for module, names in _MODULES.items() for name in names}
 

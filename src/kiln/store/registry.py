@@ -19,10 +19,12 @@ import base64
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 
@@ -44,6 +46,8 @@ MAX_MANIFEST = 4 << 20  # the distribution spec's limit a registry must accept
 CHUNK = 1 << 20
 TIMEOUT = 60.0
 CERTS = Path("/etc/containers/certs.d")
+PARALLEL = 8  # API calls in flight at once, as skopeo's own copies
+T = TypeVar("T")
 AUTH_HINT = (
     "log in with 'skopeo login HOST' (or podman login), which writes the containers auth "
     "file kiln reads: REGISTRY_AUTH_FILE, else ~/.config/containers/auth.json"
@@ -95,13 +99,27 @@ def _ca_bundle(host: str) -> str | bool:
     return str(found[0]) if found else True
 
 
+def parallel(work: Callable[[T], object], items: Iterable[T]) -> None:
+    """``work`` on every item, :data:`PARALLEL` at a time; the first failure is raised."""
+    listed = list(items)
+    if len(listed) <= 1:
+        for item in listed:
+            work(item)
+        return
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        for future in [pool.submit(work, item) for item in listed]:
+            future.result()
+
+
 @dataclass
 class Client:
-    """One registry host's API, with its credentials and a kept-alive connection."""
+    """One registry host's API, with its credentials and a kept-alive connection per
+    thread (a requests Session is not shared between threads)."""
 
     registry: Registry
     insecure: bool = False
-    _session: requests.Session = field(default_factory=requests.Session, repr=False)
+    _local: threading.local = field(default_factory=threading.local, repr=False)
+    _sessions: list[requests.Session] = field(default_factory=list, repr=False)
     _token: str | None = None
 
     def __post_init__(self) -> None:
@@ -113,11 +131,26 @@ class Client:
                 f"{CERTS}/{self.registry.host}/ca.crt)",
             )
         self._scheme = "http" if self.insecure else "https"
-        self._session.verify = _ca_bundle(self.registry.host)
+        self._verify = _ca_bundle(self.registry.host)
         self._basic = _credentials(self.registry.host)
+        self._lock = threading.Lock()
+
+    @property
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.verify = self._verify
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
 
     def close(self) -> None:
-        self._session.close()
+        with self._lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
 
     def _url(self, path: str) -> str:
         return f"{self._scheme}://{self.registry.host}/v2/{path}"
@@ -248,17 +281,31 @@ class Client:
         response = self.request("HEAD", f"{repository}/blobs/{digest}")
         return response.status_code == 200
 
+    def mount(self, repository: str, digest: str, source: str) -> bool:
+        """Link blob ``digest`` from repository ``source`` of the same registry (no bytes
+        sent); False when the registry would rather have it uploaded."""
+        response = self.request(
+            "POST", f"{repository}/blobs/uploads/", params={"mount": digest, "from": source}
+        )
+        if response.status_code == 202 and "Location" in response.headers:
+            self._send("DELETE", self._location(response))  # the upload it opened instead
+        return response.status_code == 201
+
+    def _location(self, response: requests.Response) -> str:
+        location = response.headers["Location"]
+        if location.startswith("/"):
+            location = f"{self._scheme}://{self.registry.host}{location}"
+        return location
+
     def push_blob(self, repository: str, layout: Layout, blob: Descriptor) -> None:
-        """Upload a stored blob (verified first) unless the registry has it."""
+        """Upload a stored blob unless the registry has it. The registry hashes what it
+        receives and refuses a blob that is not what its digest says."""
         if self.has_blob(repository, blob.digest):
             return
-        layout.verify_blob(blob.digest, f"{blob.digest} for {repository}")
         started = self.request("POST", f"{repository}/blobs/uploads/")
         if started.status_code != 202 or "Location" not in started.headers:
             raise self._failed(started, f"an upload to {repository}")
-        location = started.headers["Location"]
-        if location.startswith("/"):
-            location = f"{self._scheme}://{self.registry.host}{location}"
+        location = self._location(started)
         separator = "&" if "?" in location else "?"
         with layout.blob_path(blob.digest).open("rb") as data:
             done = self._send(

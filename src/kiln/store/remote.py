@@ -55,8 +55,10 @@ class Registry:
 
     @property
     def loopback(self) -> bool:
-        name = self.host.rsplit(":", 1)[0] if not self.host.startswith("[") else self.host
-        name = name.strip("[]")
+        if self.host.startswith("["):  # [v6 address]:port
+            name = self.host[1 : self.host.index("]")]
+        else:
+            name = self.host.rsplit(":", 1)[0]
         if name == "localhost":
             return True
         try:

@@ -1,15 +1,18 @@
-"""Moving one image between the store and a registry or an OCI layout folder.
+"""Moving an image between the store and a registry or an OCI layout folder.
 
 skopeo moves the image itself, its digest preserved (``--preserve-digests``: kiln's layers
 are compressed at rest, so nothing is recompressed). What hangs off the image moves
-through kiln.store.registry: the artefacts kiln stores as OCI 1.1 referrers (provenance,
-SBOM, lock, source, inventory) and the cosign signature manifest at ``sha256-<hex>.sig``.
-A registry without the referrers API gets the referrers tag schema: an index at
-``sha256-<hex>`` listing them.
+through kiln.store.registry while skopeo runs: the artefacts kiln stores as OCI 1.1
+referrers (provenance, SBOM, lock, source, inventory) and the cosign signature manifest at
+``sha256-<hex>.sig``. A registry without the referrers API gets the referrers tag schema:
+an index at ``sha256-<hex>`` listing them. An image's parents need no bytes of their own
+(a child's layers are its parents' and one more): their layers are mounted from the
+child's repository, and their configs and manifests sent.
 
 Taking an image in, skopeo writes into a scratch layout under ``tmp/``, seeded with hard
-links to the blobs the store already has (skopeo skips those); every new blob is hashed
-before it is linked into the store, and nothing is tagged until all of them are.
+links to the blobs the store already has (skopeo skips those). Each blob it finishes
+(skopeo renames a blob into place whole) is hashed as it lands; nothing enters the store
+before it hashes to its name, and nothing is tagged until all of them are.
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import stat
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +34,7 @@ from kiln.errors import KilnError
 from kiln.store import artefacts, inventory
 from kiln.store.artefacts import KIND, SUBJECT
 from kiln.store.layout import MEDIA_MANIFEST, Descriptor, Layout, signature_tag
-from kiln.store.registry import MEDIA_INDEX, Client, auth_file, referrers_tag
+from kiln.store.registry import MEDIA_INDEX, Client, auth_file, parallel, referrers_tag
 from kiln.store.remote import Registry
 
 # what kiln attaches to an image, by the artifactType a registry lists it with
@@ -39,35 +46,46 @@ KINDS = {
     inventory.ARTIFACT_TYPE: inventory.ARTEFACT,
 }
 MAX_ATTACHED = 64  # referrers of one image kiln takes in; more is refused
-
-
-def skopeo(source: str, dest: str, *, insecure: bool = False) -> None:
-    """``skopeo copy`` with the digest kept, the containers auth file, and plain HTTP to a
-    loopback registry only when ``insecure``."""
-    argv = ["skopeo", "copy", "--quiet", "--preserve-digests", "--retry-times=2"]
-    found = auth_file()
-    if found is not None:
-        argv.append(f"--authfile={found}")
-    if insecure:
-        argv += ["--src-tls-verify=false", "--dest-tls-verify=false"]
-    result = proc.run([*argv, source, dest], check=False)
-    if result.returncode != 0:
-        text = result.stdout.decode(errors="replace").strip()
-        raise KilnError(
-            f"skopeo could not copy {source} to {dest}: {text[-800:]}",
-            hint="check the address, the registry's login (skopeo login) and --insecure for a "
-            "plain-HTTP registry on loopback",
-        )
+WATCH_SECONDS = 0.02
+MAX_FOREIGN = 256 << 20  # an attachment or manifest read whole from another layout
+SKOPEO_HINT = (
+    "check the address, the registry's login (skopeo login) and --insecure for a "
+    "plain-HTTP registry on loopback"
+)
 
 
 def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def _skopeo_argv(source: str, dest: str, insecure: bool) -> list[str]:
+    argv = ["skopeo", "copy", "--quiet", "--preserve-digests", "--retry-times=2"]
+    found = auth_file()
+    if found is not None:
+        argv.append(f"--authfile={found}")
+    if insecure:
+        argv += ["--src-tls-verify=false", "--dest-tls-verify=false"]
+    return [*argv, source, dest]
+
+
+@contextmanager
+def copying(source: str, dest: str, *, insecure: bool = False) -> Iterator[None]:
+    """``skopeo copy`` running while the block runs (with the digest kept, the containers
+    auth file, plain HTTP to a loopback registry only when ``insecure``); it has finished,
+    and succeeded, when the block is left. The block raising kills it."""
+    argv = _skopeo_argv(source, dest, insecure)
+    try:
+        with proc.reading(argv):
+            yield
+    except proc.CommandError as exc:
+        raise KilnError(
+            f"skopeo could not copy {source} to {dest}: {exc.message[-800:]}", hint=SKOPEO_HINT
+        ) from None
+
+
 def image_blobs(layout: Layout, digest: str) -> list[Descriptor]:
     """The config and layers of a stored image manifest."""
-    data = layout.read_json(digest)
-    return [Descriptor.from_json(d) for d in [data["config"], *data["layers"]]]
+    return _blobs_of(layout.read_json(digest))
 
 
 def attached(layout: Layout, digest: str) -> list[dict[str, Any]]:
@@ -79,31 +97,65 @@ def attached(layout: Layout, digest: str) -> list[dict[str, Any]]:
     ]
 
 
+def _blobs_of(manifest: dict[str, Any]) -> list[Descriptor]:
+    return [Descriptor.from_json(d) for d in [manifest["config"], *manifest.get("layers", [])]]
+
+
 # push
 def push_attachments(layout: Layout, client: Client, repository: str, digest: str) -> list[str]:
-    """Send the image's referrers and signature after it; returns the kinds sent."""
-    sent: list[str] = []
-    listed: list[dict[str, Any]] = []
-    for entry in attached(layout, digest):
-        layout.verify_blob(entry["digest"], "an artefact manifest")
-        data = layout.read_bytes(entry["digest"])
-        for blob in _blobs_of(json.loads(data)):
-            client.push_blob(repository, layout, blob)
-        answer = client.push_manifest(repository, entry["digest"], data, MEDIA_MANIFEST)
-        if "OCI-Subject" not in answer.headers:  # no referrers API: the tag schema
-            listed.append(_listing(entry))
-        sent.append(entry["annotations"][KIND])
+    """Send the image's referrers and signature; returns the kinds sent. A referrer may
+    arrive before its subject: the distribution spec lets it."""
+    entries = attached(layout, digest)
+    answers: dict[str, bool] = {}
+
+    def send(entry: dict[str, Any]) -> None:
+        answers[entry["digest"]] = _push_manifest(layout, client, repository, entry["digest"])
+
+    parallel(send, entries)
+    listed = [_listing(e) for e in entries if not answers[e["digest"]]]  # no referrers API
     if listed:
         _merge_referrers_index(client, repository, digest, listed)
+    sent = [e["annotations"][KIND] for e in entries]
     signature = layout.tagged(signature_tag(digest))
     if signature is not None:
-        layout.verify_blob(signature.digest, "the signature manifest")
-        data = layout.read_bytes(signature.digest)
-        for blob in _blobs_of(json.loads(data)):
-            client.push_blob(repository, layout, blob)
-        client.push_manifest(repository, signature_tag(digest), data, signature.media_type)
+        _push_manifest(layout, client, repository, signature.digest, signature_tag(digest))
         sent.append("signature")
     return sent
+
+
+def _push_manifest(
+    layout: Layout, client: Client, repository: str, digest: str, tag: str | None = None
+) -> bool:
+    """Send a stored manifest and its blobs; True when the registry keeps its referrers
+    itself (it answered with OCI-Subject)."""
+    data = layout.read_bytes(digest)
+    if digest_of(data) != digest:
+        raise KilnError(f"the manifest {digest} in {layout.blobs} is corrupt: not sent")
+    manifest = json.loads(data)
+    for blob in _blobs_of(manifest):
+        client.push_blob(repository, layout, blob)
+    media_type = manifest.get("mediaType", MEDIA_MANIFEST)
+    answer = client.push_manifest(repository, tag or digest, data, media_type)
+    return "OCI-Subject" in answer.headers
+
+
+def push_parent(
+    layout: Layout, client: Client, where: Registry, child: Registry, digest: str, tag: str
+) -> None:
+    """Put a parent of an image pushed to ``child`` at ``where``:``tag``: its layers
+    mounted from the child's repository (uploaded where a layer is not there), its config
+    and manifest sent."""
+    manifest = layout.read_json(digest)
+    config, *layers = _blobs_of(manifest)
+
+    def place(blob: Descriptor) -> None:
+        if not client.mount(where.repository, blob.digest, child.repository):
+            client.push_blob(where.repository, layout, blob)
+
+    parallel(place, layers)
+    client.push_blob(where.repository, layout, config)
+    data = layout.read_bytes(digest)
+    client.push_manifest(where.repository, tag, data, manifest.get("mediaType", MEDIA_MANIFEST))
 
 
 def _listing(entry: dict[str, Any]) -> dict[str, Any]:
@@ -129,23 +181,10 @@ def _merge_referrers_index(
     client.push_manifest(repository, referrers_tag(digest), canonical_json(index), MEDIA_INDEX)
 
 
-def _blobs_of(manifest: dict[str, Any]) -> list[Descriptor]:
-    return [Descriptor.from_json(d) for d in [manifest["config"], *manifest.get("layers", [])]]
-
-
 # pull
-@dataclass(frozen=True)
-class Fetched:
-    """An image taken into the store's blobs (not tagged yet) with what hangs off it."""
-
-    digest: str
-    manifest: Descriptor
-    referrers: list[Descriptor]  # kiln's artefacts, as index.json lists them
-    signature: Descriptor | None  # the cosign signature manifest, stored
-
-
-def resolve(client: Client, where: Registry) -> tuple[str, dict[str, Any]]:
-    """The digest and manifest at a tag or digest; an image manifest, nothing else."""
+def resolve(client: Client, where: Registry) -> tuple[str, bytes, dict[str, Any]]:
+    """The digest, bytes and content of the manifest at a tag or digest; an image
+    manifest, nothing else."""
     reference = where.digest or where.tag or "latest"
     found = client.manifest(where.repository, reference)
     if found is None:
@@ -153,11 +192,18 @@ def resolve(client: Client, where: Registry) -> tuple[str, dict[str, Any]]:
             f"{where} names no image in the registry",
             hint="push it first (kiln push), or check the name and tag",
         )
-    data, _media_type = found
-    digest = digest_of(data)
+    return digest_of(found[0]), found[0], image_manifest(found[0], str(where))
+
+
+def image_manifest(data: bytes, where: str) -> dict[str, Any]:
     try:
-        manifest = json.loads(data)
-        ok = manifest.get("mediaType", MEDIA_MANIFEST) == MEDIA_MANIFEST and "layers" in manifest
+        manifest: dict[str, Any] = json.loads(data)
+        ok = (
+            isinstance(manifest, dict)
+            and manifest.get("mediaType", MEDIA_MANIFEST) == MEDIA_MANIFEST
+            and isinstance(manifest.get("layers"), list)
+            and isinstance(manifest.get("config"), dict)
+        )
     except ValueError:
         ok = False
     if not ok:
@@ -166,47 +212,82 @@ def resolve(client: Client, where: Registry) -> tuple[str, dict[str, Any]]:
             "one image for one platform",
             hint="pull the platform's image by its digest",
         )
-    return digest, manifest
+    return manifest
 
 
-def fetch_image(
-    layout: Layout, source: str, digest: str, manifest: dict[str, Any], insecure: bool
-) -> Descriptor:
-    """Copy the image ``source`` (by digest) into the store's blobs with skopeo; return its
-    manifest's descriptor. Blobs the store has are not fetched again."""
-    blobs = [Descriptor.from_json(d) for d in [manifest["config"], *manifest["layers"]]]
-    with locks.scratch_dir(layout.tmp, "pull-") as folder:
-        scratch = Path(folder)
-        shared = scratch / "blobs" / "sha256"
-        shared.mkdir(parents=True)
+class Incoming:
+    """A scratch layout skopeo copies into, seeded with the store's copies of the blobs
+    it will need, whose new blobs are hashed as they land."""
+
+    def __init__(self, layout: Layout, folder: Path, blobs: list[Descriptor]) -> None:
+        self.layout = layout
+        self.folder = folder
+        self.shared = folder / "blobs" / "sha256"
+        self.shared.mkdir(parents=True)
+        self._seeded = set()
         for blob in blobs:
             if layout.has_blob(blob.digest):
-                os.link(layout.blob_path(blob.digest), shared / blob.hex)
-        skopeo(source, f"oci:{scratch}:pull", insecure=insecure)
-        for descriptor in [*blobs, Descriptor(MEDIA_MANIFEST, digest, 0)]:
-            _take_blob(layout, shared / descriptor.hex, descriptor.digest)
-    stored = layout.read_bytes(digest)
-    return Descriptor(MEDIA_MANIFEST, digest, len(stored))
+                os.link(layout.blob_path(blob.digest), self.shared / blob.hex)
+                self._seeded.add(blob.hex)
+        self._hashes: dict[str, Future[str]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
+        self._done = threading.Event()
+        self._watch = threading.Thread(target=self._watching, daemon=True)
+
+    def __enter__(self) -> Incoming:
+        self._watch.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._watch.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _watching(self) -> None:
+        while not self._done.wait(WATCH_SECONDS):
+            self._scan()
+
+    def _scan(self) -> None:
+        for name in os.listdir(self.shared):
+            if len(name) == 64 and name not in self._seeded and name not in self._hashes:
+                self._hashes[name] = self._pool.submit(file_sha256, self.shared / name)
+
+    def take(self, descriptors: list[Descriptor]) -> None:
+        """Link every blob named (once it hashes to its name) into the store."""
+        self._done.set()
+        self._watch.join()
+        self._scan()
+        for descriptor in descriptors:
+            name = descriptor.hex
+            if name in self._seeded:
+                continue
+            future = self._hashes.get(name)
+            if future is None:
+                raise KilnError(f"skopeo left no blob {descriptor.digest}: the copy is incomplete")
+            actual = "sha256:" + future.result()
+            if actual != descriptor.digest:
+                raise KilnError(
+                    f"the blob {descriptor.digest} that arrived hashes to {actual}: refused"
+                )
+            _link(self.layout, self.shared / name, descriptor.digest)
 
 
-def _take_blob(layout: Layout, path: Path, digest: str) -> None:
-    """Link a fetched blob into the store once it hashes to its name."""
-    if layout.has_blob(digest) and os.path.samefile(path, layout.blob_path(digest)):
-        return
-    try:
-        actual = "sha256:" + file_sha256(path)
-    except FileNotFoundError:
-        raise KilnError(f"skopeo left no blob {digest}: the copy is incomplete") from None
-    if actual != digest:
-        raise KilnError(f"the blob {digest} that arrived hashes to {actual}: refused")
+def _link(layout: Layout, path: Path, digest: str) -> None:
     if layout.has_blob(digest):
-        layout.verify_blob(digest, "a blob the store had")
-        return
+        return  # stored meanwhile (by another pull or a bake): that copy stays
     os.chmod(path, 0o644)
-    try:
+    with suppress(FileExistsError):
         os.link(path, layout.blob_path(digest))
-    except FileExistsError:
-        layout.verify_blob(digest, "a blob stored meanwhile")
+
+
+@contextmanager
+def incoming(layout: Layout, blobs: list[Descriptor]) -> Iterator[Incoming]:
+    """An :class:`Incoming` in a scratch folder under the store's ``tmp/``."""
+    with (
+        locks.scratch_dir(layout.tmp, "pull-") as folder,
+        Incoming(layout, Path(folder), blobs) as taking,
+    ):
+        yield taking
 
 
 def fetch_attachments(
@@ -219,33 +300,40 @@ def fetch_attachments(
         raise KilnError(
             f"{repository}@{digest} has {len(found)} referrers: over {MAX_ATTACHED}, refused"
         )
-    referrers: list[Descriptor] = []
-    kinds: set[str] = set()
+    chosen: dict[str, dict[str, Any]] = {}
     for entry in sorted(found, key=lambda e: str(e.get("digest"))):
         kind = KINDS.get(str(entry.get("artifactType")))
-        if kind is None or kind in kinds:
-            continue
-        stored = _fetch_manifest(layout, client, repository, str(entry.get("digest")))
-        data = json.loads(layout.read_bytes(stored.digest))
+        if kind is not None and kind not in chosen:
+            chosen[kind] = entry
+    stored: dict[str, Descriptor] = {}
+
+    def fetch(kind: str) -> None:
+        stored[kind] = _fetch_manifest(layout, client, repository, str(chosen[kind]["digest"]))
+
+    parallel(fetch, list(chosen))
+    referrers: list[Descriptor] = []
+    for kind in chosen:
+        data = json.loads(layout.read_bytes(stored[kind].digest))
         if (data.get("subject") or {}).get("digest") != digest:
             raise KilnError(
-                f"the referrer {stored.digest} in {repository} is not about {digest}: refused"
+                f"the referrer {stored[kind].digest} in {repository} is not about {digest}: refused"
             )
-        kinds.add(kind)
-        referrers.append(
-            Descriptor(
-                MEDIA_MANIFEST,
-                stored.digest,
-                stored.size,
-                annotations=((KIND, kind), (SUBJECT, digest)),
-                artifact_type=data.get("artifactType"),
-            )
-        )
+        referrers.append(_referrer(stored[kind], kind, digest, data.get("artifactType")))
     signature = None
     sig = client.manifest(repository, signature_tag(digest))
     if sig is not None:
         signature = _store_manifest(layout, client, repository, sig[0], sig[1] or MEDIA_MANIFEST)
     return referrers, signature
+
+
+def _referrer(stored: Descriptor, kind: str, subject: str, artifact: str | None) -> Descriptor:
+    return Descriptor(
+        MEDIA_MANIFEST,
+        stored.digest,
+        stored.size,
+        annotations=((KIND, kind), (SUBJECT, subject)),
+        artifact_type=artifact,
+    )
 
 
 def _fetch_manifest(layout: Layout, client: Client, repository: str, digest: str) -> Descriptor:
@@ -260,7 +348,7 @@ def _store_manifest(
 ) -> Descriptor:
     try:
         blobs = _blobs_of(json.loads(data))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise KilnError(f"a manifest in {repository} is not one kiln can read: {exc}") from None
     for blob in blobs:
         client.fetch_blob(repository, blob, layout)
@@ -279,19 +367,16 @@ def copy_attachments(
         descriptor = _copy_manifest(source, dest, entry["digest"], MEDIA_MANIFEST)
         annotations = entry.get("annotations") or {}
         kind = KINDS.get(str(entry.get("artifactType")), annotations.get(KIND, ""))
-        referrers.append(
-            Descriptor(
-                MEDIA_MANIFEST,
-                descriptor.digest,
-                descriptor.size,
-                annotations=((KIND, kind), (SUBJECT, digest)),
-                artifact_type=entry.get("artifactType"),
-            )
-        )
+        referrers.append(_referrer(descriptor, kind, digest, entry.get("artifactType")))
     signature = source.tagged(signature_tag(digest))
     if signature is not None:
         signature = _copy_manifest(source, dest, signature.digest, signature.media_type)
     return referrers, signature
+
+
+def read_verified(layout: Layout, digest: str) -> bytes:
+    """A blob of a layout kiln did not write, checked (see :func:`_verified`)."""
+    return _verified(layout, digest)
 
 
 def _copy_manifest(source: Layout, dest: Layout, digest: str, media_type: str) -> Descriptor:
@@ -302,7 +387,23 @@ def _copy_manifest(source: Layout, dest: Layout, digest: str, media_type: str) -
 
 
 def _verified(layout: Layout, digest: str) -> bytes:
-    data = layout.read_bytes(digest)
-    if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+    """A blob of a layout kiln did not write: a regular file (no symlink, FIFO or device
+    followed) of at most :data:`MAX_FOREIGN` bytes, hashing to its name."""
+    path = layout.blob_path(digest)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise KilnError(
+            f"cannot read the blob {digest} in {layout.blobs}: {exc.strerror}"
+        ) from None
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FOREIGN:
+            raise KilnError(
+                f"the blob {digest} in {layout.blobs} is not a regular file of at most "
+                f"{MAX_FOREIGN >> 20} MiB: refused"
+            )
+        data = handle.read(MAX_FOREIGN + 1)
+    if digest_of(data) != digest:
         raise KilnError(f"the blob {digest} in {layout.blobs} is corrupt: refused")
     return data

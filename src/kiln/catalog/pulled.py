@@ -1,0 +1,90 @@
+"""The catalog's half of ``kiln pull`` and ``kiln push``: a pulled image's row, taken
+pending and confirmed once the store has tagged it (as a bake's is), and the registry
+copies a push made.
+
+A pulled image keeps the version it has where it came from when that number was never
+handed out here (the ``image_names`` counter is below it); otherwise it takes the next
+one, since a number is never given twice (kiln.catalog.db.next_version).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+
+from kiln.catalog import events, holdings
+from kiln.catalog.baking import ArtefactFields, NewVersion
+from kiln.catalog.db import Catalog, Conflict
+from kiln.catalog.holdings import REGISTRY, Holder
+from kiln.catalog.lifecycle import ImageName
+from kiln.catalog.models import Artefact, Image
+from kiln.catalog.revisions import PENDING
+
+
+def take(catalog: Catalog, new: NewVersion, wanted: int, holder: Holder) -> tuple[int, int]:
+    """A pending row for a pulled image, at version ``wanted`` when it was never taken
+    here; returns its id and version."""
+    with catalog.session() as session:
+        counter = session.scalar(select(ImageName).where(ImageName.name == new.name))
+        if counter is None:
+            session.add(ImageName(name=new.name, last_version=wanted))
+            version = wanted
+        elif counter.last_version < wanted:
+            counter.last_version = wanted
+            version = wanted
+        else:
+            version = catalog.next_version(session, new.name)
+        row = new.row(version)
+        session.add(row)
+        session.flush()
+        holder.register(session)
+        holdings.hold(session, row.id, holder.store_id)
+        return row.id, row.version
+
+
+def confirm(
+    catalog: Catalog,
+    image_id: int,
+    ref: str,
+    artefacts: Sequence[ArtefactFields],
+    **detail: Any,
+) -> None:
+    """Mark the pulled row ok with its artefacts and a ``pulled`` event."""
+    with catalog.session() as session:
+        done = session.get(Image, image_id)
+        if done is None or done.status != PENDING:
+            raise Conflict(
+                f"{ref} was removed from the catalog while it was being pulled",
+                hint="was 'kiln gc' run against another store sharing this catalog? pull again",
+            )
+        done.artefacts = [
+            Artefact(kind=k, media_type=m, manifest_digest=md, digest=d)
+            for k, m, md, d in artefacts
+        ]
+        done.status = "ok"
+        events.record(session, "pulled", done.name, done.version, done.digest, **detail)
+
+
+def held_here(catalog: Catalog, image_id: int, ref: str, holder: Holder, **detail: Any) -> None:
+    """An image the catalog knew now has its bytes in ``holder``'s store too."""
+    with catalog.session() as session:
+        row = session.get(Image, image_id)
+        if row is None:
+            raise Conflict(f"{ref} left the catalog while it was being pulled", hint="pull again")
+        holder.register(session)
+        holdings.hold(session, image_id, holder.store_id)
+        events.record(session, "pulled", row.name, row.version, row.digest, **detail)
+
+
+def pushed(catalog: Catalog, copies: Sequence[tuple[int, str]]) -> None:
+    """``kiln push`` put each image id at its place (docker://HOST/REPO@DIGEST): one
+    transaction records the registry copies, with a ``pushed`` event each."""
+    with catalog.session() as session:
+        for image_id, place in copies:
+            row = session.get(Image, image_id)
+            if row is None:
+                raise Conflict(f"image {image_id} left the catalog while it was being pushed")
+            holdings.hold(session, image_id, place, REGISTRY)
+            events.record(session, "pushed", row.name, row.version, row.digest, to=place)
