@@ -16,8 +16,9 @@ from kiln.errors import KilnError
 from kiln.store import remote
 
 
-def fetch(workspace: Workspace, row: ImageRow) -> None:
-    """Bring ``row``'s bytes into this store, or say where they are."""
+def fetch(workspace: Workspace, row: ImageRow, required: bool = True) -> bool:
+    """Bring ``row``'s bytes into this store; when nowhere has them, say where they are
+    (``required``) or return False."""
     from kiln.app.pull import pull
     from kiln.lifecycle.policy import find
 
@@ -34,9 +35,13 @@ def fetch(workspace: Workspace, row: ImageRow) -> None:
         print(f"{row.ref}: its bytes are not in this store; pulling {source}", file=sys.stderr)
         try:
             pull(workspace, source, as_name=row.name, insecure=insecure)
-            return
+            return True
         except KilnError as exc:
             problems.append(f"{source}: {exc.message}")
+    if not required:
+        for problem in problems:
+            print(f"{row.ref}: not pulled: {problem}", file=sys.stderr)
+        return False
     stores = [
         f"store {h.place[:12]} on {h.host or '?'} ({h.home or '?'})"
         for h in held

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
-from kiln.catalog.lookup import Lookup, open_sqlite, sqlite_path
+from kiln.catalog.lookup import ImageRow, Lookup, open_sqlite, sqlite_path
 from kiln.home import Home
 from kiln.store.layout import Layout
 
@@ -55,6 +55,13 @@ class Workspace:
             fast = open_sqlite(path) if path is not None and self._catalog is None else None
             self._lookup = fast or self.catalog.lookup()
         return self._lookup
+
+    def fetch_elsewhere(self, row: ImageRow) -> bool:
+        """Pull ``row``'s bytes from where another store put them (kiln.app.elsewhere);
+        False when no registry has them."""
+        from kiln.app import elsewhere
+
+        return elsewhere.fetch(self, row, required=False)
 
     def close(self) -> None:
         if self._lookup is not None:

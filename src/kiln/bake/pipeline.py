@@ -43,6 +43,11 @@ class Stores(memo.Reads, Protocol):
     @property
     def catalog(self) -> Catalog: ...
 
+    def fetch_elsewhere(self, row: ImageRow) -> bool:
+        """Bring an image the catalog lists, whose bytes another store holds, into this
+        one (from a registry); False when there is nowhere to pull it from."""
+        ...
+
 
 @dataclass(frozen=True)
 class Parent:
@@ -114,7 +119,7 @@ def bake_image(
         held_key = locks.hold(key_lock)
     assert held_key is not None
     with held_key:
-        hit = _cached(stores, key, options)
+        hit = _cached(stores, key, options, fetch=True)
         if hit is not None:  # the newest version, or an older one made the newest again
             made_on = (parent.row.id, parent.row.ref) if parent else None
             return again.settle(
@@ -210,9 +215,13 @@ def build_context(
     )
 
 
-def _cached(stores: Stores, key: str, options: Options) -> ImageRow | None:
-    """The image these inputs made, when its bytes are still stored (None with --no-cache)."""
+def _cached(stores: Stores, key: str, options: Options, fetch: bool = False) -> ImageRow | None:
+    """The image these inputs made, when its bytes are still stored (None with --no-cache);
+    with ``fetch``, also when another store sharing the catalog holds them and they can
+    be pulled here (a team's bake is not done twice)."""
     hit = None if options.no_cache else stores.lookup.by_cache_key(key)
-    if hit is None or not stores.layout.has_blob(hit.digest):
+    if hit is None:
+        return None
+    if not stores.layout.has_blob(hit.digest) and not (fetch and stores.fetch_elsewhere(hit)):
         return None
     return hit

@@ -26,7 +26,16 @@ if TYPE_CHECKING:
     from kiln.store.layout import Layout
 
 # the policy's tables (PolicyModel)
-SECTIONS = {"trust", "channels", "retention", "freshness", "network", "groups"}
+SECTIONS = {
+    "trust",
+    "channels",
+    "retention",
+    "freshness",
+    "network",
+    "groups",
+    "registry",
+    "schedule",
+}
 TRUST_KEYS = {"keys", "require_signatures"}
 
 
