@@ -19,11 +19,11 @@ from kiln.app.workspace import Workspace
 from kiln.catalog import holdings
 from kiln.catalog.holdings import REGISTRY, STORE, Holder, Holding
 from kiln.catalog.lookup import Lookup
-from kiln.lifecycle import retention
 from kiln.store.layout import image_ref
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # kiln where and kiln images read holdings without loading retention
     from kiln.catalog.session import Session
+    from kiln.lifecycle import retention
 
 
 def holder(workspace: Workspace) -> Holder:

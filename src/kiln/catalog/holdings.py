@@ -15,7 +15,6 @@ take a ``Session``. SQLAlchemy is imported only by the writes.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,6 +54,8 @@ class Holder:
     @classmethod
     def of(cls, home: Home) -> Holder:
         """``home``'s store (its id made on first use), on this host."""
+        import socket
+
         return cls(home.store_id, socket.gethostname(), str(home.root))
 
     def register(self, session: Session) -> None:
