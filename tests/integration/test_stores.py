@@ -8,13 +8,16 @@ from pathlib import Path
 import pytest
 
 from bench.postgres import Postgres
+from kiln import refs
+from kiln.catalog import Catalog, holdings
 from tests.integration.conftest import EXAMPLES, Kiln
 
 
 def test_two_stores_share_a_catalog_and_keep_to_their_own_bytes(
     postgres: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("KILN_CATALOG_URL", postgres.database())
+    url = postgres.database()
+    monkeypatch.setenv("KILN_CATALOG_URL", url)
     a, b = Kiln(tmp_path / "a"), Kiln(tmp_path / "b")
     baked = a.json("bake", str(EXAMPLES / "tiny.toml"))
     store_a = (a.home / "store.id").read_text().strip()
@@ -39,6 +42,16 @@ def test_two_stores_share_a_catalog_and_keep_to_their_own_bytes(
     assert checked["ok"] and checked["faults"] == [], checked
     assert checked["elsewhere"] == [{"ref": "tiny:1", "held": kept["reasons"][0][8:]}]
 
+    catalog = Catalog(url)  # the row as a catalog from before holdings has it: unclaimed
+    try:
+        row = catalog.lookup().image(refs.parse("tiny:1"))
+        with catalog.session() as session:
+            holdings.release(session, row.id, store_a)
+    finally:
+        catalog.close()
+    assert b.json("images")[0]["stores"] == []
+    claimed = a.json("fsck")  # A tags tiny:1 with the row's digest: it claims the row
+    assert claimed["ok"] and claimed["elsewhere"] == [], claimed
     [tiny] = a.json("images")
     assert [s["here"] for s in tiny["stores"]] == [True]
     assert "here" in a.run("images").stdout
