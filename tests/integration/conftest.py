@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,3 +187,65 @@ def app_images(baked: Kiln, tmp_path_factory: pytest.TempPathFactory) -> AppImag
         refs.append(f"app:{app['version']}")
         digests[refs[-1]] = app["digest"]
     return AppImages(refs[0], refs[1], refs[2], digests)
+
+
+@dataclass
+class Host(Kiln):
+    """A KILN_HOME of its own on the shared catalog."""
+
+    url: str = ""
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "KILN_CATALOG_URL": self.url}
+
+
+class Workers:
+    """`kiln worker` processes a test starts; each is killed and reaped at the end."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, host: Host, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.folder / f"worker-{len(self.started)}.log").open("wb")
+        child = subprocess.Popen(
+            host.argv("worker", "--heartbeat", "1", "--check-every", "1", *args),
+            env=host.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        self.started.append(child)
+        return child
+
+    def stop(self, child: subprocess.Popen[bytes]) -> int:
+        child.send_signal(signal.SIGTERM)
+        return child.wait(30)
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text() for p in sorted(self.folder.glob("worker-*.log")))
+
+    def close(self) -> None:
+        for child in self.started:
+            if child.poll() is None:
+                child.kill()
+            child.wait()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    made = Workers(tmp_path)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def until(what: str, check: Callable[[], Any], timeout: float, logs: Workers) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}\n{logs.logs()}")

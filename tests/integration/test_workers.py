@@ -5,72 +5,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.postgres import Postgres
-from tests.integration.conftest import EXAMPLES, Kiln
+from tests.integration.conftest import EXAMPLES, Host, Workers, until
 
 SLOW_STEP = '\n[[steps]]\nrun = "sleep 5"\n'
-
-
-@dataclass
-class Host(Kiln):
-    """A KILN_HOME of its own on the shared catalog."""
-
-    url: str = ""
-
-    def env(self) -> dict[str, str]:
-        return {**super().env(), "KILN_CATALOG_URL": self.url}
-
-
-class Workers:
-    """`kiln worker` processes a test starts; each is killed and reaped at the end."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self, host: Host, *args: str) -> subprocess.Popen[bytes]:
-        log = (self.folder / f"worker-{len(self.started)}.log").open("wb")
-        child = subprocess.Popen(
-            host.argv("worker", "--heartbeat", "1", "--check-every", "1", *args),
-            env=host.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        self.started.append(child)
-        return child
-
-    def stop(self, child: subprocess.Popen[bytes]) -> int:
-        child.send_signal(signal.SIGTERM)
-        return child.wait(30)
-
-    def logs(self) -> str:
-        return "\n".join(p.read_text() for p in sorted(self.folder.glob("worker-*.log")))
-
-    def close(self) -> None:
-        for child in self.started:
-            if child.poll() is None:
-                child.kill()
-            child.wait()
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    made = Workers(tmp_path)
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def hosts(tmp_path: Path, postgres: Postgres) -> tuple[Host, Host]:
@@ -78,16 +23,6 @@ def hosts(tmp_path: Path, postgres: Postgres) -> tuple[Host, Host]:
         pytest.skip("integration tests need root")
     url = postgres.database()
     return Host(tmp_path / "host-a", url), Host(tmp_path / "host-b", url)
-
-
-def until(what: str, check: Callable[[], Any], timeout: float, logs: Workers) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}\n{logs.logs()}")
 
 
 def job(host: Host, job_id: int) -> dict[str, Any]:

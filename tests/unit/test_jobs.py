@@ -23,6 +23,7 @@ GOOD: dict[str, dict[str, Any]] = {
     "kiln.test": {"ref": "web:3", "sets": ["upstream_url=http://x"]},
     "kiln.refresh": {"names": ["web"], "promote": "staging"},
     "kiln.propagate": {"ref": "base:2", "to": "prod"},
+    "kiln.propagate_item": {"run": 4, "item": 17, "name": "web"},
     "kiln.prove": {"ref": "web@sha256:" + "a" * 64},
     "kiln.rollout": {"group": "front", "to": "web:4"},
 }
@@ -57,6 +58,10 @@ HOSTILE: list[tuple[str, Any]] = [
     ("kiln.refresh", {"timestamp": "soon"}),
     ("kiln.propagate", {"ref": "base", "recipes": "recipes/"}),
     ("kiln.propagate", {"ref": 7}),
+    ("kiln.propagate_item", {"run": 4, "item": 17}),
+    ("kiln.propagate_item", {"run": 0, "item": 17, "name": "web"}),
+    ("kiln.propagate_item", {"run": "4", "item": 17, "name": "web"}),
+    ("kiln.propagate_item", {"run": 4, "item": 17, "name": "--web"}),
     ("kiln.prove", {"ref": "web", "timestamp": -1}),
     ("kiln.rollout", {"group": "-front"}),
     ("kiln.rollout", {"group": "front", "to": "web:0"}),
@@ -75,6 +80,7 @@ def test_good_arguments_pass_and_fill_every_default(task: str) -> None:
         "test",
         "refresh",
         "propagate",
+        "propagate-item",
         "rebuild",
         "rollout",
     }

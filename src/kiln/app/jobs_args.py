@@ -25,6 +25,7 @@ TASKS = (
     "kiln.test",
     "kiln.refresh",
     "kiln.propagate",
+    "kiln.propagate_item",
     "kiln.prove",
     "kiln.rollout",
 )
@@ -105,6 +106,12 @@ def flag(task: str, key: str, value: Any) -> bool:
 def count(task: str, key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
         raise _bad(task, key, "a whole number from 1 to 1000 was expected")
+    return value
+
+
+def row_id(task: str, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**63:
+        raise _bad(task, key, "a catalog row id (a whole number from 1) was expected")
     return value
 
 
@@ -189,6 +196,13 @@ SPECS: dict[str, dict[str, tuple[Check, Any]]] = {
         "include_pinned": (flag, False),
         "policy": (abspath, None),
     },
+    "kiln.propagate_item": {  # one item of a propagation spread over the workers
+        "run": (row_id, ...),
+        "item": (row_id, ...),
+        "name": (name, ...),
+        "max_failures": (count, 1),
+        "policy": (abspath, None),
+    },
     "kiln.prove": {
         "ref": (ref, None),
         "no_package_cache": (flag, False),
@@ -265,6 +279,8 @@ def lock_of(job: Job) -> str:
         return names[0] if len(names) == 1 else "refresh:" + ",".join(sorted(names))
     if job.task == "kiln.rollout":
         return f"group:{args['group']}"
+    if job.task == "kiln.propagate_item":
+        return str(args["name"])
     if args.get("ref") is not None:
         return refs.parse(args["ref"]).name
     return "prove:channels"  # the periodic proof of what every channel points at
@@ -314,6 +330,11 @@ def argv(job: Job, recipe: Path | None = None) -> list[str]:
         words += ["--to", a["to"]] if a["to"] else []
         words += ["--recipes", a["recipes"]] if a["recipes"] else []
         words += ["--include-pinned"] if a["include_pinned"] else []
+        words += ["--policy", a["policy"]] if a["policy"] else []
+        words += ["--spread"]  # on a worker: each item a job of its own, for every worker
+    elif job.task == "kiln.propagate_item":
+        words = ["propagate-item", str(a["run"]), str(a["item"]), a["name"]]
+        words += ["--max-failures", str(a["max_failures"])]
         words += ["--policy", a["policy"]] if a["policy"] else []
     elif job.task == "kiln.prove":
         assert a["ref"] is not None, "a proof of every channel runs one argv per image"

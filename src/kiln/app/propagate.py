@@ -133,9 +133,10 @@ class Options:
     recipes: Path | None = None
     include_pinned: bool = False
     policy_file: Path | None = None
+    spread: bool = False  # each item a job for the workers (kiln.app.propagate_spread)
 
 
-def _tasks(rows: list[ItemRow]) -> list[Task]:
+def tasks_of(rows: list[ItemRow]) -> list[Task]:
     tasks = [Task(**asdict(item)) for item in rows]  # a row read back is a task again
     names = {task.name for task in tasks}
     for task in tasks:
@@ -189,11 +190,11 @@ def _open_run(workspace: Workspace, plan: Plan, options: Options) -> Run:
         found.origin_digest,
         options.to,
         found.continued,
-        _tasks(found.items),
+        tasks_of(found.items),
     )
 
 
-def _commit(workspace: Workspace, run: Run, task: Task, state: str, **detail: Any) -> None:
+def commit(workspace: Workspace, run: Run, task: Task, state: str, **detail: Any) -> None:
     """One state change of an item, committed now; an end state is an event too."""
     end = state in (PROMOTED, FAILED, SKIPPED) or (state == TESTED and run.channel is None)
     if end:
@@ -228,7 +229,7 @@ def _stages(log: Log) -> Log:
     return say
 
 
-def _item(
+def run_item(
     home: Home,
     run: Run,
     task: Task,
@@ -247,7 +248,7 @@ def _item(
         task.ref = task.digest = ""
         for earlier in ("lock_rebased", "pin_moved"):  # of an attempt before this one
             task.detail.pop(earlier, None)
-        _commit(workspace, run, task, BAKING, started=started, ended=None, error=None, steps=steps)
+        commit(workspace, run, task, BAKING, started=started, ended=None, error=None, steps=steps)
         try:
             recipe_path = Path(task.recipe)
             if not recipe_path.is_file():
@@ -274,21 +275,21 @@ def _item(
                 raise Stop(f"its recipe {recipe_path} makes {result.name} now, not {task.name}")
             task.ref, task.digest = result.ref, result.digest
             steps["bake"].update(ended=precise(), cached=result.cached, seconds=result.seconds)
-            _commit(workspace, run, task, BAKED, steps=steps)
+            commit(workspace, run, task, BAKED, steps=steps)
             hit = " (cache hit)" if result.cached else ""
             log(
                 f"{task.name}: baked {result.ref}{hit}" + (f" {result.note}" if result.note else "")
             )
             steps["test"] = {}
             passed = qualify.test(workspace, result.ref, converge, steps["test"])
-            _commit(workspace, run, task, TESTED, steps=steps)
+            commit(workspace, run, task, TESTED, steps=steps)
             log(f"{task.name}: tested {result.ref}: {passed} passed")
             if run.channel is None:
                 return TESTED
             promoted: dict[str, Any] = {}
             steps["promote"] = promoted
             qualify.promote(workspace, result.ref, run.channel, options.policy_file, promoted)
-            _commit(workspace, run, task, PROMOTED, steps=steps)
+            commit(workspace, run, task, PROMOTED, steps=steps)
             log(f"{task.name}: promoted {result.ref} to {run.channel}")
             return PROMOTED
         except (KilnError, OSError) as exc:
@@ -296,14 +297,14 @@ def _item(
             message = error.message + (f" ({error.hint})" if error.hint else "")
             for step in steps.values():
                 step.setdefault("ended", precise())
-            _commit(workspace, run, task, FAILED, steps=steps, error=message)
+            commit(workspace, run, task, FAILED, steps=steps, error=message)
             log(f"{task.name}: failed: {message}")
             return FAILED
 
 
-def _skip(workspace: Workspace, run: Run, task: Task, why: str, log: Log) -> None:
+def skip(workspace: Workspace, run: Run, task: Task, why: str, log: Log) -> None:
     task.ref = task.digest = ""
-    _commit(workspace, run, task, SKIPPED, error=why, started=None, steps={})
+    commit(workspace, run, task, SKIPPED, error=why, started=None, steps={})
     log(f"{task.name}: skipped: {why}")
 
 
@@ -314,6 +315,10 @@ def propagate(workspace: Workspace, ref: str, options: Options, log: Log) -> Run
         raise BadInput(f"--parallel must be 1 to {MAX_PARALLEL}, not {options.parallel}")
     if options.max_failures < 1:
         raise BadInput(f"--max-failures must be at least 1, not {options.max_failures}")
+    if options.spread:  # the job queue first: nothing is planned for a catalog without one
+        from kiln.app.jobs import require_queue
+
+        require_queue(workspace.home, "--spread")
     if options.to is not None:  # a channel the policy does not define: refused before any bake
         qualify.converge_wanted(workspace, options.to, options.policy_file)
     plan = make_plan(workspace, ref, options.to, options.recipes, options.include_pinned)
@@ -337,6 +342,11 @@ def propagate(workspace: Workspace, ref: str, options: Options, log: Log) -> Run
             + (" (continued)" if run.continued else "")
             + f": {len(run.tasks)} items"
         )
+        if options.spread:
+            from kiln.app import propagate_spread
+
+            propagate_spread.hand_out(workspace, run, options, log)
+            return run
         _execute(workspace, run, options, log)
         run.state = DONE if run.ok else FAILED
         propagations.finish_run(workspace.catalog, run.id, run.state)
@@ -367,13 +377,13 @@ def _execute(workspace: Workspace, run: Run, options: Options, log: Log) -> None
                     continue
                 parent = tasks.get(task.after) if task.after else None
                 if parent is not None and parent.state in (FAILED, SKIPPED):
-                    _skip(workspace, run, task, f"its parent {parent.name} {parent.state}", say)
+                    skip(workspace, run, task, f"its parent {parent.name} {parent.state}", say)
                 elif run.stopped:
                     continue  # left planned
                 elif parent is not None and parent.state not in done:
                     continue  # its parent did not finish: left for the next run
                 elif "problem" in task.detail and not Path(task.recipe).is_file():
-                    _skip(workspace, run, task, str(task.detail["problem"]), say)
+                    skip(workspace, run, task, str(task.detail["problem"]), say)
                 else:
                     ready.append(task)
             if ready and not run.stopped:
@@ -383,7 +393,7 @@ def _execute(workspace: Workspace, run: Run, options: Options, log: Log) -> None
                 while ready and not run.stopped and len(running) < options.parallel:
                     task = ready.pop(0)
                     future = pool.submit(
-                        _item, workspace.home, run, task, tasks, options, converge, say
+                        run_item, workspace.home, run, task, tasks, options, converge, say
                     )
                     running[future] = task
                 finished, _pending = wait(running, return_when=FIRST_COMPLETED)

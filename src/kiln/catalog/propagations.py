@@ -167,23 +167,40 @@ def open_run(
             found.state = RUNNING
             found.finished = None
         session.flush()
-        rows = [
-            ItemRow(
-                item.id,
-                item.position,
-                item.wave,
-                item.name,
-                item.recipe,
-                item.parent,
-                item.reason,
-                item.state,
-                item.ref,
-                item.digest,
-                item.details(),
-            )
-            for item in found.items
-        ]
+        rows = [_item_row(item) for item in found.items]
         return RunRow(found.id, found.origin, found.origin_digest, continued, rows)
+
+
+def load_run(catalog: Catalog, run: int) -> tuple[RunRow, str, str] | None:
+    """Run ``run`` as it is now, with its channel ("" for none) and state; None if gone."""
+    from kiln.catalog.freshness import Propagation
+
+    with catalog.session() as session:
+        found = session.get(Propagation, run)
+        if found is None:
+            return None
+        rows = [_item_row(item) for item in found.items]
+        return (
+            RunRow(found.id, found.origin, found.origin_digest, True, rows),
+            found.channel,
+            found.state,
+        )
+
+
+def _item_row(item: Any) -> ItemRow:
+    return ItemRow(
+        item.id,
+        item.position,
+        item.wave,
+        item.name,
+        item.recipe,
+        item.parent,
+        item.reason,
+        item.state,
+        item.ref,
+        item.digest,
+        item.details(),
+    )
 
 
 def save_item(

@@ -32,7 +32,7 @@ _MODULES = {  # kiln.cli.<module>: the commands its register() adds
     "signing": ("key", "sign", "verify"),
     "freshness": ("outdated",),
     "proof": ("rebuild",),
-    "propagate": ("propagate",),
+    "propagate": ("propagate", "propagate-item"),
     "refresh": ("refresh",),
     "rollout": ("rollout",),
     "update": ("update",),

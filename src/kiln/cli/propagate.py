@@ -91,6 +91,12 @@ def _run_table(data: dict[str, Any]) -> None:
     is_flag=True,
     help="also rebake images whose recipe pins a parent by version or digest (the pin moves)",
 )
+@click.option(
+    "--spread",
+    is_flag=True,
+    help="hand each image to the workers of the shared catalog as a job of its own "
+    "(kiln worker), instead of baking here; returns once the first ones are handed out",
+)
 @policy_option()
 @queue_option("kiln.propagate")
 @json_flag
@@ -102,6 +108,7 @@ def propagate(
     dry_run: bool,
     recipes: Path | None,
     include_pinned: bool,
+    spread: bool,
     policy_file: Path | None,
     as_json: bool,
 ) -> None:
@@ -138,6 +145,7 @@ def propagate(
         recipes=recipes.resolve() if recipes else None,
         include_pinned=include_pinned,
         policy_file=policy_file,
+        spread=spread,
     )
     result = with_workspace(use_case.propagate, ref, options, log)
     if not isinstance(result, use_case.Run):
@@ -153,9 +161,39 @@ def propagate(
         _run_table(data)
         counts = ", ".join(f"{n} {state}" for state, n in sorted(data["counts"].items()))
         wide.print(f"propagation {data['propagation']} {data['state']}: {counts}")
-    if not result.ok:
+    if not result.ok and not spread:
+        raise SystemExit(1)
+
+
+@click.command(name="propagate-item", hidden=True)
+@click.argument("run", type=int)
+@click.argument("item", type=int)
+@click.argument("name")
+@click.option("--max-failures", type=int, default=1)
+@policy_option()
+@json_flag
+def propagate_item(
+    run: int, item: int, name: str, max_failures: int, policy_file: Path | None, as_json: bool
+) -> None:
+    """One item of a spread propagation, as a worker's job runs it (kiln propagate
+    --spread); then the items waiting for it are handed out. Exit 1 when it failed."""
+    from kiln.app import propagate_spread
+    from kiln.app.workspace import with_workspace
+
+    def log(line: str) -> None:
+        err.print(escape(line), highlight=False)
+
+    done = with_workspace(
+        propagate_spread.run_item, run, item, name, max_failures, policy_file, log
+    )
+    if as_json:
+        print_json(done)
+    else:
+        wide.print(f"propagation {run}: {name} {done['state']}", highlight=False)
+    if done["state"] in ("failed", "skipped"):
         raise SystemExit(1)
 
 
 def register(group: click.Group) -> None:
     group.add_command(propagate)
+    group.add_command(propagate_item)
