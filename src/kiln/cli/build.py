@@ -9,6 +9,7 @@ import click
 from rich.markup import escape
 
 from kiln.app.workspace import opened, with_workspace
+from kiln.cli.jobs import queue_option
 from kiln.cli.output import (
     console,
     err,
@@ -53,6 +54,7 @@ verbose_flag = click.option(
 )
 @mirror_option
 @verbose_flag
+@queue_option("kiln.bake")
 @json_flag
 def bake(
     path: Path, no_cache: bool, on_error: str, mirror: str | None, verbose: bool, as_json: bool
