@@ -31,6 +31,7 @@ from kiln.lifecycle import trust
 from kiln.store import remote, transfer
 from kiln.store.artefacts import KIND
 from kiln.store.gc import store_in_use
+from kiln.store.incoming import incoming
 from kiln.store.layout import MEDIA_MANIFEST, Descriptor, Layout, signature_tag
 from kiln.store.registry import Client
 from kiln.store.remote import Folder, Location, Registry
@@ -149,6 +150,7 @@ class Item:
     made: pulledrow.Origin
     name: str
     known: ImageRow | None  # the catalog's row of it (a catalog shared with its store)
+    packages: list[tuple[str, str, str, str]]  # what its SBOM lists
 
     @property
     def blobs(self) -> list[Descriptor]:
@@ -186,18 +188,23 @@ def pull(
 def _pull(workspace: Workspace, end: End, as_name: str | None) -> Pulled:
     layout = workspace.layout
     digest, data, manifest = end.image()
-    _refuse_revoked(workspace, digest)
     here = _present(workspace, layout, digest)
     if here is not None:
+        _refuse_revoked(workspace, digest)
         return Pulled(here.ref, digest, str(end.where), "present", _kinds(layout, digest))
     blobs = [Descriptor.from_json(d) for d in [manifest["config"], *manifest["layers"]]]
-    with transfer.incoming(layout, blobs) as taking:
+    with incoming(layout, blobs) as taking:
         with transfer.copying(
             end.source(digest), f"oci:{taking.folder}:pull", insecure=end.insecure
         ):
             item = _item(workspace, end, digest, data, manifest, as_name)
             parents, notes, anchor = _parents(workspace, item)
-            from kiln.catalog import pulled  # noqa: F401  SQLAlchemy loads while skopeo copies
+            from kiln.catalog import pulled  # SQLAlchemy loads, the catalog opens, meanwhile
+            from kiln.catalog.holdings import Holder
+
+            pulled.ready(workspace.catalog)
+            holder = Holder.of(workspace.home)
+            _refuse_revoked(workspace, digest)  # before anything enters the store
         taking.take(blobs)
     layout.put_bytes(data, MEDIA_MANIFEST)
     for parent in parents:
@@ -210,9 +217,6 @@ def _pull(workspace: Workspace, end: End, as_name: str | None) -> Pulled:
         if each.signature is not None:
             layout.tag(signature_tag(each.digest), each.signature)
     trust.enforce(workspace.home, layout, digest, f"{item.name}:{item.made.version}")
-    from kiln.catalog.holdings import Holder
-
-    holder = Holder.of(workspace.home)
     recorded: list[tuple[str, str]] = []
     for each in lineage:
         anchor = _record(workspace, each, anchor, holder, recorded)
@@ -240,7 +244,8 @@ def _item(
     made = pulledrow.origin(documents["provenance"], digest, str(end.where))
     name = as_name or made.name
     known = _known(workspace, name, digest)
-    return Item(end, digest, data, manifest, referrers, signature, made, name, known)
+    packages = pulledrow.packages(documents.get("sbom"), str(end.where))
+    return Item(end, digest, data, manifest, referrers, signature, made, name, known, packages)
 
 
 def _parents(workspace: Workspace, item: Item) -> tuple[list[Item], list[str], int | None]:
@@ -301,7 +306,7 @@ def _record(
         created=made.finished,
         size=pulledrow.layer_size(item.manifest),
         seconds=(made.finished - made.started).total_seconds(),
-        packages=pulledrow.packages(_documents(layout, item.referrers).get("sbom"), source),
+        packages=item.packages,
     )
     image_id, version = pulled.take(workspace.catalog, new, made.version, holder)
     ref = f"{item.name}:{version}"

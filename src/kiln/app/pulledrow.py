@@ -14,10 +14,10 @@ from typing import Any
 from packageurl import PackageURL
 
 from kiln import refs
-from kiln.catalog.baking import PackageFields
 from kiln.errors import KilnError
 
 MAX_PACKAGES = 100_000
+PackageFields = tuple[str, str, str, str]  # name, version, architecture, .deb sha256
 
 
 @dataclass(frozen=True)

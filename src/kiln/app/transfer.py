@@ -11,11 +11,14 @@ kiln images), so another store sharing the catalog knows where to pull from.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from kiln import refs
+from kiln.actor import actor
 from kiln.app import resolve
 from kiln.app.workspace import Workspace
+from kiln.catalog import ledger
 from kiln.catalog.lookup import ImageRow
 from kiln.errors import BadInput, KilnError, NotFound
 from kiln.store import remote, transfer
@@ -128,14 +131,13 @@ def _push_chain(
     try:
         target = f"docker://{where.at(tag=tag).place}"
         with transfer.copying(f"oci:{layout.root}:{row.ref}", target, insecure=insecure):
+            client.connect()  # the HTTP client loads and logs in meanwhile
 
-            def attach(image: ImageRow) -> None:
-                repository = places[image.id].repository
-                sent[image.id] = transfer.push_attachments(layout, client, repository, image.digest)
+        def attach(image: ImageRow) -> None:
+            repository = places[image.id].repository
+            sent[image.id] = transfer.push_attachments(layout, client, repository, image.digest)
 
-            parallel(attach, chain)
-            from kiln.catalog import pulled  # SQLAlchemy loads while skopeo sends
-
+        parallel(attach, chain)  # after the image: beside skopeo's upload it slows both
         for image in chain[:-1]:
             transfer.push_parent(
                 layout, client, places[image.id], where, image.digest, str(image.version)
@@ -161,9 +163,9 @@ def _push_chain(
         )
         for image in chain
     ]
-    pulled.pushed(
-        workspace.catalog, [(image.id, p.to) for image, p in zip(chain, out, strict=True)]
-    )
+    copies = [(image.id, p.to) for image, p in zip(chain, out, strict=True)]
+    with ledger.writing(workspace.home.catalog_url) as execute:
+        ledger.record_copies(execute, copies, datetime.now(UTC), actor())
     return out
 
 

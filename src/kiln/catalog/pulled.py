@@ -1,6 +1,6 @@
-"""The catalog's half of ``kiln pull`` and ``kiln push``: a pulled image's row, taken
-pending and confirmed once the store has tagged it (as a bake's is), and the registry
-copies a push made.
+"""The catalog's half of ``kiln pull``: a pulled image's row, taken pending and confirmed
+once the store has tagged it (as a bake's is), or the note that this store now holds an
+image the catalog knew (kiln push records its registry copies in kiln.catalog.ledger).
 
 A pulled image keeps the version it has where it came from when that number was never
 handed out here (the ``image_names`` counter is below it); otherwise it takes the next
@@ -17,10 +17,16 @@ from sqlalchemy import select
 from kiln.catalog import events, holdings
 from kiln.catalog.baking import ArtefactFields, NewVersion
 from kiln.catalog.db import Catalog, Conflict
-from kiln.catalog.holdings import REGISTRY, Holder
+from kiln.catalog.holdings import Holder
 from kiln.catalog.lifecycle import ImageName
 from kiln.catalog.models import Artefact, Image
 from kiln.catalog.revisions import PENDING
+
+
+def ready(catalog: Catalog) -> None:
+    """Open the catalog's connection now (a pull does it while skopeo copies)."""
+    with catalog.session():
+        pass
 
 
 def take(catalog: Catalog, new: NewVersion, wanted: int, holder: Holder) -> tuple[int, int]:
@@ -76,15 +82,3 @@ def held_here(catalog: Catalog, image_id: int, ref: str, holder: Holder, **detai
         holder.register(session)
         holdings.hold(session, image_id, holder.store_id)
         events.record(session, "pulled", row.name, row.version, row.digest, **detail)
-
-
-def pushed(catalog: Catalog, copies: Sequence[tuple[int, str]]) -> None:
-    """``kiln push`` put each image id at its place (docker://HOST/REPO@DIGEST): one
-    transaction records the registry copies, with a ``pushed`` event each."""
-    with catalog.session() as session:
-        for image_id, place in copies:
-            row = session.get(Image, image_id)
-            if row is None:
-                raise Conflict(f"image {image_id} left the catalog while it was being pushed")
-            holdings.hold(session, image_id, place, REGISTRY)
-            events.record(session, "pushed", row.name, row.version, row.digest, to=place)

@@ -24,13 +24,14 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
-
-import requests
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kiln.errors import BadInput, KilnError, NotFound
 from kiln.store.layout import Descriptor, Layout
 from kiln.store.remote import Registry
+
+if TYPE_CHECKING:  # requests loads with the first Client: a push starts skopeo first
+    import requests
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -121,6 +122,7 @@ class Client:
     _local: threading.local = field(default_factory=threading.local, repr=False)
     _sessions: list[requests.Session] = field(default_factory=list, repr=False)
     _token: str | None = None
+    _there: set[tuple[str, str]] = field(default_factory=set, repr=False)  # (repo, digest)
 
     def __post_init__(self) -> None:
         if self.insecure and not self.registry.loopback:
@@ -139,6 +141,8 @@ class Client:
     def _session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
+            import requests
+
             session = requests.Session()
             session.verify = self._verify
             self._local.session = session
@@ -156,6 +160,8 @@ class Client:
         return f"{self._scheme}://{self.registry.host}/v2/{path}"
 
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        import requests
+
         headers = dict(kwargs.pop("headers", {}))
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
@@ -193,6 +199,8 @@ class Client:
         realm = params.pop("realm", "")
         if not realm.startswith(("https://", "http://")):
             raise KilnError(f"the registry {self.registry.host} names no token service")
+        import requests
+
         auth = self._basic
         try:
             response = self._session.get(realm, params=params, auth=auth, timeout=TIMEOUT)
@@ -213,6 +221,11 @@ class Client:
             f"the registry {self.registry.host} answered {response.status_code} to {what}"
             + (f": {text}" if text else "")
         )
+
+    def connect(self) -> None:
+        """Open a connection and answer the registry's login challenge now (the API's
+        version check, ``GET /v2/``), so the calls that follow do not wait for it."""
+        self.request("GET", "")
 
     # reading
     def manifest(self, repository: str, reference: str) -> tuple[bytes, str] | None:
@@ -278,7 +291,13 @@ class Client:
 
     # writing
     def has_blob(self, repository: str, digest: str) -> bool:
+        """Whether the repository has the blob (asked once per client: the empty config
+        every referrer names is asked about once, not once per referrer)."""
+        if (repository, digest) in self._there:
+            return True
         response = self.request("HEAD", f"{repository}/blobs/{digest}")
+        if response.status_code == 200:
+            self._there.add((repository, digest))
         return response.status_code == 200
 
     def mount(self, repository: str, digest: str, source: str) -> bool:
@@ -316,6 +335,7 @@ class Client:
             )
         if done.status_code != 201:
             raise self._failed(done, f"the blob {blob.digest}")
+        self._there.add((repository, blob.digest))
 
     def push_manifest(
         self, repository: str, reference: str, data: bytes, media_type: str

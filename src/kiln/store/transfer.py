@@ -9,10 +9,9 @@ an index at ``sha256-<hex>`` listing them. An image's parents need no bytes of t
 (a child's layers are its parents' and one more): their layers are mounted from the
 child's repository, and their configs and manifests sent.
 
-Taking an image in, skopeo writes into a scratch layout under ``tmp/``, seeded with hard
-links to the blobs the store already has (skopeo skips those). Each blob it finishes
-(skopeo renames a blob into place whole) is hashed as it lands; nothing enters the store
-before it hashes to its name, and nothing is tagged until all of them are.
+Taking an image in, skopeo writes into a scratch layout (kiln.store.incoming) whose blobs
+are hashed as they arrive; nothing enters the store before it hashes to its name, and
+nothing is tagged until all of them are.
 """
 
 from __future__ import annotations
@@ -21,15 +20,12 @@ import hashlib
 import json
 import os
 import stat
-import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
-from pathlib import Path
+from contextlib import contextmanager
 from typing import Any
 
-from kiln import locks, proc
-from kiln.digests import canonical_json, file_sha256
+from kiln import proc
+from kiln.digests import canonical_json
 from kiln.errors import KilnError
 from kiln.store import artefacts, inventory
 from kiln.store.artefacts import KIND, SUBJECT
@@ -103,40 +99,43 @@ def _blobs_of(manifest: dict[str, Any]) -> list[Descriptor]:
 
 # push
 def push_attachments(layout: Layout, client: Client, repository: str, digest: str) -> list[str]:
-    """Send the image's referrers and signature; returns the kinds sent. A referrer may
-    arrive before its subject: the distribution spec lets it."""
+    """Send the image's referrers and signature; returns the kinds sent. Their blobs go
+    first, each once (every referrer names the same empty config), then the manifests;
+    a referrer may arrive before its subject, as the distribution spec lets it."""
     entries = attached(layout, digest)
+    signature = layout.tagged(signature_tag(digest))
+    manifests = {e["digest"]: _read_manifest(layout, e["digest"]) for e in entries}
+    if signature is not None:
+        manifests[signature.digest] = _read_manifest(layout, signature.digest)
+    blobs = {b.digest: b for _data, m in manifests.values() for b in _blobs_of(m)}
+    parallel(lambda blob: client.push_blob(repository, layout, blob), blobs.values())
     answers: dict[str, bool] = {}
 
     def send(entry: dict[str, Any]) -> None:
-        answers[entry["digest"]] = _push_manifest(layout, client, repository, entry["digest"])
+        data, manifest = manifests[entry["digest"]]
+        media_type = manifest.get("mediaType", MEDIA_MANIFEST)
+        answer = client.push_manifest(repository, entry["digest"], data, media_type)
+        answers[entry["digest"]] = "OCI-Subject" in answer.headers
 
     parallel(send, entries)
     listed = [_listing(e) for e in entries if not answers[e["digest"]]]  # no referrers API
     if listed:
         _merge_referrers_index(client, repository, digest, listed)
     sent = [e["annotations"][KIND] for e in entries]
-    signature = layout.tagged(signature_tag(digest))
     if signature is not None:
-        _push_manifest(layout, client, repository, signature.digest, signature_tag(digest))
+        data, manifest = manifests[signature.digest]
+        media_type = manifest.get("mediaType", MEDIA_MANIFEST)
+        client.push_manifest(repository, signature_tag(digest), data, media_type)
         sent.append("signature")
     return sent
 
 
-def _push_manifest(
-    layout: Layout, client: Client, repository: str, digest: str, tag: str | None = None
-) -> bool:
-    """Send a stored manifest and its blobs; True when the registry keeps its referrers
-    itself (it answered with OCI-Subject)."""
+def _read_manifest(layout: Layout, digest: str) -> tuple[bytes, dict[str, Any]]:
     data = layout.read_bytes(digest)
     if digest_of(data) != digest:
         raise KilnError(f"the manifest {digest} in {layout.blobs} is corrupt: not sent")
-    manifest = json.loads(data)
-    for blob in _blobs_of(manifest):
-        client.push_blob(repository, layout, blob)
-    media_type = manifest.get("mediaType", MEDIA_MANIFEST)
-    answer = client.push_manifest(repository, tag or digest, data, media_type)
-    return "OCI-Subject" in answer.headers
+    manifest: dict[str, Any] = json.loads(data)
+    return data, manifest
 
 
 def push_parent(
@@ -213,81 +212,6 @@ def image_manifest(data: bytes, where: str) -> dict[str, Any]:
             hint="pull the platform's image by its digest",
         )
     return manifest
-
-
-class Incoming:
-    """A scratch layout skopeo copies into, seeded with the store's copies of the blobs
-    it will need, whose new blobs are hashed as they land."""
-
-    def __init__(self, layout: Layout, folder: Path, blobs: list[Descriptor]) -> None:
-        self.layout = layout
-        self.folder = folder
-        self.shared = folder / "blobs" / "sha256"
-        self.shared.mkdir(parents=True)
-        self._seeded = set()
-        for blob in blobs:
-            if layout.has_blob(blob.digest):
-                os.link(layout.blob_path(blob.digest), self.shared / blob.hex)
-                self._seeded.add(blob.hex)
-        self._hashes: dict[str, Future[str]] = {}
-        self._pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
-        self._done = threading.Event()
-        self._watch = threading.Thread(target=self._watching, daemon=True)
-
-    def __enter__(self) -> Incoming:
-        self._watch.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._watch.join()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def _watching(self) -> None:
-        while not self._done.wait(WATCH_SECONDS):
-            self._scan()
-
-    def _scan(self) -> None:
-        for name in os.listdir(self.shared):
-            if len(name) == 64 and name not in self._seeded and name not in self._hashes:
-                self._hashes[name] = self._pool.submit(file_sha256, self.shared / name)
-
-    def take(self, descriptors: list[Descriptor]) -> None:
-        """Link every blob named (once it hashes to its name) into the store."""
-        self._done.set()
-        self._watch.join()
-        self._scan()
-        for descriptor in descriptors:
-            name = descriptor.hex
-            if name in self._seeded:
-                continue
-            future = self._hashes.get(name)
-            if future is None:
-                raise KilnError(f"skopeo left no blob {descriptor.digest}: the copy is incomplete")
-            actual = "sha256:" + future.result()
-            if actual != descriptor.digest:
-                raise KilnError(
-                    f"the blob {descriptor.digest} that arrived hashes to {actual}: refused"
-                )
-            _link(self.layout, self.shared / name, descriptor.digest)
-
-
-def _link(layout: Layout, path: Path, digest: str) -> None:
-    if layout.has_blob(digest):
-        return  # stored meanwhile (by another pull or a bake): that copy stays
-    os.chmod(path, 0o644)
-    with suppress(FileExistsError):
-        os.link(path, layout.blob_path(digest))
-
-
-@contextmanager
-def incoming(layout: Layout, blobs: list[Descriptor]) -> Iterator[Incoming]:
-    """An :class:`Incoming` in a scratch folder under the store's ``tmp/``."""
-    with (
-        locks.scratch_dir(layout.tmp, "pull-") as folder,
-        Incoming(layout, Path(folder), blobs) as taking,
-    ):
-        yield taking
 
 
 def fetch_attachments(
