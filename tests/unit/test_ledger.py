@@ -84,3 +84,29 @@ def test_a_catalog_not_at_head_is_left_to_the_orm(tmp_path: Path) -> None:
     sqlite3.connect(path).close()  # no schema at all
     with ledger.sqlite_writer(path) as execute:
         assert execute is None
+
+
+@pytest.mark.parametrize("through", ["sqlite3", "sqlalchemy"])
+def test_registry_copies_read_back_as_holdings_and_pushed_events(
+    workspace: Workspace,  # noqa: F811
+    through: str,
+) -> None:
+    from kiln.catalog import holdings
+
+    image = add_image(workspace, "web", 3)
+    place = "docker://127.0.0.1:5000/team/web@sha256:" + "a" * 64
+    for _twice in range(2):  # a second push of the same copy is no second holding
+        if through == "sqlite3":
+            with ledger.writing(workspace.home.catalog_url) as execute:
+                ledger.record_copies(execute, [(image.id, place)], AT, "alice@host")
+        else:
+            with workspace.catalog.writer() as execute:
+                ledger.record_copies(execute, [(image.id, place)], AT, "alice@host")
+    with workspace.catalog.reading() as session:
+        (held,) = holdings.holders(session, [image.id])[image.id]
+        assert (held.place, held.kind) == (place, "registry")
+        events = session.query(Event).filter(Event.kind == "pushed").all()
+        assert [(e.name, e.version, e.details()) for e in events] == [
+            ("web", 3, {"to": place}),
+            ("web", 3, {"to": place}),
+        ]

@@ -1,7 +1,8 @@
 """kiln's long work as jobs on the shared catalog's PostgreSQL (procrastinate): defer one
 (``--queue``), list them (``kiln jobs``), read a job's output (``kiln jobs logs``).
 
-The tasks are ``kiln.bake``, ``kiln.test``, ``kiln.refresh``, ``kiln.propagate``,
+The tasks are ``kiln.bake``, ``kiln.test``, ``kiln.refresh``, ``kiln.propagate`` (which
+hands each item to the queue as a ``kiln.propagate_item``: kiln.app.propagate_spread),
 ``kiln.prove`` and ``kiln.rollout`` (their arguments: kiln.app.jobs_args.SPECS). Each
 job holds a lock and a queueing lock named for the image it works on
 (jobs_args.lock_of): one job per name runs at a time, and one job of each task per name

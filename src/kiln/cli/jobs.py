@@ -205,9 +205,9 @@ def worker(
 ) -> None:
     """Run the shared catalog's jobs for this KILN_HOME until SIGTERM or SIGINT.
 
-    Jobs are deferred by --queue (kiln refresh, propagate, rebuild --prove, rollout) and by
-    the policy's [schedule]. A worker whose heartbeat stops (killed, host down) has its
-    job run again by another worker."""
+    Jobs are deferred by --queue (kiln bake, test, refresh, propagate, rebuild --prove,
+    rollout) and by the policy's [schedule]. A worker whose heartbeat stops (killed, host
+    down) has its job run again by another worker."""
     from kiln.app.jobs_args import queue_name
     from kiln.app.jobs_worker import WorkerOptions, run_worker
     from kiln.app.workspace import with_workspace
