@@ -26,20 +26,28 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(folder: Path) -> Iterator[str]:
-    """host:port of a registry keeping its blobs under ``folder``/registry, stopped after."""
+def serving(
+    folder: Path, tls: tuple[Path, Path] | None = None, htpasswd: Path | None = None
+) -> Iterator[str]:
+    """host:port of a registry keeping its blobs under ``folder``/registry, stopped after;
+    ``tls``: its certificate and key files (HTTPS), ``htpasswd``: its logins (bcrypt)."""
     if shutil.which(REGISTRY) is None:
         raise Missing(f"{REGISTRY} is missing: run scripts/setup")
     port = free_port()
     storage = folder / "registry"
     storage.mkdir(parents=True)
     config = folder / "registry.yml"
-    config.write_text(
+    text = (
         "version: 0.1\n"
         "log:\n  level: warn\n"
         f"storage:\n  filesystem:\n    rootdirectory: {storage}\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
     )
+    if tls is not None:
+        text += f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n"
+    if htpasswd is not None:
+        text += f"auth:\n  htpasswd:\n    realm: kiln-test\n    path: {htpasswd}\n"
+    config.write_text(text)
     with (folder / "registry.log").open("wb") as log:
         server = subprocess.Popen(
             [REGISTRY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT

@@ -7,12 +7,29 @@ a fresh KILN_HOME, the other host.
 
 from __future__ import annotations
 
+import base64
+import datetime
+import ipaddress
+import json
+import shutil
+import warnings
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from bench.registry import serving
 from tests.integration.conftest import Kiln, copy_home
 from tests.tamper import flip_byte
+
+with warnings.catch_warnings():  # the standard library's bcrypt, for the registry's logins
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import crypt
+
+CERTS = Path("/etc/containers/certs.d")  # where skopeo and kiln find a registry's CA
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +132,76 @@ def test_bad_locations_are_exit_2(fresh: Kiln) -> None:
         assert result.returncode == 2, (bad, result.stderr)
     remote = fresh.run("pull", "docker://example.org/x:1", "--insecure", check=False)
     assert remote.returncode == 2 and "loopback" in remote.stderr, remote.stderr
+
+
+def _certificates(folder: Path) -> tuple[Path, Path, bytes]:
+    """A CA of the test's own and a certificate it signed for 127.0.0.1."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(text: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("kiln test CA"))
+        .issuer_name(name("kiln test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("127.0.0.1"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "registry.crt", folder / "registry.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path, ca.public_bytes(serialization.Encoding.PEM)
+
+
+def test_a_registry_with_tls_and_a_login(
+    host_a: tuple[Kiln, Path], fresh: Kiln, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, _public = host_a
+    cert, key, ca = _certificates(tmp_path)
+    logins = tmp_path / "htpasswd"
+    logins.write_text(f"kiln:{crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
+    with serving(tmp_path / "tls", tls=(cert, key), htpasswd=logins) as address:
+        trusted = CERTS / address  # a folder of this test's own port, removed after
+        trusted.mkdir(parents=True)
+        try:
+            (trusted / "ca.crt").write_bytes(ca)
+            refused = a.run("push", "tiny:1", f"docker://{address}/tiny", check=False)
+            assert refused.returncode == 1 and "skopeo login" in refused.stderr, refused.stderr
+            auth = tmp_path / "auth.json"
+            login = base64.b64encode(b"kiln:s3cret").decode()
+            auth.write_text(json.dumps({"auths": {address: {"auth": login}}}))
+            monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
+            pushed = a.json("push", "tiny:1", f"docker://{address}/tiny")  # TLS, verified
+            assert "provenance" in pushed[-1]["attachments"]
+            got = fresh.json("pull", f"docker://{address}/tiny:1")
+            assert (got["recorded"], got["digest"]) == ("new", pushed[-1]["digest"])
+        finally:
+            shutil.rmtree(trusted)

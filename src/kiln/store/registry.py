@@ -169,7 +169,10 @@ class Client:
             token = base64.b64encode(":".join(self._basic).encode()).decode()
             headers["Authorization"] = f"Basic {token}"
         try:
-            return self._session.request(method, url, headers=headers, timeout=TIMEOUT, **kwargs)
+            # verify on each call: requests lets REQUESTS_CA_BUNDLE win over a session's own
+            return self._session.request(
+                method, url, headers=headers, timeout=TIMEOUT, verify=self._verify, **kwargs
+            )
         except requests.RequestException as exc:
             raise KilnError(
                 f"cannot reach the registry {self.registry.host}: {exc}",
@@ -203,7 +206,9 @@ class Client:
 
         auth = self._basic
         try:
-            response = self._session.get(realm, params=params, auth=auth, timeout=TIMEOUT)
+            response = self._session.get(
+                realm, params=params, auth=auth, timeout=TIMEOUT, verify=self._verify
+            )
             response.raise_for_status()
             body = response.json()
         except (requests.RequestException, ValueError) as exc:
