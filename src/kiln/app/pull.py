@@ -313,7 +313,7 @@ def _record(
     try:
         layout.tag(ref, manifest, item.referrers)
         rows = _artefact_rows(layout, item.referrers)
-        pulled.confirm(workspace.catalog, image_id, ref, rows, source=source)
+        baking.confirm(workspace.catalog, image_id, ref, rows, "pulled", source=source)
     except BaseException:
         baking.take_back(workspace.catalog, image_id)
         raise

@@ -111,24 +111,27 @@ def confirm(
     image_id: int,
     ref: str,
     artefacts: Sequence[ArtefactFields],
+    kind: str = "baked",
     **event: Any,
 ) -> None:
     """Mark the pending row ``image_id`` (``ref``) ok with its artefacts, and record the
-    ``baked`` event with ``event`` as its detail, in one transaction. Conflict if the row
-    is gone or no longer pending (a gc of another store sharing this catalog)."""
+    event ``kind`` (``baked``; ``pulled`` for kiln pull) with ``event`` as its detail, in
+    one transaction. Conflict if the row is gone or no longer pending (a gc of another
+    store sharing this catalog)."""
     with catalog.session() as session:
         done = session.get(Image, image_id)
         if done is None or done.status != PENDING:
+            again = "pull" if kind == "pulled" else "bake"
             raise Conflict(
-                f"{ref} was removed from the catalog while it was being baked",
-                hint="was 'kiln gc' run against another store sharing this catalog? bake again",
+                f"{ref} was removed from the catalog while it was being {kind}",
+                hint=f"was 'kiln gc' run against another store sharing this catalog? {again} again",
             )
         done.artefacts = [
             Artefact(kind=k, media_type=m, manifest_digest=md, digest=d)
             for k, m, md, d in artefacts
         ]
         done.status = "ok"
-        events.record(session, "baked", done.name, done.version, done.digest, **event)
+        events.record(session, kind, done.name, done.version, done.digest, **event)
 
 
 def take_back(catalog: Catalog, image_id: int) -> None:

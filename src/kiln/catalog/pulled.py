@@ -9,18 +9,16 @@ one, since a number is never given twice (kiln.catalog.db.next_version).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
 
 from kiln.catalog import events, holdings
-from kiln.catalog.baking import ArtefactFields, NewVersion
+from kiln.catalog.baking import NewVersion
 from kiln.catalog.db import Catalog, Conflict
 from kiln.catalog.holdings import Holder
 from kiln.catalog.lifecycle import ImageName
-from kiln.catalog.models import Artefact, Image
-from kiln.catalog.revisions import PENDING
+from kiln.catalog.models import Image
 
 
 def ready(catalog: Catalog) -> None:
@@ -48,29 +46,6 @@ def take(catalog: Catalog, new: NewVersion, wanted: int, holder: Holder) -> tupl
         holder.register(session)
         holdings.hold(session, row.id, holder.store_id)
         return row.id, row.version
-
-
-def confirm(
-    catalog: Catalog,
-    image_id: int,
-    ref: str,
-    artefacts: Sequence[ArtefactFields],
-    **detail: Any,
-) -> None:
-    """Mark the pulled row ok with its artefacts and a ``pulled`` event."""
-    with catalog.session() as session:
-        done = session.get(Image, image_id)
-        if done is None or done.status != PENDING:
-            raise Conflict(
-                f"{ref} was removed from the catalog while it was being pulled",
-                hint="was 'kiln gc' run against another store sharing this catalog? pull again",
-            )
-        done.artefacts = [
-            Artefact(kind=k, media_type=m, manifest_digest=md, digest=d)
-            for k, m, md, d in artefacts
-        ]
-        done.status = "ok"
-        events.record(session, "pulled", done.name, done.version, done.digest, **detail)
 
 
 def held_here(catalog: Catalog, image_id: int, ref: str, holder: Holder, **detail: Any) -> None:
