@@ -114,6 +114,19 @@ def test_a_tampered_blob_in_the_registry_is_refused(
     assert fresh.json("fsck")["ok"]
 
 
+def test_all_channels_pushes_what_each_channel_points_at_under_its_name(
+    host_a: tuple[Kiln, Path], registry: str, fresh: Kiln
+) -> None:
+    a, _public = host_a
+    a.run("promote", "tiny:1", "edge")
+    pushed = a.json("push", "--all-channels", "tiny", f"docker://{registry}/tiny", "--insecure")
+    assert [(p["ref"], p["tags"]) for p in pushed] == [("tiny:1", ["1", "edge"])]
+    got = fresh.json("pull", f"docker://{registry}/tiny:edge", "--insecure")
+    assert (got["ref"], got["digest"]) == ("tiny:1", pushed[0]["digest"])
+    refused = a.run("push", "--all-channels", "tiny:1", f"docker://{registry}/t", check=False)
+    assert refused.returncode == 2, refused.stderr
+
+
 def test_an_oci_folder_round_trip_under_another_name(
     host_a: tuple[Kiln, Path], fresh: Kiln, tmp_path: Path
 ) -> None:
