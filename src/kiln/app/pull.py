@@ -1,10 +1,10 @@
 """`kiln pull`: an image from a registry or an OCI layout folder into this store and the
 catalog, with its parents and everything that hangs off it.
 
-1. The manifest is read and its digest taken; a digest the catalog has revoked is refused
-   before any layer moves.
-2. skopeo copies the image into a scratch layout (kiln.store.transfer.incoming) while kiln
-   reads what hangs off it: the provenance names the image and its parent, whose manifest,
+1. The manifest is read and its digest taken.
+2. skopeo copies the image into a scratch layout (kiln.store.incoming) while kiln refuses
+   a digest the catalog has revoked (before anything of it enters the store) and reads
+   what hangs off it: the provenance names the image and its parent, whose manifest,
    config and attachments come next, up to a parent this store has (a child's layers are
    its parents' and one more, so the one copy brings every layer).
 3. Every new blob is hashed before it enters the store; the trust policy is applied to
@@ -197,6 +197,7 @@ def _pull(workspace: Workspace, end: End, as_name: str | None) -> Pulled:
         with transfer.copying(
             end.source(digest), f"oci:{taking.folder}:pull", insecure=end.insecure
         ):
+            _refuse_revoked(workspace, digest)  # before any of it enters the store
             item = _item(workspace, end, digest, data, manifest, as_name)
             parents, notes, anchor = _parents(workspace, item)
             from kiln.catalog import pulled  # SQLAlchemy loads, the catalog opens, meanwhile
@@ -204,7 +205,6 @@ def _pull(workspace: Workspace, end: End, as_name: str | None) -> Pulled:
 
             pulled.ready(workspace.catalog)
             holder = Holder.of(workspace.home)
-            _refuse_revoked(workspace, digest)  # before anything enters the store
         taking.take(blobs)
     layout.put_bytes(data, MEDIA_MANIFEST)
     for parent in parents:
