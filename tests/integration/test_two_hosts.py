@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.postgres import Postgres
+from bench.scaleworkers import CHILD  # the children bench/scale.py propagates
 from tests.integration.conftest import Host, Kiln, Workers, until
 
 APP = """\
@@ -25,17 +26,6 @@ run = "mkdir -p /etc/app && echo {mark} > /etc/app/mark"
 
 [tests]
 commands = ["test -s /etc/app/mark"]
-"""
-CHILD = """\
-[image]
-name = "{name}"
-parent = "app.toml"
-
-[[steps]]
-run = "echo {name} > /etc/{name}"
-
-[tests]
-commands = ["test -s /etc/{name}"]
 """
 CHILDREN = ("c1", "c2", "c3", "c4")
 
