@@ -21,6 +21,11 @@ def canonical_json(value: Any, errors: str = "strict") -> bytes:
     return text.encode("utf-8", errors)
 
 
+def digest_of(data: bytes) -> str:
+    """The OCI digest of ``data``: ``sha256:<hex>``."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 def json_sha256(value: Any) -> str:
     return hashlib.sha256(canonical_json(value)).hexdigest()
 

@@ -137,6 +137,9 @@ class FolderEnd:
         layout.put_bytes(transfer.read_verified(self.layout, blob.digest), blob.media_type)
 
 
+ArtefactRow = tuple[str, str, str, str]  # kind, media type, manifest digest, document digest
+
+
 @dataclass
 class Item:
     """One image of the lineage being pulled, with what came with it."""
@@ -150,13 +153,12 @@ class Item:
     made: pulledrow.Origin
     name: str
     known: ImageRow | None  # the catalog's row of it (a catalog shared with its store)
+    artefacts: list[ArtefactRow]  # its referrers as the catalog records them
     packages: list[tuple[str, str, str, str]]  # what its SBOM lists
 
     @property
     def blobs(self) -> list[Descriptor]:
-        return [
-            Descriptor.from_json(d) for d in [self.manifest["config"], *self.manifest["layers"]]
-        ]
+        return transfer.blobs_of(self.manifest)
 
 
 def pull(
@@ -192,7 +194,7 @@ def _pull(workspace: Workspace, end: End, as_name: str | None) -> Pulled:
     if here is not None:
         _refuse_revoked(workspace, digest)
         return Pulled(here.ref, digest, str(end.where), "present", _kinds(layout, digest))
-    blobs = [Descriptor.from_json(d) for d in [manifest["config"], *manifest["layers"]]]
+    blobs = transfer.blobs_of(manifest)
     with incoming(layout, blobs) as taking:
         with transfer.copying(
             end.source(digest), f"oci:{taking.folder}:pull", insecure=end.insecure
@@ -235,7 +237,8 @@ def _item(
 ) -> Item:
     layout = workspace.layout
     referrers, signature = end.attachments(layout, digest)
-    documents = _documents(layout, referrers)
+    rows = _artefact_rows(layout, referrers)
+    documents = {kind: layout.read_bytes(blob) for kind, _media, _manifest, blob in rows}
     if "provenance" not in documents:
         raise KilnError(
             f"{end.where} has no kiln provenance attached: kiln pulls images kiln baked",
@@ -245,7 +248,9 @@ def _item(
     name = as_name or made.name
     known = _known(workspace, name, digest)
     packages = pulledrow.packages(documents.get("sbom"), str(end.where))
-    return Item(end, digest, data, manifest, referrers, signature, made, name, known, packages)
+    return Item(
+        end, digest, data, manifest, referrers, signature, made, name, known, rows, packages
+    )
 
 
 def _parents(workspace: Workspace, item: Item) -> tuple[list[Item], list[str], int | None]:
@@ -312,8 +317,7 @@ def _record(
     ref = f"{item.name}:{version}"
     try:
         layout.tag(ref, manifest, item.referrers)
-        rows = _artefact_rows(layout, item.referrers)
-        baking.confirm(workspace.catalog, image_id, ref, rows, "pulled", source=source)
+        baking.confirm(workspace.catalog, image_id, ref, item.artefacts, "pulled", source=source)
     except BaseException:
         baking.take_back(workspace.catalog, image_id)
         raise
@@ -354,16 +358,7 @@ def _known(workspace: Workspace, name: str, digest: str) -> ImageRow | None:
         return None
 
 
-def _documents(layout: Layout, referrers: list[Descriptor]) -> dict[str, bytes]:
-    out = {}
-    for referrer in referrers:
-        kind = dict(referrer.annotations).get(KIND, "")
-        document = json.loads(layout.read_bytes(referrer.digest))["layers"][-1]
-        out[kind] = layout.read_bytes(document["digest"])
-    return out
-
-
-def _artefact_rows(layout: Layout, referrers: list[Descriptor]) -> list[tuple[str, str, str, str]]:
+def _artefact_rows(layout: Layout, referrers: list[Descriptor]) -> list[ArtefactRow]:
     """The catalog's artefact rows, as a bake writes them: the document's blob is the
     last one listed (an inventory lists its parents' first)."""
     rows = []

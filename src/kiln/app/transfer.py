@@ -20,6 +20,7 @@ from kiln.app import resolve
 from kiln.app.workspace import Workspace
 from kiln.catalog import ledger
 from kiln.catalog.lookup import ImageRow
+from kiln.digests import digest_of
 from kiln.errors import BadInput, KilnError, NotFound
 from kiln.store import remote, transfer
 from kiln.store.artefacts import KIND
@@ -144,9 +145,9 @@ def _push_chain(
             )
         found = client.manifest(where.repository, tag)
         data = found[0] if found else b""
-        if transfer.digest_of(data) != row.digest:
+        if digest_of(data) != row.digest:
             raise KilnError(
-                f"the registry serves {where.at(tag=tag)} as {transfer.digest_of(data)}, "
+                f"the registry serves {where.at(tag=tag)} as {digest_of(data)}, "
                 f"not {row.digest}: the push did not keep the digest"
             )
         for channel in channels:

@@ -7,10 +7,10 @@ the subject and the kind, so finding an image's artefacts needs no scan of the b
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
+from kiln.digests import digest_of
 from kiln.errors import StoreError
 from kiln.store.layout import FSCK_HINT, MEDIA_MANIFEST, Descriptor, Layout
 
@@ -52,17 +52,18 @@ def find(layout: Layout, subject_digest: str, kind: str) -> bytes | None:
     for entry in layout.read_index()["manifests"]:
         annotations = entry.get("annotations") or {}
         if annotations.get(SUBJECT) == subject_digest and annotations.get(KIND) == kind:
-            manifest = json.loads(_verified(layout, entry["digest"], f"the {kind} manifest"))
-            return _verified(layout, manifest["layers"][0]["digest"], f"the {kind} document")
+            manifest = json.loads(verified(layout, entry["digest"], f"the {kind} manifest"))
+            return verified(layout, manifest["layers"][0]["digest"], f"the {kind} document")
     return None
 
 
-def _verified(layout: Layout, digest: str, what: str) -> bytes:
+def verified(layout: Layout, digest: str, what: str) -> bytes:
+    """A stored blob's bytes, checked against its digest (StoreError naming it if not)."""
     data = layout.read_bytes(digest)
-    actual = hashlib.sha256(data).hexdigest()
-    if f"sha256:{actual}" != digest:
+    actual = digest_of(data)
+    if actual != digest:
         raise StoreError(
-            f"{what} {digest} in {layout.blobs} is corrupt (its content hashes to sha256:{actual})",
+            f"{what} {digest} in {layout.blobs} is corrupt (its content hashes to {actual})",
             hint=FSCK_HINT,
         )
     return data

@@ -16,7 +16,6 @@ refused when it is longer than its descriptor says or hashes to anything else.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import threading
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from kiln.digests import digest_of
 from kiln.errors import BadInput, KilnError, NotFound
 from kiln.store.layout import Descriptor, Layout
 from kiln.store.remote import Registry
@@ -53,10 +53,6 @@ AUTH_HINT = (
     "log in with 'skopeo login HOST' (or podman login), which writes the containers auth "
     "file kiln reads: REGISTRY_AUTH_FILE, else ~/.config/containers/auth.json"
 )
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def referrers_tag(digest: str) -> str:
@@ -244,10 +240,10 @@ class Client:
         if response.status_code != 200:
             raise self._failed(response, f"the manifest {repository}:{reference}")
         data = _read_capped(response, MAX_MANIFEST, f"the manifest {repository}:{reference}")
-        if reference.startswith("sha256:") and f"sha256:{sha256_hex(data)}" != reference:
+        if reference.startswith("sha256:") and digest_of(data) != reference:
             raise KilnError(
                 f"the registry {self.registry.host} sent a manifest for {repository}@{reference} "
-                f"that hashes to sha256:{sha256_hex(data)}: refused",
+                f"that hashes to {digest_of(data)}: refused",
                 hint="the registry's copy is corrupt or tampered with; push the image again",
             )
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()

@@ -16,7 +16,6 @@ nothing is tagged until all of them are.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -25,7 +24,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from kiln import proc
-from kiln.digests import canonical_json
+from kiln.digests import canonical_json, digest_of
 from kiln.errors import KilnError
 from kiln.store import artefacts, inventory
 from kiln.store.artefacts import KIND, SUBJECT
@@ -42,16 +41,11 @@ KINDS = {
     inventory.ARTIFACT_TYPE: inventory.ARTEFACT,
 }
 MAX_ATTACHED = 64  # referrers of one image kiln takes in; more is refused
-WATCH_SECONDS = 0.02
 MAX_FOREIGN = 256 << 20  # an attachment or manifest read whole from another layout
 SKOPEO_HINT = (
     "check the address, the registry's login (skopeo login) and --insecure for a "
     "plain-HTTP registry on loopback"
 )
-
-
-def digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _skopeo_argv(source: str, dest: str, insecure: bool) -> list[str]:
@@ -79,11 +73,6 @@ def copying(source: str, dest: str, *, insecure: bool = False) -> Iterator[None]
         ) from None
 
 
-def image_blobs(layout: Layout, digest: str) -> list[Descriptor]:
-    """The config and layers of a stored image manifest."""
-    return _blobs_of(layout.read_json(digest))
-
-
 def attached(layout: Layout, digest: str) -> list[dict[str, Any]]:
     """index.json's referrer entries about ``digest``."""
     return [
@@ -93,7 +82,8 @@ def attached(layout: Layout, digest: str) -> list[dict[str, Any]]:
     ]
 
 
-def _blobs_of(manifest: dict[str, Any]) -> list[Descriptor]:
+def blobs_of(manifest: dict[str, Any]) -> list[Descriptor]:
+    """The config and layers a manifest names."""
     return [Descriptor.from_json(d) for d in [manifest["config"], *manifest.get("layers", [])]]
 
 
@@ -107,7 +97,7 @@ def push_attachments(layout: Layout, client: Client, repository: str, digest: st
     manifests = {e["digest"]: _read_manifest(layout, e["digest"]) for e in entries}
     if signature is not None:
         manifests[signature.digest] = _read_manifest(layout, signature.digest)
-    blobs = {b.digest: b for _data, m in manifests.values() for b in _blobs_of(m)}
+    blobs = {b.digest: b for _data, m in manifests.values() for b in blobs_of(m)}
     parallel(lambda blob: client.push_blob(repository, layout, blob), blobs.values())
     answers: dict[str, bool] = {}
 
@@ -131,9 +121,7 @@ def push_attachments(layout: Layout, client: Client, repository: str, digest: st
 
 
 def _read_manifest(layout: Layout, digest: str) -> tuple[bytes, dict[str, Any]]:
-    data = layout.read_bytes(digest)
-    if digest_of(data) != digest:
-        raise KilnError(f"the manifest {digest} in {layout.blobs} is corrupt: not sent")
+    data = artefacts.verified(layout, digest, "a manifest to send")
     manifest: dict[str, Any] = json.loads(data)
     return data, manifest
 
@@ -145,7 +133,7 @@ def push_parent(
     mounted from the child's repository (uploaded where a layer is not there), its config
     and manifest sent."""
     manifest = layout.read_json(digest)
-    config, *layers = _blobs_of(manifest)
+    config, *layers = blobs_of(manifest)
 
     def place(blob: Descriptor) -> None:
         if not client.mount(where.repository, blob.digest, child.repository):
@@ -271,7 +259,7 @@ def _store_manifest(
     layout: Layout, client: Client, repository: str, data: bytes, media_type: str
 ) -> Descriptor:
     try:
-        blobs = _blobs_of(json.loads(data))
+        blobs = blobs_of(json.loads(data))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise KilnError(f"a manifest in {repository} is not one kiln can read: {exc}") from None
     for blob in blobs:
@@ -305,7 +293,7 @@ def read_verified(layout: Layout, digest: str) -> bytes:
 
 def _copy_manifest(source: Layout, dest: Layout, digest: str, media_type: str) -> Descriptor:
     data = _verified(source, digest)
-    for blob in _blobs_of(json.loads(data)):
+    for blob in blobs_of(json.loads(data)):
         dest.put_bytes(_verified(source, blob.digest), blob.media_type)
     return dest.put_bytes(data, media_type)
 
